@@ -1,0 +1,111 @@
+"""Plain-PyTorch reference of the SparseIndex attention contract (``sparse_index.py``).
+
+It builds the dense boolean mask [B, Hq, Nq, Nk] (original positions on both axes) from the index
+and runs masked softmax attention in float64 (float32 on devices without float64 matmuls). It is
+O(N^2) in memory: for tests, debugging and the CPU fallback of short inputs, never for long ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .sparse_index import SparseIndex, check_index, check_inputs
+
+
+def _slot_positions(order: torch.Tensor | None, batch: int, heads: int, n: int, device) -> torch.Tensor:
+    if order is not None:
+        return order.long()
+    return torch.arange(n, device=device).expand(batch, heads, n)
+
+
+def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_offset: int = 0,
+                  check_distinct: bool = True) -> torch.Tensor:
+    """Dense mask [B, Hq, Nq, Nk] in original positions: True where the kernel computes the pair.
+
+    Raises ValueError when a key is listed twice for one query block (the kernel would count it
+    twice), unless ``check_distinct`` is False.
+    """
+    batch, heads, num_blocks = index.block_count.shape
+    device = index.block_count.device
+    bm, bn = index.block_m, index.block_n
+    # visits[b, h, m, key_slot]: how often query block m lists key slot key_slot.
+    visits = torch.zeros(batch, heads, num_blocks, n_k + 1, dtype=torch.int32, device=device)
+    trash = n_k  # out-of-range entries are ignored by the kernel: send them to a dropped column
+    spans = index.block_offset.long()[..., None] + torch.arange(bn, device=device)  # [B,H,M,cap,bn]
+    listed = torch.arange(index.block_offset.shape[-1], device=device) < index.block_count[..., None]
+    spans = torch.where(listed[..., None] & (spans >= 0) & (spans < n_k), spans, trash)
+    visits.scatter_add_(3, spans.flatten(3), torch.ones_like(spans.flatten(3), dtype=torch.int32))
+    cols = index.column_index.long()
+    listed = torch.arange(cols.shape[-1], device=device) < index.column_count[..., None]
+    cols = torch.where(listed & (cols >= 0) & (cols < n_k), cols, trash)
+    visits.scatter_add_(3, cols, torch.ones_like(cols, dtype=torch.int32))
+    visits = visits[..., :n_k]
+
+    # The diagonal block is always visited; listed entries inside it are ignored.
+    m = torch.arange(num_blocks, device=device)
+    diag_lo = (m * bm + q_offset - k_offset).clamp(0, n_k)
+    diag_hi = ((m + 1) * bm + q_offset - k_offset).clamp(0, n_k)
+    key_slots = torch.arange(n_k, device=device)
+    in_diag = (key_slots >= diag_lo[:, None]) & (key_slots < diag_hi[:, None])  # [M, Nk]
+    visits = torch.where(in_diag, 0, visits)
+    if check_distinct and bool((visits > 1).any()):
+        b, h, mb, slot = (visits > 1).nonzero()[0].tolist()
+        raise ValueError(f"index lists key slot {slot} more than once for batch {b}, head {h}, "
+                         f"query block {mb}: entries of one query block must be distinct")
+    block_mask = (visits > 0) | in_diag  # [B, H, M, Nk] in slots
+
+    # Expand query blocks to query slots, then map both axes to original positions.
+    slot_mask = block_mask.repeat_interleave(bm, dim=2)[:, :, :n_q]  # [B, H, Nq slots, Nk slots]
+    q_pos = _slot_positions(index.q_order, batch, heads, n_q, device)
+    k_pos = _slot_positions(index.k_order, batch, heads, n_k, device)
+    mask = torch.zeros(batch, heads, n_q, n_k, dtype=torch.bool, device=device)
+    rows = q_pos[..., :, None].expand(batch, heads, n_q, n_k)
+    cols = k_pos[..., None, :].expand(batch, heads, n_q, n_k)
+    mask_rows = torch.zeros_like(mask).scatter_(2, rows, slot_mask)  # rows to original positions
+    mask.scatter_(3, cols, mask_rows)  # then columns
+    causal = (torch.arange(n_k, device=device) + k_offset)[None, :] <= \
+             (torch.arange(n_q, device=device) + q_offset)[:, None]
+    return mask & causal
+
+
+def causal_mask(n_q: int, n_k: int, q_offset: int = 0, k_offset: int = 0, device=None) -> torch.Tensor:
+    """Dense causal mask [Nq, Nk] in original positions."""
+    return (torch.arange(n_k, device=device) + k_offset)[None, :] <= \
+           (torch.arange(n_q, device=device) + q_offset)[:, None]
+
+
+def masked_attention(q, k, v, mask, scale=None):
+    """softmax(q k^T * scale, masked) v in float64 (float32 off-CPU if needed), GQA by repeat.
+
+    Returns (out in q's dtype, lse float32). Rows with nothing visible give 0 and -inf.
+    """
+    check_inputs(q, k, v)
+    compute = torch.float64 if q.device.type == "cpu" else torch.float32
+    group = q.shape[1] // k.shape[1]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qf, kf, vf = (t.to(compute) for t in (q, k, v))
+    kf, vf = kf.repeat_interleave(group, dim=1), vf.repeat_interleave(group, dim=1)
+    scores = (qf @ kf.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    out = probs @ vf
+    return out.to(q.dtype), lse.to(torch.float32)
+
+
+def sparse_attention_reference(q, k, v, index: SparseIndex, scale=None, q_offset: int = 0,
+                               k_offset: int = 0):
+    """Same contract and outputs as ``sparse_attention_forward``, in plain PyTorch."""
+    check_inputs(q, k, v)
+    check_index(index, q, k, check_values=True)
+    mask = index_to_mask(index, q.shape[2], k.shape[2], q_offset, k_offset)
+    return masked_attention(q, k, v, mask, scale)
+
+
+def dense_attention_reference(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0):
+    """Same contract and outputs as ``dense_attention_forward``, in plain PyTorch."""
+    check_inputs(q, k, v)
+    mask = causal_mask(q.shape[2], k.shape[2], q_offset, k_offset, q.device)
+    return masked_attention(q, k, v, mask, scale)

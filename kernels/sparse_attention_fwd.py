@@ -1,0 +1,273 @@
+"""Causal attention forward over a SparseIndex (see ``sparse_index.py`` for the contract).
+
+Algorithm: FlashAttention-2 style forward; one program per (query block, batch * query head) keeps
+one online-softmax state (m, l, acc) per row across three pieces: the diagonal block, the listed key
+blocks (contiguous key slots, start not aligned) and the listed key columns (gathered 'sparse load,
+dense compute', as PIT / MInference's ``pit_sparse_flash_attention_v2``). Orders are applied as
+gathered addressing (never copies); causality is tested on original positions, so permuted tiles
+stay exact; the output and log-sum-exp are stored back in original token order.
+
+The dense fast path (``IS_DENSE``) visits every causal key block: tiles wholly before the diagonal
+without any mask, then the diagonal with the causal mask, like Triton's tutorial
+``06-fused-attention.py``.
+
+Caveats:
+* bf16 ``tl.dot`` is wrong in the Triton interpreter (triton-lang/triton#11584): when interpreting,
+  operands are upcast to fp32 (``DOT_FP32``).
+* fp32 inputs on a GPU use TF32 dots (Triton's default): expect ~1e-3 relative error there.
+* Sequence lengths are runtime ints, never constexpr, so a new length does not recompile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .sparse_index import SparseIndex, check_index, check_inputs
+
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _update(acc, m_i, l_i, q, k, v, mask, qk_scale,
+            MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
+    """One online-softmax step over a [BLOCK_M, BLOCK_N] tile; NaN-free when a row is all masked."""
+    if DOT_FP32:
+        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    qk = qk * qk_scale
+    if MASKED:
+        qk = tl.where(mask, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(qk - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if DOT_FP32:
+        acc = tl.dot(p, v.to(tl.float32), acc)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _key_positions(k_order_row, slots, valid, HAS_K_ORDER: tl.constexpr):
+    if HAS_K_ORDER:
+        return tl.load(k_order_row + slots, mask=valid, other=0)
+    else:
+        return slots
+
+
+@triton.jit
+def _load_rows(base, positions, stride_n, offs_d, valid, HEAD_DIM: tl.constexpr, MASK_ROWS: tl.constexpr):
+    ptrs = base + positions[:, None] * stride_n + offs_d[None, :]
+    if MASK_ROWS:
+        return tl.load(ptrs, mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    elif HEAD_DIM == offs_d.shape[0]:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
+def _sparse_attention_fwd(
+    Q, K, V, Out, Lse,
+    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder,
+    qk_scale, n_q, n_k, q_offset, k_offset, heads_q, group,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    stride_cb, stride_ch,
+    stride_bob, stride_boh, stride_bom,
+    stride_cib, stride_cih, stride_cim,
+    stride_qob, stride_qoh,
+    stride_kob, stride_koh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_DENSE: tl.constexpr, HAS_Q_ORDER: tl.constexpr, HAS_K_ORDER: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    # Longest (last) query blocks first: with causal work that shrinks the tail of the launch.
+    start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // heads_q
+    h = bh % heads_q
+    h_kv = h // group
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    # Query rows of this block, in original positions.
+    q_slots = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_valid = q_slots < n_q
+    if HAS_Q_ORDER:
+        q_pos = tl.load(QOrder + b * stride_qob + h * stride_qoh + q_slots, mask=q_valid, other=0)
+    else:
+        q_pos = q_slots
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, q_pos, stride_qn, offs_d, q_valid, HEAD_DIM, True)
+    q_abs = q_pos + q_offset
+
+    k_base = K + b * stride_kb + h_kv * stride_kh
+    v_base = V + b * stride_vb + h_kv * stride_vh
+    k_order_row = KOrder + b * stride_kob + h * stride_koh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # The diagonal block, in key slots, clipped to [0, n_k).
+    shift = q_offset - k_offset
+    diag_lo = tl.minimum(tl.maximum(start_m * BLOCK_M + shift, 0), n_k)
+    diag_hi = tl.minimum(tl.maximum((start_m + 1) * BLOCK_M + shift, 0), n_k)
+
+    if IS_DENSE:
+        # Every key slot before the diagonal is visible to every row: no mask at all.
+        lo_aligned = (diag_lo // BLOCK_N) * BLOCK_N
+        for start in range(0, lo_aligned, BLOCK_N):
+            slots = start + offs_n
+            k = _load_rows(k_base, slots, stride_kn, offs_d, slots < n_k, HEAD_DIM, False)
+            v = _load_rows(v_base, slots, stride_vn, offs_d, slots < n_k, HEAD_DIM, False)
+            acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, q_valid[:, None], qk_scale, False, DOT_FP32)
+        diag_lo = lo_aligned
+
+    for start in range(diag_lo, diag_hi, BLOCK_N):
+        slots = start + offs_n
+        valid = slots < diag_hi
+        k_pos = _key_positions(k_order_row, slots, valid, HAS_K_ORDER)
+        k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, True)
+        v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, True)
+        mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
+        acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
+
+    if not IS_DENSE:
+        count_off = b * stride_cb + h * stride_ch + start_m
+        # Key blocks from the list (diagonal slots excluded: visited above).
+        block_row = BlockOffset + b * stride_bob + h * stride_boh + start_m * stride_bom
+        num_blocks = tl.load(BlockCount + count_off)
+        for i in range(0, num_blocks):
+            start = tl.load(block_row + i)
+            slots = start + offs_n
+            valid = (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
+            k_pos = _key_positions(k_order_row, slots, valid, HAS_K_ORDER)
+            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, True)
+            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, True)
+            mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
+            acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
+
+        # Single key columns from the list, gathered BLOCK_N at a time.
+        column_row = ColumnIndex + b * stride_cib + h * stride_cih + start_m * stride_cim
+        num_columns = tl.load(ColumnCount + count_off)
+        for c in range(0, num_columns, BLOCK_N):
+            listed = c + offs_n < num_columns
+            slots = tl.load(column_row + c + offs_n, mask=listed, other=-1)
+            valid = listed & (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
+            k_pos = _key_positions(k_order_row, slots, valid, HAS_K_ORDER)
+            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, True)
+            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, True)
+            mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
+            acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
+
+    # Rows that saw nothing keep acc = 0, l = 0: write 0 and lse = -inf instead of NaN.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_ptrs = Out + b * stride_ob + h * stride_oh + q_pos[:, None] * stride_on + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=q_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)
+    tl.store(Lse + b * stride_lb + h * stride_lh + q_pos, lse, mask=q_valid)
+
+
+def _launch_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype) -> dict:
+    """num_warps / num_stages per shape. One config (no autotune): it runs in the interpreter and
+    under Inductor/AOTInductor unchanged. Values measured on the H100 (see BENCHMARKS.md)."""
+    if interpreting():
+        return dict(num_warps=4, num_stages=1)
+    warps = 8 if block_m >= 128 and head_dim > 64 else 4
+    stages = 3 if head_dim <= 128 else 2
+    return dict(num_warps=warps, num_stages=stages)
+
+
+DENSE_BLOCK_M, DENSE_BLOCK_N = 128, 64
+
+
+def _prepare(q, k, v, scale):
+    check_inputs(q, k, v)
+    if q.device.type != "cuda" and not interpreting():
+        raise RuntimeError("the Triton attention kernel needs a CUDA device, or TRITON_INTERPRET=1 set "
+                           "before mmcompile is imported to run it on the CPU")
+    # The kernel addresses the last dim with unit stride.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    head_dim = q.shape[-1]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    return q, k, v, scale, out, lse
+
+
+def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, block_n, is_dense,
+         config=None):
+    batch, heads_q, n_q, head_dim = q.shape
+    block_count, block_offset, column_count, column_index = lists
+    q_order, k_order = orders
+    dummy = block_count  # stands in for an absent order; never read (constexpr-guarded)
+    qo = q_order if q_order is not None else dummy
+    ko = k_order if k_order is not None else dummy
+    grid = (triton.cdiv(n_q, block_m), batch * heads_q)
+    cfg = config or _launch_config(head_dim, block_m, block_n, q.dtype)
+    _sparse_attention_fwd[grid](
+        q, k, v, out, lse,
+        block_count, block_offset, column_count, column_index, qo, ko,
+        scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_q, heads_q // k.shape[1],
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        block_count.stride(0), block_count.stride(1),
+        block_offset.stride(0), block_offset.stride(1), block_offset.stride(2),
+        column_index.stride(0), column_index.stride(1), column_index.stride(2),
+        qo.stride(0), qo.stride(1),
+        ko.stride(0), ko.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        IS_DENSE=is_dense, HAS_Q_ORDER=q_order is not None, HAS_K_ORDER=k_order is not None,
+        DOT_FP32=interpreting() and q.dtype != torch.float32,
+        **cfg,
+    )
+    return out, lse
+
+
+def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: int = 0,
+                             k_offset: int = 0, check_values: bool = False, config=None):
+    """Causal attention of q [B, Hq, Nq, D] over k, v [B, Hkv, Nk, D] restricted to ``index``.
+
+    Returns (out [B, Hq, Nq, D] in q's dtype, lse [B, Hq, Nq] float32, natural log).
+    ``check_values`` validates the index contents (a host sync); shapes are always checked.
+    """
+    q, k, v, scale, out, lse = _prepare(q, k, v, scale)
+    check_index(index, q, k, check_values=check_values)
+    lists = (index.block_count, index.block_offset, index.column_count, index.column_index)
+    lists = tuple(t.contiguous() for t in lists)
+    orders = tuple(o.contiguous() if o is not None else None for o in (index.q_order, index.k_order))
+    return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders,
+                index.block_m, index.block_n, False, config)
+
+
+def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0,
+                            block_m: int = DENSE_BLOCK_M, block_n: int = DENSE_BLOCK_N, config=None):
+    """Dense causal attention (every causal key block) through the same kernel: the fast path."""
+    q, k, v, scale, out, lse = _prepare(q, k, v, scale)
+    no_lists = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device)
+    lists = (no_lists[..., 0], no_lists, no_lists[..., 0], no_lists)
+    return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, (None, None),
+                block_m, block_n, True, config)

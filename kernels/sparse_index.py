@@ -1,0 +1,145 @@
+"""SparseIndex: the one format every sparse pattern is reduced to before the attention kernel.
+
+Contract (shared by the Triton kernel and the PyTorch reference):
+
+* Queries are processed in *query slots*: slot ``s`` holds the token at original position
+  ``q_order[b, h, s]`` (or ``s`` without an order). Query block ``m`` is slots
+  ``[m * block_m, (m + 1) * block_m)``. Keys likewise live in *key slots* through ``k_order``.
+  Orders are addressing only: Q, K, V and the output stay in original token order in memory.
+* Per (batch, query head, query block) the kernel visits
+  1. the **diagonal block**: key slots ``[m * block_m + q_offset - k_offset, +block_m)`` clipped to
+     ``[0, n_k)``. Always visited, so with a shared (or no) order every row keeps its own key;
+  2. ``block_count`` key blocks: key slots ``[block_offset[i], block_offset[i] + block_n)``;
+     offsets need not be multiples of ``block_n``;
+  3. ``column_count`` single key columns: key slots ``column_index[i]``.
+  List entries that fall inside the diagonal block or outside ``[0, n_k)`` are ignored, so builders
+  may include the diagonal freely. Apart from that, list entries of one query block must be
+  distinct keys (the reference raises if a key is listed twice).
+* Every visited pair is masked causally in original positions:
+  ``k_order[k] + k_offset <= q_order[q] + q_offset``. A row with nothing visible outputs zeros and
+  log-sum-exp ``-inf``: never NaN.
+* GQA: query head ``h`` reads key/value head ``h // (n_q_heads // n_kv_heads)``. Orders and lists
+  are per *query* head.
+
+Shapes are fixed by the maximum list sizes, never by the data, so an index flows through
+torch.compile and torch.export without recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+# Block sizes the kernel is compiled for; an index built for another size cannot run.
+SUPPORTED_BLOCK_SIZES = (32, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseIndex:
+    """Per (batch, query head, query block) key blocks and key columns, plus optional orders."""
+
+    block_count: torch.Tensor  # int32 [B, H, M]
+    block_offset: torch.Tensor  # int32 [B, H, M, max_blocks], key-slot start of each block
+    column_count: torch.Tensor  # int32 [B, H, M]
+    column_index: torch.Tensor  # int32 [B, H, M, max_columns], key slot of each column
+    block_m: int
+    block_n: int
+    q_order: torch.Tensor | None = None  # int32 [B, H, N_q]: original position of each query slot
+    k_order: torch.Tensor | None = None  # int32 [B, H, N_k]: original position of each key slot
+
+    @property
+    def num_query_blocks(self) -> int:
+        return self.block_count.shape[2]
+
+    def tensors(self) -> tuple:
+        """The index as the flat argument tuple of the ``torch.ops.mminference`` ops."""
+        return (self.block_count, self.block_offset, self.column_count, self.column_index,
+                self.q_order, self.k_order, self.block_m, self.block_n)
+
+
+def empty_lists(batch: int, heads: int, num_blocks: int, max_blocks: int, max_columns: int,
+                device) -> tuple[torch.Tensor, ...]:
+    """Zeroed (block_count, block_offset, column_count, column_index) of the given capacities."""
+    i32 = dict(dtype=torch.int32, device=device)
+    return (torch.zeros(batch, heads, num_blocks, **i32),
+            torch.zeros(batch, heads, num_blocks, max(max_blocks, 1), **i32),
+            torch.zeros(batch, heads, num_blocks, **i32),
+            torch.zeros(batch, heads, num_blocks, max(max_columns, 1), **i32))
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise a ValueError naming the problem if q, k, v cannot go to the attention kernel."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"{name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if q.shape[3] > 256:
+        raise ValueError(f"head_dim {q.shape[3]} is larger than the supported 256")
+
+
+def check_index(index: SparseIndex, q: torch.Tensor, k: torch.Tensor, check_values: bool = True) -> None:
+    """Raise a ValueError if ``index`` does not fit q and k. ``check_values`` reads the index
+    (a host sync): off in the per-layer hot path, on in the public API and in tests."""
+    batch, heads, n_q = q.shape[0], q.shape[1], q.shape[2]
+    n_k = k.shape[2]
+    if index.block_m not in SUPPORTED_BLOCK_SIZES or index.block_n not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"block sizes ({index.block_m}, {index.block_n}) not in {SUPPORTED_BLOCK_SIZES}")
+    num_blocks = -(-n_q // index.block_m)
+    expect = (batch, heads, num_blocks)
+    for name in ("block_count", "column_count"):
+        t = getattr(index, name)
+        if tuple(t.shape) != expect:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect} "
+                             f"(batch, query heads, ceil({n_q} / block_m={index.block_m}))")
+    for name in ("block_offset", "column_index"):
+        t = getattr(index, name)
+        if t.dim() != 4 or tuple(t.shape[:3]) != expect:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect} + (capacity,)")
+    for name, order, n in (("q_order", index.q_order, n_q), ("k_order", index.k_order, n_k)):
+        if order is not None and tuple(order.shape) != (batch, heads, n):
+            raise ValueError(f"{name} has shape {tuple(order.shape)}, expected {(batch, heads, n)}")
+    for name in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order"):
+        t = getattr(index, name)
+        if t is None:
+            continue
+        if t.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+    if not check_values:
+        return
+    _check_values(index, n_q, n_k)
+
+
+def _check_values(index: SparseIndex, n_q: int, n_k: int) -> None:
+    for name, count, cap in (("block_count", index.block_count, index.block_offset.shape[-1]),
+                             ("column_count", index.column_count, index.column_index.shape[-1])):
+        if count.numel() and (int(count.min()) < 0 or int(count.max()) > cap):
+            raise ValueError(f"{name} must lie in [0, {cap}], got [{int(count.min())}, {int(count.max())}]")
+    slots = torch.arange(index.block_offset.shape[-1], device=index.block_offset.device)
+    used = slots < index.block_count[..., None]
+    offsets = index.block_offset[used]
+    if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) >= n_k):
+        raise ValueError(f"block_offset must lie in [0, {n_k}), got [{int(offsets.min())}, {int(offsets.max())}]")
+    slots = torch.arange(index.column_index.shape[-1], device=index.column_index.device)
+    columns = index.column_index[slots < index.column_count[..., None]]
+    if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= n_k):
+        raise ValueError(f"column_index must lie in [0, {n_k}), got [{int(columns.min())}, {int(columns.max())}]")
+    for name, order, n in (("q_order", index.q_order, n_q), ("k_order", index.k_order, n_k)):
+        if order is None:
+            continue
+        if not torch.equal(order.sort(dim=-1).values.long(),
+                           torch.arange(n, device=order.device).expand(order.shape)):
+            raise ValueError(f"{name} must be a permutation of 0..{n - 1} for every (batch, head)")
