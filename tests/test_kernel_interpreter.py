@@ -1,0 +1,151 @@
+"""The sparse-attention kernel against its PyTorch reference, in the Triton interpreter (CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmcompile.kernels import (SparseIndex, dense_attention_forward, dense_attention_reference,
+                               sparse_attention_forward, sparse_attention_reference)
+from mmcompile.kernels.index_factories import a_shape_index, causal_index, grid_index, random_index
+
+pytestmark = pytest.mark.interpreter
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3}
+
+
+def inputs(heads_q, heads_kv, n, head_dim=64, dtype=torch.float32, seed=0, n_k=None):
+    g = torch.Generator().manual_seed(seed)
+    n_k = n if n_k is None else n_k
+    return (torch.randn(1, heads_q, n, head_dim, generator=g).to(dtype),
+            torch.randn(1, heads_kv, n_k, head_dim, generator=g).to(dtype),
+            torch.randn(1, heads_kv, n_k, head_dim, generator=g).to(dtype))
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def assert_matches_reference(q, k, v, index, q_offset=0, k_offset=0):
+    out, lse = sparse_attention_forward(q, k, v, index, q_offset=q_offset, k_offset=k_offset,
+                                        check_values=True)
+    ref, ref_lse = sparse_attention_reference(q, k, v, index, q_offset=q_offset, k_offset=k_offset)
+    assert not out.isnan().any() and not lse.isnan().any()
+    assert rel_err(out, ref) < TOL[q.dtype]
+    torch.testing.assert_close(lse, ref_lse, atol=1e-3, rtol=1e-4)
+
+
+def random_order(heads, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=g) for _ in range(heads)])[None].to(torch.int32)
+
+
+@pytest.mark.parametrize("group", [1, 4, 7])
+@pytest.mark.parametrize("n", [232, 1000])
+def test_random_index_with_columns_matches_reference(group, n):
+    q, k, v = inputs(group, 1, n, seed=n + group)
+    g = torch.Generator().manual_seed(group)
+    index = random_index(1, group, n, n, 0.25, max_columns=40, unaligned=True, generator=g)
+    assert int(index.column_count.sum()) > 0 and int(index.block_count.sum()) > 0
+    assert_matches_reference(q, k, v, index)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_random_permutations_of_queries_and_keys(dtype):
+    n, heads = 300, 2
+    q, k, v = inputs(heads, 1, n, dtype=dtype, seed=3)
+    g = torch.Generator().manual_seed(5)
+    for q_order, k_order in [(random_order(heads, n, 1), None), (None, random_order(heads, n, 2)),
+                             (random_order(heads, n, 3), random_order(heads, n, 4))]:
+        index = random_index(1, heads, n, n, 0.4, max_columns=16, unaligned=True, q_order=q_order,
+                             k_order=k_order, generator=g)
+        assert_matches_reference(q, k, v, index)
+
+
+def test_grid_permutation_matches_reference():
+    n = 600
+    q, k, v = inputs(2, 1, n, seed=7)
+    index = grid_index(1, 2, n, stride=36, phase=5, local_blocks=1)
+    assert_matches_reference(q, k, v, index)
+
+
+def test_only_the_diagonal_and_empty_column_lists():
+    n = 232
+    q, k, v = inputs(2, 2, n, seed=9)
+    m = -(-n // 64)
+    zeros = torch.zeros(1, 2, m, dtype=torch.int32)
+    index = SparseIndex(zeros, torch.zeros(1, 2, m, 4, dtype=torch.int32), zeros,
+                        torch.zeros(1, 2, m, 4, dtype=torch.int32), 64, 64)
+    out, _ = sparse_attention_forward(q, k, v, index)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for b in range(m):  # brute force: each row sees the causal part of its own 64-block
+        mask[b * 64:(b + 1) * 64, b * 64:(b + 1) * 64] = True
+    mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+    assert rel_err(out, ref) < 2e-5
+
+
+@pytest.mark.parametrize("n", [232, 1000])
+def test_full_density_index_equals_dense_sdpa(n):
+    q, k, v = inputs(4, 1, n, seed=11)
+    sdpa = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, enable_gqa=True)
+    out, _ = sparse_attention_forward(q, k, v, causal_index(1, 4, n, n, 64, 64), check_values=True)
+    assert rel_err(out, sdpa) < 2e-5
+    dense, _ = dense_attention_forward(q, k, v)
+    assert rel_err(dense, sdpa) < 2e-5
+
+
+@pytest.mark.parametrize("head_dim", [64, 80, 96, 128])
+def test_head_dims(head_dim):
+    q, k, v = inputs(2, 1, 200, head_dim=head_dim, seed=head_dim)
+    index = random_index(1, 2, 200, 200, 0.5, max_columns=8, unaligned=True,
+                         generator=torch.Generator().manual_seed(head_dim))
+    assert_matches_reference(q, k, v, index)
+    out, lse = dense_attention_forward(q, k, v)
+    ref, ref_lse = dense_attention_reference(q, k, v)
+    assert rel_err(out, ref) < 2e-5
+
+
+def test_block_m_128_index():
+    q, k, v = inputs(2, 1, 400, seed=13)
+    index = random_index(1, 2, 400, 400, 0.3, max_columns=20, block_m=128, block_n=64, unaligned=True,
+                         generator=torch.Generator().manual_seed(1))
+    assert_matches_reference(q, k, v, index)
+
+
+def test_query_offset_for_chunked_prefill():
+    """The last 200 queries of a 456-token prefix: q_offset puts them at positions 256..455."""
+    q, k, v = inputs(2, 1, 200, seed=17, n_k=456)
+    out, lse = dense_attention_forward(q, k, v, q_offset=256)
+    ref, ref_lse = dense_attention_reference(q, k, v, q_offset=256)
+    assert rel_err(out, ref) < 2e-5
+    index = causal_index(1, 2, 200, 456, 64, 64, q_offset=256)
+    assert_matches_reference(q, k, v, index, q_offset=256)
+    full_q, full_k, full_v = inputs(2, 1, 456, seed=18)
+    whole, _ = dense_attention_forward(full_q, full_k, full_v)
+    tail, _ = dense_attention_forward(full_q[:, :, 256:], full_k, full_v, q_offset=256)
+    assert rel_err(tail, whole[:, :, 256:]) < 2e-5
+
+
+def test_rows_with_nothing_visible_give_zero_not_nan():
+    q, k, v = inputs(2, 1, 100, seed=19)
+    # Queries at positions -60..39: the first 60 rows see no key at all.
+    out, lse = dense_attention_forward(q, k, v, q_offset=-60)
+    assert not out.isnan().any()
+    assert torch.equal(out[:, :, :60], torch.zeros_like(out[:, :, :60]))
+    assert torch.isinf(lse[:, :, :60]).all() and torch.isfinite(lse[:, :, 60:]).all()
+    ref, _ = dense_attention_reference(q, k, v, q_offset=-60)
+    assert rel_err(out, ref) < 2e-5
+
+
+def test_a_shape_index_is_sink_plus_local():
+    n, sink, local = 520, 64, 128
+    index = a_shape_index(1, 1, n, sink, local)
+    q, k, v = inputs(1, 1, n, seed=23)
+    out, _ = sparse_attention_forward(q, k, v, index)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    row_block_start = (i // 64) * 64
+    # Blocks of 64: sink blocks, blocks ending within `local` before the row's block, own block.
+    j_block = j // 64 * 64
+    mask = (j <= i) & ((j_block < sink) | (j_block + 64 > row_block_start - local))
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+    assert rel_err(out, ref) < 2e-5

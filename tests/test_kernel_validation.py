@@ -1,0 +1,87 @@
+"""Bad inputs to the kernel and the reference raise clear errors (no silent wrong results)."""
+
+import pytest
+import torch
+
+from mmcompile.kernels import SparseIndex, index_to_mask, sparse_attention_forward, sparse_attention_reference
+from mmcompile.kernels.index_factories import causal_index, random_index
+
+
+def qkv(n=130, heads_q=2, heads_kv=1, d=64, dtype=torch.float32):
+    return (torch.randn(1, heads_q, n, d, dtype=dtype), torch.randn(1, heads_kv, n, d, dtype=dtype),
+            torch.randn(1, heads_kv, n, d, dtype=dtype))
+
+
+def replace(index, **fields):
+    return SparseIndex(**{**index.__dict__, **fields})
+
+
+@pytest.mark.parametrize("call", [sparse_attention_forward, sparse_attention_reference])
+def test_bad_tensors_raise(call):
+    q, k, v = qkv()
+    index = causal_index(1, 2, 130, 130)
+    with pytest.raises(ValueError, match="dtype"):
+        call(q.to(torch.int32), k, v, index)
+    with pytest.raises(ValueError, match="dtypes differ"):
+        call(q.half(), k, v, index)
+    with pytest.raises(ValueError, match=r"\[batch, heads, seq, head_dim\]"):
+        call(q[0], k, v, index)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        call(*qkv(heads_q=3, heads_kv=2), causal_index(1, 3, 130, 130))
+    with pytest.raises(ValueError, match="k and v shapes differ"):
+        call(q, k, v[:, :, :100], index)
+    with pytest.raises(ValueError, match="devices differ"):
+        call(q, k.to("meta"), v, index)
+
+
+@pytest.mark.parametrize("call", [sparse_attention_forward, sparse_attention_reference])
+def test_bad_index_raises(call):
+    q, k, v = qkv()
+    index = random_index(1, 2, 130, 130, 0.5, max_columns=4)
+    kwargs = dict(check_values=True) if call is sparse_attention_forward else {}
+    cases = [
+        (replace(index, block_count=index.block_count[:, :, :1]), "block_count has shape"),
+        (replace(index, block_offset=index.block_offset.long()), "must be int32"),
+        (replace(index, block_offset=index.block_offset + 10_000, block_count=torch.ones_like(index.block_count)),
+         r"block_offset must lie in \[0, 130\)"),
+        (replace(index, column_index=torch.full_like(index.column_index, -3),
+                 column_count=torch.ones_like(index.column_count)), "column_index must lie"),
+        (replace(index, block_count=index.block_count + 99), "block_count must lie"),
+        (replace(index, q_order=torch.zeros(1, 2, 130, dtype=torch.int32)), "q_order must be a permutation"),
+        (replace(index, k_order=torch.zeros(1, 2, 7, dtype=torch.int32)), "k_order has shape"),
+        (replace(index, block_m=48), "block sizes"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call(q, k, v, bad, **kwargs)
+
+
+def test_reference_rejects_a_key_listed_twice():
+    index = causal_index(1, 1, 256, 256)
+    # Query block 3 lists blocks 0, 64, 128; add column 70, already inside block 64.
+    cols = torch.zeros(1, 1, 4, 1, dtype=torch.int32)
+    cols[0, 0, 3, 0] = 70
+    count = torch.zeros(1, 1, 4, dtype=torch.int32)
+    count[0, 0, 3] = 1
+    with pytest.raises(ValueError, match="more than once"):
+        index_to_mask(replace(index, column_index=cols, column_count=count), 256, 256)
+
+
+def test_entries_inside_the_diagonal_block_are_ignored():
+    """Builders may list the diagonal block; the mask is the same as without it."""
+    base = causal_index(1, 1, 256, 256)
+    with_diag = base.block_offset.clone()
+    count = base.block_count.clone()
+    with_diag = torch.cat([with_diag, torch.zeros(1, 1, 4, 1, dtype=torch.int32)], dim=-1)
+    for m in range(4):
+        with_diag[0, 0, m, count[0, 0, m]] = m * 64
+    count += 1
+    assert torch.equal(index_to_mask(replace(base, block_offset=with_diag, block_count=count), 256, 256),
+                       index_to_mask(base, 256, 256))
+
+
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v = qkv()
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        sparse_attention_forward(q, k, v, causal_index(1, 2, 130, 130))
