@@ -13,6 +13,6 @@ def mminference_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
     """Dynamo backend: (graph, example inputs) -> compiled callable."""
     from torch._inductor.compile_fx import compile_fx
 
-    import mmcompile  # noqa: F401  (registers torch.ops.mminference.* for the compiled graph)
+    import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.* for the compiled graph)
 
     return compile_fx(gm, example_inputs)

@@ -5,7 +5,7 @@ import importlib.metadata
 import pytest
 import torch
 
-import mmcompile  # noqa: F401  (registers the ops)
+import mmcompile.ops  # noqa: F401  (registers the ops)
 from mmcompile.kernels import sparse_attention_reference
 from mmcompile.kernels.index_factories import random_index
 from mmcompile.ops import sparse_attention_op

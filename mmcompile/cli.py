@@ -1,0 +1,29 @@
+"""The ``mminference`` command: ``mminference demo [options]``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+COMMANDS = {"demo": "run the built-in demo (no downloads)"}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: mminference {%s} [options]" % ",".join(COMMANDS))
+        for name, text in COMMANDS.items():
+            print(f"  {name:8s} {text}")
+        raise SystemExit(2)
+    if not torch.cuda.is_available():
+        # Kernels run in Triton's CPU interpreter; it must be chosen before any kernel is defined.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from mmcompile import demo
+
+    demo.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
