@@ -116,6 +116,24 @@ def sweep_dense(results: list, n: int) -> None:
                             tflops=tflops(causal_flops(n, 28, 128), t["ms"])))
 
 
+def sweep_sparse(results: list, n: int) -> None:
+    """Index block sizes and launch configs of the sparse path, random blocks at ~10% density."""
+    q, k, v = make_inputs(n, 28, 4)
+    for (bm, bn), warps, stages in [((64, 64), 4, 3), ((64, 64), 4, 4), ((64, 64), 8, 3),
+                                    ((128, 64), 8, 3), ((128, 64), 4, 3), ((128, 128), 8, 3)]:
+        index = pattern_index("random", 0.1, n, 28, bm, bn)
+        cfg = dict(num_warps=warps, num_stages=stages)
+        name = f"sparse {bm}x{bn} w{warps} s{stages}"
+        try:
+            t = timed(lambda: sparse_attention_forward(q, k, v, index, config=cfg))
+        except Exception as e:  # noqa: BLE001  (out of resources for some configs)
+            results.append(dict(section="sweep", n=n, config=name, error=str(e)[:200]))
+            continue
+        tiles_flops = 4.0 * computed_tiles(index, n, n) * bm * bn * 128
+        results.append(dict(section="sweep", n=n, config=name, density=density(index, n), ms=t["ms"],
+                            tflops_computed=tflops(tiles_flops, t["ms"])))
+
+
 def bench_length(results: list, n: int, heads_q: int, heads_kv: int, densities, skip_flex: bool,
                  block: tuple[int, int]) -> None:
     q, k, v = make_inputs(n, heads_q, heads_kv)
@@ -196,6 +214,7 @@ def main() -> None:
     sections = [("accuracy", lambda: check_accuracy(results))]
     if args.sweep:
         sections += [(f"sweep {n}", lambda n=n: sweep_dense(results, n)) for n in (32768, 131072)]
+        sections.append(("sweep sparse", lambda: sweep_sparse(results, 131072)))
     for n in (int(x) for x in args.lengths.split(",")):
         sections.append((f"length {n}", lambda n=n: bench_length(results, n, 28, 4, (0.05, 0.1, 0.2),
                                                                    args.skip_flex, block)))
