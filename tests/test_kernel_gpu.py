@@ -67,7 +67,7 @@ def test_head_dims_and_permutations(head_dim):
 
 
 def test_offsets():
-    q, k, v = rand(4, 1, 500, n_k=1500)
-    check(q, k, v, None, torch.bfloat16, q_offset=1000)
-    check(q, k, v, causal_index(1, 4, 500, 1500, 64, 64, q_offset=1000, device="cuda"), torch.bfloat16,
-          q_offset=1000)
+    q, k, v = rand(4, 1, 500, n_k=1524)
+    check(q, k, v, None, torch.bfloat16, q_offset=1024)
+    check(q, k, v, causal_index(1, 4, 500, 1524, 64, 64, q_offset=1024, device="cuda"), torch.bfloat16,
+          q_offset=1024)
