@@ -12,6 +12,7 @@ Writes ``kernel.json`` under --out and prints a table last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -134,6 +135,25 @@ def sweep_sparse(results: list, n: int) -> None:
                             tflops_computed=tflops(tiles_flops, t["ms"])))
 
 
+def probe_sparse(results: list, n: int) -> None:
+    """Where sparse time goes: tile sizes per pattern, and the cost of gathered addressing alone
+    (the random index run again with identity orders)."""
+    q, k, v = make_inputs(n, 28, 4)
+    for bm, bn in ((128, 64), (128, 128)):
+        for kind, target in (("a-shape", 0.05), ("a-shape", 0.1), ("random", 0.1), ("grid", 0.1)):
+            index = pattern_index(kind, target, n, 28, bm, bn)
+            cases = [(kind, index)]
+            if kind == "random":
+                ident = torch.arange(n, device="cuda", dtype=torch.int32).expand(1, 28, n).contiguous()
+                cases.append(("random+identity-orders", dataclasses.replace(index, q_order=ident, k_order=ident)))
+            for name, idx in cases:
+                t = timed(lambda: sparse_attention_forward(q, k, v, idx))
+                tiles_flops = 4.0 * computed_tiles(idx, n, n) * bm * bn * 128
+                results.append(dict(section="probe", n=n, block=f"{bm}x{bn}", pattern=name, target=target,
+                                    density=density(idx, n), ms=t["ms"],
+                                    tflops_computed=tflops(tiles_flops, t["ms"])))
+
+
 def bench_length(results: list, n: int, heads_q: int, heads_kv: int, densities, skip_flex: bool,
                  block: tuple[int, int]) -> None:
     q, k, v = make_inputs(n, heads_q, heads_kv)
@@ -204,6 +224,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="time dense launch configs first")
     parser.add_argument("--skip-flex", action="store_true")
     parser.add_argument("--lengths", default="32768,131072")
+    parser.add_argument("--probe", action="store_true", help="tile sizes and gather cost at 128K")
     parser.add_argument("--million", action="store_true", help="also 1M tokens with 2 heads")
     parser.add_argument("--block", default="64,64", help="index block_m,block_n of the sparse cases")
     args = parser.parse_args()
@@ -215,6 +236,8 @@ def main() -> None:
     if args.sweep:
         sections += [(f"sweep {n}", lambda n=n: sweep_dense(results, n)) for n in (32768, 131072)]
         sections.append(("sweep sparse", lambda: sweep_sparse(results, 131072)))
+    if args.probe:
+        sections.append(("probe", lambda: probe_sparse(results, 131072)))
     for n in (int(x) for x in args.lengths.split(",") if x):
         sections.append((f"length {n}", lambda n=n: bench_length(results, n, 28, 4, (0.05, 0.1, 0.2),
                                                                    args.skip_flex, block)))

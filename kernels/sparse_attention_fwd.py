@@ -15,6 +15,8 @@ Caveats:
 * bf16 ``tl.dot`` is wrong in the Triton interpreter (triton-lang/triton#11584): when interpreting,
   operands are upcast to fp32 (``DOT_FP32``).
 * fp32 inputs on a GPU use TF32 dots (Triton's default): expect ~1e-3 relative error there.
+* K/V loads carry no predicate: out-of-set lanes read a clamped in-range row and get probability 0.
+  Inputs must be finite (a NaN/inf in any K/V row may then reach rows that did not select it).
 * Sequence lengths are runtime ints, never constexpr, so a new length does not recompile.
 """
 
@@ -83,11 +85,14 @@ def _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_abs, valid, needs_mask, qk_s
 
 
 @triton.jit
-def _key_positions(k_order_row, slots, valid, HAS_K_ORDER: tl.constexpr):
+def _key_positions(k_order_row, slots, n_k, HAS_K_ORDER: tl.constexpr):
+    """Original positions of key slots, clamped into [0, n_k) so that every K/V load is in bounds
+    and needs no predicate; lanes outside the visited set are masked in the scores instead."""
+    safe = tl.minimum(tl.maximum(slots, 0), n_k - 1)
     if HAS_K_ORDER:
-        return tl.load(k_order_row + slots, mask=valid, other=0)
+        return tl.load(k_order_row + safe)
     else:
-        return slots
+        return safe
 
 
 @triton.jit
@@ -165,9 +170,9 @@ def _sparse_attention_fwd(
     for start in range(diag_lo, diag_hi, BLOCK_N):
         slots = start + offs_n
         valid = slots < diag_hi
-        k_pos = _key_positions(k_order_row, slots, valid, HAS_K_ORDER)
-        k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, True)
-        v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, True)
+        k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
+        k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+        v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
         mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
         acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
 
@@ -184,13 +189,13 @@ def _sparse_attention_fwd(
             valid = (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
             all_valid = (start >= 0) & (start + BLOCK_N <= n_k) & \
                 ((start + BLOCK_N <= diag_lo) | (start >= diag_hi))
-            k_pos = _key_positions(k_order_row, slots, valid, HAS_K_ORDER)
+            k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
             if HAS_K_ORDER:
                 k_last = tl.max(tl.where(valid, k_pos, 0), 0)
             else:
                 k_last = start + BLOCK_N - 1
-            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, True)
-            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, True)
+            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
             needs_mask = (not all_valid) | (k_last + k_offset > q_min)
             acc, m_i, l_i = _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_pos + k_offset, valid,
                                            needs_mask, qk_scale, DOT_FP32)
@@ -202,9 +207,9 @@ def _sparse_attention_fwd(
             listed = c + offs_n < num_columns
             slots = tl.load(column_row + c + offs_n, mask=listed, other=-1)
             valid = listed & (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
-            k_pos = _key_positions(k_order_row, slots, valid, HAS_K_ORDER)
-            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, True)
-            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, True)
+            k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
+            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
             mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
             acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
 
