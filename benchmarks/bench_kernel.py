@@ -136,22 +136,20 @@ def sweep_sparse(results: list, n: int) -> None:
 
 
 def probe_sparse(results: list, n: int) -> None:
-    """Where sparse time goes: tile sizes per pattern, and the cost of gathered addressing alone
-    (the random index run again with identity orders)."""
+    """Where ordered (permuted) tiles lose time: the random index with identity orders, and the grid,
+    under a few launch configs, next to the random index without orders."""
     q, k, v = make_inputs(n, 28, 4)
-    for bm, bn in ((128, 64), (128, 128)):
-        for kind, target in (("a-shape", 0.05), ("a-shape", 0.1), ("random", 0.1), ("grid", 0.1)):
-            index = pattern_index(kind, target, n, 28, bm, bn)
-            cases = [(kind, index)]
-            if kind == "random":
-                ident = torch.arange(n, device="cuda", dtype=torch.int32).expand(1, 28, n).contiguous()
-                cases.append(("random+identity-orders", dataclasses.replace(index, q_order=ident, k_order=ident)))
-            for name, idx in cases:
-                t = timed(lambda: sparse_attention_forward(q, k, v, idx))
-                tiles_flops = 4.0 * computed_tiles(idx, n, n) * bm * bn * 128
-                results.append(dict(section="probe", n=n, block=f"{bm}x{bn}", pattern=name, target=target,
-                                    density=density(idx, n), ms=t["ms"],
-                                    tflops_computed=tflops(tiles_flops, t["ms"])))
+    index = pattern_index("random", 0.1, n, 28, 128, 64)
+    ident = torch.arange(n, device="cuda", dtype=torch.int32).expand(1, 28, n).contiguous()
+    cases = [("random", index), ("random+identity-orders", dataclasses.replace(index, q_order=ident, k_order=ident)),
+             ("grid", pattern_index("grid", 0.1, n, 28, 128, 64))]
+    for name, idx in cases:
+        for warps, stages in ((8, 3), (8, 2), (8, 4), (4, 3)):
+            cfg = dict(num_warps=warps, num_stages=stages)
+            t = timed(lambda: sparse_attention_forward(q, k, v, idx, config=cfg))
+            tiles_flops = 4.0 * computed_tiles(idx, n, n) * 128 * 64 * 128
+            results.append(dict(section="probe", n=n, pattern=name, config=f"w{warps} s{stages}",
+                                density=density(idx, n), ms=t["ms"], tflops_computed=tflops(tiles_flops, t["ms"])))
 
 
 def bench_length(results: list, n: int, heads_q: int, heads_kv: int, densities, skip_flex: bool,
