@@ -109,8 +109,8 @@ def _load_rows(base, positions, stride_n, offs_d, valid, HEAD_DIM: tl.constexpr,
 @triton.jit
 def _sparse_attention_fwd(
     Q, K, V, Out, Lse,
-    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder,
-    qk_scale, n_q, n_k, q_offset, k_offset, heads_q, group,
+    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder, HeadIds,
+    qk_scale, n_q, n_k, q_offset, k_offset, heads_run, group,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -123,14 +123,18 @@ def _sparse_attention_fwd(
     stride_kob, stride_koh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr, HAS_Q_ORDER: tl.constexpr, HAS_K_ORDER: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    HAS_HEAD_IDS: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     # Longest (last) query blocks first: with causal work that shrinks the tail of the launch.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // heads_q
-    h = bh % heads_q
-    h_kv = h // group
+    b = bh // heads_run
+    h = bh % heads_run  # head of the index (and of its orders)
+    if HAS_HEAD_IDS:  # the launch covers a subset of the query heads
+        h_q = tl.load(HeadIds + h)
+    else:
+        h_q = h
+    h_kv = h_q // group
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
 
@@ -141,7 +145,7 @@ def _sparse_attention_fwd(
         q_pos = tl.load(QOrder + b * stride_qob + h * stride_qoh + q_slots, mask=q_valid, other=0)
     else:
         q_pos = q_slots
-    q = _load_rows(Q + b * stride_qb + h * stride_qh, q_pos, stride_qn, offs_d, q_valid, HEAD_DIM, True)
+    q = _load_rows(Q + b * stride_qb + h_q * stride_qh, q_pos, stride_qn, offs_d, q_valid, HEAD_DIM, True)
     q_abs = q_pos + q_offset
 
     k_base = K + b * stride_kb + h_kv * stride_kh
@@ -216,10 +220,10 @@ def _sparse_attention_fwd(
     # Rows that saw nothing keep acc = 0, l = 0: write 0 and lse = -inf instead of NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_ptrs = Out + b * stride_ob + h * stride_oh + q_pos[:, None] * stride_on + offs_d[None, :]
+    o_ptrs = Out + b * stride_ob + h_q * stride_oh + q_pos[:, None] * stride_on + offs_d[None, :]
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=q_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)
-    tl.store(Lse + b * stride_lb + h * stride_lh + q_pos, lse, mask=q_valid)
+    tl.store(Lse + b * stride_lb + h_q * stride_lh + q_pos, lse, mask=q_valid)
 
 
 def _launch_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype) -> dict:
@@ -251,19 +255,21 @@ def _prepare(q, k, v, scale):
 
 
 def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, block_n, is_dense,
-         config=None):
+         config=None, head_ids=None):
     batch, heads_q, n_q, head_dim = q.shape
+    heads_run = heads_q if head_ids is None else head_ids.shape[0]
     block_count, block_offset, column_count, column_index = lists
     q_order, k_order = orders
     dummy = block_count  # stands in for an absent order; never read (constexpr-guarded)
     qo = q_order if q_order is not None else dummy
     ko = k_order if k_order is not None else dummy
-    grid = (triton.cdiv(n_q, block_m), batch * heads_q)
+    grid = (triton.cdiv(n_q, block_m), batch * heads_run)
     cfg = config or _launch_config(head_dim, block_m, block_n, q.dtype)
     _sparse_attention_fwd[grid](
         q, k, v, out, lse,
         block_count, block_offset, column_count, column_index, qo, ko,
-        scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_q, heads_q // k.shape[1],
+        head_ids if head_ids is not None else dummy,
+        scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_run, heads_q // k.shape[1],
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -277,26 +283,37 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_M=block_m, BLOCK_N=block_n,
         IS_DENSE=is_dense, HAS_Q_ORDER=q_order is not None, HAS_K_ORDER=k_order is not None,
-        DOT_FP32=interpreting() and q.dtype != torch.float32,
+        HAS_HEAD_IDS=head_ids is not None, DOT_FP32=interpreting() and q.dtype != torch.float32,
         **cfg,
     )
     return out, lse
 
 
 def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: int = 0,
-                             k_offset: int = 0, check_values: bool = False, config=None):
+                             k_offset: int = 0, check_values: bool = False, config=None,
+                             head_ids=None, out=None, lse=None):
     """Causal attention of q [B, Hq, Nq, D] over k, v [B, Hkv, Nk, D] restricted to ``index``.
 
     Returns (out [B, Hq, Nq, D] in q's dtype, lse [B, Hq, Nq] float32, natural log).
     ``check_values`` validates the index contents (a host sync); shapes are always checked.
+    ``head_ids`` (int32 [Hs]) runs only those query heads, with an index of Hs heads, writing into
+    ``out``/``lse`` (given, or new): one launch per pattern group of a layer.
     """
-    q, k, v, scale, out, lse = _prepare(q, k, v, scale)
-    check_index(index, q, k, check_values=check_values)
+    q, k, v, scale, new_out, new_lse = _prepare(q, k, v, scale)
+    out = new_out if out is None else out
+    lse = new_lse if lse is None else lse
+    if head_ids is not None:
+        if head_ids.dtype != torch.int32 or head_ids.dim() != 1:
+            raise ValueError("head_ids must be a 1-D int32 tensor of query heads")
+        sub = q[:, :head_ids.shape[0]]  # shape stand-in: the index covers len(head_ids) heads
+        check_index(index, sub, k, check_values=check_values)
+    else:
+        check_index(index, q, k, check_values=check_values)
     lists = (index.block_count, index.block_offset, index.column_count, index.column_index)
     lists = tuple(t.contiguous() for t in lists)
     orders = tuple(o.contiguous() if o is not None else None for o in (index.q_order, index.k_order))
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders,
-                index.block_m, index.block_n, False, config)
+                index.block_m, index.block_n, False, config, head_ids)
 
 
 def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0,

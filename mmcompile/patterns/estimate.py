@@ -1,0 +1,93 @@
+"""Online estimation from the last queries (MInference Alg. 2, MMInference Alg. 1).
+
+``last_queries`` picks, per sample, the last ``last_q`` tokens (of one modality, for boundary
+heads); ``last_query_probs`` is their float32 softmax over all keys, causal in original positions;
+vertical (per key) and slash (per diagonal offset) scores and the grid stride/phase are read off it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import PAD
+
+LAST_Q = 64
+
+
+def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
+                 last_q: int = LAST_Q, device=None):
+    """Positions int64 [B, L] of the last ``last_q`` tokens (of modality ``want``; non-pad if None),
+    latest first, and a bool [B, L] saying which exist."""
+    last_q = min(last_q, n)
+    if modality is None:
+        pos = torch.arange(n - 1, n - 1 - last_q, -1, device=device).expand(batch, last_q)
+        return pos, torch.ones(batch, last_q, dtype=torch.bool, device=device)
+    hit = modality != PAD if want is None else modality == want
+    score = torch.where(hit, torch.arange(n, device=modality.device), -1)
+    top = score.topk(last_q, dim=1).values
+    return top.clamp(min=0), top >= 0
+
+
+def last_query_probs(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
+                     scale: float, key_pad: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 [B, Hq, L, N]: softmax of the chosen queries over all keys (GQA without copies)."""
+    batch, heads_q, n, d = q.shape
+    heads_kv = k.shape[1]
+    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, pos.shape[1], d)).float()
+    rows = rows.view(batch, heads_kv, heads_q // heads_kv, pos.shape[1], d)
+    scores = torch.einsum("bkgld,bknd->bkgln", rows, k.float()).reshape(batch, heads_q, pos.shape[1], n)
+    keys = torch.arange(n, device=q.device)
+    allowed = keys[None, None, :] <= pos[:, :, None]  # [B, L, N]
+    if key_pad is not None:
+        allowed = allowed & ~key_pad[:, None, :]
+    scores = scores * scale
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return probs * valid[:, None, :, None]
+
+
+def vertical_scores(probs: torch.Tensor) -> torch.Tensor:
+    """[B, H, N]: attention mass of each key column over the estimation rows."""
+    return probs.sum(dim=2)
+
+
+def slash_scores(probs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """[B, H, N]: mass along each diagonal offset o (key = query position - o)."""
+    batch, heads, rows, n = probs.shape
+    offsets = torch.arange(n, device=probs.device)
+    keys = pos[:, :, None] - offsets[None, None, :]  # [B, L, N]: key at offset o for each row
+    inside = keys >= 0
+    gathered = probs.gather(3, keys.clamp(min=0)[:, None].expand(batch, heads, rows, n))
+    return (gathered * inside[:, None]).sum(dim=2)
+
+
+def grid_stride_phase(vertical: torch.Tensor, candidates: list[int]):
+    """Best (stride, phase) per (b, h) among candidate strides.
+
+    Score of a stride s: the heaviest phase's share of the mass times s, i.e. its mass over the
+    uniform 1/s baseline, so small strides are not favoured just for holding more tokens; ties go
+    to the smallest stride (multiples of the true stride score the same).
+    """
+    batch, heads, n = vertical.shape
+    total = vertical.sum(-1).clamp(min=1e-20)
+    best_score = torch.full((batch, heads), -1.0, device=vertical.device)
+    best_stride = torch.ones(batch, heads, dtype=torch.long, device=vertical.device)
+    best_phase = torch.zeros(batch, heads, dtype=torch.long, device=vertical.device)
+    for s in candidates:  # a few strides; each is one O(N) view-and-sum
+        padded = torch.nn.functional.pad(vertical, (0, (-n) % s))
+        mass = padded.view(batch, heads, -1, s).sum(2)
+        top, phase = mass.max(-1)
+        score = top / total * s
+        better = score > best_score * 1.05  # needs a clear margin over a smaller stride
+        best_score = torch.where(better, score, best_score)
+        best_stride = torch.where(better, s, best_stride)
+        best_phase = torch.where(better, phase, best_phase)
+    return best_stride, best_phase
+
+
+def stride_candidates(frame: int, max_stride: int) -> list[int]:
+    """Candidate strides for a searched grid: the frame size, its halves and doubles, and a coarse
+    log-spaced set up to ``max_stride``."""
+    coarse = {int(round(2 ** (e / 4))) for e in range(16, 4 * max_stride.bit_length())}
+    around = {frame, frame // 2, frame * 2, frame // 4} if frame > 0 else set()
+    return sorted(v for v in coarse | around if 8 <= v <= max_stride)

@@ -1,0 +1,146 @@
+"""Turn per-head block sets into a SparseIndex, vectorized over batch, heads and query blocks.
+
+Every pattern is described by a few per-(batch, head) sets that do not depend on the query block:
+  * ``relative``: key-block distances d to the diagonal (query block m visits block m*R + d, with
+    R = block_m / block_n); slashes, local windows and periodic grid diagonals are such sets;
+  * ``absolute``: key-block ids visited by every query block (sinks, grid vertical-line bands);
+  * ``columns``: single key slots visited by every query block (vertical lines);
+  * ``full_rows``: query blocks that visit every key block (grid horizontal lines).
+Sets of several modalities are combined per query block by which modalities its rows hold
+(Q-boundary heads) before one sort-based dedup and a cumsum compaction. No Python loop over
+blocks or heads, no shape that depends on data: capacities come from the set widths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mmcompile.kernels import SparseIndex
+
+INVALID = -1  # marks an unused entry in absolute / column sets
+FAR = 1 << 28  # relative distance that never lands on a key block: padding of relative sets
+
+
+@dataclasses.dataclass
+class BlockSets:
+    """Per (batch, head) sets of one pattern (see module docstring); unused entries padded."""
+    relative: torch.Tensor  # int64 [B, H, Kr], FAR = unused
+    absolute: torch.Tensor  # int64 [B, H, Ka], INVALID = unused
+    columns: torch.Tensor  # int64 [B, H, Kc], INVALID = unused
+    full_rows: torch.Tensor | None = None  # bool [B, H, M]
+
+
+def empty_sets(batch, heads, device) -> BlockSets:
+    z = torch.empty(batch, heads, 0, dtype=torch.int64, device=device)
+    return BlockSets(z, z.clone(), z.clone())
+
+
+def pad_last(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    if t.shape[-1] >= width:
+        return t
+    return torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=value)
+
+
+def stack_heads(per_head: list[BlockSets]) -> BlockSets:
+    """Concatenate sets of head groups along the head dim, padding widths to match."""
+    def cat(name, value):
+        parts = [getattr(s, name) for s in per_head]
+        width = max(p.shape[-1] for p in parts)
+        return torch.cat([pad_last(p, width, value) for p in parts], dim=1)
+    full = None
+    shaped = [s.full_rows for s in per_head if s.full_rows is not None]
+    if shaped:
+        rows = shaped[0]
+        full = torch.cat([s.full_rows if s.full_rows is not None else
+                          rows.new_zeros(rows.shape[0], s.relative.shape[1], rows.shape[2]) for s in per_head], dim=1)
+    return BlockSets(cat("relative", FAR), cat("absolute", INVALID), cat("columns", INVALID), full)
+
+
+def build_index(sets_by_modality: list[tuple[torch.Tensor | None, BlockSets]], n_q: int, n_k: int,
+                block_m: int, block_n: int, order: torch.Tensor | None = None) -> SparseIndex:
+    """SparseIndex from block sets. Each entry is (rows_of_modality, sets): ``rows_of_modality`` is
+    a bool [B, M] saying which query blocks hold rows of that modality (None: all blocks).
+    ``order`` (int32 [B, H, N] or None) is shared by queries and keys; without it, blocks after a
+    query block's diagonal are dropped (fully in the future)."""
+    assert block_m % block_n == 0, "query blocks must be whole key blocks"
+    ratio = block_m // block_n
+    first = sets_by_modality[0][1]
+    batch, heads = first.relative.shape[:2]
+    device = first.relative.device
+    num_m = -(-n_q // block_m)
+    nkb = -(-n_k // block_n)
+    m = torch.arange(num_m, device=device)
+    diag = (m * ratio)[None, None, :, None]  # first key block of each query block's diagonal
+
+    ids, any_full = [], torch.zeros(batch, heads, num_m, dtype=torch.bool, device=device)
+    for rows, sets in sets_by_modality:
+        present = torch.ones(batch, num_m, dtype=torch.bool, device=device) if rows is None else rows
+        present = present[:, None, :, None]
+        rel = diag + sets.relative[:, :, None, :]
+        ab = sets.absolute[:, :, None, :].expand(batch, heads, num_m, sets.absolute.shape[-1])
+        cand = torch.cat([rel, ab], dim=-1)
+        ids.append(torch.where(present & (cand >= 0), cand, -1))
+        if sets.full_rows is not None:
+            any_full |= sets.full_rows & present[..., 0]
+    cand = torch.cat(ids, dim=-1) if ids else torch.empty(batch, heads, num_m, 0, device=device, dtype=torch.long)
+    if any(sets.full_rows is not None for _, sets in sets_by_modality):  # capacity grows to every block
+        every = torch.arange(nkb, device=device).expand(batch, heads, num_m, nkb)
+        cand = pad_last(cand, nkb, -1)
+        cand = torch.where(any_full[..., None], pad_last(every, cand.shape[-1], -1), cand)
+    in_diag = (cand >= diag) & (cand < diag + ratio)
+    limit = nkb if order is not None else diag  # no order: a block after the diagonal is all future
+    valid = (cand >= 0) & (cand < limit) & ~in_diag
+    block_ids, count = _dedup_compact(torch.where(valid, cand, -1))
+
+    columns = [(rows, sets.columns) for rows, sets in sets_by_modality if sets.columns.shape[-1]]
+    col_index, col_count = _columns(columns, block_ids, count, m, block_m, block_n, n_k, order is None,
+                                    batch, heads, num_m, device)
+    return SparseIndex(count.to(torch.int32), (block_ids * block_n).clamp(min=0).to(torch.int32).contiguous(),
+                       col_count.to(torch.int32), col_index.to(torch.int32).contiguous(), block_m, block_n,
+                       order, order)
+
+
+def _dedup_compact(ids: torch.Tensor):
+    """Sorted unique non-negative ids first, per row; returns (ids [.., K] padded -1, count)."""
+    if ids.shape[-1] == 0:
+        return pad_last(ids, 1, -1), ids.new_zeros(ids.shape[:-1])
+    big = torch.iinfo(ids.dtype).max
+    srt = torch.where(ids >= 0, ids, big).sort(dim=-1).values
+    keep = srt != big
+    keep[..., 1:] &= srt[..., 1:] != srt[..., :-1]
+    return _compact(srt, keep)
+
+
+def _compact(values: torch.Tensor, keep: torch.Tensor):
+    """Kept values moved to the front (order kept), rest -1; count per row. Cumsum + scatter."""
+    width = values.shape[-1]
+    pos = torch.where(keep, keep.long().cumsum(-1) - 1, width)
+    out = torch.full(values.shape[:-1] + (width + 1,), -1, dtype=values.dtype, device=values.device)
+    out.scatter_(-1, pos, torch.where(keep, values, -1))
+    return out[..., :width], keep.sum(-1)
+
+
+def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, batch, heads, num_m, device):
+    if not columns:
+        z = torch.zeros(batch, heads, num_m, 1, dtype=torch.long, device=device)
+        return z, z[..., 0]
+    parts = []
+    for rows, cols in columns:
+        c = cols[:, :, None, :].expand(batch, heads, num_m, cols.shape[-1])
+        if rows is not None:
+            c = torch.where(rows[:, None, :, None], c, -1)
+        parts.append(c)
+    c = torch.cat(parts, dim=-1)
+    lo = (m * block_m)[None, None, :, None]
+    valid = (c >= 0) & (c < n_k) & ~((c >= lo) & (c < lo + block_m))
+    if causal_slots:
+        valid &= c < lo
+    # Drop columns already inside a listed block (the kernel would count them twice).
+    sorted_blocks = torch.where(block_ids >= 0, block_ids, torch.iinfo(block_ids.dtype).max)
+    cb = torch.where(valid, c // block_n, -1)
+    at = torch.searchsorted(sorted_blocks.contiguous(), cb.contiguous()).clamp(max=sorted_blocks.shape[-1] - 1)
+    covered = sorted_blocks.gather(-1, at) == cb
+    valid &= ~covered
+    return _dedup_compact(torch.where(valid, c, -1))

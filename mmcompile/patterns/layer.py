@@ -1,0 +1,155 @@
+"""Per-layer entry point: q, k, v, the forward's layout and the layer's head patterns -> attention.
+
+Heads are grouped by how the kernel must address them: heads in original order (A-shape, VS,
+Dense; Q-boundary heads too, whose per-modality sets are combined per query block) and grid heads
+(their own permutation). One kernel launch per group writes into one output. Heads with the same
+pattern are estimated and indexed together; there is no loop over blocks, and the only Python
+loops run over pattern groups and modalities, never over data. Q-boundary is supported for
+original-order patterns; a grid pattern in a Q-boundary head is applied to all its queries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+
+from mmcompile.kernels import sparse_attention_forward
+
+from . import estimate, intra
+from .index_builder import BlockSets, build_index, empty_sets, stack_heads
+from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
+from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
+
+DEFAULT_BLOCK = (128, 64)  # query x key tile of sparse indexes: fastest on the H100 (BENCHMARKS.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardContext:
+    """What every layer of one forward needs from the layout, computed once."""
+    n: int
+    batch: int
+    modality: torch.Tensor | None  # int32 [B, N]
+    key_pad: torch.Tensor | None  # bool [B, N]
+    frame_stride: torch.Tensor  # int32 [B]
+    max_frame: int
+    present: dict  # modality name -> bool [B, M]: query blocks holding rows of that modality
+    block_m: int = DEFAULT_BLOCK[0]
+    block_n: int = DEFAULT_BLOCK[1]
+
+
+def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
+                    block_m: int = DEFAULT_BLOCK[0], block_n: int = DEFAULT_BLOCK[1]) -> ForwardContext:
+    """Once per forward (the one place that syncs with the host)."""
+    if layout is None:
+        return ForwardContext(n, batch, None, None, torch.zeros(batch, dtype=torch.int32, device=device), 0,
+                              {}, block_m, block_n)
+    check_layout(layout, n)
+    layout = layout.to(device)
+    num_m = -(-n // block_m)
+    padded = torch.nn.functional.pad(layout.modality, (0, num_m * block_m - n), value=PAD)
+    blocks = padded.view(layout.batch, num_m, block_m)
+    present = {name: (blocks == mid).any(-1) for mid, name in MODALITY_NAMES.items()
+               if bool((layout.modality == mid).any())}
+    stride = layout.frame_stride()
+    key_pad = layout.modality == PAD
+    return ForwardContext(n, layout.batch, layout.modality, key_pad if bool(key_pad.any()) else None,
+                          stride, int(stride.max()) if stride.numel() else 0, present, block_m, block_n)
+
+
+def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
+                    return_index: bool = False):
+    """Sparse causal attention of one layer. Returns out (and the per-group indexes if asked)."""
+    batch, heads_q, n, d = q.shape
+    if len(heads) != heads_q:
+        raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
+    scale = d ** -0.5 if scale is None else scale
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    probs = _Estimates(q, k, ctx, scale)
+    plain, grid = defaultdict(list), defaultdict(list)
+    for h, head in enumerate(heads):
+        is_grid = any(isinstance(p, Grid) for _, p in head.intra)
+        (grid if is_grid else plain)[head].append(h)
+    indexes = []
+    for groups, builder in ((plain, _plain_index), (grid, _grid_index)):
+        if not groups:
+            continue
+        head_ids = [h for ids in groups.values() for h in ids]
+        index = builder(groups, probs, ctx)
+        ids = torch.tensor(head_ids, dtype=torch.int32, device=q.device)
+        sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
+        indexes.append((head_ids, index))
+    return (out, indexes) if return_index else out
+
+
+class _Estimates:
+    """Last-query softmax per (query modality), computed on first use for all heads."""
+
+    def __init__(self, q, k, ctx: ForwardContext, scale: float):
+        self.q, self.k, self.ctx, self.scale = q, k, ctx, scale
+        self._cache = {}
+
+    def rows(self, modality: str):
+        want = None if modality == "*" else _modality_id(modality)
+        return estimate.last_queries(self.ctx.modality, self.ctx.n, self.ctx.batch, want, device=self.q.device)
+
+    def probs(self, modality: str, head_ids: list[int]):
+        if modality not in self._cache:
+            pos, valid = self.rows(modality)
+            self._cache[modality] = (estimate.last_query_probs(self.q, self.k, pos, valid, self.scale,
+                                                               self.ctx.key_pad), pos)
+        p, pos = self._cache[modality]
+        return p[:, head_ids], pos
+
+
+def _modality_id(name: str) -> int:
+    return {v: k for k, v in MODALITY_NAMES.items()}[name]
+
+
+def _selectors(head: HeadPattern, ctx: ForwardContext) -> list[tuple[str, object]]:
+    """(query modality or "*", intra pattern) pairs a head needs for this input."""
+    if head.inter != "q-boundary" or not ctx.present:
+        return [("*", head.pattern_for("*") if dict(head.intra).get("*") else head.intra[0][1])]
+    return [(name, head.pattern_for(name)) for name in ctx.present]
+
+
+def _sets_for(pattern, head_ids, selector, probs: _Estimates, ctx: ForwardContext) -> BlockSets:
+    batch, count, n = ctx.batch, len(head_ids), ctx.n
+    device = probs.q.device
+    if isinstance(pattern, AShape):
+        return intra.a_shape_sets(pattern, batch, count, n, ctx.block_n, device)
+    if isinstance(pattern, Dense):
+        return intra.dense_sets(pattern, batch, count, n, ctx.block_n, device)
+    if isinstance(pattern, VerticalSlash):
+        p, pos = probs.probs(selector, head_ids)
+        return intra.vertical_slash_sets(pattern, p, pos, n, ctx.block_m, ctx.block_n)
+    raise TypeError(f"pattern {pattern!r} is not an original-order pattern")
+
+
+def _plain_index(groups: dict, probs: _Estimates, ctx: ForwardContext):
+    by_selector = defaultdict(list)  # selector -> per group sets (empty for groups without it)
+    selectors_of = {head: dict(_selectors(head, ctx)) for head in groups}
+    all_selectors = sorted({s for sel in selectors_of.values() for s in sel})
+    for selector in all_selectors:
+        for head, ids in groups.items():
+            pattern = selectors_of[head].get(selector)
+            sets = (_sets_for(pattern, ids, selector, probs, ctx) if pattern is not None
+                    else empty_sets(ctx.batch, len(ids), probs.q.device))
+            by_selector[selector].append(sets)
+    entries = [(None if s == "*" else ctx.present[s], stack_heads(parts)) for s, parts in by_selector.items()]
+    return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
+
+
+def _grid_index(groups: dict, probs: _Estimates, ctx: ForwardContext):
+    orders, parts = [], []
+    for head, ids in groups.items():
+        pattern = next(p for _, p in head.intra if isinstance(p, Grid))
+        p, _ = probs.probs("*", ids)
+        order, sets = intra.grid_sets(pattern, p, ctx.frame_stride, ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n)
+        orders.append(order)
+        parts.append(sets)
+    return build_index([(None, stack_heads(parts))], ctx.n, ctx.n, ctx.block_m, ctx.block_n,
+                       order=torch.cat(orders, dim=1).contiguous())

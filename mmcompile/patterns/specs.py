@@ -1,0 +1,69 @@
+"""Pattern specifications: what a head does (the plan's per-head entry), as frozen dataclasses.
+
+Intra-modality patterns (method.md 1.1-1.4): A-shape, Vertical-Slash, Grid, Block-sparse, Dense.
+Inter-modality types (1.5): none / k-boundary (one index for all queries), q-boundary (queries
+grouped by modality, each modality's index estimated from its own last queries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+
+@dataclasses.dataclass(frozen=True)
+class AShape:
+    """Sink keys plus a local window: static, no estimation."""
+    sink: int = 128
+    local: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class VerticalSlash:
+    """Top ``vertical`` key columns and top ``slash`` diagonals from the last-query estimate."""
+    vertical: int = 1000
+    slash: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Grid lines with a stride (the frame size, or searched up to ``max_stride``) and a phase found
+    online; executed through the permutation that makes the lines contiguous blocks."""
+    stride_kind: str = "frame"  # "frame" | "search"
+    vline: bool = True
+    hline: bool = False
+    slash: bool = True
+    max_stride: int = 1024
+    local_frames: int = 4  # periodic slashes: the same patch in this many earlier frames
+    sink: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSparse:
+    """Top-k key blocks per query block from mean-pooled Q and K."""
+    top_k: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """Every causal key block."""
+
+
+Intra = Union[AShape, VerticalSlash, Grid, BlockSparse, Dense]
+INTRA_TYPES = {cls.__name__.lower(): cls for cls in (AShape, VerticalSlash, Grid, BlockSparse, Dense)}
+INTER_TYPES = ("none", "k-boundary", "q-boundary")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadPattern:
+    """One head: its inter-modality type and its intra pattern per query modality ("*" = any)."""
+    inter: str = "none"
+    intra: tuple = (("*", Dense()),)  # ((modality name or "*", Intra), ...)
+
+    def __post_init__(self):
+        if self.inter not in INTER_TYPES:
+            raise ValueError(f"unknown inter-modality type {self.inter!r}; known: {INTER_TYPES}")
+
+    def pattern_for(self, modality: str) -> Intra:
+        table = dict(self.intra)
+        return table.get(modality, table.get("*", Dense()))
