@@ -85,7 +85,8 @@ def grid_sets(pattern: Grid, probs, frame_stride: torch.Tensor, max_frame: int, 
             2, residue, vertical)  # per-phase mass at the frame stride
         phase = mass.argmax(-1)
     else:
-        candidates = estimate.stride_candidates(max_frame, pattern.max_stride)
+        # At least 8 periods: with fewer, one heavy key makes any long stride look like a grid.
+        candidates = estimate.stride_candidates(max_frame, min(pattern.max_stride, n // 8))
         stride, phase = estimate.grid_stride_phase(vertical, candidates)
     order = grid_order(n, stride, phase)
     nkb = -(-n // block_n)

@@ -1,0 +1,81 @@
+"""Fidelity of sparse attention against dense float32 attention, per head, on sampled query rows.
+
+Metrics (BENCHMARKING.md): attention-mass recall (share of each row's dense softmax mass inside the
+computed mask), output relative error and cosine similarity, and density (computed area over the
+causal area, from the index). Rows are sampled so the cost is O(rows * N), never O(N^2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmcompile.kernels import SparseIndex
+
+
+def index_row_mask(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Tensor:
+    """bool [H, R, N] (batch 0): keys the kernel visits for query positions ``rows`` (int64 [R])."""
+    heads = index.block_count.shape[1]
+    device = rows.device
+    if index.q_order is not None:
+        slot_of = index.q_order[0].long().argsort(-1)  # [H, N]
+        slots = slot_of[:, rows]  # [H, R]
+    else:
+        slots = rows.expand(heads, -1)
+    m = slots // index.block_m
+    key_slots = torch.arange(n_k, device=device)
+    diag_lo = m * index.block_m
+    visit = (key_slots >= diag_lo[..., None]) & (key_slots < diag_lo[..., None] + index.block_m)
+    h = torch.arange(heads, device=device)[:, None]
+    count = index.block_count[0][h, m]  # [H, R]
+    offsets = index.block_offset[0][h, m].long()  # [H, R, cap]
+    listed = torch.arange(offsets.shape[-1], device=device) < count[..., None]
+    spans = offsets[..., None] + torch.arange(index.block_n, device=device)
+    spans = torch.where(listed[..., None] & (spans < n_k), spans, n_k).flatten(2)
+    hit = torch.zeros(heads, rows.shape[0], n_k + 1, dtype=torch.bool, device=device)
+    hit.scatter_(2, spans, True)
+    cols = index.column_index[0][h, m].long()
+    col_listed = torch.arange(cols.shape[-1], device=device) < index.column_count[0][h, m][..., None]
+    hit.scatter_(2, torch.where(col_listed & (cols >= 0) & (cols < n_k), cols, n_k), True)
+    visit |= hit[..., :n_k]
+    if index.k_order is not None:  # slots -> original key positions
+        by_pos = torch.zeros_like(visit)
+        by_pos.scatter_(2, index.k_order[0].long()[:, None, :].expand_as(visit), visit)
+        visit = by_pos
+    return visit & (key_slots[None, None, :] <= rows[None, :, None])
+
+
+def head_fidelity(q, k, v, out, masks: torch.Tensor, rows: torch.Tensor, scale=None) -> dict:
+    """Per query head metrics on ``rows``: q, k, v [1, H*, N, D], out [1, Hq, N, D] (sparse),
+    masks bool [Hq, R, N]. Returns tensors [Hq] of recall, rel_err, cosine."""
+    heads_q, group = q.shape[1], q.shape[1] // k.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qr = q[0, :, rows].float()
+    kf = k[0].float().repeat_interleave(group, 0)
+    vf = v[0].float().repeat_interleave(group, 0)
+    scores = (qr @ kf.transpose(-1, -2)) * scale
+    causal = torch.arange(k.shape[2], device=q.device)[None, :] <= rows[:, None]
+    scores = scores.masked_fill(~causal, float("-inf"))
+    probs = torch.softmax(scores, -1)
+    recall = (probs * masks).sum(-1).mean(-1)
+    dense = probs @ vf
+    sparse = out[0, :, rows].float()
+    err = (sparse - dense).flatten(1).norm(dim=-1) / dense.flatten(1).norm(dim=-1)
+    cos = torch.nn.functional.cosine_similarity(sparse.flatten(1), dense.flatten(1), dim=-1)
+    return dict(recall=recall, rel_err=err, cosine=cos)
+
+
+def index_density(index: SparseIndex, n: int) -> torch.Tensor:
+    """[H] computed area (tiles, diagonal included) over the causal area, batch 0."""
+    bm, bn = index.block_m, index.block_n
+    diag_tiles = -(-bm // bn)
+    tiles = index.block_count[0].long().sum(-1) + diag_tiles * index.block_count.shape[2] + \
+        ((index.column_count[0].long() + bn - 1) // bn).sum(-1)
+    return tiles.float() * bm * bn / (n * (n + 1) / 2)
+
+
+def sample_rows(n: int, count: int, device=None, seed: int = 0) -> torch.Tensor:
+    """The last 64 rows plus random rows from the second half (where sparsity matters)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    tail = torch.arange(max(n - 64, 0), n, device=device)
+    rand = torch.randint(n // 2, n, (max(count - tail.numel(), 0),), generator=g, device=device)
+    return torch.unique(torch.cat([tail, rand]))

@@ -1,0 +1,79 @@
+"""Q/K/V with planted attention structure, for fidelity measurements without model weights.
+
+Per head one of (BENCHMARKING.md "Fidelity"):
+  grid        video queries attend to grid lines (one key per frame at a phase, per head) and to the
+              same patch in earlier frames (periodic slashes); text queries attend locally;
+  vertical-slash  a few heavy key columns plus a local band, for every query;
+  a-shape     sink tokens plus a local band;
+  boundary    text queries: sink + local; video queries: grid lines (modality-dependent);
+  random      unstructured (i.i.d. Gaussian Q/K).
+The local band comes from sinusoidal position features (like RoPE: q_i . k_j depends on i - j).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .layout import VIDEO, ModalityLayout
+
+HEAD_KINDS = ("grid", "vertical-slash", "a-shape", "boundary", "random")
+
+
+def head_kinds(heads: int) -> list[str]:
+    """A fixed mix: ~35% grid, 20% VS, 20% A-shape, 15% boundary, 10% random."""
+    weights = (0.35, 0.2, 0.2, 0.15, 0.1)
+    counts = [int(round(w * heads)) for w in weights]
+    counts[0] += heads - sum(counts)
+    return [kind for kind, c in zip(HEAD_KINDS, counts) for _ in range(c)]
+
+
+def _local_features(n, dims, width, device, g):
+    """[N, dims] features whose dot products decay with |i - j| over about ``width`` tokens."""
+    freqs = torch.rand(dims // 2, generator=g, device=device) * (math.pi / max(width, 1))
+    angle = torch.arange(n, device=device, dtype=torch.float32)[:, None] * freqs[None, :]
+    return torch.cat([angle.cos(), angle.sin()], dim=-1)
+
+
+def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: int = 128, device=None,
+                dtype=torch.float32, seed: int = 0, kinds: list[str] | None = None, strength: float = 9.0):
+    """Returns (q, k, v, kinds): [1, Hq, N, D], [1, Hkv, N, D] x2, and each query head's kind.
+    Batch 1 (the layout's first sample). K/V heads are shared by ``heads_q // heads_kv`` query heads,
+    so planted key features are per KV head and query heads of a group pick which ones to read."""
+    n = layout.length
+    g = torch.Generator(device=device).manual_seed(seed)
+    kinds = kinds or head_kinds(heads_q)
+    group = heads_q // heads_kv
+    q = torch.randn(1, heads_q, n, head_dim, generator=g, device=device) * 0.3
+    k = torch.randn(1, heads_kv, n, head_dim, generator=g, device=device) * 0.3
+    v = torch.randn(1, heads_kv, n, head_dim, generator=g, device=device)
+    video = layout.modality[0].to(device) == VIDEO
+    frame = int(layout.frame_stride()[0]) or 256
+    pos = torch.arange(n, device=device)
+    quarter = head_dim // 4
+    scale = math.sqrt(strength * math.sqrt(head_dim))  # planted pairs score ~strength above noise
+    for kv in range(heads_kv):
+        basis = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=g, device=device))[0]
+        sink_dir, line_dir, col_dir = basis[:, 0], basis[:, 1], basis[:, 2]
+        local_sub = basis[:, 3:3 + quarter]  # local band features live in their own subspace
+        phase = int(torch.randint(0, frame, (1,), generator=g, device=device))
+        lines = video & ((pos - phase) % frame == 0)
+        columns = torch.zeros(n, dtype=torch.bool, device=device)
+        columns[torch.randint(0, n, (max(n // 512, 4),), generator=g, device=device)] = True
+        width = min(256, max(n // 64, 16))  # local band: a few hundred tokens at long lengths
+        local = _local_features(n, quarter, width, device, g) @ local_sub.T * (scale / math.sqrt(quarter / 2))
+        k[0, kv] += scale * (sink_dir * (pos < 64)[:, None] + line_dir * lines[:, None] +
+                             col_dir * columns[:, None]) + local
+        for h in range(kv * group, (kv + 1) * group):
+            kind = kinds[h]
+            if kind == "random":
+                continue
+            add = local.clone() if kind != "grid" else local * (~video)[:, None]
+            add += scale * sink_dir
+            if kind in ("grid", "boundary"):
+                add += scale * line_dir * video[:, None]
+            if kind == "vertical-slash":
+                add += scale * col_dir
+            q[0, h] += add
+    return q.to(dtype), k.to(dtype), v.to(dtype), kinds

@@ -1,0 +1,67 @@
+"""Default head policy, used when no searched plan exists: per head, chosen online.
+
+From the last-query estimate (vertical and slash scores, mass per grid phase) it predicts, per
+head, the attention mass each candidate keeps at a given density budget: A-shape (sink + local),
+Vertical-Slash (top columns + top diagonals) and Grid at the frame stride (line class + sink +
+local frames). The head takes the candidate with the highest predicted recall; if even that is
+below ``min_recall`` the head stays Dense (unstructured heads are not worth the risk). Predictions
+count each key or diagonal once per estimation row, so they are upper bounds where pieces overlap.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import estimate
+from .layer import ForwardContext, _Estimates
+from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
+
+
+def budget_patterns(ctx: ForwardContext, density: float) -> dict:
+    """Candidate patterns sized so each visits about ``density`` of the causal area."""
+    keys = max(int(density * ctx.n / 2), 2 * ctx.block_n)  # keys per row on average
+    sink = 128
+    candidates = {
+        "a-shape": AShape(sink=sink, local=max(keys - sink - ctx.block_m, ctx.block_n)),
+        "vertical-slash": VerticalSlash(vertical=max(keys // 4, 30),
+                                        slash=max(keys * 3 // 4 // (ctx.block_m // ctx.block_n + 1) // ctx.block_n, 50)),
+    }
+    if ctx.max_frame > 0:
+        frames = max(keys - ctx.n // max(ctx.max_frame, 1) // 2, ctx.block_n)
+        candidates["grid"] = Grid(stride_kind="frame", local_frames=frames, sink=64)
+    return candidates
+
+
+def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
+                    scale: float | None = None) -> list[HeadPattern]:
+    """One HeadPattern per query head for this input (one sync: the choice is made on the host)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    probs, pos = _Estimates(q, k, ctx, scale).probs("*", list(range(q.shape[1])))
+    rows = probs.shape[2]
+    vertical = estimate.vertical_scores(probs) / rows  # [B, H, N], mass per row
+    slash = estimate.slash_scores(probs, pos) / rows
+    candidates = budget_patterns(ctx, density)
+    scores = {}
+    ash = candidates["a-shape"]
+    scores["a-shape"] = vertical[..., :ash.sink].sum(-1) + slash[..., :ash.local + ctx.block_m].sum(-1)
+    vs = candidates["vertical-slash"]
+    scores["vertical-slash"] = (vertical.topk(min(vs.vertical, ctx.n), -1).values.sum(-1) +
+                                slash.topk(min(vs.slash, ctx.n), -1).values.sum(-1))
+    if "grid" in candidates:
+        grid = candidates["grid"]
+        stride = ctx.frame_stride.clamp(min=1).long()[:, None, None]
+        residue = torch.arange(ctx.n, device=q.device)[None, None, :] % stride
+        per_phase = torch.zeros(*vertical.shape[:2], max(ctx.max_frame, 1), device=q.device)
+        per_phase.scatter_add_(2, residue.expand_as(vertical), vertical)
+        scores["grid"] = (per_phase.max(-1).values + vertical[..., :grid.sink].sum(-1) +
+                          slash[..., :ctx.block_m].sum(-1))
+    names = list(scores)
+    table = torch.stack([scores[n].clamp(max=1.0) for n in names], dim=-1).mean(0)  # [H, candidates]
+    best, which = table.max(-1)
+    chosen = []
+    for h in range(q.shape[1]):
+        if float(best[h]) < min_recall:
+            chosen.append(HeadPattern("none", (("*", Dense()),)))
+        else:
+            chosen.append(HeadPattern("none", (("*", candidates[names[int(which[h])]]),)))
+    return chosen

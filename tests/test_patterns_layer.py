@@ -1,0 +1,76 @@
+"""layer_attention: kernel output equals the reference of the same indexes, across layouts."""
+
+import pytest
+import torch
+
+from mmcompile.kernels import index_to_mask
+from mmcompile.kernels.reference import masked_attention
+from mmcompile.patterns import (IMAGE, TEXT, VIDEO, AShape, Dense, Grid, HeadPattern, VerticalSlash,
+                                forward_context, from_segments, layer_attention)
+from mmcompile.patterns.fidelity import index_density, index_row_mask
+from mmcompile.patterns.planted import planted_qkv
+from mmcompile.patterns.policy import choose_patterns
+
+pytestmark = pytest.mark.interpreter
+
+HEADS = [HeadPattern("none", (("*", AShape(64, 128)),)),
+         HeadPattern("none", (("*", VerticalSlash(40, 60)),)),
+         HeadPattern("none", (("*", Grid(local_frames=2)),)),
+         HeadPattern("q-boundary", (("text", VerticalSlash(30, 50)), ("video", AShape(64, 64)),
+                                    ("image", Dense())))]
+
+LAYOUTS = {
+    "text-only": [[(TEXT, 520)]],
+    "only-video": [[(VIDEO, 512, 8, 8)]],
+    "interleaved": [[(TEXT, 100), (VIDEO, 192, 8, 8), (TEXT, 60), (VIDEO, 128, 8, 8), (TEXT, 40)]],
+    "image+video": [[(TEXT, 30), (IMAGE, 64, 8, 8), (TEXT, 20), (VIDEO, 256, 8, 8), (TEXT, 150)]],
+}
+
+
+def reference(q, k, v, indexes):
+    group = q.shape[1] // k.shape[1]
+    ref = torch.zeros_like(q)
+    for ids, index in indexes:
+        mask = index_to_mask(index, q.shape[2], k.shape[2])
+        kk, vv = k.repeat_interleave(group, 1)[:, ids], v.repeat_interleave(group, 1)[:, ids]
+        ref[:, ids], _ = masked_attention(q[:, ids], kk, vv, mask)
+    return ref
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layer_matches_reference(name):
+    layout = from_segments(LAYOUTS[name])
+    n = layout.length
+    g = torch.Generator().manual_seed(len(name))
+    q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
+    ctx = forward_context(layout, n, 1, "cpu", 64, 64)
+    out, indexes = layer_attention(q, k, v, HEADS, ctx, return_index=True)
+    assert sorted(h for ids, _ in indexes for h in ids) == [0, 1, 2, 3]
+    ref = reference(q, k, v, indexes)
+    assert ((out - ref).norm() / ref.norm()) < 2e-5
+    for ids, index in indexes:  # row masks used by the fidelity harness agree with the index
+        rows = torch.tensor([0, n // 2, n - 1])
+        assert torch.equal(index_row_mask(index, rows, n), index_to_mask(index, n, n)[0][:, rows])
+        assert (index_density(index, n) > 0).all()
+
+
+def test_no_layout_is_text_only_and_head_count_checked():
+    q, k, v = (torch.randn(1, h, 300, 32) for h in (4, 2, 2))
+    ctx = forward_context(None, 300, 1, "cpu", 64, 64)
+    out = layer_attention(q, k, v, HEADS[:2] * 2, ctx)
+    assert out.shape == q.shape and not out.isnan().any()
+    with pytest.raises(ValueError, match="3 head patterns for 4"):
+        layer_attention(q, k, v, HEADS[:3], ctx)
+
+
+def test_policy_keeps_unstructured_heads_dense_and_sparsifies_planted_ones():
+    layout = from_segments([[(TEXT, 256), (VIDEO, 2048, 8, 8), (TEXT, 256)]])
+    q, k, v, kinds = planted_qkv(layout, 8, 2, 64, kinds=["a-shape", "random", "vertical-slash", "grid"] * 2)
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    chosen = choose_patterns(q, k, ctx, density=0.1)
+    for kind, head in zip(kinds, chosen):
+        pattern = head.intra[0][1]
+        if kind == "random":
+            assert isinstance(pattern, Dense)
+        else:
+            assert not isinstance(pattern, Dense), kind
