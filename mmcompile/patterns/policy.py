@@ -32,15 +32,11 @@ def budget_patterns(ctx: ForwardContext, density: float) -> dict:
     return candidates
 
 
-def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
-                    scale: float | None = None) -> list[HeadPattern]:
-    """One HeadPattern per query head for this input (one sync: the choice is made on the host)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    probs, pos = _Estimates(q, k, ctx, scale).probs("*", list(range(q.shape[1])))
+def _candidate_scores(probs, pos, ctx: ForwardContext, candidates: dict) -> dict:
+    """Predicted recall [B, H] of each candidate from one modality's estimation rows."""
     rows = probs.shape[2]
     vertical = estimate.vertical_scores(probs) / rows  # [B, H, N], mass per row
     slash = estimate.slash_scores(probs, pos) / rows
-    candidates = budget_patterns(ctx, density)
     scores = {}
     ash = candidates["a-shape"]
     scores["a-shape"] = vertical[..., :ash.sink].sum(-1) + slash[..., :ash.local + ctx.block_m].sum(-1)
@@ -50,18 +46,43 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     if "grid" in candidates:
         grid = candidates["grid"]
         stride = ctx.frame_stride.clamp(min=1).long()[:, None, None]
-        residue = torch.arange(ctx.n, device=q.device)[None, None, :] % stride
-        per_phase = torch.zeros(*vertical.shape[:2], max(ctx.max_frame, 1), device=q.device)
+        residue = torch.arange(ctx.n, device=probs.device)[None, None, :] % stride
+        per_phase = torch.zeros(*vertical.shape[:2], max(ctx.max_frame, 1), device=probs.device)
         per_phase.scatter_add_(2, residue.expand_as(vertical), vertical)
         scores["grid"] = (per_phase.max(-1).values + vertical[..., :grid.sink].sum(-1) +
                           slash[..., :ctx.block_m].sum(-1))
-    names = list(scores)
-    table = torch.stack([scores[n].clamp(max=1.0) for n in names], dim=-1).mean(0)  # [H, candidates]
-    best, which = table.max(-1)
+    return scores
+
+
+def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
+                    scale: float | None = None) -> list[HeadPattern]:
+    """One HeadPattern per query head for this input (one sync: the choice is made on the host).
+
+    With one modality (or no layout) every head is No-Boundary. With several, each modality's
+    queries are estimated from their own last queries and get their own pattern (Q-Boundary);
+    there the choice is among original-order patterns (grid lines then become VS columns).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    estimates = _Estimates(q, k, ctx, scale)
+    heads = list(range(q.shape[1]))
+    candidates = budget_patterns(ctx, density)
+    modalities = list(ctx.present) if len(ctx.present) > 1 else ["*"]
+    if len(modalities) > 1:
+        candidates.pop("grid", None)
+    picks = {}  # modality -> (best recall [H], chosen name per head)
+    for modality in modalities:
+        probs, pos = estimates.probs(modality, heads)
+        scores = _candidate_scores(probs, pos, ctx, candidates)
+        names = list(scores)
+        table = torch.stack([scores[n].clamp(max=1.0) for n in names], dim=-1).mean(0)  # [H, candidates]
+        best, which = table.max(-1)
+        picks[modality] = (best.tolist(), [names[i] for i in which.tolist()])
     chosen = []
-    for h in range(q.shape[1]):
-        if float(best[h]) < min_recall:
+    for h in heads:
+        if min(picks[m][0][h] for m in modalities) < min_recall:
             chosen.append(HeadPattern("none", (("*", Dense()),)))
+        elif modalities == ["*"]:
+            chosen.append(HeadPattern("none", (("*", candidates[picks["*"][1][h]]),)))
         else:
-            chosen.append(HeadPattern("none", (("*", candidates[names[int(which[h])]]),)))
+            chosen.append(HeadPattern("q-boundary", tuple((m, candidates[picks[m][1][h]]) for m in modalities)))
     return chosen
