@@ -1,18 +1,128 @@
 """The ``mminference`` torch.compile backend, registered through the ``torch_dynamo_backends``
 entry point (``pyproject.toml``), so ``torch.compile(model, backend="mminference")`` needs no import.
 
-Until the attention-rewriting passes land (issue 4) it hands the graph to Inductor unchanged.
+Per graph Dynamo hands over:
+  1. ``options`` -> one ``BackendConfig`` (unknown keys rejected, with the valid ones listed);
+  2. a copy of the graph (the original is never mutated: it is what we fall back to);
+  3. the passes of ``mmcompile.passes.PIPELINE`` in order, each ``(gm, config) -> PassResult``;
+     an exception in one warns, naming the pass, and the unmodified graph is compiled instead
+     (``strict=True`` re-raises);
+  4. dumps (``dump_dir`` / ``MMINFERENCE_DUMP_DIR``, structured trace) and a ``GraphReport``;
+  5. Inductor (``compile_fx``), or the rewritten ``gm.forward`` with ``debug_uncompiled=True``.
+
+``MMInferenceBackend(options)`` is the same backend as an object with its own ``report``.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import logging
+import warnings
+from typing import Any, Optional
+
 import torch
+import torch.fx as fx
+
+from mmcompile.config import BackendConfig, config_from_options
+from mmcompile.report import GraphDump, GraphReport, Report, entries_from_sites, last_report
+
+log = logging.getLogger(__name__)
+_serial = itertools.count()
 
 
-def mminference_backend(gm: torch.fx.GraphModule, example_inputs, **kwargs):
-    """Dynamo backend: (graph, example inputs) -> compiled callable."""
+def _compile_id() -> str:
+    compile_id = torch._guards.CompileContext.current_compile_id()
+    return str(compile_id) if compile_id is not None else "eager"
+
+
+def _inductor(gm: fx.GraphModule, example_inputs, mode: Optional[str]):
     from torch._inductor.compile_fx import compile_fx
 
-    import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.* for the compiled graph)
+    # Mode options go in as per-compile config patches, never as global Inductor config.
+    patches = torch._inductor.list_mode_options(mode) if mode not in (None, "default") else None
+    return compile_fx(gm, example_inputs, config_patches=patches)
 
-    return compile_fx(gm, example_inputs)
+
+class MMInferenceBackend:
+    """The backend as an inspectable object: ``torch.compile(m, backend=MMInferenceBackend({...}))``,
+    then ``backend.report``. ``options`` given to ``torch.compile`` take precedence."""
+
+    def __init__(self, options: Optional[dict] = None, report: Optional[Report] = None):
+        self.options = options
+        self.report = report if report is not None else Report()
+
+    def __call__(self, gm: fx.GraphModule, example_inputs, *, options: Optional[dict] = None,
+                 mode: Optional[str] = None, **kwargs: Any):
+        config = config_from_options(options if options is not None else self.options)
+        return compile_graph(gm, example_inputs, config, self.report, mode)
+
+
+def mminference_backend(gm: fx.GraphModule, example_inputs, *, options: Optional[dict] = None,
+                        mode: Optional[str] = None, **kwargs: Any):
+    """Dynamo backend: (graph, example inputs) -> compiled callable. Reports go to ``last_report()``."""
+    return compile_graph(gm, example_inputs, config_from_options(options), last_report(), mode)
+
+
+def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, report: Report,
+                  mode: Optional[str] = None):
+    import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.* for the compiled graph)
+    from mmcompile import passes
+    from mmcompile.prefill_op import RuntimeConfig, register_runtime_config
+
+    key = f"mminference-{next(_serial)}"
+    runtime = RuntimeConfig(min_sparse_len=config.min_sparse_len, sink=config.sink, local=config.local,
+                            force_dense=config.force_dense)
+    register_runtime_config(key, runtime)
+    graph = GraphReport(index=len(report.graphs), compile_id=_compile_id(), config_key=key,
+                        stats=runtime.stats)
+    report.graphs.append(graph)
+    dump = GraphDump(config.dump_dir, graph)
+
+    work = _copy(gm)
+    passes.state(work)["config_key"] = key
+    dump.code("original", work)
+    for name in passes.PIPELINE:
+        try:
+            result = getattr(passes, name)(work, config)
+        except Exception as e:  # noqa: BLE001 - any internal error: fall back to the unmodified graph
+            if config.strict:
+                raise
+            graph.fallback = f"{name}: {type(e).__name__}: {e}"
+            warnings.warn(f"mminference: pass '{name}' failed ({type(e).__name__}: {e}); "
+                          "compiling the unmodified graph (options={'strict': True} re-raises)",
+                          RuntimeWarning, stacklevel=2)
+            log.debug("pass %s failed", name, exc_info=True)
+            work = gm
+            break
+        graph.passes.append(result)
+        dump.code(f"after_{name}", work)
+    if graph.fallback is None:
+        graph.entries = entries_from_sites(passes.state(work)["sites"])
+    dump.table(graph)
+    log.info("mminference graph %s: %d attention nodes, %d rewritten", graph.compile_id,
+             len(graph.entries), len(graph.rewritten))
+
+    if config.debug_uncompiled:
+        return work.forward
+    if work is gm:
+        return _inductor(gm, example_inputs, mode)
+    try:
+        return _inductor(work, example_inputs, mode)
+    except Exception as e:  # noqa: BLE001
+        if config.strict:
+            raise
+        graph.fallback = f"inductor on the rewritten graph: {type(e).__name__}: {e}"
+        warnings.warn(f"mminference: Inductor failed on the rewritten graph ({type(e).__name__}: {e}); "
+                      "compiling the unmodified graph", RuntimeWarning, stacklevel=2)
+        return _inductor(gm, example_inputs, mode)
+
+
+def _copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A GraphModule with a deep-copied graph (node meta dicts copied, fake values shared) over the
+    same parameters and buffers: passes may edit it freely, ``gm`` stays the fallback."""
+    from mmcompile.passes._types import META_KEY
+
+    new = fx.GraphModule(gm, copy.deepcopy(gm.graph), class_name=type(gm).__name__)
+    new.meta = {k: v for k, v in gm.meta.items() if k != META_KEY}
+    return new

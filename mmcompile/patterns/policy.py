@@ -24,7 +24,7 @@ def budget_patterns(ctx: ForwardContext, density: float) -> dict:
     candidates = {
         "a-shape": AShape(sink=sink, local=max(keys - sink - ctx.block_m, ctx.block_n)),
         # Diagonals near each other share key blocks, so VS lands far under its nominal budget
-        # (1.4% measured at 10% with keys // 128 slashes): spend a quarter of the keys on columns and
+        # (1.4% measured at a 10% budget with 50 slashes): spend a quarter of the keys on columns and
         # one diagonal per 8 keys.
         "vertical-slash": VerticalSlash(vertical=max(keys // 4, 30), slash=max(keys // 8, 50)),
     }
