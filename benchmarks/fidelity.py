@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 from mmcompile.patterns import TEXT, VIDEO, forward_context, from_segments, layer_attention  # noqa: E402
+from mmcompile.patterns.layer import attend, build_layer_indexes  # noqa: E402
 from mmcompile.patterns.fidelity import head_fidelity, index_density, index_row_mask, sample_rows  # noqa: E402
 from mmcompile.patterns.planted import planted_qkv  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402
@@ -71,15 +72,16 @@ def run(args):
     fid = head_fidelity(q, k, v, out, masks, rows)
     by_kind = collections.defaultdict(list)
     for h in range(heads_q):
-        chosen = type(patterns[h].intra[0][1]).__name__
+        chosen = "/".join(f"{m}:{type(p).__name__}" if m != "*" else type(p).__name__
+                          for m, p in patterns[h].intra)
         by_kind[kinds[h]].append((chosen, fid["recall"][h].item(), fid["rel_err"][h].item(),
                                   fid["cosine"][h].item(), density[h].item()))
     print(f"layout={args.layout} tokens={args.tokens} heads={args.heads} budget={args.density} device={device}")
-    print(f"{'planted':15s} {'chosen':28s} {'recall':>7s} {'rel err':>8s} {'cosine':>7s} {'density':>8s}")
+    print(f"{'planted':15s} {'chosen':40s} {'recall':>7s} {'rel err':>8s} {'cosine':>7s} {'density':>8s}")
     for kind, items in by_kind.items():
         chosen = ",".join(sorted({c for c, *_ in items}))
         mean = [sum(x[i] for x in items) / len(items) for i in range(1, 5)]
-        print(f"{kind:15s} {chosen:28s} {mean[0]:7.4f} {mean[1]:8.4f} {mean[2]:7.4f} {mean[3]:8.4f}")
+        print(f"{kind:15s} {chosen[:40]:40s} {mean[0]:7.4f} {mean[1]:8.4f} {mean[2]:7.4f} {mean[3]:8.4f}")
     recall = fid["recall"].sort().values
     worst = recall[: max(1, heads_q // 20)].mean().item()
     print(f"ALL mean recall {recall.mean().item():.4f}, worst 5% heads {worst:.4f}, "
@@ -101,9 +103,13 @@ def time_op(q, k, v, ctx, patterns):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
     whole = bench(lambda: layer_attention(q, k, v, patterns, ctx))
+    index_ms = bench(lambda: build_layer_indexes(q, k, patterns, ctx))
+    indexes = build_layer_indexes(q, k, patterns, ctx)
+    kernel_ms = bench(lambda: attend(q, k, v, indexes))
     choose = bench(lambda: choose_patterns(q, k, ctx))
     cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     fl = bench(flash)
+    print(f"parts: estimate+index {index_ms:.2f} ms, kernel {kernel_ms:.2f} ms")
     print(f"whole op (estimate+index+kernel) {whole:.2f} ms | policy choice {choose:.2f} ms | "
           f"SDPA flash {fl:.2f} ms | SDPA cuDNN {cudnn:.2f} ms | x cuDNN {cudnn / whole:.2f} | x flash {fl / whole:.2f}")
 

@@ -122,25 +122,41 @@ def _compact(values: torch.Tensor, keep: torch.Tensor):
     return out[..., :width], keep.sum(-1)
 
 
+def _merge_column_sets(columns, batch, heads, device):
+    """Union of the modality column sets per (batch, head), sorted once: (values [B,H,K] with -1
+    unused, bits [B,H,K] saying which entries' modality lists each column)."""
+    values = torch.cat([c for _, c in columns], dim=-1)
+    bits = torch.cat([torch.full_like(c, 1 << i) for i, (_, c) in enumerate(columns)], dim=-1)
+    big = torch.iinfo(values.dtype).max
+    values, perm = torch.where(values >= 0, values, big).sort(dim=-1)
+    bits = bits.gather(-1, perm)
+    for _ in range(len(columns) - 1):  # a value listed by several entries: OR their bits into the first
+        same = values[..., :-1] == values[..., 1:]
+        bits[..., :-1] |= torch.where(same, bits[..., 1:], 0)
+    first = torch.ones_like(values, dtype=torch.bool)
+    first[..., 1:] = values[..., 1:] != values[..., :-1]
+    keep = first & (values != big)
+    return torch.where(keep, values, -1), torch.where(keep, bits, 0)
+
+
 def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, batch, heads, num_m, device):
     if not columns:
         z = torch.zeros(batch, heads, num_m, 1, dtype=torch.long, device=device)
         return z, z[..., 0]
-    parts = []
-    for rows, cols in columns:
-        c = cols[:, :, None, :].expand(batch, heads, num_m, cols.shape[-1])
-        if rows is not None:
-            c = torch.where(rows[:, None, :, None], c, -1)
-        parts.append(c)
-    c = torch.cat(parts, dim=-1)
+    values, bits = _merge_column_sets(columns, batch, heads, device)
+    present = torch.zeros(batch, num_m, dtype=torch.long, device=device)
+    for i, (rows, _) in enumerate(columns):
+        present |= (torch.ones_like(present, dtype=torch.bool) if rows is None else rows).long() << i
+    c = values[:, :, None, :]  # [B, H, 1, K], sorted: broadcast over query blocks
     lo = (m * block_m)[None, None, :, None]
     valid = (c >= 0) & (c < n_k) & ~((c >= lo) & (c < lo + block_m))
+    valid &= (bits[:, :, None, :] & present[:, None, :, None]) != 0
     if causal_slots:
         valid &= c < lo
     # Drop columns already inside a listed block (the kernel would count them twice).
-    sorted_blocks = torch.where(block_ids >= 0, block_ids, torch.iinfo(block_ids.dtype).max)
+    sorted_blocks = torch.where(block_ids >= 0, block_ids, torch.iinfo(block_ids.dtype).max).contiguous()
     cb = torch.where(valid, c // block_n, -1)
-    at = torch.searchsorted(sorted_blocks.contiguous(), cb.contiguous()).clamp(max=sorted_blocks.shape[-1] - 1)
-    covered = sorted_blocks.gather(-1, at) == cb
-    valid &= ~covered
-    return _dedup_compact(torch.where(valid, c, -1))
+    at = torch.searchsorted(sorted_blocks, cb.contiguous()).clamp(max=sorted_blocks.shape[-1] - 1)
+    valid &= sorted_blocks.gather(-1, at) != cb
+    # Sorted and unique already: compaction keeps the order, no sort per query block.
+    return _compact(c.expand_as(valid), valid)

@@ -62,12 +62,17 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
 def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
                     return_index: bool = False):
     """Sparse causal attention of one layer. Returns out (and the per-group indexes if asked)."""
-    batch, heads_q, n, d = q.shape
+    indexes = build_layer_indexes(q, k, heads, ctx, scale)
+    out = attend(q, k, v, indexes, scale)
+    return (out, indexes) if return_index else out
+
+
+def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None):
+    """Estimation and index building: [(query head ids, SparseIndex)], one entry per launch group."""
+    heads_q, d = q.shape[1], q.shape[-1]
     if len(heads) != heads_q:
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
     scale = d ** -0.5 if scale is None else scale
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     probs = _Estimates(q, k, ctx, scale)
     plain, grid = defaultdict(list), defaultdict(list)
     for h, head in enumerate(heads):
@@ -75,14 +80,21 @@ def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, 
         (grid if is_grid else plain)[head].append(h)
     indexes = []
     for groups, builder in ((plain, _plain_index), (grid, _grid_index)):
-        if not groups:
-            continue
-        head_ids = [h for ids in groups.values() for h in ids]
-        index = builder(groups, probs, ctx)
+        if groups:
+            head_ids = [h for ids in groups.values() for h in ids]
+            indexes.append((head_ids, builder(groups, probs, ctx)))
+    return indexes
+
+
+def attend(q, k, v, indexes, scale: float | None = None):
+    """The kernel launches of one layer, all writing into one output."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    for head_ids, index in indexes:
         ids = torch.tensor(head_ids, dtype=torch.int32, device=q.device)
         sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
-        indexes.append((head_ids, index))
-    return (out, indexes) if return_index else out
+    return out
 
 
 class _Estimates:

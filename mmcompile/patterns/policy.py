@@ -4,8 +4,10 @@ From the last-query estimate (vertical and slash scores, mass per grid phase) it
 head, the attention mass each candidate keeps at a given density budget: A-shape (sink + local),
 Vertical-Slash (top columns + top diagonals) and Grid at the frame stride (line class + sink +
 local frames). The head takes the candidate with the highest predicted recall; if even that is
-below ``min_recall`` the head stays Dense (unstructured heads are not worth the risk). Predictions
-count each key or diagonal once per estimation row, so they are upper bounds where pieces overlap.
+below ``min_recall`` the head stays Dense (unstructured heads are not worth the risk). Among the
+candidates predicted to reach ``target_recall`` the simplest wins (A-shape, then grid, then VS).
+Predictions count each key or diagonal once per estimation row, so they are upper bounds where
+pieces overlap.
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ def _candidate_scores(probs, pos, ctx: ForwardContext, candidates: dict) -> dict
     return scores
 
 
+PREFERENCE = ("a-shape", "grid", "vertical-slash")  # simplest first: static, then structured, then free
+
+
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
-                    scale: float | None = None) -> list[HeadPattern]:
+                    target_recall: float = 0.95, scale: float | None = None) -> list[HeadPattern]:
     """One HeadPattern per query head for this input (one sync: the choice is made on the host).
 
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
@@ -75,10 +80,14 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     for modality in modalities:
         probs, pos = estimates.probs(modality, heads)
         scores = _candidate_scores(probs, pos, ctx, candidates)
-        names = list(scores)
+        names = [n for n in PREFERENCE if n in scores]
         table = torch.stack([scores[n].clamp(max=1.0) for n in names], dim=-1).mean(0)  # [H, candidates]
         best, which = table.max(-1)
-        picks[modality] = (best.tolist(), [names[i] for i in which.tolist()])
+        # The first candidate in preference order that reaches the target wins over the best one:
+        # last-query scores flatter VS (keys local to the last rows look like vertical lines).
+        good = table >= target_recall
+        first_good = torch.where(good.any(-1), good.float().argmax(-1), which)
+        picks[modality] = (best.tolist(), [names[i] for i in first_good.tolist()])
     chosen = []
     for h in heads:
         if min(picks[m][0][h] for m in modalities) < min_recall:
