@@ -67,6 +67,10 @@ def run(args):
     masks = torch.zeros(heads_q, rows.numel(), args.tokens, dtype=torch.bool, device=device)
     density = torch.zeros(heads_q, device=device)
     for head_ids, index in groups:
+        if index is None:  # dense heads
+            masks[head_ids] = torch.arange(args.tokens, device=device)[None, :] <= rows[:, None]
+            density[head_ids] = 1.0
+            continue
         masks[head_ids] = index_row_mask(index, rows, args.tokens)
         density[head_ids] = index_density(index, args.tokens)
     fid = head_fidelity(q, k, v, out, masks, rows)

@@ -317,10 +317,14 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
 
 
 def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0,
-                            block_m: int = DENSE_BLOCK_M, block_n: int = DENSE_BLOCK_N, config=None):
-    """Dense causal attention (every causal key block) through the same kernel: the fast path."""
-    q, k, v, scale, out, lse = _prepare(q, k, v, scale)
+                            block_m: int = DENSE_BLOCK_M, block_n: int = DENSE_BLOCK_N, config=None,
+                            head_ids=None, out=None, lse=None):
+    """Dense causal attention (every causal key block) through the same kernel: the fast path.
+    ``head_ids``/``out``/``lse`` as in ``sparse_attention_forward``."""
+    q, k, v, scale, new_out, new_lse = _prepare(q, k, v, scale)
+    out = new_out if out is None else out
+    lse = new_lse if lse is None else lse
     no_lists = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device)
     lists = (no_lists[..., 0], no_lists, no_lists[..., 0], no_lists)
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, (None, None),
-                block_m, block_n, True, config)
+                block_m, block_n, True, config, head_ids)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from mmcompile.kernels import sparse_attention_forward
+from mmcompile.kernels import dense_attention_forward, sparse_attention_forward
 
 from . import estimate, intra
 from .index_builder import BlockSets, build_index, empty_sets, stack_heads
@@ -74,11 +74,14 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
     scale = d ** -0.5 if scale is None else scale
     probs = _Estimates(q, k, ctx, scale)
-    plain, grid = defaultdict(list), defaultdict(list)
+    plain, grid, dense = defaultdict(list), defaultdict(list), []
     for h, head in enumerate(heads):
+        if all(isinstance(p, Dense) for _, p in head.intra):
+            dense.append(h)  # the dense fast path: no index, and no all-blocks lists widening the rest
+            continue
         is_grid = any(isinstance(p, Grid) for _, p in head.intra)
         (grid if is_grid else plain)[head].append(h)
-    indexes = []
+    indexes = [(dense, None)] if dense else []
     for groups, builder in ((plain, _plain_index), (grid, _grid_index)):
         if groups:
             head_ids = [h for ids in groups.values() for h in ids]
@@ -87,13 +90,16 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
 
 
 def attend(q, k, v, indexes, scale: float | None = None):
-    """The kernel launches of one layer, all writing into one output."""
+    """The kernel launches of one layer, all writing into one output (index None: dense heads)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     for head_ids, index in indexes:
         ids = torch.tensor(head_ids, dtype=torch.int32, device=q.device)
-        sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
+        if index is None:
+            dense_attention_forward(q, k, v, scale, head_ids=ids, out=out, lse=lse)
+        else:
+            sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
     return out
 
 

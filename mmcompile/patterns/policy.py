@@ -5,7 +5,7 @@ head, the attention mass each candidate keeps at a given density budget: A-shape
 Vertical-Slash (top columns + top diagonals) and Grid at the frame stride (line class + sink +
 local frames). The head takes the candidate with the highest predicted recall; if even that is
 below ``min_recall`` the head stays Dense (unstructured heads are not worth the risk). Among the
-candidates predicted to reach ``target_recall`` the simplest wins (A-shape, then grid, then VS).
+candidates predicted within ``TIE`` of the best the simplest wins (A-shape, then grid, then VS).
 Predictions count each key or diagonal once per estimation row, so they are upper bounds where
 pieces overlap.
 """
@@ -45,7 +45,11 @@ def _candidate_scores(probs, pos, ctx: ForwardContext, candidates: dict) -> dict
     ash = candidates["a-shape"]
     scores["a-shape"] = vertical[..., :ash.sink].sum(-1) + slash[..., :ash.local + ctx.block_m].sum(-1)
     vs = candidates["vertical-slash"]
-    scores["vertical-slash"] = (vertical.topk(min(vs.vertical, ctx.n), -1).values.sum(-1) +
+    # Keys near the estimation rows look like vertical lines from there; count as columns only keys
+    # well before them (near ones are the slashes' business), else VS is flattered on local heads.
+    near = torch.arange(ctx.n, device=probs.device)[None, :] >= pos.min(-1).values[:, None] - min(LOCAL_GUARD, ctx.n // 16)
+    far_vertical = vertical.masked_fill(near[:, None, :], 0.0)
+    scores["vertical-slash"] = (far_vertical.topk(min(vs.vertical, ctx.n), -1).values.sum(-1) +
                                 slash.topk(min(vs.slash, ctx.n), -1).values.sum(-1))
     if "grid" in candidates:
         grid = candidates["grid"]
@@ -59,10 +63,12 @@ def _candidate_scores(probs, pos, ctx: ForwardContext, candidates: dict) -> dict
 
 
 PREFERENCE = ("a-shape", "grid", "vertical-slash")  # simplest first: static, then structured, then free
+LOCAL_GUARD = 1024  # keys this close before the estimation rows (at most N/16) are not scored as columns
+TIE = 0.02  # a simpler candidate within this much predicted recall of the best one is preferred
 
 
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
-                    target_recall: float = 0.95, scale: float | None = None) -> list[HeadPattern]:
+                    scale: float | None = None) -> list[HeadPattern]:
     """One HeadPattern per query head for this input (one sync: the choice is made on the host).
 
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
@@ -83,10 +89,9 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
         names = [n for n in PREFERENCE if n in scores]
         table = torch.stack([scores[n].clamp(max=1.0) for n in names], dim=-1).mean(0)  # [H, candidates]
         best, which = table.max(-1)
-        # The first candidate in preference order that reaches the target wins over the best one:
-        # last-query scores flatter VS (keys local to the last rows look like vertical lines).
-        good = table >= target_recall
-        first_good = torch.where(good.any(-1), good.float().argmax(-1), which)
+        # The first candidate in preference order within TIE of the best wins.
+        good = table >= best[:, None] - TIE
+        first_good = good.float().argmax(-1)
         picks[modality] = (best.tolist(), [names[i] for i in first_good.tolist()])
     chosen = []
     for h in heads:
