@@ -28,6 +28,9 @@ from mmcompile.patterns.planted import planted_qkv  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 
 
+PROFILE = False
+
+
 def standard_layout(kind: str, n: int, frame_hw=(16, 16)):
     frame = frame_hw[0] * frame_hw[1]
     if kind == "text":
@@ -114,6 +117,13 @@ def time_op(q, k, v, ctx, patterns):
     cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     fl = bench(flash)
     print(f"parts: estimate+index {index_ms:.2f} ms, kernel {kernel_ms:.2f} ms")
+    if PROFILE:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            build_layer_indexes(q, k, patterns, ctx)
+            choose_patterns(q, k, ctx)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=40))
     print(f"whole op (estimate+index+kernel) {whole:.2f} ms | policy choice {choose:.2f} ms | "
           f"SDPA flash {fl:.2f} ms | SDPA cuDNN {cudnn:.2f} ms | x cuDNN {cudnn / whole:.2f} | x flash {fl / whole:.2f}")
 
@@ -128,9 +138,12 @@ def main():
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="profile index building and the policy")
     args = parser.parse_args()
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    global PROFILE
+    PROFILE = args.profile
     start = time.perf_counter()
     run(args)
     print(f"({time.perf_counter() - start:.1f} s)")

@@ -1,0 +1,81 @@
+"""The one configuration object of the ``mminference`` backend, built from ``torch.compile(options=...)``.
+
+    torch.compile(model, backend="mminference", options={"min_sparse_len": 16384, "dump_dir": "dumps"})
+
+``config_from_options`` is the only constructor used by the backend: it rejects unknown keys (the
+message lists the valid ones) and values of the wrong type, and reads ``MMINFERENCE_DUMP_DIR`` when
+``dump_dir`` is not given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Optional
+
+DUMP_DIR_ENV = "MMINFERENCE_DUMP_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendConfig:
+    """Settings of one ``torch.compile(..., backend="mminference", options=...)`` call."""
+
+    plan_path: Optional[str] = None
+    """Path of a per-head pattern plan (JSON). Plans are not supported yet: only ``None`` is
+    accepted, anything else raises ``ValueError`` (a plan for another model must never be applied
+    silently)."""
+
+    min_sparse_len: int = 32768
+    """Prefill length (tokens) from which a rewritten layer runs the sparse kernel; shorter
+    prefills, decode steps and chunked prefill (query length != key length) run dense."""
+
+    sink: int = 128
+    """A-shape placeholder pattern: the first ``sink`` keys every query block sees (tokens)."""
+
+    local: int = 4096
+    """A-shape placeholder pattern: the local window before each query block's diagonal (tokens)."""
+
+    dump_dir: Optional[str] = None
+    """Directory for per-graph dumps (code before/after each pass, the report table). Falls back to
+    the ``MMINFERENCE_DUMP_DIR`` environment variable; ``None`` writes nothing."""
+
+    strict: bool = False
+    """Re-raise an internal error of a pass instead of warning and compiling the unmodified graph."""
+
+    debug_uncompiled: bool = False
+    """Return the rewritten graph's ``forward`` (run by Python) instead of compiling it with
+    Inductor: fast to build, easy to step through, used by most tests."""
+
+    force_dense: bool = False
+    """Rewrite as usual but run every call dense (checks the rewrite itself against eager)."""
+
+    def __post_init__(self):
+        if self.plan_path is not None:
+            raise ValueError(f"plan_path={self.plan_path!r}: loading plans is not supported yet; "
+                             "leave plan_path unset (None) to use the built-in default pattern")
+        for name in ("min_sparse_len", "sink", "local"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"option {name!r} must be a non-negative int, got {value!r}")
+        for name in ("strict", "debug_uncompiled", "force_dense"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"option {name!r} must be a bool, got {getattr(self, name)!r}")
+        if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
+            raise ValueError(f"option 'dump_dir' must be a path, got {self.dump_dir!r}")
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(BackendConfig)]
+
+
+def config_from_options(options: Optional[Mapping[str, Any]]) -> BackendConfig:
+    """Build the BackendConfig from ``torch.compile``'s ``options`` dict (``None`` = defaults)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(valid_keys()))
+    if unknown:
+        raise ValueError(f"unknown mminference option(s) {unknown}; valid keys: {', '.join(valid_keys())}")
+    if options.get("dump_dir") is None and os.environ.get(DUMP_DIR_ENV):
+        options["dump_dir"] = os.environ[DUMP_DIR_ENV]
+    if isinstance(options.get("dump_dir"), os.PathLike):
+        options["dump_dir"] = os.fspath(options["dump_dir"])
+    return BackendConfig(**options)
