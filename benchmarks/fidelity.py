@@ -109,14 +109,23 @@ def time_op(q, k, v, ctx, patterns):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
+    from mmcompile.patterns.layer import Estimates
+
+    def policy_and_op():  # what a layer does without a plan: shared estimates, choice, index, kernel
+        est = Estimates(q, k, ctx, q.shape[-1] ** -0.5)
+        chosen = choose_patterns(q, k, ctx, estimates=est)
+        return attend(q, k, v, build_layer_indexes(q, k, chosen, ctx, estimates=est))
+
+    cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    with_policy = bench(policy_and_op)
     whole = bench(lambda: layer_attention(q, k, v, patterns, ctx))
     index_ms = bench(lambda: build_layer_indexes(q, k, patterns, ctx))
     indexes = build_layer_indexes(q, k, patterns, ctx)
     kernel_ms = bench(lambda: attend(q, k, v, indexes))
     choose = bench(lambda: choose_patterns(q, k, ctx))
-    cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     fl = bench(flash)
-    print(f"parts: estimate+index {index_ms:.2f} ms, kernel {kernel_ms:.2f} ms")
+    print(f"parts: estimate+index {index_ms:.2f} ms, kernel {kernel_ms:.2f} ms; "
+          f"policy+estimate+index+kernel {with_policy:.2f} ms (x cuDNN {cudnn / with_policy:.2f})")
     if PROFILE:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:

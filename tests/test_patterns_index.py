@@ -38,7 +38,7 @@ def test_vertical_slash_index_matches_definition():
     pos, valid = last_queries(None, n, 1)
     probs = last_query_probs(q, k, pos, valid, 0.25)
     pattern = VerticalSlash(vertical=35, slash=60)
-    sets = intra.vertical_slash_sets(pattern, probs, pos, n, BM, BN)
+    sets = intra.vertical_slash_sets(pattern, probs, pos, valid, n, BM, BN)
     index = build_index([(None, sets)], n, n, BM, BN)
     mask = index_to_mask(index, n, n)
     # Brute force from the chosen columns and diagonals (recomputed the same way as the estimator).
@@ -79,7 +79,7 @@ def test_grid_index_in_slot_space_and_stride_phase_found():
     frame_stride = torch.tensor([frame], dtype=torch.int32)
     for kind in ("frame", "search"):
         pattern = Grid(stride_kind=kind, vline=True, hline=True, slash=True, local_frames=40, sink=8)
-        order, sets = intra.grid_sets(pattern, probs, frame_stride, frame, n, BM, BN)
+        order, sets = intra.grid_sets(pattern, probs, valid, frame_stride, frame, n, BM, BN)
         positions = order[0, 0].long()
         lines = -(-(n - phase) // frame)
         assert torch.equal(positions[-lines:] % frame, torch.full((lines,), phase))  # phase class last

@@ -29,36 +29,46 @@ def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | 
 
 
 def last_query_probs(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
-                     scale: float, key_pad: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [B, Hq, L, N]: softmax of the chosen queries over all keys (GQA without copies)."""
+                     scale: float, key_pad: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    """float32 [B, Hq, L, N]: softmax of the chosen queries over all keys (GQA without copies).
+
+    Rows that do not exist (``valid`` False) hold garbage: the score readers below weight them 0.
+    The product runs in the inputs' dtype (fp32 accumulate) and is then softmaxed in fp32: enough
+    to rank columns and diagonals, and it avoids fp32 copies of K. ``start`` (<= every position in
+    ``pos``, known once per forward) limits the causal masking to the keys from there on.
+    """
     batch, heads_q, n, d = q.shape
     heads_kv = k.shape[1]
-    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, pos.shape[1], d)).float()
+    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, pos.shape[1], d)) * scale
     rows = rows.view(batch, heads_kv, heads_q // heads_kv, pos.shape[1], d)
-    scores = torch.einsum("bkgld,bknd->bkgln", rows, k.float()).reshape(batch, heads_q, pos.shape[1], n)
-    keys = torch.arange(n, device=q.device)
-    allowed = keys[None, None, :] <= pos[:, :, None]  # [B, L, N]
-    if key_pad is not None:
-        allowed = allowed & ~key_pad[:, None, :]
-    scores = scores * scale
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return probs * valid[:, None, :, None]
+    scores = torch.einsum("bkgld,bknd->bkgln", rows, k).float().reshape(batch, heads_q, pos.shape[1], n)
+    # Causality only bites from the earliest estimation row on: mask that tail alone.
+    keys = torch.arange(start, n, device=q.device)
+    future = keys[None, None, :] > pos[:, :, None]  # [B, L, N - start]
+    scores[..., start:].masked_fill_(future[:, None], float("-inf"))
+    if key_pad is not None:  # padding: rare, full pass; all-masked rows become zeros
+        scores.masked_fill_(key_pad[:, None, None, :], float("-inf"))
+        return torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+    return torch.softmax(scores, dim=-1)
 
 
-def vertical_scores(probs: torch.Tensor) -> torch.Tensor:
-    """[B, H, N]: attention mass of each key column over the estimation rows."""
-    return probs.sum(dim=2)
+def vertical_scores(probs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, H, N]: attention mass of each key column over the (valid) estimation rows."""
+    if valid is None:
+        return probs.sum(dim=2)
+    return torch.einsum("bhln,bl->bhn", probs, valid.to(probs.dtype))
 
 
-def slash_scores(probs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """[B, H, N]: mass along each diagonal offset o (key = query position - o)."""
+def slash_scores(probs: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, H, N]: mass along each diagonal offset o (key = query position - o), valid rows only."""
     batch, heads, rows, n = probs.shape
     offsets = torch.arange(n, device=probs.device)
     keys = pos[:, :, None] - offsets[None, None, :]  # [B, L, N]: key at offset o for each row
-    inside = keys >= 0
+    weight = (keys >= 0).to(probs.dtype)
+    if valid is not None:
+        weight = weight * valid[:, :, None].to(probs.dtype)
     gathered = probs.gather(3, keys.clamp(min=0)[:, None].expand(batch, heads, rows, n))
-    return (gathered * inside[:, None]).sum(dim=2)
+    return torch.einsum("bhln,bln->bhn", gathered, weight)
 
 
 def grid_stride_phase(vertical: torch.Tensor, candidates: list[int]):

@@ -36,10 +36,10 @@ def dense_sets(pattern: Dense, batch, heads, n, block_n, device) -> BlockSets:
                      every.expand(batch, heads, -1), torch.empty(batch, heads, 0, dtype=torch.long, device=device))
 
 
-def vertical_slash_sets(pattern: VerticalSlash, probs, pos, n, block_m, block_n) -> BlockSets:
-    """probs: [B, H, L, N] last-query softmax of these heads; pos: [B, L] their positions."""
-    vertical = estimate.vertical_scores(probs)
-    slash = estimate.slash_scores(probs, pos)
+def vertical_slash_sets(pattern: VerticalSlash, probs, pos, valid, n, block_m, block_n) -> BlockSets:
+    """probs: [B, H, L, N] last-query softmax of these heads; pos, valid: [B, L] their rows."""
+    vertical = estimate.vertical_scores(probs, valid)
+    slash = estimate.slash_scores(probs, pos, valid)
     vertical[..., :FORCED_SINK_COLUMNS] = float("inf")
     slash[..., :FORCED_LOCAL_DIAGONALS] = float("inf")
     k_v = min(n, max(pattern.vertical, FORCED_SINK_COLUMNS))
@@ -71,12 +71,12 @@ def grid_order(n: int, stride: torch.Tensor, phase: torch.Tensor) -> torch.Tenso
     return (residue * n + pos).argsort(dim=-1).to(torch.int32)
 
 
-def grid_sets(pattern: Grid, probs, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n):
+def grid_sets(pattern: Grid, probs, valid, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n):
     """Returns (order int32 [B, H, N], BlockSets in slot space). ``max_frame``: the largest frame
     stride of the batch as a Python int (known once per forward: no per-layer sync)."""
     batch, heads = probs.shape[:2]
     device = probs.device
-    vertical = estimate.vertical_scores(probs)
+    vertical = estimate.vertical_scores(probs, valid)
     if pattern.stride_kind == "frame":
         frame = frame_stride.clamp(min=1).long()
         stride = frame[:, None].expand(batch, heads)

@@ -36,6 +36,7 @@ class ForwardContext:
     frame_stride: torch.Tensor  # int32 [B]
     max_frame: int
     present: dict  # modality name -> bool [B, M]: query blocks holding rows of that modality
+    last_rows: dict  # "*" or modality name -> (positions [B, L], valid [B, L], earliest position int)
     block_m: int = DEFAULT_BLOCK[0]
     block_n: int = DEFAULT_BLOCK[1]
 
@@ -45,7 +46,7 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
     """Once per forward (the one place that syncs with the host)."""
     if layout is None:
         return ForwardContext(n, batch, None, None, torch.zeros(batch, dtype=torch.int32, device=device), 0,
-                              {}, block_m, block_n)
+                              {}, {"*": _last_rows(None, n, batch, None, device)}, block_m, block_n)
     check_layout(layout, n)
     layout = layout.to(device)
     num_m = -(-n // block_m)
@@ -55,8 +56,15 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
                if bool((layout.modality == mid).any())}
     stride = layout.frame_stride()
     key_pad = layout.modality == PAD
+    last_rows = {name: _last_rows(layout.modality, n, layout.batch, None if name == "*" else _modality_id(name), device)
+                 for name in ["*"] + list(present)}
     return ForwardContext(n, layout.batch, layout.modality, key_pad if bool(key_pad.any()) else None,
-                          stride, int(stride.max()) if stride.numel() else 0, present, block_m, block_n)
+                          stride, int(stride.max()) if stride.numel() else 0, present, last_rows, block_m, block_n)
+
+
+def _last_rows(modality, n, batch, want, device):
+    pos, valid = estimate.last_queries(modality, n, batch, want, device=device)
+    return pos, valid, int(pos.min()) if pos.numel() else n
 
 
 def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
@@ -67,13 +75,15 @@ def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, 
     return (out, indexes) if return_index else out
 
 
-def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None):
-    """Estimation and index building: [(query head ids, SparseIndex)], one entry per launch group."""
+def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
+                        estimates: "Estimates | None" = None):
+    """Estimation and index building: [(query head ids, SparseIndex or None for dense heads)], one
+    entry per launch group. ``estimates`` may be shared with the policy that chose ``heads``."""
     heads_q, d = q.shape[1], q.shape[-1]
     if len(heads) != heads_q:
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
     scale = d ** -0.5 if scale is None else scale
-    probs = _Estimates(q, k, ctx, scale)
+    probs = estimates if estimates is not None else Estimates(q, k, ctx, scale)
     plain, grid, dense = defaultdict(list), defaultdict(list), []
     for h, head in enumerate(heads):
         if all(isinstance(p, Dense) for _, p in head.intra):
@@ -103,24 +113,24 @@ def attend(q, k, v, indexes, scale: float | None = None):
     return out
 
 
-class _Estimates:
-    """Last-query softmax per (query modality), computed on first use for all heads."""
+class Estimates:
+    """Last-query softmax per query modality ("*" = all), computed once per layer on first use for
+    all heads and shared by the policy and the index builders."""
 
     def __init__(self, q, k, ctx: ForwardContext, scale: float):
         self.q, self.k, self.ctx, self.scale = q, k, ctx, scale
         self._cache = {}
 
-    def rows(self, modality: str):
-        want = None if modality == "*" else _modality_id(modality)
-        return estimate.last_queries(self.ctx.modality, self.ctx.n, self.ctx.batch, want, device=self.q.device)
-
     def probs(self, modality: str, head_ids: list[int]):
+        """(probs [B, len(head_ids), L, N], positions [B, L], valid [B, L])."""
         if modality not in self._cache:
-            pos, valid = self.rows(modality)
+            pos, valid, start = self.ctx.last_rows[modality]
             self._cache[modality] = (estimate.last_query_probs(self.q, self.k, pos, valid, self.scale,
-                                                               self.ctx.key_pad), pos)
-        p, pos = self._cache[modality]
-        return p[:, head_ids], pos
+                                                               self.ctx.key_pad, start), pos, valid)
+        p, pos, valid = self._cache[modality]
+        if head_ids != list(range(p.shape[1])):
+            p = p[:, head_ids]
+        return p, pos, valid
 
 
 def _modality_id(name: str) -> int:
@@ -134,7 +144,7 @@ def _selectors(head: HeadPattern, ctx: ForwardContext) -> list[tuple[str, object
     return [(name, head.pattern_for(name)) for name in ctx.present]
 
 
-def _sets_for(pattern, head_ids, selector, probs: _Estimates, ctx: ForwardContext) -> BlockSets:
+def _sets_for(pattern, head_ids, selector, probs: Estimates, ctx: ForwardContext) -> BlockSets:
     batch, count, n = ctx.batch, len(head_ids), ctx.n
     device = probs.q.device
     if isinstance(pattern, AShape):
@@ -142,12 +152,12 @@ def _sets_for(pattern, head_ids, selector, probs: _Estimates, ctx: ForwardContex
     if isinstance(pattern, Dense):
         return intra.dense_sets(pattern, batch, count, n, ctx.block_n, device)
     if isinstance(pattern, VerticalSlash):
-        p, pos = probs.probs(selector, head_ids)
-        return intra.vertical_slash_sets(pattern, p, pos, n, ctx.block_m, ctx.block_n)
+        p, pos, valid = probs.probs(selector, head_ids)
+        return intra.vertical_slash_sets(pattern, p, pos, valid, n, ctx.block_m, ctx.block_n)
     raise TypeError(f"pattern {pattern!r} is not an original-order pattern")
 
 
-def _plain_index(groups: dict, probs: _Estimates, ctx: ForwardContext):
+def _plain_index(groups: dict, probs: Estimates, ctx: ForwardContext):
     by_selector = defaultdict(list)  # selector -> per group sets (empty for groups without it)
     selectors_of = {head: dict(_selectors(head, ctx)) for head in groups}
     all_selectors = sorted({s for sel in selectors_of.values() for s in sel})
@@ -161,12 +171,12 @@ def _plain_index(groups: dict, probs: _Estimates, ctx: ForwardContext):
     return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
 
 
-def _grid_index(groups: dict, probs: _Estimates, ctx: ForwardContext):
+def _grid_index(groups: dict, probs: Estimates, ctx: ForwardContext):
     orders, parts = [], []
     for head, ids in groups.items():
         pattern = next(p for _, p in head.intra if isinstance(p, Grid))
-        p, _ = probs.probs("*", ids)
-        order, sets = intra.grid_sets(pattern, p, ctx.frame_stride, ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n)
+        p, _, valid = probs.probs("*", ids)
+        order, sets = intra.grid_sets(pattern, p, valid, ctx.frame_stride, ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n)
         orders.append(order)
         parts.append(sets)
     return build_index([(None, stack_heads(parts))], ctx.n, ctx.n, ctx.block_m, ctx.block_n,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import estimate
-from .layer import ForwardContext, _Estimates
+from .layer import Estimates, ForwardContext
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 
@@ -36,11 +36,11 @@ def budget_patterns(ctx: ForwardContext, density: float) -> dict:
     return candidates
 
 
-def _candidate_scores(probs, pos, ctx: ForwardContext, candidates: dict) -> dict:
+def _candidate_scores(probs, pos, valid, ctx: ForwardContext, candidates: dict) -> dict:
     """Predicted recall [B, H] of each candidate from one modality's estimation rows."""
-    rows = probs.shape[2]
-    vertical = estimate.vertical_scores(probs) / rows  # [B, H, N], mass per row
-    slash = estimate.slash_scores(probs, pos) / rows
+    rows = valid.sum(-1).clamp(min=1)[:, None, None].to(probs.dtype)
+    vertical = estimate.vertical_scores(probs, valid) / rows  # [B, H, N], mass per row
+    slash = estimate.slash_scores(probs, pos, valid) / rows
     scores = {}
     ash = candidates["a-shape"]
     scores["a-shape"] = vertical[..., :ash.sink].sum(-1) + slash[..., :ash.local + ctx.block_m].sum(-1)
@@ -68,7 +68,7 @@ TIE = 0.02  # a simpler candidate within this much predicted recall of the best 
 
 
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
-                    scale: float | None = None) -> list[HeadPattern]:
+                    scale: float | None = None, estimates: Estimates | None = None) -> list[HeadPattern]:
     """One HeadPattern per query head for this input (one sync: the choice is made on the host).
 
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
@@ -76,7 +76,7 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     there the choice is among original-order patterns (grid lines then become VS columns).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates = _Estimates(q, k, ctx, scale)
+    estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
     heads = list(range(q.shape[1]))
     candidates = budget_patterns(ctx, density)
     modalities = list(ctx.present) if len(ctx.present) > 1 else ["*"]
@@ -84,8 +84,8 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
         candidates.pop("grid", None)
     picks = {}  # modality -> (best recall [H], chosen name per head)
     for modality in modalities:
-        probs, pos = estimates.probs(modality, heads)
-        scores = _candidate_scores(probs, pos, ctx, candidates)
+        probs, pos, valid = estimates.probs(modality, heads)
+        scores = _candidate_scores(probs, pos, valid, ctx, candidates)
         names = [n for n in PREFERENCE if n in scores]
         table = torch.stack([scores[n].clamp(max=1.0) for n in names], dim=-1).mean(0)  # [H, candidates]
         best, which = table.max(-1)
