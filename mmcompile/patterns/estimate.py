@@ -40,8 +40,9 @@ def last_query_probs(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid:
     batch, heads_q, n, d = q.shape
     heads_kv = k.shape[1]
     rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, pos.shape[1], d)) * scale
-    rows = rows.view(batch, heads_kv, heads_q // heads_kv, pos.shape[1], d)
-    scores = torch.einsum("bkgld,bknd->bkgln", rows, k).float().reshape(batch, heads_q, pos.shape[1], n)
+    rows = rows.view(batch, heads_kv, heads_q // heads_kv * pos.shape[1], d)
+    # One batched product per KV head (no K copies), then fp32 for the softmax.
+    scores = torch.matmul(rows, k.transpose(-1, -2)).view(batch, heads_q, pos.shape[1], n).float()
     # Causality only bites from the earliest estimation row on: mask that tail alone.
     keys = torch.arange(start, n, device=q.device)
     future = keys[None, None, :] > pos[:, :, None]  # [B, L, N - start]
