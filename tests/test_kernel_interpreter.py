@@ -149,3 +149,20 @@ def test_a_shape_index_is_sink_plus_local():
     mask = (j <= i) & ((j_block < sink) | (j_block + 64 > row_block_start - local))
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
     assert rel_err(out, ref) < 2e-5
+
+
+def test_head_subsets_write_only_their_heads():
+    """Two launches over disjoint query-head subsets (sparse and dense paths) fill one output."""
+    q, k, v = inputs(4, 2, 200, seed=29)
+    index = random_index(1, 2, 200, 200, 0.4, max_columns=8, generator=torch.Generator().manual_seed(2))
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:3], float("nan"))
+    sparse_ids = torch.tensor([3, 0], dtype=torch.int32)
+    sparse_attention_forward(q, k, v, index, head_ids=sparse_ids, out=out, lse=lse)
+    dense_attention_forward(q, k, v, head_ids=torch.tensor([1, 2], dtype=torch.int32), out=out, lse=lse)
+    assert not out.isnan().any() and not lse.isnan().any()
+    ref, _ = sparse_attention_reference(q[:, [3, 0]], k.repeat_interleave(2, 1)[:, [3, 0]],
+                                        v.repeat_interleave(2, 1)[:, [3, 0]], index)
+    assert rel_err(out[:, [3, 0]], ref) < 2e-5
+    dense, _ = dense_attention_reference(q, k, v)
+    assert rel_err(out[:, [1, 2]], dense[:, [1, 2]]) < 2e-5
