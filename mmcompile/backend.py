@@ -66,8 +66,9 @@ def mminference_backend(gm: fx.GraphModule, example_inputs, *, options: Optional
 
 def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, report: Report,
                   mode: Optional[str] = None):
+    """Rewrite a copy of ``gm`` (falling back to ``gm`` itself on an internal error), record it in
+    ``report``, then compile it with Inductor or return it as is (``debug_uncompiled``)."""
     import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.* for the compiled graph)
-    from mmcompile import passes
     from mmcompile.prefill_op import RuntimeConfig, register_runtime_config
 
     key = f"mminference-{next(_serial)}"
@@ -78,27 +79,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
                         stats=runtime.stats)
     report.graphs.append(graph)
     dump = GraphDump(config.dump_dir, graph)
-
-    work = _copy(gm)
-    passes.state(work)["config_key"] = key
-    dump.code("original", work)
-    for name in passes.PIPELINE:
-        try:
-            result = getattr(passes, name)(work, config)
-        except Exception as e:  # noqa: BLE001 - any internal error: fall back to the unmodified graph
-            if config.strict:
-                raise
-            graph.fallback = f"{name}: {type(e).__name__}: {e}"
-            warnings.warn(f"mminference: pass '{name}' failed ({type(e).__name__}: {e}); "
-                          "compiling the unmodified graph (options={'strict': True} re-raises)",
-                          RuntimeWarning, stacklevel=2)
-            log.debug("pass %s failed", name, exc_info=True)
-            work = gm
-            break
-        graph.passes.append(result)
-        dump.code(f"after_{name}", work)
-    if graph.fallback is None:
-        graph.entries = entries_from_sites(passes.state(work)["sites"])
+    work = _rewrite(gm, config, graph, dump)
     dump.table(graph)
     log.info("mminference graph %s: %d attention nodes, %d rewritten", graph.compile_id,
              len(graph.entries), len(graph.rewritten))
@@ -109,13 +90,40 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
         return _inductor(gm, example_inputs, mode)
     try:
         return _inductor(work, example_inputs, mode)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - Inductor choked on our rewrite: compile the original
         if config.strict:
             raise
-        graph.fallback = f"inductor on the rewritten graph: {type(e).__name__}: {e}"
-        warnings.warn(f"mminference: Inductor failed on the rewritten graph ({type(e).__name__}: {e}); "
-                      "compiling the unmodified graph", RuntimeWarning, stacklevel=2)
+        _fall_back(graph, "inductor on the rewritten graph", e)
         return _inductor(gm, example_inputs, mode)
+
+
+def _rewrite(gm: fx.GraphModule, config: BackendConfig, graph: GraphReport, dump: GraphDump) -> fx.GraphModule:
+    """The passes of ``PIPELINE`` on a copy of ``gm``; ``gm`` itself when one of them fails."""
+    from mmcompile import passes
+
+    stage = "copy"
+    try:
+        work = _copy(gm)
+        passes.state(work)["config_key"] = graph.config_key
+        dump.code("original", work)
+        for stage in passes.PIPELINE:
+            graph.passes.append(getattr(passes, stage)(work, config))
+            dump.code(f"after_{stage}", work)
+        graph.entries = entries_from_sites(passes.state(work)["sites"])
+        return work
+    except Exception as e:  # noqa: BLE001 - any internal error: fall back to the unmodified graph
+        if config.strict:
+            raise
+        _fall_back(graph, f"pass '{stage}'", e)
+        return gm
+
+
+def _fall_back(graph: GraphReport, stage: str, error: Exception) -> None:
+    graph.fallback = f"{stage}: {type(error).__name__}: {error}"
+    graph.entries = []  # nothing of ours is in the compiled graph
+    warnings.warn(f"mminference: {stage} failed ({type(error).__name__}: {error}); compiling the unmodified "
+                  "graph (options={'strict': True} re-raises)", RuntimeWarning, stacklevel=3)
+    log.debug("%s failed", stage, exc_info=True)
 
 
 def _copy(gm: fx.GraphModule) -> fx.GraphModule:

@@ -25,18 +25,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import threading
 import weakref
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-from mmcompile.kernels import (
-    dense_attention_forward, interpreting, sparse_attention_forward, sparse_attention_reference,
-)
-from mmcompile.kernels.index_factories import a_shape_index
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +115,18 @@ def runtime_config(key: str) -> RuntimeConfig:
 
 # --- dense -----------------------------------------------------------------------------------
 
+# The kernels are imported on first use, not with this module: the backend imports it, and the
+# interpreter choice (TRITON_INTERPRET) must still be open until a kernel is defined.
+def _kernels():
+    import mmcompile.kernels as kernels
+    from mmcompile.kernels.index_factories import a_shape_index
+
+    return kernels, a_shape_index
+
+
 def _kernel_ok(q: torch.Tensor) -> bool:
-    return (q.device.type == "cuda" or interpreting()) and q.dtype in _KERNEL_DTYPES and q.shape[-1] <= 256
+    interpreting = _kernels()[0].interpreting()
+    return (q.device.type == "cuda" or interpreting) and q.dtype in _KERNEL_DTYPES and q.shape[-1] <= 256
 
 
 def _sdpa(q, k, v, scale, mask=None, causal=False):
@@ -134,7 +138,7 @@ def _sdpa(q, k, v, scale, mask=None, causal=False):
 def _dense(q, k, v, scale):
     n_q, n_k = q.shape[2], k.shape[2]
     if _kernel_ok(q):
-        return dense_attention_forward(q, k, v, scale, q_offset=n_k - n_q)[0]
+        return _kernels()[0].dense_attention_forward(q, k, v, scale, q_offset=n_k - n_q)[0]
     if n_q == n_k:
         return _sdpa(q, k, v, scale, causal=True)
     # SDPA's is_causal is top-left aligned; decode queries are the last positions (bottom-right).
@@ -179,15 +183,21 @@ def _a_shape(batch, heads, n, sink, local, device):
     if hit is not None:
         _index_cache.move_to_end(key)
         return hit
-    index = a_shape_index(batch, heads, n, sink, local, block_m=BLOCK_M, block_n=BLOCK_N, device=device)
+    index = _kernels()[1](batch, heads, n, sink, local, block_m=BLOCK_M, block_n=BLOCK_N, device=device)
     rows = (n - torch.arange(index.num_query_blocks, device=device) * BLOCK_M).clamp(max=BLOCK_M)
     # Listed A-shape blocks lie wholly before the diagonal block: every pair in them is causal.
-    pairs = (index.block_count.to(torch.float64) * BLOCK_N * rows).sum() + heads * batch * (rows * (rows + 1) / 2).sum()
-    density = float(pairs) / (batch * heads * n * (n + 1) / 2)
+    listed = (index.block_count.to(torch.float64) * BLOCK_N * rows).sum()
+    diagonal = batch * heads * (rows * (rows + 1) / 2).sum()
+    density = float(listed + diagonal) / (batch * heads * n * (n + 1) / 2)
     _index_cache[key] = (index, density)
     if len(_index_cache) > _INDEX_CACHE_SIZE:
         _index_cache.popitem(last=False)
     return index, density
+
+
+def sparse_attention_forward(q, k, v, index, scale):
+    """The sparse kernel (a module-level name so a test can swap in the reference)."""
+    return _kernels()[0].sparse_attention_forward(q, k, v, index, scale)
 
 
 def _sparse(q, k, v, scale, config: RuntimeConfig):
@@ -196,7 +206,7 @@ def _sparse(q, k, v, scale, config: RuntimeConfig):
     if _kernel_ok(q):
         return sparse_attention_forward(q, k, v, index, scale)[0], density
     # Plain CPU (no interpreter) or an unsupported dtype: the exact O(N^2) reference of the same index.
-    out, _ = sparse_attention_reference(q.float(), k.float(), v.float(), index, scale)
+    out, _ = _kernels()[0].sparse_attention_reference(q.float(), k.float(), v.float(), index, scale)
     return out.to(q.dtype), density
 
 
@@ -240,7 +250,3 @@ def prefill_attention(
 def _(q, k, v, modality_ids, layer, scale, config_key, key_padding_mask=None):
     # Contiguous, like the real output (Inductor asserts on a stride mismatch).
     return q.new_empty(q.shape)
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from typing import Optional
 
 from mmcompile.prefill_op import RuntimeStats
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,16 +179,26 @@ class GraphDump:
         self.dir = Path(dump_dir) / f"graph_{graph.index:03d}_{safe_id}" if dump_dir else None
         self.step = 0
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                log.warning("mminference: no dumps, cannot create %s: %s", self.dir, e)
+                self.dir = None
 
     def code(self, stage: str, gm) -> None:
         _trace_artifact(f"mminference_{stage}", lambda: _readable(gm))  # evaluated now, only if tracing
-        if self.dir is not None:
-            (self.dir / f"{self.step:02d}_{stage}.py").write_text(_readable(gm))
-            self.step += 1
+        self._write(f"{self.step:02d}_{stage}.py", lambda: _readable(gm))
+        self.step += 1
 
     def table(self, graph: GraphReport) -> None:
         text = graph.table()
         _trace_artifact("mminference_report", lambda: text)
-        if self.dir is not None:
-            (self.dir / "report.md").write_text(text)
+        self._write("report.md", lambda: text)
+
+    def _write(self, name: str, text_fn) -> None:
+        if self.dir is None:
+            return
+        try:
+            (self.dir / name).write_text(text_fn())
+        except OSError as e:  # a dump must never break compilation
+            log.warning("mminference: could not write %s: %s", self.dir / name, e)

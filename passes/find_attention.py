@@ -1,0 +1,115 @@
+"""Finds the SDPA calls of a graph and classifies each: causal attention the op can compute (its
+causal form, GQA form, scale and layer), or left alone with a reason. Analysis only: no rewrite.
+
+Accepted causal forms (Dynamo ``torch._C._nn.scaled_dot_product_attention`` or exported
+``aten.scaled_dot_product_attention.default``):
+  * ``is_causal``     attn_mask=None, is_causal=True, Nq == Nk provably (SDPA's diagonal is top-left)
+  * ``hf_bool_mask``  a boolean mask proven to be causal AND an optional [B, Nk] padding input
+                      (``causal_mask.py``); the padding is then checked at run time by the op
+  * ``single_query``  attn_mask=None, is_causal=False, Nq == 1: a decode step sees every key
+GQA: ``enable_gqa=True`` with the KV heads, or a ``repeat_kv`` expansion that is undone.
+Left alone, with the reason recorded: bidirectional attention (vision towers), dropout in training,
+float (additive) masks, masks not provably causal, inputs that need grad, unsupported dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from ._fx import fake, is_sdpa, layer_index, same, sdpa_args, static_int
+from ._types import AttentionSite, PassResult, state
+from .causal_mask import NotProvable, prove_causal_mask
+from .repeat_kv import match_repeat_kv
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _guards(site: AttentionSite, args: dict) -> str:
+    """'' when the node's inputs suit the op, else the reason it is left alone."""
+    q, k, v = (fake(args[n]) for n in ("query", "key", "value"))
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k, v)):
+        return "q/k/v are not 4-D [B, H, S, D] tensors"
+    site.heads_q, site.n_q, site.head_dim = q.shape[1], q.shape[2], q.shape[3]
+    site.heads_kv, site.n_k = k.shape[1], k.shape[2]
+    if q.dtype not in _DTYPES or not (q.dtype == k.dtype == v.dtype):
+        return f"dtype {q.dtype}/{k.dtype}/{v.dtype} not supported by the kernel"
+    if static_int(q.shape[3]) is None or q.shape[3] > 256:
+        return f"head_dim {q.shape[3]} not supported by the kernel (static, <= 256)"
+    if any(t.requires_grad for t in (q, k, v)):
+        return "inputs require grad: the op is forward-only (run under torch.no_grad())"
+    dropout = args["dropout_p"]
+    if isinstance(dropout, fx.Node) or dropout > 0:
+        return f"dropout_p={dropout} > 0 (training)"
+    if isinstance(args["is_causal"], fx.Node) or isinstance(args["scale"], fx.Node):
+        return "is_causal or scale is a graph value, not a constant"
+    return ""
+
+
+def _causal_form(site: AttentionSite, args: dict) -> str:
+    """Sets site.causal_form (and the padding input); returns a skip reason or ''."""
+    mask, is_causal = args["attn_mask"], bool(args["is_causal"])
+    if mask is None and is_causal:
+        if not same(site.n_q, site.n_k):
+            return "is_causal=True with Nq != Nk (top-left aligned causal)"
+        site.causal_form = "is_causal"
+    elif mask is None:
+        if static_int(site.n_q) != 1:
+            return "non-causal (is_causal=False, no mask): bidirectional, e.g. a vision tower"
+        site.causal_form = "single_query"
+    elif is_causal:
+        return "is_causal=True together with an attn_mask"
+    elif fake(mask).dtype != torch.bool:
+        return f"float attention mask ({fake(mask).dtype}, additive bias)"
+    else:
+        try:
+            proof = prove_causal_mask(mask, fake(args["query"]), fake(args["key"]))
+        except NotProvable as e:
+            return f"attention_mask not provably causal: {e}"
+        site.causal_form, site.key_padding = "hf_bool_mask", proof.key_padding
+        site.dead_candidates += proof.cone
+    return ""
+
+
+def _gqa_form(site: AttentionSite, args: dict) -> str:
+    """Sets site.k/v to the K/V with the KV heads and site.gqa_form; returns a skip reason or ''."""
+    site.q, site.k, site.v = args["query"], args["key"], args["value"]
+    hq, hk = site.heads_q, site.heads_kv
+    if not same(hq, hk):
+        if args["enable_gqa"] and static_int(hk) and static_int(hq) and hq % hk == 0:
+            site.gqa_form = "enable_gqa"
+            return ""
+        return f"{hq} query heads vs {hk} key heads without enable_gqa"
+    rk, rv = match_repeat_kv(site.k), match_repeat_kv(site.v)
+    if rk and rv and rk.groups == rv.groups and rk.groups > 1:
+        site.k, site.v, site.heads_kv = rk.base, rv.base, fake(rk.base).shape[1]
+        site.gqa_form = "repeat_kv undone"
+        site.dead_candidates += rk.chain + rv.chain
+    else:
+        site.gqa_form = "none (MHA)"
+    return ""
+
+
+def find_attention(gm: fx.GraphModule, config) -> PassResult:
+    """Record one AttentionSite per SDPA node in ``state(gm)["sites"]``."""
+    sites = []
+    for node in gm.graph.nodes:
+        if not is_sdpa(node):
+            continue
+        site = AttentionSite(node=node, name=node.name, layer=layer_index(node))
+        args = sdpa_args(node)
+        reason = _guards(site, args) or _causal_form(site, args) or _gqa_form(site, args)
+        if reason:
+            site.reason = reason
+        else:
+            site.status = "matched"
+            head_dim = site.head_dim
+            site.scale = float(args["scale"]) if args["scale"] is not None else head_dim ** -0.5
+        sites.append(site)
+    causal = [s for s in sites if s.status == "matched"]
+    for ordinal, site in enumerate(causal):  # graphs without module paths: number causal calls
+        if site.layer is None:
+            site.layer = ordinal
+    state(gm)["sites"] = sites
+    counts = {"found": len(sites), "matched": len(causal), "skipped": len(sites) - len(causal)}
+    return PassResult("find_attention", changed=False, counts=counts)

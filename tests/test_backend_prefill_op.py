@@ -1,0 +1,88 @@
+"""torch.ops.mminference.prefill_attention: dense/sparse choice, decode alignment, key padding,
+counters, schema and fake; the sparse path equals the reference of the same A-shape index."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmcompile import prefill_op
+from mmcompile.kernels import sparse_attention_reference
+from mmcompile.kernels.index_factories import a_shape_index
+from mmcompile.prefill_op import RuntimeConfig, register_runtime_config
+
+op = torch.ops.mminference.prefill_attention
+
+
+def qkv(n=232, n_q=None, hq=4, hkv=2, d=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, hq, n_q or n, d, generator=g)
+    k = torch.randn(1, hkv, n, d, generator=g)
+    v = torch.randn(1, hkv, n, d, generator=g)
+    return q, k, v
+
+
+def sdpa_causal(q, k, v, scale, pad=None):
+    n_q, n_k = q.shape[2], k.shape[2]
+    mask = torch.ones(n_q, n_k, dtype=torch.bool).tril(n_k - n_q)[None, None]
+    if pad is not None:
+        mask = mask & pad.bool()[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+def config(key, **kw):
+    cfg = RuntimeConfig(**kw)
+    register_runtime_config(key, cfg)
+    return cfg
+
+
+@pytest.mark.interpreter
+def test_sparse_path_equals_reference_of_same_a_shape_index():
+    cfg = config("test-sparse", min_sparse_len=16, sink=64, local=64)
+    q, k, v = qkv()  # 232 tokens: not a block multiple
+    out = op(q, k, v, None, 3, 0.125, "test-sparse")
+    index = a_shape_index(1, 4, 232, 64, 64, block_m=64, block_n=64)
+    ref, _ = sparse_attention_reference(q, k, v, index, 0.125)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    assert out.is_contiguous()
+    (rec,) = cfg.stats.records
+    assert (rec.layer, rec.path, rec.n_q) == (3, "sparse", 232) and 0.5 < rec.density < 1.0
+    dense = sdpa_causal(q, k, v, 0.125)
+    assert (out - dense).abs().max() > 1e-3  # the pattern really dropped keys
+
+
+@pytest.mark.parametrize("n_q", [232, 1, 5])  # prefill, decode step, chunk: queries are the LAST positions
+def test_dense_paths_equal_sdpa(n_q):
+    cfg = config("test-dense", force_dense=True)
+    q, k, v = qkv(n_q=n_q, seed=1)
+    out = op(q, k, v, None, 0, 0.125, "test-dense")
+    torch.testing.assert_close(out, sdpa_causal(q, k, v, 0.125), atol=2e-5, rtol=2e-5)
+    assert cfg.stats.records[-1].reason == ("force_dense" if n_q == 232 else "decode/chunk")
+
+
+def test_short_prefill_is_dense_and_key_padding_uses_the_mask():
+    cfg = config("test-pad", min_sparse_len=64)
+    q, k, v = qkv(n=40, seed=2)
+    out = op(q, k, v, None, 0, 0.125, "test-pad", key_padding_mask=torch.ones(1, 40, dtype=torch.long))
+    torch.testing.assert_close(out, sdpa_causal(q, k, v, 0.125), atol=2e-5, rtol=2e-5)
+    pad = torch.ones(1, 44, dtype=torch.long)  # longer than Nk: only the first Nk columns count
+    pad[0, :3] = 0
+    out = op(q, k, v, None, 0, 0.125, "test-pad", key_padding_mask=pad)
+    torch.testing.assert_close(out, sdpa_causal(q, k, v, 0.125, pad[:, :40]), atol=1e-6, rtol=1e-6)
+    assert [r.reason for r in cfg.stats.records] == ["short", "key padding"]
+
+
+def test_padding_check_is_cached_per_tensor_and_version():
+    pad = torch.ones(1, 8)
+    assert prefill_op._padding_all_ones(pad)
+    pad[0, 0] = 0  # in-place edit bumps the version counter: the cache must not answer
+    assert not prefill_op._padding_all_ones(pad)
+
+
+def test_schema_fake_and_unknown_config_key():
+    q, k, v = qkv(n=40, seed=3)
+    torch.library.opcheck(op.default, (q, k, v, None, 0, 0.125, "never-registered"),
+                          test_utils=("test_schema", "test_faketensor"))
+    schema = str(op.default._schema)
+    assert "Tensor? modality_ids" in schema and "str config_key" in schema
+    out = op(q, k, v, None, 0, 0.125, "never-registered")  # defaults: 40 < 32768 -> dense
+    torch.testing.assert_close(out, sdpa_causal(q, k, v, 0.125), atol=2e-5, rtol=2e-5)
