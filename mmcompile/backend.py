@@ -73,7 +73,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
 
     key = f"mminference-{next(_serial)}"
     runtime = RuntimeConfig(min_sparse_len=config.min_sparse_len, sink=config.sink, local=config.local,
-                            force_dense=config.force_dense)
+                            force_dense=config.force_dense, policy=config.policy, density=config.density)
     register_runtime_config(key, runtime)
     graph = GraphReport(index=len(report.graphs), compile_id=_compile_id(), config_key=key,
                         stats=runtime.stats)

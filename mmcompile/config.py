@@ -14,6 +14,7 @@ import os
 from typing import Any, Mapping, Optional
 
 DUMP_DIR_ENV = "MMINFERENCE_DUMP_DIR"
+POLICIES = ("online", "a-shape")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +30,19 @@ class BackendConfig:
     """Prefill length (tokens) from which a rewritten layer runs the sparse kernel; shorter
     prefills, decode steps and chunked prefill (query length != key length) run dense."""
 
+    policy: str = "online"
+    """How long prefills choose their sparse pattern without a plan: ``"online"`` (per head and per
+    query modality from the last-query estimate, ``mmcompile.patterns.policy``; heads without
+    structure stay dense) or ``"a-shape"`` (a fixed sink + local budget for every head)."""
+
+    density: float = 0.1
+    """Budget of the online policy: the fraction of the causal area each candidate pattern visits."""
+
     sink: int = 128
-    """A-shape placeholder pattern: the first ``sink`` keys every query block sees (tokens)."""
+    """``policy="a-shape"``: the first ``sink`` keys every query block sees (tokens)."""
 
     local: int = 4096
-    """A-shape placeholder pattern: the local window before each query block's diagonal (tokens)."""
+    """``policy="a-shape"``: the local window before each query block's diagonal (tokens)."""
 
     dump_dir: Optional[str] = None
     """Directory for per-graph dumps (code before/after each pass, the report table). Falls back to
@@ -57,6 +66,10 @@ class BackendConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"option {name!r} must be a non-negative int, got {value!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"option 'policy' must be one of {POLICIES}, got {self.policy!r}")
+        if isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0 < self.density <= 1:
+            raise ValueError(f"option 'density' must be a number in (0, 1], got {self.density!r}")
         for name in ("strict", "debug_uncompiled", "force_dense"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name!r} must be a bool, got {getattr(self, name)!r}")

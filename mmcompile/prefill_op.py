@@ -13,7 +13,10 @@ something the call runs dense SDPA with exactly that mask (the original graph's 
 
 Runtime choice, per call: key padding present, Nq != Nk, Nq < ``min_sparse_len`` or ``force_dense``
 -> dense (the Triton dense kernel on CUDA or under ``TRITON_INTERPRET=1``, SDPA on a plain CPU);
-otherwise the placeholder sparse pattern (a static A-shape index; the pattern library replaces it).
+otherwise sparse: ``policy="online"`` chooses per head (and per query modality when
+``modality_ids`` is given) with ``mmcompile.patterns`` (one host sync per layer for the choice);
+``policy="a-shape"`` uses a static A-shape index. Without a kernel (plain CPU) the sparse path is
+the exact reference of the A-shape index.
 ``config_key`` names a ``RuntimeConfig`` the backend registered; each call is counted there.
 
 The hot path avoids host syncs: the A-shape index and its density are cached per shape, and the
@@ -89,6 +92,8 @@ class RuntimeConfig:
     sink: int = 128
     local: int = 4096
     force_dense: bool = False
+    policy: str = "online"
+    density: float = 0.1
     stats: RuntimeStats = dataclasses.field(default_factory=RuntimeStats)
 
 
@@ -200,14 +205,53 @@ def sparse_attention_forward(q, k, v, index, scale):
     return _kernels()[0].sparse_attention_forward(q, k, v, index, scale)
 
 
-def _sparse(q, k, v, scale, config: RuntimeConfig):
+_context_cache: dict = {"key": None, "ref": None, "ctx": None}
+
+
+def _forward_context(q, modality_ids):
+    """The pattern library's per-forward context, cached: every layer of a forward has the same
+    length and modality tensor, so the layout is read (a host sync) once per forward."""
+    from mmcompile.patterns import forward_context, from_hf_inputs
+
+    key = (q.shape[0], q.shape[2], str(q.device), None if modality_ids is None else modality_ids._version)
+    cache = _context_cache
+    same_ids = modality_ids is None or (cache["ref"] is not None and cache["ref"]() is modality_ids)
+    if cache["key"] == key and same_ids and cache["ctx"] is not None:
+        return cache["ctx"]
+    layout = None if modality_ids is None else from_hf_inputs(mm_token_type_ids=modality_ids)
+    ctx = forward_context(layout, q.shape[2], q.shape[0], q.device)
+    cache.update(key=key, ref=None if modality_ids is None else weakref.ref(modality_ids), ctx=ctx)
+    return ctx
+
+
+def _online(q, k, v, scale, config: RuntimeConfig, modality_ids):
+    """Patterns chosen per head from this input, then one launch per group of heads."""
+    from mmcompile.patterns.fidelity import index_density
+    from mmcompile.patterns.layer import Estimates, attend, build_layer_indexes
+    from mmcompile.patterns.policy import choose_patterns
+
+    ctx = _forward_context(q, modality_ids)
+    estimates = Estimates(q, k, ctx, scale)
+    heads = choose_patterns(q, k, ctx, density=config.density, scale=scale, estimates=estimates)
+    indexes = build_layer_indexes(q, k, heads, ctx, scale, estimates=estimates)
+    out = attend(q, k, v, indexes, scale)
+    total = sum(len(ids) * (1.0 if index is None else float(index_density(index, q.shape[2]).mean()))
+                for ids, index in indexes)
+    return out, min(total / q.shape[1], 1.0)
+
+
+def _sparse(q, k, v, scale, config: RuntimeConfig, modality_ids=None):
+    """(out, density, pattern name) of the sparse path."""
+    if config.policy == "online" and _kernel_ok(q):
+        out, density = _online(q, k, v, scale, config, modality_ids)
+        return out, density, "online"
     batch, heads, n, _ = q.shape
     index, density = _a_shape(batch, heads, n, config.sink, config.local, q.device)
     if _kernel_ok(q):
-        return sparse_attention_forward(q, k, v, index, scale)[0], density
+        return sparse_attention_forward(q, k, v, index, scale)[0], density, "a-shape"
     # Plain CPU (no interpreter) or an unsupported dtype: the exact O(N^2) reference of the same index.
     out, _ = _kernels()[0].sparse_attention_reference(q.float(), k.float(), v.float(), index, scale)
-    return out.to(q.dtype), density
+    return out.to(q.dtype), density, "a-shape (reference: no kernel here)"
 
 
 # --- the op ------------------------------------------------------------------------------------
@@ -239,8 +283,8 @@ def prefill_attention(
     elif reason:
         out = _dense(q, k, v, scale)
     else:
-        out, density = _sparse(q, k, v, scale, config)
-        config.stats.record(CallRecord(layer, "sparse", "a-shape", n_q, n_k, density))
+        out, density, pattern = _sparse(q, k, v, scale, config, modality_ids)
+        config.stats.record(CallRecord(layer, "sparse", pattern, n_q, n_k, density))
         return out.contiguous()
     config.stats.record(CallRecord(layer, "dense", reason, n_q, n_k, 1.0))
     return out.contiguous()

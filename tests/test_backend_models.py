@@ -126,7 +126,7 @@ def test_decoder_attention_rewritten_vision_untouched_dense_equals_eager(name, w
 
 def test_sparse_prefill_equals_the_reference_of_the_same_index(report, monkeypatch):
     model, inputs = build("qwen2_vl", frames=6, hw=16)  # 204 language-model tokens
-    options = {"debug_uncompiled": True, "min_sparse_len": 16, "sink": 64, "local": 64}
+    options = {"debug_uncompiled": True, "min_sparse_len": 16, "sink": 64, "local": 64, "policy": "a-shape"}
     compiled = torch.compile(model, backend="mminference", options=options)
     out = logits(compiled, inputs)
     runtime = report.runtime()

@@ -37,7 +37,7 @@ def config(key, **kw):
 
 @pytest.mark.interpreter
 def test_sparse_path_equals_reference_of_same_a_shape_index():
-    cfg = config("test-sparse", min_sparse_len=16, sink=64, local=64)
+    cfg = config("test-sparse", min_sparse_len=16, sink=64, local=64, policy="a-shape")
     q, k, v = qkv()  # 232 tokens: not a block multiple
     out = op(q, k, v, None, 3, 0.125, "test-sparse")
     index = a_shape_index(1, 4, 232, 64, 64, block_m=64, block_n=64)
@@ -48,6 +48,35 @@ def test_sparse_path_equals_reference_of_same_a_shape_index():
     assert (rec.layer, rec.path, rec.n_q) == (3, "sparse", 232) and 0.5 < rec.density < 1.0
     dense = sdpa_causal(q, k, v, 0.125)
     assert (out - dense).abs().max() > 1e-3  # the pattern really dropped keys
+
+
+@pytest.mark.interpreter
+def test_online_policy_equals_reference_of_its_indexes():
+    """policy="online": the op's output is the kernel over the indexes the pattern library builds."""
+    from mmcompile.kernels import index_to_mask
+    from mmcompile.kernels.reference import masked_attention
+    from mmcompile.patterns import forward_context, layer_attention
+    from mmcompile.patterns.policy import choose_patterns
+
+    from mmcompile.patterns import TEXT, from_segments
+    from mmcompile.patterns.planted import planted_qkv
+
+    cfg = config("test-online", min_sparse_len=16, policy="online", density=0.3)
+    q, k, v, _ = planted_qkv(from_segments([[(TEXT, 700)]]), 4, 2, 64, kinds=["a-shape", "random"] * 2)
+    out = op(q, k, v, None, 1, 0.125, "test-online")
+    ctx = forward_context(None, q.shape[2], 1, "cpu")
+    heads = choose_patterns(q, k, ctx, density=0.3, scale=0.125)
+    _, indexes = layer_attention(q, k, v, heads, ctx, 0.125, return_index=True)
+    ref = torch.zeros_like(q)
+    group = q.shape[1] // k.shape[1]
+    for ids, index in indexes:
+        n = q.shape[2]
+        mask = index_to_mask(index, n, n) if index is not None else torch.ones(1, len(ids), n, n, dtype=torch.bool).tril()
+        ref[:, ids], _ = masked_attention(q[:, ids], k.repeat_interleave(group, 1)[:, ids],
+                                          v.repeat_interleave(group, 1)[:, ids], mask, 0.125)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    (rec,) = cfg.stats.records
+    assert rec.path == "sparse" and rec.reason == "online" and 0 < rec.density < 1  # some heads sparse
 
 
 @pytest.mark.parametrize("n_q", [232, 1, 5])  # prefill, decode step, chunk: queries are the LAST positions
