@@ -40,15 +40,21 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _update(acc, m_i, l_i, q, k, v, mask, qk_scale,
-            MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
-    """One online-softmax step over a [BLOCK_M, BLOCK_N] tile; NaN-free when a row is all masked.
-    ``MASKED`` (compile time) or a non-scalar ``mask`` applies the mask."""
+def _scores(q, k, qk_scale, DOT_FP32: tl.constexpr):
+    """q k^T of a tile, scaled to log2 units (fp32 operands in the interpreter for bf16)."""
     if DOT_FP32:
         qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
     else:
         qk = tl.dot(q, tl.trans(k))
-    qk = qk * qk_scale
+    return qk * qk_scale
+
+
+@triton.jit
+def _update(acc, m_i, l_i, q, k, v, mask, qk_scale,
+            MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
+    """One online-softmax step over a [BLOCK_M, BLOCK_N] tile; NaN-free when a row is all masked.
+    ``MASKED`` (compile time) applies ``mask``."""
+    qk = _scores(q, k, qk_scale, DOT_FP32)
     if MASKED:
         qk = tl.where(mask, qk, float("-inf"))
     return _softmax_step(acc, m_i, l_i, qk, v, DOT_FP32)
@@ -74,11 +80,7 @@ def _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_abs, valid, needs_mask, qk_s
                    DOT_FP32: tl.constexpr):
     """A tile of listed keys: the causal/validity mask is applied only when ``needs_mask`` (a
     runtime scalar) says some pair of the tile is invalid or in the future; most are not."""
-    if DOT_FP32:
-        qk = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-    else:
-        qk = tl.dot(q, tl.trans(k))
-    qk = qk * qk_scale
+    qk = _scores(q, k, qk_scale, DOT_FP32)
     if needs_mask:
         qk = tl.where(valid[None, :] & (k_abs[None, :] <= q_abs[:, None]), qk, float("-inf"))
     return _softmax_step(acc, m_i, l_i, qk, v, DOT_FP32)

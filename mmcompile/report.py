@@ -38,15 +38,8 @@ class AttentionEntry:
     reason: str  # why skipped ("" when rewritten)
 
 
-@dataclasses.dataclass
-class GraphReport:
-    index: int
-    compile_id: str
-    config_key: str
-    stats: RuntimeStats
-    entries: list = dataclasses.field(default_factory=list)
-    passes: list = dataclasses.field(default_factory=list)  # PassResult of each pass that ran
-    fallback: Optional[str] = None  # "pass: error" when the unmodified graph was compiled
+class _EntryViews:
+    """``rewritten`` / ``skipped`` views over an ``entries`` list (per graph or over all graphs)."""
 
     @property
     def rewritten(self) -> list:
@@ -55,6 +48,17 @@ class GraphReport:
     @property
     def skipped(self) -> list:
         return [e for e in self.entries if e.status != "rewritten"]
+
+
+@dataclasses.dataclass
+class GraphReport(_EntryViews):
+    index: int
+    compile_id: str
+    config_key: str
+    stats: RuntimeStats
+    entries: list = dataclasses.field(default_factory=list)
+    passes: list = dataclasses.field(default_factory=list)  # PassResult of each pass that ran
+    fallback: Optional[str] = None  # "pass: error" when the unmodified graph was compiled
 
     def table(self) -> str:
         head = f"### graph {self.index} (compile id {self.compile_id}, config {self.config_key})\n\n"
@@ -83,7 +87,7 @@ def entries_from_sites(sites) -> list:
             for s in sites]
 
 
-class Report:
+class Report(_EntryViews):
     """Every graph the backend compiled (since the last reset) and the runtime counters of its ops."""
 
     def __init__(self):
@@ -92,14 +96,6 @@ class Report:
     @property
     def entries(self) -> list:
         return [e for g in self.graphs for e in g.entries]
-
-    @property
-    def rewritten(self) -> list:
-        return [e for e in self.entries if e.status == "rewritten"]
-
-    @property
-    def skipped(self) -> list:
-        return [e for e in self.entries if e.status != "rewritten"]
 
     @property
     def fallbacks(self) -> list:
