@@ -240,11 +240,29 @@ def _online(q, k, v, scale, config: RuntimeConfig, modality_ids):
     return out, min(total / q.shape[1], 1.0)
 
 
+def _layout_ids(q, modality_ids):
+    """(ids or None, source): the op's own argument, else an ``mmcompile.annotate.modality`` block
+    whose shape matches this call; a mismatching annotation is ignored (text-only), with a warning."""
+    if modality_ids is not None:
+        return modality_ids, "graph"
+    from mmcompile.annotate import current_modality_ids
+
+    ids = current_modality_ids()
+    if ids is None:
+        return None, "none (text-only)"
+    if tuple(ids.shape) != (q.shape[0], q.shape[2]):
+        log.warning("mminference: annotated modality ids %s do not match this call's [batch, tokens] = %s; "
+                    "treating it as text-only", tuple(ids.shape), (q.shape[0], q.shape[2]))
+        return None, "none (annotation shape mismatch)"
+    return ids.to(q.device), "annotation"
+
+
 def _sparse(q, k, v, scale, config: RuntimeConfig, modality_ids=None):
-    """(out, density, pattern name) of the sparse path."""
+    """(out, density, pattern name and layout source) of the sparse path."""
     if config.policy == "online" and _kernel_ok(q):
-        out, density = _online(q, k, v, scale, config, modality_ids)
-        return out, density, "online"
+        ids, source = _layout_ids(q, modality_ids)
+        out, density = _online(q, k, v, scale, config, ids)
+        return out, density, f"online, layout: {source}"
     batch, heads, n, _ = q.shape
     index, density = _a_shape(batch, heads, n, config.sink, config.local, q.device)
     if _kernel_ok(q):

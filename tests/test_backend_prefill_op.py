@@ -50,33 +50,63 @@ def test_sparse_path_equals_reference_of_same_a_shape_index():
     assert (out - dense).abs().max() > 1e-3  # the pattern really dropped keys
 
 
-@pytest.mark.interpreter
-def test_online_policy_equals_reference_of_its_indexes():
-    """policy="online": the op's output is the kernel over the indexes the pattern library builds."""
+def _reference_of_policy(q, k, v, layout, density, scale):
+    """What the online path must compute: the kernel contract over the pattern library's indexes."""
     from mmcompile.kernels import index_to_mask
     from mmcompile.kernels.reference import masked_attention
     from mmcompile.patterns import forward_context, layer_attention
     from mmcompile.patterns.policy import choose_patterns
 
+    ctx = forward_context(layout, q.shape[2], 1, "cpu")
+    heads = choose_patterns(q, k, ctx, density=density, scale=scale)
+    _, indexes = layer_attention(q, k, v, heads, ctx, scale, return_index=True)
+    ref, n, group = torch.zeros_like(q), q.shape[2], q.shape[1] // k.shape[1]
+    for ids, index in indexes:
+        mask = index_to_mask(index, n, n) if index is not None else torch.ones(1, len(ids), n, n, dtype=torch.bool).tril()
+        ref[:, ids], _ = masked_attention(q[:, ids], k.repeat_interleave(group, 1)[:, ids],
+                                          v.repeat_interleave(group, 1)[:, ids], mask, scale)
+    return ref, heads
+
+
+@pytest.mark.interpreter
+def test_online_policy_equals_reference_of_its_indexes():
+    """policy="online": the op's output is the kernel over the indexes the pattern library builds."""
     from mmcompile.patterns import TEXT, from_segments
     from mmcompile.patterns.planted import planted_qkv
 
     cfg = config("test-online", min_sparse_len=16, policy="online", density=0.3)
     q, k, v, _ = planted_qkv(from_segments([[(TEXT, 700)]]), 4, 2, 64, kinds=["a-shape", "random"] * 2)
     out = op(q, k, v, None, 1, 0.125, "test-online")
-    ctx = forward_context(None, q.shape[2], 1, "cpu")
-    heads = choose_patterns(q, k, ctx, density=0.3, scale=0.125)
-    _, indexes = layer_attention(q, k, v, heads, ctx, 0.125, return_index=True)
-    ref = torch.zeros_like(q)
-    group = q.shape[1] // k.shape[1]
-    for ids, index in indexes:
-        n = q.shape[2]
-        mask = index_to_mask(index, n, n) if index is not None else torch.ones(1, len(ids), n, n, dtype=torch.bool).tril()
-        ref[:, ids], _ = masked_attention(q[:, ids], k.repeat_interleave(group, 1)[:, ids],
-                                          v.repeat_interleave(group, 1)[:, ids], mask, 0.125)
+    ref, _ = _reference_of_policy(q, k, v, None, 0.3, 0.125)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     (rec,) = cfg.stats.records
-    assert rec.path == "sparse" and rec.reason == "online" and 0 < rec.density < 1  # some heads sparse
+    assert rec.path == "sparse" and rec.reason == "online, layout: none (text-only)"
+    assert 0 < rec.density < 1  # some heads sparse
+
+
+@pytest.mark.interpreter
+def test_annotated_layout_reaches_the_op():
+    """mmcompile.annotate.modality: the op estimates per modality (Q-boundary heads) from it."""
+    from mmcompile.annotate import modality
+    from mmcompile.patterns import TEXT, VIDEO, from_segments
+    from mmcompile.patterns.planted import planted_qkv
+
+    layout = from_segments([[(TEXT, 128), (VIDEO, 512, 8, 8), (TEXT, 128)]])
+    cfg = config("test-annotated", min_sparse_len=16, policy="online", density=0.3)
+    q, k, v, _ = planted_qkv(layout, 4, 2, 64, kinds=["boundary", "a-shape", "grid", "random"])
+    with modality(mm_token_type_ids=layout.modality):
+        out = op(q, k, v, None, 0, 0.125, "test-annotated")
+        short = torch.zeros(1, 10, dtype=torch.int32)
+    ref, heads = _reference_of_policy(q, k, v, layout, 0.3, 0.125)
+    assert any(h.inter == "q-boundary" for h in heads)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    assert cfg.stats.records[-1].reason == "online, layout: annotation"
+    with modality(mm_token_type_ids=short):  # another input's ids: ignored, text-only, still exact
+        op(q, k, v, None, 0, 0.125, "test-annotated")
+    assert cfg.stats.records[-1].reason == "online, layout: none (annotation shape mismatch)"
+    with pytest.raises(ValueError, match="exactly one"):
+        with modality():
+            pass
 
 
 @pytest.mark.parametrize("n_q", [232, 1, 5])  # prefill, decode step, chunk: queries are the LAST positions
