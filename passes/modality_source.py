@@ -1,8 +1,10 @@
 """Decides where each matched attention call gets its modality layout from (no rewrite yet).
 
-Only the text-only fallback exists so far: every call gets ``modality_ids=None`` and the report says
-"none (text-only)". Graph placeholders (``mm_token_type_ids``, placeholder-token masks, grids),
-layouts published by earlier graphs and explicit annotations land here (issue 4, item 3).
+Only the text-only fallback exists so far in the graph: every call gets ``modality_ids=None`` and the
+report says "none (text-only)". At run time the op still reads an explicit annotation
+(``mmcompile.annotate.modality``) and records "layout: annotation" in its call records. Graph
+placeholders (``mm_token_type_ids``, placeholder-token masks, grids) and layouts published by
+earlier graphs land here (issue 4, item 3).
 """
 
 from __future__ import annotations
