@@ -38,3 +38,25 @@ def modality(mm_token_type_ids: torch.Tensor | None = None, *, layout=None):
 def current_modality_ids() -> torch.Tensor | None:
     """The ids of the innermost ``modality`` block, or None."""
     return _current.get()
+
+
+# Published by the backend from a graph that reads ``input_ids`` and compares them with the
+# placeholder token ids (HF's ``get_placeholder_mask``): valid for the forward that published it.
+# Every graph that reads ``input_ids`` republishes (or clears), so a new forward never sees stale ids.
+_published: dict = {"ids": None}
+
+
+def publish_from_input_ids(input_ids: torch.Tensor, visual_token_ids: tuple) -> None:
+    """Modality ids [B, N] from ``input_ids``: tokens equal to a placeholder id are visual (VIDEO,
+    2: image and video placeholders are not told apart here), the rest text. Empty ids clear."""
+    if not visual_token_ids or input_ids.dim() != 2:
+        _published["ids"] = None
+        return
+    visual = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token in visual_token_ids:
+        visual |= input_ids == token
+    _published["ids"] = visual.to(torch.int32) * 2
+
+
+def published_modality_ids() -> torch.Tensor | None:
+    return _published["ids"]

@@ -85,16 +85,34 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
              len(graph.entries), len(graph.rewritten))
 
     if config.debug_uncompiled:
-        return work.forward
+        return _publishing_layout(gm, work.forward)
     if work is gm:
-        return _inductor(gm, example_inputs, mode)
+        return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
     try:
-        return _inductor(work, example_inputs, mode)
+        return _publishing_layout(gm, _inductor(work, example_inputs, mode))
     except Exception as e:  # noqa: BLE001 - Inductor choked on our rewrite: compile the original
         if config.strict:
             raise
         _fall_back(graph, "inductor on the rewritten graph", e)
-        return _inductor(gm, example_inputs, mode)
+        return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+
+
+def _publishing_layout(gm: fx.GraphModule, compiled):
+    """Wrap the compiled graph so that, when it reads ``input_ids``, each call publishes this
+    forward's modality ids for the rewritten attention of later graphs (ARCHITECTURE "Where the
+    modality layout comes from", source 2). The graph itself is not changed."""
+    from mmcompile.annotate import publish_from_input_ids
+    from mmcompile.passes.modality_source import placeholder_token_compares
+
+    found = placeholder_token_compares(gm)
+    if found is None:
+        return compiled
+    position, tokens = found
+
+    def run(*args):  # Dynamo calls the backend's callable with the graph inputs unpacked
+        publish_from_input_ids(args[position], tokens)
+        return compiled(*args)
+    return run
 
 
 def _rewrite(gm: fx.GraphModule, config: BackendConfig, graph: GraphReport, dump: GraphDump) -> fx.GraphModule:

@@ -245,16 +245,19 @@ def _layout_ids(q, modality_ids):
     whose shape matches this call; a mismatching annotation is ignored (text-only), with a warning."""
     if modality_ids is not None:
         return modality_ids, "graph"
-    from mmcompile.annotate import current_modality_ids
+    from mmcompile.annotate import current_modality_ids, published_modality_ids
 
     ids = current_modality_ids()
-    if ids is None:
-        return None, "none (text-only)"
-    if tuple(ids.shape) != (q.shape[0], q.shape[2]):
-        log.warning("mminference: annotated modality ids %s do not match this call's [batch, tokens] = %s; "
-                    "treating it as text-only", tuple(ids.shape), (q.shape[0], q.shape[2]))
-        return None, "none (annotation shape mismatch)"
-    return ids.to(q.device), "annotation"
+    if ids is not None:
+        if tuple(ids.shape) != (q.shape[0], q.shape[2]):
+            log.warning("mminference: annotated modality ids %s do not match this call's [batch, tokens] = %s; "
+                        "treating it as text-only", tuple(ids.shape), (q.shape[0], q.shape[2]))
+            return None, "none (annotation shape mismatch)"
+        return ids.to(q.device), "annotation"
+    ids = published_modality_ids()
+    if ids is not None and tuple(ids.shape) == (q.shape[0], q.shape[2]) and bool((ids != 0).any()):
+        return ids.to(q.device), "input_ids placeholders"
+    return None, "none (text-only)"
 
 
 def _sparse(q, k, v, scale, config: RuntimeConfig, modality_ids=None):

@@ -142,6 +142,23 @@ def test_sparse_prefill_equals_the_reference_of_the_same_index(report, monkeypat
     assert report.runtime()["sparse_calls"] == 2 * LAYERS  # the same graph: no recompile
 
 
+@pytest.mark.parametrize("name", ["qwen2_vl", "llava_onevision"])
+def test_layout_reaches_the_op_from_input_ids_placeholders(name, report):
+    """No annotation, no model change: the graph that reads input_ids publishes the visual tokens,
+    and the language model's rewritten calls (a later graph) estimate per modality from them."""
+    model, inputs = build(name)
+    options = {"debug_uncompiled": True, "min_sparse_len": 16, "policy": "online", "density": 0.5}
+    out = logits(torch.compile(model, backend="mminference", options=options), inputs)
+    assert torch.isfinite(out).all()
+    records = report.runtime()["records"]
+    assert len(records) == LAYERS
+    assert {r.reason for r in records} == {"online, layout: input_ids placeholders"}
+    text = {"input_ids": inputs["input_ids"][:, :40]}  # a text-only prefill right after: no stale layout
+    torch._dynamo.reset()
+    logits(torch.compile(model, backend="mminference", options=options), text)
+    assert report.runtime()["records"][-1].reason == "online, layout: none (text-only)"
+
+
 def test_text_only_input(report):
     model, inputs = build("qwen2_vl")
     text = {"input_ids": inputs["input_ids"][:, :10]}
