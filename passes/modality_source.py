@@ -1,10 +1,12 @@
 """Decides where each matched attention call gets its modality layout from (no rewrite yet).
 
-Only the text-only fallback exists so far in the graph: every call gets ``modality_ids=None`` and the
-report says "none (text-only)". At run time the op still reads an explicit annotation
-(``mmcompile.annotate.modality``) and records "layout: annotation" in its call records. Graph
-placeholders (``mm_token_type_ids``, placeholder-token masks, grids) and layouts published by
-earlier graphs land here (issue 4, item 3).
+In the graph every call gets ``modality_ids=None`` and the report says "none (text-only)"; the
+layout arrives at run time instead, and the op records its source per call:
+  * an explicit annotation (``mmcompile.annotate.modality``);
+  * ids published by an earlier graph of the same forward: ``placeholder_token_compares`` finds a
+    graph that compares ``input_ids`` with the placeholder token ids, and the backend wraps that
+    graph's compiled callable to publish the visual tokens on each call (``mmcompile.annotate``).
+Grid sizes (``*_grid_thw``) are not read yet, so frame geometry is unknown on these paths.
 """
 
 from __future__ import annotations
