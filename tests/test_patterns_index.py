@@ -97,3 +97,23 @@ def test_grid_index_in_slot_space_and_stride_phase_found():
         brute |= (mi + 1) * BM > band  # horizontal lines: every key
         brute |= j < 8  # sink columns
         assert torch.equal(mask, brute & causal(n)), kind
+
+
+def test_block_sparse_index_is_top_k_pooled_blocks():
+    from mmcompile.patterns import BlockSparse
+
+    n, top_k = 300, 3
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(1, 2, n, 16, generator=g), torch.randn(1, 1, n, 16, generator=g)
+    sets = intra.block_sparse_sets(BlockSparse(top_k), q, k, torch.tensor([0, 0]), n, BM, BN)
+    mask = index_to_mask(build_index([(None, sets)], n, n, BM, BN), n, n)
+    for h in range(2):
+        brute = diag_blocks(n).clone()
+        for m in range(-(-n // BM)):
+            rows = slice(m * BM, min(n, (m + 1) * BM))
+            qm = q[0, h, rows].mean(0)
+            earlier = range(m * BM // BN)
+            scores = [(qm @ k[0, 0, b * BN:(b + 1) * BN].mean(0)).item() for b in earlier]
+            for b in sorted(range(len(scores)), key=lambda b: -scores[b])[:top_k]:
+                brute[rows, b * BN:(b + 1) * BN] = True
+        assert torch.equal(mask[0, h], brute & causal(n)), h

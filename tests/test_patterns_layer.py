@@ -5,7 +5,7 @@ import torch
 
 from mmcompile.kernels import index_to_mask
 from mmcompile.kernels.reference import masked_attention
-from mmcompile.patterns import (IMAGE, TEXT, VIDEO, AShape, Dense, Grid, HeadPattern, VerticalSlash,
+from mmcompile.patterns import (IMAGE, TEXT, VIDEO, AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash,
                                 forward_context, from_segments, layer_attention)
 from mmcompile.patterns.fidelity import index_density, index_row_mask
 from mmcompile.patterns.planted import planted_qkv
@@ -17,7 +17,7 @@ HEADS = [HeadPattern("none", (("*", AShape(64, 128)),)),
          HeadPattern("none", (("*", VerticalSlash(40, 60)),)),
          HeadPattern("none", (("*", Grid(local_frames=2)),)),
          HeadPattern("q-boundary", (("text", VerticalSlash(30, 50)), ("video", AShape(64, 64)),
-                                    ("image", Dense())))]
+                                    ("image", BlockSparse(2))))]
 
 LAYOUTS = {
     "text-only": [[(TEXT, 520)]],

@@ -27,7 +27,7 @@ FAR = 1 << 28  # relative distance that never lands on a key block: padding of r
 class BlockSets:
     """Per (batch, head) sets of one pattern (see module docstring); unused entries padded."""
     relative: torch.Tensor  # int64 [B, H, Kr], FAR = unused
-    absolute: torch.Tensor  # int64 [B, H, Ka], INVALID = unused
+    absolute: torch.Tensor  # int64 [B, H, Ka] (or [B, H, M, Ka]: per query block), INVALID = unused
     columns: torch.Tensor  # int64 [B, H, Kc], INVALID = unused
     full_rows: torch.Tensor | None = None  # bool [B, H, M]
 
@@ -55,6 +55,10 @@ def stack_heads(per_head: list[BlockSets]) -> BlockSets:
         rows = shaped[0]
         full = torch.cat([s.full_rows if s.full_rows is not None else
                           rows.new_zeros(rows.shape[0], s.relative.shape[1], rows.shape[2]) for s in per_head], dim=1)
+    if any(s.absolute.dim() == 4 for s in per_head):  # per-query-block sets: broadcast the others
+        num_m = next(s.absolute.shape[2] for s in per_head if s.absolute.dim() == 4)
+        per_head = [s if s.absolute.dim() == 4 else dataclasses.replace(
+            s, absolute=s.absolute[:, :, None, :].expand(-1, -1, num_m, -1)) for s in per_head]
     return BlockSets(cat("relative", FAR), cat("absolute", INVALID), cat("columns", INVALID), full)
 
 
@@ -79,7 +83,8 @@ def build_index(sets_by_modality: list[tuple[torch.Tensor | None, BlockSets]], n
         present = torch.ones(batch, num_m, dtype=torch.bool, device=device) if rows is None else rows
         present = present[:, None, :, None]
         rel = diag + sets.relative[:, :, None, :]
-        ab = sets.absolute[:, :, None, :].expand(batch, heads, num_m, sets.absolute.shape[-1])
+        ab = sets.absolute if sets.absolute.dim() == 4 else sets.absolute[:, :, None, :]
+        ab = ab.expand(batch, heads, num_m, ab.shape[-1])
         cand = torch.cat([rel, ab], dim=-1)
         ids.append(torch.where(present & (cand >= 0), cand, -1))
         if sets.full_rows is not None:

@@ -13,7 +13,7 @@ import torch
 
 from . import estimate
 from .index_builder import FAR, INVALID, BlockSets
-from .specs import AShape, Dense, Grid, VerticalSlash
+from .specs import AShape, BlockSparse, Dense, Grid, VerticalSlash
 
 FORCED_SINK_COLUMNS = 30
 FORCED_LOCAL_DIAGONALS = 100
@@ -108,3 +108,31 @@ def grid_sets(pattern: Grid, probs, valid, frame_stride: torch.Tensor, max_frame
     slots_of = order.long().argsort(dim=-1)  # inverse order: slot of each position
     columns = slots_of[..., :min(pattern.sink, n)] if pattern.sink else empty
     return order, BlockSets(relative, absolute, columns, full_rows)
+
+
+def block_sparse_sets(pattern: BlockSparse, q, k, kv_heads, n, block_m, block_n) -> BlockSets:
+    """MInference's block-sparse estimate: mean-pooled queries per query block against mean-pooled
+    keys per key block (no scaling or softmax: only the ranking matters), block-causal, and the
+    top ``top_k`` earlier key blocks of every query block (per query block: absolute ids [B,H,M,K]).
+    q: the heads to index [B, Hs, N, D]; k: all KV heads; kv_heads: int64 [Hs], each head's KV head."""
+    batch, heads_q = q.shape[:2]
+    num_m, nkb = -(-n // block_m), -(-n // block_n)
+    qp = _pool(q, num_m, block_m)  # [B, Hs, M, D]
+    kp = _pool(k, nkb, block_n)[:, kv_heads]  # pooled once per KV head, then picked: [B, Hs, NKB, D]
+    scores = qp @ kp.transpose(-1, -2)
+    earlier = torch.arange(nkb, device=q.device)[None, :] < (torch.arange(num_m, device=q.device) *
+                                                              (block_m // block_n))[:, None]
+    scores = scores.masked_fill(~earlier, float("-inf"))
+    top, ids = scores.topk(min(pattern.top_k, nkb), dim=-1)
+    ids = torch.where(torch.isinf(top), INVALID, ids)
+    empty = torch.empty(batch, heads_q, 0, dtype=torch.long, device=q.device)
+    return BlockSets(empty, ids, empty.clone())
+
+
+def _pool(t, blocks, size):
+    """Mean over blocks of ``size`` tokens along dim 2 (the last block may be short), in fp32."""
+    n = t.shape[2]
+    padded = torch.nn.functional.pad(t.float(), (0, 0, 0, blocks * size - n))
+    sums = padded.view(*t.shape[:2], blocks, size, t.shape[-1]).sum(3)
+    counts = (n - torch.arange(blocks, device=t.device) * size).clamp(max=size).to(sums.dtype)
+    return sums / counts[:, None]

@@ -21,7 +21,7 @@ from mmcompile.kernels import dense_attention_forward, sparse_attention_forward
 from . import estimate, intra
 from .index_builder import BlockSets, build_index, empty_sets, stack_heads
 from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
-from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
+from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
 DEFAULT_BLOCK = (128, 64)  # query x key tile of sparse indexes: fastest on the H100 (BENCHMARKS.md)
 
@@ -151,6 +151,11 @@ def _sets_for(pattern, head_ids, selector, probs: Estimates, ctx: ForwardContext
         return intra.a_shape_sets(pattern, batch, count, n, ctx.block_n, device)
     if isinstance(pattern, Dense):
         return intra.dense_sets(pattern, batch, count, n, ctx.block_n, device)
+    if isinstance(pattern, BlockSparse):
+        group = probs.q.shape[1] // probs.k.shape[1]
+        kv_heads = torch.tensor([h // group for h in head_ids], device=device)
+        return intra.block_sparse_sets(pattern, probs.q[:, head_ids], probs.k, kv_heads, n,
+                                       ctx.block_m, ctx.block_n)
     if isinstance(pattern, VerticalSlash):
         p, pos, valid = probs.probs(selector, head_ids)
         return intra.vertical_slash_sets(pattern, p, pos, valid, n, ctx.block_m, ctx.block_n)
