@@ -1,0 +1,58 @@
+"""The transformers AttentionInterface registration: exact where it runs the op, SDPA otherwise."""
+
+import pytest
+import torch
+import transformers as tf
+
+import mmcompile.hf_attention as hf_attention
+from mmcompile.prefill_op import runtime_config
+
+
+def tiny_qwen2(seed=0):
+    torch.manual_seed(seed)
+    cfg = tf.Qwen2Config(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = tf.Qwen2ForCausalLM(cfg).eval()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def logits(model, ids, **kw):
+    with torch.no_grad():
+        return model(input_ids=ids, **kw).logits
+
+
+@pytest.mark.parametrize("options,path", [({"force_dense": True}, "dense"),
+                                          ({"min_sparse_len": 16, "policy": "a-shape", "sink": 64,
+                                            "local": 256}, "sparse")])
+def test_registered_attention_runs_the_op(options, path):
+    model = tiny_qwen2()
+    ids = torch.randint(0, 128, (1, 200))
+    expected = logits(model, ids)
+    hf_attention.register(options)
+    stats = runtime_config(hf_attention.CONFIG_KEY).stats
+    model.set_attn_implementation("mminference")
+    out = logits(model, ids)
+    assert [r.path for r in stats.records] == [path, path]  # both layers went through the op
+    if path == "dense":
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    else:  # a local window of 256 covers all 200 tokens: the A-shape is exact here
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_padding_falls_back_to_sdpa_exactly():
+    model = tiny_qwen2(1)
+    ids = torch.randint(0, 128, (1, 64))
+    mask = torch.ones(1, 64, dtype=torch.long)
+    mask[0, :5] = 0  # left padding: not plainly causal
+    expected = logits(model, ids, attention_mask=mask)
+    hf_attention.register({"force_dense": True})
+    stats = runtime_config(hf_attention.CONFIG_KEY).stats
+    model.set_attn_implementation("mminference")
+    torch.testing.assert_close(logits(model, ids, attention_mask=mask), expected, atol=1e-6, rtol=1e-6)
+    assert not stats.records  # the op was not used
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(ValueError, match="valid keys"):
+        hf_attention.register({"sparsity": 0.9})
