@@ -21,39 +21,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from mmcompile.patterns import TEXT, VIDEO, forward_context, from_segments, layer_attention  # noqa: E402
+from mmcompile.patterns import forward_context, layer_attention  # noqa: E402
 from mmcompile.patterns.layer import attend, build_layer_indexes  # noqa: E402
 from mmcompile.patterns.fidelity import head_fidelity, index_density, index_row_mask, sample_rows  # noqa: E402
-from mmcompile.patterns.planted import planted_qkv  # noqa: E402
+from mmcompile.patterns.planted import planted_qkv, standard_layout  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 
 
 PROFILE = False
-
-
-def standard_layout(kind: str, n: int, frame_hw=(16, 16)):
-    frame = frame_hw[0] * frame_hw[1]
-    if kind == "text":
-        return from_segments([[(TEXT, n)]])
-    body = n - 256 - 512
-    if kind == "video":
-        frames = body // frame
-        return from_segments([[(TEXT, 256 + body - frames * frame), (VIDEO, frames * frame, *frame_hw), (TEXT, 512)]])
-    segs, left, g = [(TEXT, 256)], body, torch.Generator().manual_seed(0)
-    while left > 0:  # groups of frames, then 256-2048 text tokens: ~25% text
-        group = min(left, frame * int(torch.randint(3, 12, (1,), generator=g)))
-        group -= group % frame
-        if group == 0:
-            segs.append((TEXT, left))
-            break
-        segs.append((VIDEO, group, *frame_hw))
-        left -= group
-        text = min(left, int(torch.randint(256, 2049, (1,), generator=g)) // 64 * 64)
-        if text:
-            segs.append((TEXT, text))
-            left -= text
-    segs.append((TEXT, 512))
-    return from_segments([segs])
 
 
 def run(args):

@@ -1,4 +1,4 @@
-"""The ``mminference`` command: ``mminference demo [options]``."""
+"""The ``mminference`` command: ``mminference demo [options]`` and ``mminference dump [options]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-COMMANDS = {"demo": "run the built-in demo (no downloads)"}
+COMMANDS = {"demo": "run the built-in demo (no downloads)",
+            "dump": "pictures of the per-head sparse masks the default policy picks on planted inputs"}
 
 
 def main(argv=None) -> None:
@@ -20,6 +21,11 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         # Kernels run in Triton's CPU interpreter; it must be chosen before any kernel is defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if argv[0] == "dump":
+        from mmcompile import dump
+
+        dump.main(argv[1:])
+        return
     from mmcompile import demo
 
     demo.main(argv[1:])

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .layout import VIDEO, ModalityLayout
+from .layout import TEXT, VIDEO, ModalityLayout, from_segments
 
 HEAD_KINDS = ("grid", "vertical-slash", "a-shape", "boundary", "random")
 
@@ -82,3 +82,30 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
                 add += scale * col_dir
             q[0, h] += add
     return q.to(dtype), k.to(dtype), v.to(dtype), kinds
+
+
+def standard_layout(kind: str, n: int, frame_hw=(16, 16)) -> ModalityLayout:
+    """BENCHMARKING.md's standard layouts: "video" (256 text, frames, 512 question), "mixed" (text
+    segments of 256-2048 tokens between groups of frames, ~25% text) or "text"."""
+    frame = frame_hw[0] * frame_hw[1]
+    if kind == "text":
+        return from_segments([[(TEXT, n)]])
+    body = n - 256 - 512
+    if kind == "video":
+        frames = body // frame
+        return from_segments([[(TEXT, 256 + body - frames * frame), (VIDEO, frames * frame, *frame_hw), (TEXT, 512)]])
+    segs, left, g = [(TEXT, 256)], body, torch.Generator().manual_seed(0)
+    while left > 0:  # groups of frames, then 256-2048 text tokens: ~25% text
+        group = min(left, frame * int(torch.randint(3, 12, (1,), generator=g)))
+        group -= group % frame
+        if group == 0:
+            segs.append((TEXT, left))
+            break
+        segs.append((VIDEO, group, *frame_hw))
+        left -= group
+        text = min(left, int(torch.randint(256, 2049, (1,), generator=g)) // 64 * 64)
+        if text:
+            segs.append((TEXT, text))
+            left -= text
+    segs.append((TEXT, 512))
+    return from_segments([segs])

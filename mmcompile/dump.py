@@ -1,0 +1,62 @@
+"""``mminference dump``: the patterns the default policy picks on planted inputs, as pictures.
+
+Usage: mminference dump [--tokens 8192] [--layout video|mixed|text] [--heads 8/2] [--density 0.1]
+                        [--out mminference_dump]
+
+Writes, for one layer of planted-structure inputs on the standard layout, one PNG per sparse head
+(``mmcompile.debug``: visited blocks in the order the kernel walks them) and ``patterns.md`` (per
+head: planted kind, chosen pattern per query modality, density). Index building only: no kernel
+runs, so it is quick on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="mminference dump", description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--layout", default="video", choices=("video", "mixed", "text"))
+    parser.add_argument("--heads", default="8/2", help="query/key-value heads")
+    parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--out", default="mminference_dump")
+    args = parser.parse_args(argv)
+    print("\n".join(dump(args.tokens, args.layout, args.heads, args.density, args.out)))
+
+
+def dump(tokens: int, layout_kind: str, heads: str, density: float, out: str) -> list[str]:
+    """Writes the pictures and the table; returns the lines of the table."""
+    from mmcompile.debug import write_mask_pictures
+    from mmcompile.patterns import forward_context
+    from mmcompile.patterns.fidelity import index_density
+    from mmcompile.patterns.layer import Estimates, build_layer_indexes
+    from mmcompile.patterns.planted import planted_qkv, standard_layout
+    from mmcompile.patterns.policy import choose_patterns
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    heads_q, heads_kv = (int(x) for x in heads.split("/"))
+    layout = standard_layout(layout_kind, tokens)
+    n = layout.length
+    q, k, _, kinds = planted_qkv(layout, heads_q, heads_kv, 64, device)
+    ctx = forward_context(layout, n, 1, device)
+    estimates = Estimates(q, k, ctx, 64 ** -0.5)
+    patterns = choose_patterns(q, k, ctx, density=density, estimates=estimates)
+    indexes = build_layer_indexes(q, k, patterns, ctx, estimates=estimates)
+    paths = write_mask_pictures(indexes, n, out)
+    density_of = {}
+    for ids, index in indexes:
+        dens = [1.0] * len(ids) if index is None else index_density(index, n).tolist()
+        density_of.update(zip(ids, dens))
+    lines = [f"# {layout_kind} layout, {n} tokens, heads {heads}, budget {density}", "",
+             "| head | planted | chosen | density | picture |", "|---|---|---|---|---|"]
+    for h, pattern in enumerate(patterns):
+        chosen = "; ".join(f"{m}: {p!r}" for m, p in pattern.intra)
+        picture = next((os.path.basename(p) for p in paths if p.endswith(f"head{h:02d}.png")), "(dense)")
+        lines.append(f"| {h} | {kinds[h]} | {pattern.inter}, {chosen} | {density_of[h]:.3f} | {picture} |")
+    with open(os.path.join(out, "patterns.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
