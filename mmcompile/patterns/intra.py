@@ -19,13 +19,13 @@ FORCED_SINK_COLUMNS = 30
 FORCED_LOCAL_DIAGONALS = 100
 
 
-def _blocks(count: int) -> int:
-    return max(count, 0)
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def a_shape_sets(pattern: AShape, batch, heads, n, block_n, device) -> BlockSets:
-    local = torch.arange(-_blocks(-(-pattern.local // block_n)), 0, device=device)
-    sink = torch.arange(_blocks(-(-pattern.sink // block_n)), device=device)
+    local = torch.arange(-_ceil_div(pattern.local, block_n), 0, device=device)  # blocks before the diagonal
+    sink = torch.arange(_ceil_div(pattern.sink, block_n), device=device)
     return BlockSets(local.expand(batch, heads, -1), sink.expand(batch, heads, -1),
                      torch.empty(batch, heads, 0, dtype=torch.long, device=device))
 
@@ -99,8 +99,7 @@ def grid_sets(pattern: Grid, probs, valid, frame_stride: torch.Tensor, max_frame
         absolute = torch.where(band >= (band_start // block_n)[..., None], band, INVALID)
     relative = empty
     if pattern.slash:
-        slash_blocks = -(-pattern.local_frames // block_n)  # ceil
-        relative = torch.arange(-slash_blocks, 0, device=device).expand(batch, heads, -1)
+        relative = torch.arange(-_ceil_div(pattern.local_frames, block_n), 0, device=device).expand(batch, heads, -1)
     full_rows = None
     if pattern.hline:
         m_end = (torch.arange(-(-n // block_m), device=device) + 1) * block_m
