@@ -1,4 +1,5 @@
-"""Built-in demo: the sparse kernel on a synthetic video layout against dense attention.
+"""Built-in demo: the sparse kernel on a synthetic video layout against dense attention, then a
+compiled transformers Qwen2.5-VL (``demo_model.py``).
 
 The layout is the standard one (BENCHMARKING.md): a text prefix, frames of ``frame`` tokens, a
 question. Q/K carry planted grid structure: one token per frame (the grid line at a fixed phase)
@@ -115,11 +116,16 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", default="28/4" if cuda else "2/1", help="query/key-value heads")
     parser.add_argument("--frame", type=int, default=256 if cuda else 64, help="tokens per frame")
     parser.add_argument("--local-blocks", type=int, default=16 if cuda else 2)
+    parser.add_argument("--kernel-only", action="store_true", help="skip the compiled Qwen2.5-VL part")
     args = parser.parse_args(argv)
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("no CUDA device: run with TRITON_INTERPRET=1 (the README's demo command does)")
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
     run(args.tokens, heads_q, heads_kv, args.frame, args.local_blocks)
+    if not args.kernel_only:
+        from mmcompile import demo_model
+
+        demo_model.run()
 
 
 if __name__ == "__main__":

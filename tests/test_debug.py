@@ -51,3 +51,13 @@ def test_dump_command_writes_pictures_and_table(tmp_path):
     assert "patterns.md" in written
     for p in tmp_path.glob("*.png"):
         assert decode_gray_png(p.read_bytes()).shape[0] == -(-2048 // 128)
+
+
+def test_readme_demo_model_part_runs():
+    """The compiled Qwen2.5-VL part of ``scripts/demo`` (the README's demo command)."""
+    import mmcompile.report as report
+    from mmcompile import demo_model
+
+    demo_model.run()
+    records = report.last_report().runtime()["records"]
+    assert [r.reason for r in records] == ["a-shape", "a-shape"] and all(r.density < 1 for r in records)
