@@ -104,13 +104,16 @@ def random_index(batch, heads, n_q, n_k, density, max_columns=0, block_m=64, blo
     return SparseIndex(count, offset, ccount, cindex, block_m, block_n, q_order, k_order)
 
 
-def grid_order(n: int, stride: int, phase: int, device=None) -> torch.Tensor:
+def grid_order(n: int, stride, phase, device=None) -> torch.Tensor:
     """Residue-major order of 0..n-1 modulo ``stride`` with the ``phase`` class last: grid lines
-    (tokens at ``phase + j * stride``) become one contiguous band of slots. Returns positions per slot."""
-    pos = torch.arange(n, device=device)
-    residue = (pos - phase) % stride
-    residue = torch.where(residue == 0, stride, residue)  # phase class sorts last
-    return (residue * n + pos).argsort().to(torch.int32)
+    (tokens at ``phase + j * stride``) become one contiguous band of slots, frames stay in order.
+    ``stride``/``phase`` are ints or same-shape int tensors (one order per entry, e.g. [B, H]);
+    returns int32 positions per slot, shape ``stride.shape + (n,)``."""
+    stride, phase = torch.as_tensor(stride, device=device), torch.as_tensor(phase, device=device)
+    pos = torch.arange(n, device=stride.device)
+    residue = (pos - phase[..., None]) % stride[..., None]
+    residue = torch.where(residue == 0, stride[..., None], residue)  # phase class sorts last
+    return (residue * n + pos).argsort(dim=-1).to(torch.int32)
 
 
 def grid_index(batch, heads, n, stride, phase, local_blocks, block_m=64, block_n=64, device=None):

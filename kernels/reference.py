@@ -65,9 +65,7 @@ def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_o
     cols = k_pos[..., None, :].expand(batch, heads, n_q, n_k)
     mask_rows = torch.zeros_like(mask).scatter_(2, rows, slot_mask)  # rows to original positions
     mask.scatter_(3, cols, mask_rows)  # then columns
-    causal = (torch.arange(n_k, device=device) + k_offset)[None, :] <= \
-             (torch.arange(n_q, device=device) + q_offset)[:, None]
-    return mask & causal
+    return mask & causal_mask(n_q, n_k, q_offset, k_offset, device)
 
 
 def causal_mask(n_q: int, n_k: int, q_offset: int = 0, k_offset: int = 0, device=None) -> torch.Tensor:

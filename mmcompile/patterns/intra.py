@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from mmcompile.kernels.index_factories import grid_order
+
 from . import estimate
 from .index_builder import FAR, INVALID, BlockSets
 from .specs import AShape, BlockSparse, Dense, Grid, VerticalSlash
@@ -61,14 +63,6 @@ def _unique_sorted(values: torch.Tensor) -> torch.Tensor:
     dup = torch.zeros_like(srt, dtype=torch.bool)
     dup[..., 1:] = srt[..., 1:] == srt[..., :-1]
     return torch.where(dup, FAR, srt).sort(dim=-1).values
-
-
-def grid_order(n: int, stride: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """int32 [B, H, N]: residue-major positions per slot, phase class last, frames in order."""
-    pos = torch.arange(n, device=stride.device)
-    residue = (pos - phase[..., None]) % stride[..., None]
-    residue = torch.where(residue == 0, stride[..., None], residue)
-    return (residue * n + pos).argsort(dim=-1).to(torch.int32)
 
 
 def grid_sets(pattern: Grid, probs, valid, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n):

@@ -139,8 +139,8 @@ def _modality_id(name: str) -> int:
 
 def _selectors(head: HeadPattern, ctx: ForwardContext) -> list[tuple[str, object]]:
     """(query modality or "*", intra pattern) pairs a head needs for this input."""
-    if head.inter != "q-boundary" or not ctx.present:
-        return [("*", head.pattern_for("*") if dict(head.intra).get("*") else head.intra[0][1])]
+    if head.inter != "q-boundary" or not ctx.present:  # one pattern for all rows: "*", else the first
+        return [("*", dict(head.intra).get("*", head.intra[0][1]))]
     return [(name, head.pattern_for(name)) for name in ctx.present]
 
 
