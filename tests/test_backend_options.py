@@ -164,3 +164,14 @@ def test_chains_to_inductor(report):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert len(report.rewritten) == LAYERS and not report.fallbacks
     assert report.runtime()["dense_calls"] == LAYERS
+
+
+@pytest.mark.parametrize("options,message", [({"policy": "magic"}, "'policy' must be one of"),
+                                             ({"density": 0}, "'density' must be a number in"),
+                                             ({"density": 1.5}, "'density' must be a number in"),
+                                             ({"density": True}, "'density' must be a number in")])
+def test_bad_policy_options_are_rejected(options, message):
+    from mmcompile.config import config_from_options
+
+    with pytest.raises(ValueError, match=message):
+        config_from_options(options)
