@@ -55,3 +55,38 @@ def test_bad_layouts_raise():
                            ("seg_start", "seg_len", "frame_tokens", "frame_h", "frame_w")])
     with pytest.raises(ValueError, match="unknown modality ids"):
         check_layout(bad)
+
+
+def test_grid_rows_continue_across_the_batch():
+    """One grid row per visual run, sample after sample (HF's get_rope_index), not restarted per sample."""
+    ids = torch.tensor([[1, 9, 9, 9, 9, 2, 2, 2, 2, 2],
+                        [1, 9, 9, 9, 9, 9, 9, 9, 9, 2]])
+    layout = from_hf_inputs(ids, video_token_id=9, video_grid_thw=torch.tensor([[1, 4, 4], [2, 4, 4]]),
+                            spatial_merge_size=2)
+    assert layout.seg_len.tolist() == [[4], [8]] and layout.frame_tokens.tolist() == [[4], [4]]
+    assert layout.frame_stride().tolist() == [4, 4]
+
+
+def test_frame_hw_per_modality():
+    ids = torch.tensor([[1] + [8] * 6 + [2] + [9] * 8 + [3]])
+    layout = from_hf_inputs(ids, image_token_id=8, video_token_id=9, frame_hw={VIDEO: (2, 2)})
+    assert layout.seg_len[0].tolist() == [6, 8]
+    assert layout.frame_tokens[0].tolist() == [6, 4]  # the image run is one frame; video frames are 2x2
+    same = from_hf_inputs(ids, image_token_id=8, video_token_id=9, frame_hw=(1, 2))  # a tuple: every visual run
+    assert same.frame_tokens[0].tolist() == [2, 2]
+
+
+def test_runs_equal_a_per_token_scan():
+    from mmcompile.patterns.layout import _runs
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 232):
+        row = torch.randint(-1, 3, (n,), generator=g).repeat_interleave(torch.randint(1, 5, (n,), generator=g))
+        values, expected = row.tolist(), []
+        for v in values:
+            if expected and expected[-1][0] == v:
+                expected[-1][1] += 1
+            else:
+                expected.append([v, 1])
+        assert _runs(row) == [tuple(e) for e in expected]
+    assert _runs(torch.zeros(0, dtype=torch.int32)) == []

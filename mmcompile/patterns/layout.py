@@ -114,14 +114,15 @@ def from_hf_inputs(input_ids: torch.Tensor | None = None, *, mm_token_type_ids: 
                    image_token_id: int | None = None, video_token_id: int | None = None,
                    image_grid_thw: torch.Tensor | None = None, video_grid_thw: torch.Tensor | None = None,
                    spatial_merge_size: int = 1, attention_mask: torch.Tensor | None = None,
-                   frame_hw: tuple[int, int] | None = None) -> ModalityLayout:
+                   frame_hw: tuple[int, int] | dict | None = None) -> ModalityLayout:
     """Build a layout from processor-style inputs.
 
     Modality per token comes from ``mm_token_type_ids`` if given, else from placeholder ids in
     ``input_ids``. Frame geometry comes from ``*_grid_thw`` rows (t, h, w in patches; h/merge x
-    w/merge tokens per frame), assigned in order to the contiguous runs of image/video tokens of
-    each sample, or from ``frame_hw`` for models without grids (LLaVA-style).
-    Padding (``attention_mask == 0``) becomes PAD.
+    w/merge tokens per frame), assigned in order to the contiguous runs of image/video tokens, sample
+    after sample (one row per run, like HF's ``get_rope_index``), or from ``frame_hw`` for models
+    without grids (LLaVA-style): one (h, w) for every visual run, or ``{modality: (h, w)}``. A run
+    with neither is one frame of the whole run. Padding (``attention_mask == 0``) becomes PAD.
     """
     if mm_token_type_ids is not None:
         modality = mm_token_type_ids.to(torch.int32).clone()
@@ -139,9 +140,8 @@ def from_hf_inputs(input_ids: torch.Tensor | None = None, *, mm_token_type_ids: 
         modality = torch.where(attention_mask.bool(), modality, PAD)
     grids = {IMAGE: _frame_sizes(image_grid_thw, spatial_merge_size),
              VIDEO: _frame_sizes(video_grid_thw, spatial_merge_size)}
-    segments = []
-    for b in range(modality.shape[0]):
-        segments.append(_runs_with_geometry(modality[b], grids, frame_hw))
+    consumed = {IMAGE: 0, VIDEO: 0}  # grid rows continue across samples
+    segments = [_runs_with_geometry(_runs(modality[b]), grids, consumed, frame_hw) for b in range(modality.shape[0])]
     layout = from_segments(segments, device=modality.device)
     # Keep PAD placement exactly as given (from_segments pads at the end only).
     return dataclasses.replace(layout, modality=modality)
@@ -153,22 +153,25 @@ def _frame_sizes(grid_thw, merge):
     return [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grid_thw.tolist()]
 
 
-def _runs_with_geometry(row: torch.Tensor, grids: dict, frame_hw):
-    """Contiguous runs of one modality as segments; visual runs get frame geometry."""
-    values = row.tolist()
-    segments, start = [], 0
-    consumed = {IMAGE: 0, VIDEO: 0}
-    for i in range(1, len(values) + 1):
-        if i < len(values) and values[i] == values[start]:
-            continue
-        kind, length = values[start], i - start
-        kind_for_seg = TEXT if kind == PAD else kind
+def _runs(row: torch.Tensor) -> list:
+    """[(modality, length)] of the contiguous runs of ``row``, found on its device (one transfer of
+    the run starts, not of the row)."""
+    n = row.numel()
+    if n == 0:
+        return []
+    starts = torch.cat([row.new_zeros(1, dtype=torch.long), torch.nonzero(row[1:] != row[:-1]).flatten() + 1])
+    lengths = torch.diff(starts, append=starts.new_tensor([n]))
+    return list(zip(row[starts].tolist(), lengths.tolist()))
+
+
+def _runs_with_geometry(runs, grids: dict, consumed: dict, frame_hw):
+    """Runs as segments; visual runs get frame geometry."""
+    segments = []
+    for kind, length in runs:
         if kind in (IMAGE, VIDEO):
-            fh, fw = _geometry_for_run(kind, length, grids, consumed, frame_hw)
-            segments.append((kind, length, fh, fw))
+            segments.append((kind, length, *_geometry_for_run(kind, length, grids, consumed, frame_hw)))
         else:
-            segments.append((kind_for_seg, length))
-        start = i
+            segments.append((TEXT if kind == PAD else kind, length))
     return segments
 
 
@@ -181,7 +184,8 @@ def _geometry_for_run(kind, length, grids, consumed, frame_hw):
             raise ValueError(f"{MODALITY_NAMES[kind]} run of {length} tokens does not match grid "
                              f"t={t} h={h} w={w} ({t * h * w} tokens after merging)")
         return h, w
-    if frame_hw is not None and length % (frame_hw[0] * frame_hw[1]) == 0:
-        return frame_hw
+    hw = frame_hw.get(kind) if isinstance(frame_hw, dict) else frame_hw
+    if hw is not None and length % (hw[0] * hw[1]) == 0:
+        return hw
     # No geometry known: one frame of the whole run (treated as a single image).
     return 1, length
