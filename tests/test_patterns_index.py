@@ -6,7 +6,7 @@ from mmcompile.kernels import index_to_mask
 from mmcompile.patterns import AShape, Grid, VerticalSlash
 from mmcompile.patterns import intra
 from mmcompile.patterns.index_builder import build_index
-from mmcompile.patterns.estimate import last_queries, last_query_probs
+from mmcompile.patterns.estimate import last_queries, line_scores
 
 BM, BN = 64, 32
 
@@ -22,7 +22,7 @@ def diag_blocks(n):
 
 def test_a_shape_index_is_sink_plus_local_blocks():
     n, sink, local = 300, 40, 70
-    index = build_index([(None, intra.a_shape_sets(AShape(sink, local), 1, 2, n, BN, "cpu"))], n, n, BM, BN)
+    index = build_index([(None, intra.a_shape_sets([AShape(sink, local)] * 2, 1, n, BN, "cpu"))], n, n, BM, BN)
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     jb, start = j // BN, (i // BM) * BM // BN  # key block, first key block of the row's diagonal
     brute = (jb < -(-sink // BN)) | ((jb >= start - (-(-local // BN))) & (jb < start))
@@ -31,36 +31,54 @@ def test_a_shape_index_is_sink_plus_local_blocks():
     assert torch.equal(index_to_mask(index, n, n)[0, 1], brute)
 
 
+def test_a_shape_sizes_may_differ_per_head():
+    n = 300
+    patterns = [AShape(40, 70), AShape(100, 20)]
+    index = build_index([(None, intra.a_shape_sets(patterns, 1, n, BN, "cpu"))], n, n, BM, BN)
+    for h, p in enumerate(patterns):
+        alone = build_index([(None, intra.a_shape_sets([p], 1, n, BN, "cpu"))], n, n, BM, BN)
+        assert torch.equal(index_to_mask(index, n, n)[0, h], index_to_mask(alone, n, n)[0, 0])
+
+
+def test_relative_block_mass_is_the_mean_over_block_rows():
+    n = 250
+    slash = torch.rand(1, 2, n, dtype=torch.float64).float()
+    mass = intra.relative_block_mass(slash, BM, BN)
+    steps = -(-n // BN)
+    assert mass.shape == (1, 2, steps)
+    for t in range(1, steps + 1):
+        per_row = [slash[..., min(n, r + BN * (t - 1) + 1):min(n, r + BN * t + 1)].sum(-1) for r in range(BM)]
+        torch.testing.assert_close(mass[..., t - 1], torch.stack(per_row).mean(0), rtol=1e-5, atol=1e-6)
+    diag = torch.stack([slash[..., :r + 1].sum(-1) for r in range(BM)]).mean(0)
+    torch.testing.assert_close(intra.diagonal_block_mass(slash, BM), diag, rtol=1e-5, atol=1e-6)
+
+
 def test_vertical_slash_index_matches_definition():
     n = 333
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 2, n, 16, generator=g), torch.randn(1, 1, n, 16, generator=g)
     pos, valid = last_queries(None, n, 1)
-    probs = last_query_probs(q, k, pos, valid, 0.25)
-    pattern = VerticalSlash(vertical=35, slash=60)
-    sets = intra.vertical_slash_sets(pattern, probs, pos, valid, n, BM, BN)
-    index = build_index([(None, sets)], n, n, BM, BN)
+    lines = line_scores(q, k, pos, valid, 0.25)
+    patterns = [VerticalSlash(vertical=35, slash_blocks=4), VerticalSlash(vertical=40, slash_blocks=6)]
+    index = build_index([(None, intra.vertical_slash_sets(patterns, lines, n, BM, BN))], n, n, BM, BN)
     mask = index_to_mask(index, n, n)
-    # Brute force from the chosen columns and diagonals (recomputed the same way as the estimator).
-    vertical = probs.sum(2)
-    slash = torch.zeros(1, 2, n)
-    for r in range(pos.shape[1]):
-        p = int(pos[0, r])
-        slash[:, :, :p + 1] += probs[:, :, r, :p + 1].flip(-1)
-    vertical[..., :30] = float("inf")
-    slash[..., :100] = float("inf")
-    for h in range(2):
-        cols = vertical[0, h].topk(35).indices
-        offs = slash[0, h].topk(60).indices
+    # Brute force: the top columns (first 30 forced) and the top relative blocks by the mass their
+    # rows see, blocks 1..ceil(100 / BN) forced.
+    for h, p in enumerate(patterns):
+        vertical = lines.vertical[0, h].clone()
+        vertical[:30] = float("inf")
+        cols = vertical.topk(p.vertical).indices
+        mass = intra.relative_block_mass(lines.slash[:, h:h + 1], BM, BN)[0, 0]
+        forced = -(-100 // BN)
+        mass[:forced] = float("inf")
+        blocks = (mass.topk(max(p.slash_blocks, forced)).indices + 1).tolist()
         brute = diag_blocks(n).clone()
         for m in range(-(-n // BM)):
             rows = torch.arange(m * BM, min(n, (m + 1) * BM))
-            blocks = set()
-            for o in offs.tolist():
-                blocks |= {(r - o) // BN for r in rows.tolist() if r - o >= 0}
-            blocks = {b for b in blocks if b < m * BM // BN}
-            for b in blocks:
-                brute[rows[:, None], torch.arange(b * BN, min(n, (b + 1) * BN))[None, :]] = True
+            for t in blocks:
+                b = m * (BM // BN) - t
+                if b >= 0:
+                    brute[rows[:, None], torch.arange(b * BN, min(n, (b + 1) * BN))[None, :]] = True
             brute[rows[:, None], cols[None, :]] = True
         assert torch.equal(mask[0, h], brute & causal(n)), h
 
@@ -75,11 +93,11 @@ def test_grid_index_in_slot_space_and_stride_phase_found():
     k = torch.randn(1, 1, n, d, generator=g) * 0.3
     k[:, :, phase::frame] += 4 * u  # planted vertical lines every frame
     pos, valid = last_queries(None, n, 1)
-    probs = last_query_probs(q, k, pos, valid, d ** -0.5)
+    vertical = line_scores(q, k, pos, valid, d ** -0.5).vertical
     frame_stride = torch.tensor([frame], dtype=torch.int32)
     for kind in ("frame", "search"):
         pattern = Grid(stride_kind=kind, vline=True, hline=True, slash=True, local_frames=40, sink=8)
-        order, sets = intra.grid_sets(pattern, probs, valid, frame_stride, frame, n, BM, BN)
+        order, sets = intra.grid_sets(pattern, vertical, frame_stride, frame, n, BM, BN)
         positions = order[0, 0].long()
         lines = -(-(n - phase) // frame)
         assert torch.equal(positions[-lines:] % frame, torch.full((lines,), phase))  # phase class last

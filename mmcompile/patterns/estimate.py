@@ -1,17 +1,48 @@
 """Online estimation from the last queries (MInference Alg. 2, MMInference Alg. 1).
 
 ``last_queries`` picks, per sample, the last ``last_q`` tokens (of one modality, for boundary
-heads); ``last_query_probs`` is their float32 softmax over all keys, causal in original positions;
-vertical (per key) and slash (per diagonal offset) scores and the grid stride/phase are read off it.
+heads). ``line_scores`` reads off their float32 softmax over all keys (causal in original
+positions) what every pattern needs: the mass per key column (vertical) and per diagonal offset
+(slash). The softmax itself is never kept: it is built one KV head at a time and reduced at once,
+so memory stays at one KV group's [L, N] and each element is read twice (two matrix-vector
+products). ``last_query_probs`` is the plain reference of the same softmax, for tests.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from .layout import PAD
 
 LAST_Q = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class LineScores:
+    """Per head, the estimation rows' attention mass summed over the valid rows.
+
+    vertical: fp32 [B, H, N], mass on each key column;
+    slash:    fp32 [B, H, N], mass on each diagonal offset o (key = query position - o);
+    pos, valid: int64/bool [B, L], the rows (latest first) and which exist;
+    lse: fp32 [B, H, L], the rows' log-sum-exp (to recompute single entries of their softmax).
+    """
+    vertical: torch.Tensor
+    slash: torch.Tensor
+    pos: torch.Tensor
+    valid: torch.Tensor
+    lse: torch.Tensor
+
+    def heads(self, ids: list[int]) -> "LineScores":
+        if ids == list(range(self.vertical.shape[1])):
+            return self
+        return dataclasses.replace(self, vertical=self.vertical[:, ids], slash=self.slash[:, ids], lse=self.lse[:, ids])
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """fp32 [B, 1, 1]: valid rows per sample (at least 1), to turn sums into per-row means."""
+        return self.valid.sum(-1).clamp(min=1)[:, None, None].float()
 
 
 def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
@@ -28,48 +59,105 @@ def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | 
     return top.clamp(min=0), top >= 0
 
 
-def last_query_probs(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
-                     scale: float, key_pad: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
-    """float32 [B, Hq, L, N]: softmax of the chosen queries over all keys (GQA without copies).
+def rows_are_consecutive(pos: torch.Tensor, valid: torch.Tensor) -> bool:
+    """Whether every sample's valid rows are consecutive tokens (one host sync: call once per forward).
+    Then slash scores need no gather (``line_scores``)."""
+    if pos.shape[1] < 2:
+        return True
+    return bool(((pos[:, :-1] - pos[:, 1:] == 1) | ~valid[:, 1:]).all())
 
-    Rows that do not exist (``valid`` False) hold garbage: the score readers below weight them 0.
-    The product runs in the inputs' dtype (fp32 accumulate) and is then softmaxed in fp32: enough
-    to rank columns and diagonals, and it avoids fp32 copies of K. ``start`` (<= every position in
-    ``pos``, known once per forward) limits the causal masking to the keys from there on.
+
+def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,
+                key_pad: torch.Tensor | None = None, start: int = 0, consecutive: bool = False) -> LineScores:
+    """Vertical and slash scores of all query heads from the rows ``pos`` (GQA without K copies).
+
+    The product runs in the inputs' dtype (fp32 accumulate), the softmax in fp32: enough to rank
+    columns and diagonals. ``start`` (<= every valid position, known once per forward) limits the
+    causal masking to the keys from there on. ``consecutive`` (``rows_are_consecutive``): row l is
+    at pos[:, 0] - l, so the slash sums are read off a skewed view of the softmax instead of a
+    gathered copy; K then gets L zero rows so that the skew never reads a neighbouring row's keys.
     """
     batch, heads_q, n, d = q.shape
-    heads_kv = k.shape[1]
-    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, pos.shape[1], d)) * scale
-    rows = rows.view(batch, heads_kv, heads_q // heads_kv * pos.shape[1], d)
-    # One batched product per KV head (no K copies), then fp32 for the softmax.
-    scores = torch.matmul(rows, k.transpose(-1, -2)).view(batch, heads_q, pos.shape[1], n).float()
-    # Causality only bites from the earliest estimation row on: mask that tail alone.
-    keys = torch.arange(start, n, device=q.device)
-    future = keys[None, None, :] > pos[:, :, None]  # [B, L, N - start]
-    scores[..., start:].masked_fill_(future[:, None], float("-inf"))
-    if key_pad is not None:  # padding: rare, full pass; all-masked rows become zeros
-        scores.masked_fill_(key_pad[:, None, None, :], float("-inf"))
-        return torch.softmax(scores, dim=-1).nan_to_num_(0.0)
-    return torch.softmax(scores, dim=-1)
+    heads_kv, last = k.shape[1], pos.shape[1]
+    group = heads_q // heads_kv
+    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, last, d)) * scale
+    keys = torch.nn.functional.pad(k, (0, 0, 0, last)) if consecutive else k
+    width = keys.shape[2]
+    weight = valid.to(torch.float32)
+    future = torch.arange(start, width, device=q.device)[None, None, :] > pos[:, :, None]  # [B, L, W - start]
+    vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
+    slash = torch.empty_like(vertical)
+    lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
+    for g in range(heads_kv):  # one KV group at a time: memory is one [group, L, W] softmax
+        heads = slice(g * group, (g + 1) * group)
+        scores = torch.matmul(rows[:, heads].reshape(batch, group * last, d),
+                              keys[:, g].transpose(-1, -2)).view(batch, group, last, width)
+        scores[..., start:].masked_fill_(future[:, None], float("-inf"))
+        if key_pad is not None:  # padding: all-masked rows become zeros
+            scores[..., :n].masked_fill_(key_pad[:, None, None, :], float("-inf"))
+        lse[:, heads] = torch.logsumexp(scores.float(), dim=-1)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        if key_pad is not None:
+            probs.nan_to_num_(0.0)
+        vertical[:, heads] = torch.matmul(weight[:, None, None, :], probs)[:, :, 0, :n]
+        slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive
+                           else _slash_gathered(probs, pos, weight))
+    return LineScores(vertical, slash, pos, valid, lse)
 
 
-def vertical_scores(probs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, H, N]: attention mass of each key column over the (valid) estimation rows."""
-    if valid is None:
-        return probs.sum(dim=2)
-    return torch.einsum("bhln,bl->bhn", probs, valid.to(probs.dtype))
+def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: list[int], columns: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """fp32 [B, H, N]: the part of ``lines.slash`` that key columns ``columns`` (int64 [B, H, C],
+    negative = unused; H = len(head_ids)) account for. A heavy key seen by consecutive rows spreads
+    over consecutive offsets and looks like a band of slashes; subtracting it lets slash blocks
+    be chosen for what columns do not already cover (the sink, above all)."""
+    batch, _, n, d = q.shape
+    group = q.shape[1] // k.shape[1]
+    heads = torch.as_tensor(head_ids, device=q.device)
+    rows = q[:, heads].gather(2, lines.pos[:, None, :, None].expand(batch, len(head_ids), lines.pos.shape[1], d))
+    keys = k[:, heads // group].gather(2, columns.clamp(min=0)[..., None].expand(*columns.shape, d))
+    scores = torch.matmul(rows, keys.transpose(-1, -2)).float() * scale  # [B, H, L, C]
+    offsets = lines.pos[:, None, :, None] - columns[:, :, None, :]
+    keep = (offsets >= 0) & (columns >= 0)[:, :, None, :] & lines.valid[:, None, :, None]
+    probs = torch.where(keep, torch.exp(scores - lines.lse[..., None]), 0.0)
+    out = torch.zeros(batch, len(head_ids), n, dtype=torch.float32, device=q.device)
+    return out.scatter_add_(2, offsets.clamp(min=0).flatten(2), probs.flatten(2))
 
 
-def slash_scores(probs: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, H, N]: mass along each diagonal offset o (key = query position - o), valid rows only."""
-    batch, heads, rows, n = probs.shape
-    offsets = torch.arange(n, device=probs.device)
-    keys = pos[:, :, None] - offsets[None, None, :]  # [B, L, N]: key at offset o for each row
-    weight = (keys >= 0).to(probs.dtype)
-    if valid is not None:
-        weight = weight * valid[:, :, None].to(probs.dtype)
-    gathered = probs.gather(3, keys.clamp(min=0)[:, None].expand(batch, heads, rows, n))
-    return torch.einsum("bhln,bln->bhn", gathered, weight)
+def _slash_skewed(probs, first, weight, n):
+    """probs [B, G, L, N + L] with zero pad columns, row l at position first - l. The view
+    skew[c, l] = probs[l, c - l] (row stride W - 1) lands on pad zeros when c < l; summing it over
+    l gives the mass per key c of row 0's diagonal, i.e. offset first - c."""
+    batch, group, last, width = probs.shape
+    skew = probs.as_strided((batch, group, n, last), (group * last * width, last * width, 1, width - 1),
+                            probs.storage_offset())
+    by_key = torch.matmul(skew, weight[:, None, :, None])[..., 0]  # [B, G, n]
+    key = first[:, None] - torch.arange(n, device=probs.device)[None, :]  # key of offset o for row 0
+    out = by_key.gather(2, key.clamp(min=0)[:, None, :].expand(batch, group, n))
+    return out.masked_fill_((key < 0)[:, None, :], 0.0)
+
+
+def _slash_gathered(probs, pos, weight):
+    """Any rows: gather each row's keys at every offset, then sum over rows."""
+    batch, group, last, n = probs.shape
+    keys = pos[:, :, None] - torch.arange(n, device=probs.device)[None, None, :]  # [B, L, N]
+    gathered = probs.gather(3, keys.clamp(min=0)[:, None].expand(batch, group, last, n))
+    return torch.einsum("bhln,bln->bhn", gathered, weight[:, :, None] * (keys >= 0))
+
+
+def last_query_probs(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
+                     scale: float, key_pad: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference: float32 [B, Hq, L, N] softmax of the chosen rows over all keys (rows that do not
+    exist hold garbage). ``line_scores`` must equal sums of it."""
+    batch, heads_q, n, d = q.shape
+    group = heads_q // k.shape[1]
+    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, pos.shape[1], d)).float() * scale
+    scores = rows @ k.float().repeat_interleave(group, dim=1).transpose(-1, -2)
+    future = torch.arange(n, device=q.device)[None, None, :] > pos[:, :, None]
+    scores = scores.masked_fill(future[:, None], float("-inf"))
+    if key_pad is not None:
+        scores = scores.masked_fill(key_pad[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
 def grid_stride_phase(vertical: torch.Tensor, candidates: list[int]):

@@ -25,52 +25,90 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def a_shape_sets(pattern: AShape, batch, heads, n, block_n, device) -> BlockSets:
-    local = torch.arange(-_ceil_div(pattern.local, block_n), 0, device=device)  # blocks before the diagonal
-    sink = torch.arange(_ceil_div(pattern.sink, block_n), device=device)
-    return BlockSets(local.expand(batch, heads, -1), sink.expand(batch, heads, -1),
-                     torch.empty(batch, heads, 0, dtype=torch.long, device=device))
+def a_shape_sets(patterns: list[AShape], batch, n, block_n, device) -> BlockSets:
+    """One A-shape per head (sizes may differ): sink blocks plus local blocks before the diagonal."""
+    local = torch.tensor([_ceil_div(p.local, block_n) for p in patterns], device=device)
+    sink = torch.tensor([_ceil_div(p.sink, block_n) for p in patterns], device=device)
+    rel = torch.arange(-int(local.max()), 0, device=device)
+    rel = torch.where(rel[None, :] >= -local[:, None], rel, FAR)
+    ab = torch.arange(int(sink.max()), device=device)
+    ab = torch.where(ab[None, :] < sink[:, None], ab, INVALID)
+    return BlockSets(rel.expand(batch, -1, -1), ab.expand(batch, -1, -1),
+                     torch.empty(batch, len(patterns), 0, dtype=torch.long, device=device))
 
 
-def dense_sets(pattern: Dense, batch, heads, n, block_n, device) -> BlockSets:
+def dense_sets(patterns: list[Dense], batch, n, block_n, device) -> BlockSets:
     every = torch.arange(-(-n // block_n), device=device)
-    return BlockSets(torch.empty(batch, heads, 0, dtype=torch.long, device=device),
-                     every.expand(batch, heads, -1), torch.empty(batch, heads, 0, dtype=torch.long, device=device))
+    empty = torch.empty(batch, len(patterns), 0, dtype=torch.long, device=device)
+    return BlockSets(empty, every.expand(batch, len(patterns), -1), empty.clone())
 
 
-def vertical_slash_sets(pattern: VerticalSlash, probs, pos, valid, n, block_m, block_n) -> BlockSets:
-    """probs: [B, H, L, N] last-query softmax of these heads; pos, valid: [B, L] their rows."""
-    vertical = estimate.vertical_scores(probs, valid)
-    slash = estimate.slash_scores(probs, pos, valid)
-    vertical[..., :FORCED_SINK_COLUMNS] = float("inf")
-    slash[..., :FORCED_LOCAL_DIAGONALS] = float("inf")
-    k_v = min(n, max(pattern.vertical, FORCED_SINK_COLUMNS))
-    k_s = min(n, max(pattern.slash, 50))
-    columns = vertical.topk(k_v, dim=-1).indices
-    offsets = slash.topk(k_s, dim=-1).indices  # diagonal offsets o: key = query - o
-    # Rows [m*BM, m*BM + BM) on diagonal o touch key blocks m*R + d, d in [-ceil(o/BN), (BM-1-o)//BN].
-    lo = -((offsets + block_n - 1) // block_n)
-    hi = torch.div(block_m - 1 - offsets, block_n, rounding_mode="floor")
-    steps = torch.arange(block_m // block_n + 1, device=probs.device)
-    rel = lo[..., None] + steps
-    rel = torch.where(rel <= hi[..., None], rel, FAR).flatten(2)
-    return BlockSets(_unique_sorted(rel), torch.empty_like(columns[..., :0]), columns)
+def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torch.Tensor:
+    """fp32 [B, H, T]: mass that key block t in 1..T before a query block's diagonal holds, averaged
+    over the block's rows, from the slash scores (mass per diagonal offset o, [B, H, N]).
+
+    Row r' of a query block sees in relative block t the offsets r' + BN(t-1) + 1 .. r' + BN t, so
+    E[t] = mean over r' of S(r' + BN t + 1) - S(r' + BN(t-1) + 1), S the prefix sum: a prefix sum of
+    prefix sums (float64: it grows to N times the row mass) gives all T at once. For a given row the
+    blocks partition the keys, so the best R blocks are simply the R largest E[t].
+    """
+    batch, heads, n = slash.shape
+    steps = -(-n // block_n)
+    prefix = torch.nn.functional.pad(slash.double().cumsum(-1), (1, 0))  # S(x), x = 0..N
+    need = block_n * steps + block_m + 2
+    prefix = torch.cat([prefix, prefix[..., -1:].expand(batch, heads, need)], dim=-1)
+    second = torch.nn.functional.pad(prefix.cumsum(-1), (1, 0))  # SS(x) = sum of S(y), y < x
+    x = torch.arange(steps + 1, device=slash.device) * block_n + 1  # BN t + 1 for t = 0..T
+    window = second[..., x + block_m] - second[..., x]  # sum over r' of S(r' + BN t + 1)
+    return ((window[..., 1:] - window[..., :-1]) / block_m).float()
 
 
-def _unique_sorted(values: torch.Tensor) -> torch.Tensor:
-    """Sorted, duplicates replaced by FAR (which sorts last)."""
-    srt = values.sort(dim=-1).values
-    dup = torch.zeros_like(srt, dtype=torch.bool)
-    dup[..., 1:] = srt[..., 1:] == srt[..., :-1]
-    return torch.where(dup, FAR, srt).sort(dim=-1).values
+def diagonal_block_mass(slash: torch.Tensor, block_m: int) -> torch.Tensor:
+    """[B, H]: mass inside the (always visited) diagonal block: offsets 0..r' for row r'."""
+    prefix = slash[..., :block_m].double().cumsum(-1)  # S(r' + 1)
+    return prefix.mean(-1).float()
 
 
-def grid_sets(pattern: Grid, probs, valid, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n):
-    """Returns (order int32 [B, H, N], BlockSets in slot space). ``max_frame``: the largest frame
-    stride of the batch as a Python int (known once per forward: no per-layer sync)."""
-    batch, heads = probs.shape[:2]
-    device = probs.device
-    vertical = estimate.vertical_scores(probs, valid)
+LOCAL_GUARD = 1024  # keys this close before the estimation rows (at most N/16) are left to slash blocks
+
+
+def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
+    """[B, H, N] ranking of key columns: the vertical scores, the first 30 keys forced (+inf) and the
+    keys just before the estimation rows zeroed (their mass is the local band's, which slash
+    blocks cover; as columns they would look useful only from these rows)."""
+    near = torch.arange(n, device=lines.vertical.device)[None, :] >= \
+        lines.pos.min(-1).values[:, None] - min(LOCAL_GUARD, n // 16)
+    scores = lines.vertical.masked_fill(near[:, None, :], 0.0)
+    scores[..., :FORCED_SINK_COLUMNS] = float("inf")
+    return scores
+
+
+def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScores, n, block_m, block_n,
+                        explained=None) -> BlockSets:
+    """One VS pattern per head (sizes may differ), from these heads' last-query line scores. The
+    first 30 columns and the blocks holding the first 100 diagonals are always taken (MInference).
+    ``explained(columns)`` -> [B, H, N]: the slash mass those columns account for
+    (``estimate.column_slash``); it is removed before blocks are ranked."""
+    device = lines.vertical.device
+    want_cols = torch.tensor([min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns], device=device)
+    columns = column_scores(lines, n).topk(int(want_cols.max()), dim=-1).indices
+    columns = torch.where(torch.arange(columns.shape[-1], device=device) < want_cols[:, None], columns, INVALID)
+    slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
+    mass = relative_block_mass(slash, block_m, block_n)
+    forced = _ceil_div(FORCED_LOCAL_DIAGONALS, block_n)  # row r' = 0 reaches offset 100 in block t = ceil(100 / BN)
+    mass[..., :forced] = float("inf")
+    want_blocks = torch.tensor([min(mass.shape[-1], max(p.slash_blocks, forced)) for p in patterns], device=device)
+    blocks = mass.topk(int(want_blocks.max()), dim=-1).indices + 1  # t: blocks before the diagonal
+    rel = torch.where(torch.arange(blocks.shape[-1], device=device) < want_blocks[:, None], -blocks, FAR)
+    return BlockSets(rel, torch.empty_like(columns[..., :0]), columns)
+
+
+def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n):
+    """vertical: fp32 [B, H, N] these heads' column scores (``LineScores.vertical``). Returns (order
+    int32 [B, H, N], BlockSets in slot space). ``max_frame``: the largest frame stride of the batch
+    as a Python int (known once per forward: no per-layer sync)."""
+    batch, heads = vertical.shape[:2]
+    device = vertical.device
     if pattern.stride_kind == "frame":
         frame = frame_stride.clamp(min=1).long()
         stride = frame[:, None].expand(batch, heads)

@@ -36,7 +36,7 @@ class ForwardContext:
     frame_stride: torch.Tensor  # int32 [B]
     max_frame: int
     present: dict  # modality name -> bool [B, M]: query blocks holding rows of that modality
-    last_rows: dict  # "*" or modality name -> (positions [B, L], valid [B, L], earliest position int)
+    last_rows: dict  # "*" or modality name -> (positions [B, L], valid [B, L], earliest position int, consecutive)
     block_m: int = DEFAULT_BLOCK[0]
     block_n: int = DEFAULT_BLOCK[1]
 
@@ -64,7 +64,7 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
 
 def _last_rows(modality, n, batch, want, device):
     pos, valid = estimate.last_queries(modality, n, batch, want, device=device)
-    return pos, valid, int(pos.min()) if pos.numel() else n
+    return pos, valid, int(pos.min()) if pos.numel() else n, estimate.rows_are_consecutive(pos, valid)
 
 
 def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
@@ -83,19 +83,20 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
     if len(heads) != heads_q:
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
     scale = d ** -0.5 if scale is None else scale
-    probs = estimates if estimates is not None else Estimates(q, k, ctx, scale)
-    plain, grid, dense = defaultdict(list), defaultdict(list), []
+    estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
+    plain, grid, dense = [], defaultdict(list), []
     for h, head in enumerate(heads):
         if all(isinstance(p, Dense) for _, p in head.intra):
             dense.append(h)  # the dense fast path: no index, and no all-blocks lists widening the rest
-            continue
-        is_grid = any(isinstance(p, Grid) for _, p in head.intra)
-        (grid if is_grid else plain)[head].append(h)
+        elif any(isinstance(p, Grid) for _, p in head.intra):
+            grid[head].append(h)  # its own permutation: grouped by the exact pattern
+        else:
+            plain.append(h)
     indexes = [(dense, None)] if dense else []
-    for groups, builder in ((plain, _plain_index), (grid, _grid_index)):
-        if groups:
-            head_ids = [h for ids in groups.values() for h in ids]
-            indexes.append((head_ids, builder(groups, probs, ctx)))
+    if plain:
+        indexes.append((plain, _plain_index(plain, heads, estimates, ctx)))
+    if grid:
+        indexes.append(([h for ids in grid.values() for h in ids], _grid_index(grid, estimates, ctx)))
     return indexes
 
 
@@ -114,23 +115,23 @@ def attend(q, k, v, indexes, scale: float | None = None):
 
 
 class Estimates:
-    """Last-query softmax per query modality ("*" = all), computed once per layer on first use for
-    all heads and shared by the policy and the index builders."""
+    """Line scores (``estimate.LineScores``) per query modality ("*" = all), computed once per layer
+    on first use for all heads and shared by the policy and the index builders."""
 
     def __init__(self, q, k, ctx: ForwardContext, scale: float):
         self.q, self.k, self.ctx, self.scale = q, k, ctx, scale
         self._cache = {}
 
-    def probs(self, modality: str, head_ids: list[int]):
-        """(probs [B, len(head_ids), L, N], positions [B, L], valid [B, L])."""
+    def lines(self, modality: str, head_ids: list[int]) -> estimate.LineScores:
         if modality not in self._cache:
-            pos, valid, start = self.ctx.last_rows[modality]
-            self._cache[modality] = (estimate.last_query_probs(self.q, self.k, pos, valid, self.scale,
-                                                               self.ctx.key_pad, start), pos, valid)
-        p, pos, valid = self._cache[modality]
-        if head_ids != list(range(p.shape[1])):
-            p = p[:, head_ids]
-        return p, pos, valid
+            pos, valid, start, consecutive = self.ctx.last_rows[modality]
+            self._cache[modality] = estimate.line_scores(self.q, self.k, pos, valid, self.scale,
+                                                         self.ctx.key_pad, start, consecutive)
+        return self._cache[modality].heads(head_ids)
+
+    def explained_by(self, lines: estimate.LineScores, head_ids: list[int]):
+        """columns -> the slash mass of ``lines`` those key columns account for."""
+        return lambda columns: estimate.column_slash(self.q, self.k, lines, head_ids, columns, self.scale)
 
 
 def _modality_id(name: str) -> int:
@@ -144,44 +145,59 @@ def _selectors(head: HeadPattern, ctx: ForwardContext) -> list[tuple[str, object
     return [(name, head.pattern_for(name)) for name in ctx.present]
 
 
-def _sets_for(pattern, head_ids, selector, probs: Estimates, ctx: ForwardContext) -> BlockSets:
-    batch, count, n = ctx.batch, len(head_ids), ctx.n
-    device = probs.q.device
-    if isinstance(pattern, AShape):
-        return intra.a_shape_sets(pattern, batch, count, n, ctx.block_n, device)
-    if isinstance(pattern, Dense):
-        return intra.dense_sets(pattern, batch, count, n, ctx.block_n, device)
-    if isinstance(pattern, BlockSparse):
-        group = probs.q.shape[1] // probs.k.shape[1]
+def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: ForwardContext) -> BlockSets:
+    """Sets of heads whose pattern for ``selector`` is of one type (sizes may differ per head)."""
+    batch, n, device = ctx.batch, ctx.n, estimates.q.device
+    if kind is type(None):  # these heads have no pattern for this query modality
+        return empty_sets(batch, len(head_ids), device)
+    if kind is AShape:
+        return intra.a_shape_sets(patterns, batch, n, ctx.block_n, device)
+    if kind is Dense:
+        return intra.dense_sets(patterns, batch, n, ctx.block_n, device)
+    if kind is VerticalSlash:
+        lines = estimates.lines(selector, head_ids)
+        return intra.vertical_slash_sets(patterns, lines, n, ctx.block_m, ctx.block_n,
+                                         explained=estimates.explained_by(lines, head_ids))
+    if kind is BlockSparse:
+        if len(set(patterns)) > 1:
+            return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])
+        group = estimates.q.shape[1] // estimates.k.shape[1]
         kv_heads = torch.tensor([h // group for h in head_ids], device=device)
-        return intra.block_sparse_sets(pattern, probs.q[:, head_ids], probs.k, kv_heads, n,
+        return intra.block_sparse_sets(patterns[0], estimates.q[:, head_ids], estimates.k, kv_heads, n,
                                        ctx.block_m, ctx.block_n)
-    if isinstance(pattern, VerticalSlash):
-        p, pos, valid = probs.probs(selector, head_ids)
-        return intra.vertical_slash_sets(pattern, p, pos, valid, n, ctx.block_m, ctx.block_n)
-    raise TypeError(f"pattern {pattern!r} is not an original-order pattern")
+    raise TypeError(f"pattern {patterns[0]!r} is not an original-order pattern")
 
 
-def _plain_index(groups: dict, probs: Estimates, ctx: ForwardContext):
-    by_selector = defaultdict(list)  # selector -> per group sets (empty for groups without it)
-    selectors_of = {head: dict(_selectors(head, ctx)) for head in groups}
-    all_selectors = sorted({s for sel in selectors_of.values() for s in sel})
-    for selector in all_selectors:
-        for head, ids in groups.items():
-            pattern = selectors_of[head].get(selector)
-            sets = (_sets_for(pattern, ids, selector, probs, ctx) if pattern is not None
-                    else empty_sets(ctx.batch, len(ids), probs.q.device))
-            by_selector[selector].append(sets)
-    entries = [(None if s == "*" else ctx.present[s], stack_heads(parts)) for s, parts in by_selector.items()]
+def _plain_index(head_ids: list[int], heads: Sequence[HeadPattern], estimates: Estimates, ctx: ForwardContext):
+    """One index for all original-order heads: per query modality ("*" for all rows), the sets of
+    each pattern type are built together, then put back in head order."""
+    selectors_of = [dict(_selectors(heads[h], ctx)) for h in head_ids]
+    entries = []
+    for selector in sorted({s for sel in selectors_of for s in sel}):
+        by_type = defaultdict(list)  # pattern type -> positions in head_ids
+        for i, sel in enumerate(selectors_of):
+            by_type[type(sel.get(selector))].append(i)
+        parts, placed = [], []
+        for kind, positions in by_type.items():
+            patterns = [selectors_of[i].get(selector) for i in positions]
+            parts.append(_sets_for(kind, patterns, [head_ids[i] for i in positions], selector, estimates, ctx))
+            placed += positions
+        back = torch.tensor(placed, device=estimates.q.device).argsort()
+        entries.append((None if selector == "*" else ctx.present[selector], _heads_of(stack_heads(parts), back)))
     return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
 
 
-def _grid_index(groups: dict, probs: Estimates, ctx: ForwardContext):
+def _heads_of(sets: BlockSets, index: torch.Tensor) -> BlockSets:
+    pick = (lambda t: None if t is None else t.index_select(1, index))
+    return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows))
+
+
+def _grid_index(groups: dict, estimates: Estimates, ctx: ForwardContext):
     orders, parts = [], []
     for head, ids in groups.items():
         pattern = next(p for _, p in head.intra if isinstance(p, Grid))
-        p, _, valid = probs.probs("*", ids)
-        order, sets = intra.grid_sets(pattern, p, valid, ctx.frame_stride, ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n)
+        order, sets = intra.grid_sets(pattern, estimates.lines("*", ids).vertical, ctx.frame_stride, ctx.max_frame,
+                                      ctx.n, ctx.block_m, ctx.block_n)
         orders.append(order)
         parts.append(sets)
     return build_index([(None, stack_heads(parts))], ctx.n, ctx.n, ctx.block_m, ctx.block_n,

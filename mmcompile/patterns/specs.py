@@ -20,9 +20,12 @@ class AShape:
 
 @dataclasses.dataclass(frozen=True)
 class VerticalSlash:
-    """Top ``vertical`` key columns and top ``slash`` diagonals from the last-query estimate."""
+    """From the last-query estimate: the top ``vertical`` key columns, and the ``slash_blocks`` key
+    blocks at fixed distances before the diagonal that hold the most diagonal (slash) mass.
+    Choosing slashes by block, not by diagonal, makes the cost exact (a block costs the same
+    whether it holds one heavy diagonal or a whole local band)."""
     vertical: int = 1000
-    slash: int = 2048
+    slash_blocks: int = 32
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""line_scores (chunked, skewed or gathered) equals sums of the plain last-query softmax."""
+
+import pytest
+import torch
+
+from mmcompile.patterns.estimate import last_queries, last_query_probs, line_scores, rows_are_consecutive
+
+
+def reference_lines(probs, pos, valid):
+    """Per-row loops over the reference softmax: column sums and diagonal sums of valid rows."""
+    batch, heads, rows, n = probs.shape
+    vertical = torch.zeros(batch, heads, n)
+    slash = torch.zeros(batch, heads, n)
+    for b in range(batch):
+        for r in range(rows):
+            if not valid[b, r]:
+                continue
+            p = int(pos[b, r])
+            vertical[b] += probs[b, :, r]
+            slash[b, :, :p + 1] += probs[b, :, r, :p + 1].flip(-1)  # offset o = p - key
+    return vertical, slash
+
+
+def _inputs(n, heads_q=4, heads_kv=2, d=16, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads_q, n, d, generator=g)
+    k = torch.randn(batch, heads_kv, n, d, generator=g)
+    return q, k
+
+
+@pytest.mark.parametrize("consecutive", [True, False])
+def test_line_scores_equal_reference_sums(consecutive):
+    n = 200
+    q, k = _inputs(n)
+    # Sample 0: the last 24 tokens; sample 1: modality rows ending earlier, with a gap (not consecutive).
+    modality = torch.zeros(2, n, dtype=torch.int32)
+    modality[1, 150:170] = 2
+    modality[1, 100:110] = 2
+    want = 2 if not consecutive else None
+    pos, valid = last_queries(modality, n, 2, want=want, last_q=24)
+    assert rows_are_consecutive(pos, valid) == consecutive
+    start = int(pos.min())
+    lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive)
+    vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.25), pos, valid)
+    torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)
+
+
+def test_line_scores_with_missing_rows_and_key_padding():
+    n = 96
+    q, k = _inputs(n, batch=2, seed=1)
+    modality = torch.zeros(2, n, dtype=torch.int32)
+    modality[0, :10] = -1  # left padding
+    modality[1, 40:45] = 2  # only 5 video rows: the other 11 estimation rows do not exist
+    for want in (None, 2):
+        pos, valid = last_queries(modality, n, 2, want=want, last_q=16)
+        key_pad = modality == -1
+        consecutive = rows_are_consecutive(pos, valid)
+        lines = line_scores(q, k, pos, valid, 0.3, key_pad=key_pad, start=int(pos.min()), consecutive=consecutive)
+        vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.3, key_pad), pos, valid)
+        torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(lines.vertical).all() and torch.isfinite(lines.slash).all()
