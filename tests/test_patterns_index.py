@@ -6,7 +6,7 @@ from mmcompile.kernels import index_to_mask
 from mmcompile.patterns import AShape, Grid, VerticalSlash
 from mmcompile.patterns import intra
 from mmcompile.patterns.index_builder import build_index
-from mmcompile.patterns.estimate import last_queries, line_scores
+from mmcompile.patterns.estimate import column_slash, last_queries, last_query_probs, line_scores
 
 BM, BN = 64, 32
 
@@ -60,15 +60,24 @@ def test_vertical_slash_index_matches_definition():
     pos, valid = last_queries(None, n, 1)
     lines = line_scores(q, k, pos, valid, 0.25)
     patterns = [VerticalSlash(vertical=35, slash_blocks=4), VerticalSlash(vertical=40, slash_blocks=6)]
-    index = build_index([(None, intra.vertical_slash_sets(patterns, lines, n, BM, BN))], n, n, BM, BN)
-    mask = index_to_mask(index, n, n)
-    # Brute force: the top columns (first 30 forced) and the top relative blocks by the mass their
-    # rows see, blocks 1..ceil(100 / BN) forced.
+    explained = (lambda columns: column_slash(q, k, lines, [0, 1], columns, 0.25))
+    sets = intra.vertical_slash_sets(patterns, lines, n, BM, BN, explained=explained)
+    mask = index_to_mask(build_index([(None, sets)], n, n, BM, BN), n, n)
+    probs = last_query_probs(q, k, pos, valid, 0.25)
+    # Brute force: the top columns (first 30 forced, keys near the rows left out) and the top
+    # relative blocks by the mass their rows see once the columns' own mass is removed, blocks
+    # 1..ceil(100 / BN) forced.
     for h, p in enumerate(patterns):
         vertical = lines.vertical[0, h].clone()
+        vertical[int(pos.min()) - n // 16:] = 0.0
         vertical[:30] = float("inf")
         cols = vertical.topk(p.vertical).indices
-        mass = intra.relative_block_mass(lines.slash[:, h:h + 1], BM, BN)[0, 0]
+        slash = lines.slash[0, h].clone()
+        for r in range(pos.shape[1]):
+            for c in cols.tolist():
+                if c <= int(pos[0, r]):
+                    slash[int(pos[0, r]) - c] -= probs[0, h, r, c]
+        mass = intra.relative_block_mass(slash.clamp(min=0)[None, None], BM, BN)[0, 0]
         forced = -(-100 // BN)
         mass[:forced] = float("inf")
         blocks = (mass.topk(max(p.slash_blocks, forced)).indices + 1).tolist()

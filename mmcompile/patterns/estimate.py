@@ -121,7 +121,7 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     keep = (offsets >= 0) & (columns >= 0)[:, :, None, :] & lines.valid[:, None, :, None]
     probs = torch.where(keep, torch.exp(scores - lines.lse[..., None]), 0.0)
     out = torch.zeros(batch, len(head_ids), n, dtype=torch.float32, device=q.device)
-    return out.scatter_add_(2, offsets.clamp(min=0).flatten(2), probs.flatten(2))
+    return out.scatter_add_(2, torch.where(keep, offsets, 0).flatten(2), probs.flatten(2))
 
 
 def _slash_skewed(probs, first, weight, n):
