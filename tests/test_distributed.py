@@ -49,13 +49,13 @@ def _worker(rank, world, tmp):
             results["ulysses", name] = ulysses_attention(*seq, ctx, plan, density=DENSITY, return_patterns=True)
             results["tp", name] = tensor_parallel_attention(*heads, ctx, plan, density=DENSITY, return_patterns=True)
         results["gathered"] = gather_patterns(results["ulysses", "online"][1])
-        results["errors"] = _collective_errors(q, k, v, ctx, seq, world)
+        results["errors"] = _collective_errors(q, k, v, ctx, seq)
         torch.save(results, os.path.join(tmp, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def _collective_errors(q, k, v, ctx, seq, world):
+def _collective_errors(q, k, v, ctx, seq):
     """Messages of bad calls under a real process group; each must raise before communicating
     (otherwise the next collective, gather_patterns here, would hang or mismatch)."""
     messages = {}
