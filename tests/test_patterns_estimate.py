@@ -44,6 +44,10 @@ def test_line_scores_equal_reference_sums(consecutive):
     vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.25), pos, valid)
     torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)
+    scores = q.gather(2, pos[:, None, :, None].expand(2, 4, 24, 16)) @ k.repeat_interleave(2, 1).transpose(-1, -2)
+    scores = (scores * 0.25).masked_fill(torch.arange(n)[None, None, :] > pos[:, None, :, None], float("-inf"))
+    live = valid[:, None, :].expand(2, 4, 24)
+    torch.testing.assert_close(lines.lse[live], scores.logsumexp(-1)[live], rtol=1e-5, atol=1e-5)
 
 
 def test_line_scores_with_missing_rows_and_key_padding():

@@ -95,10 +95,12 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
         scores[..., start:].masked_fill_(future[:, None], float("-inf"))
         if key_pad is not None:  # padding: all-masked rows become zeros
             scores[..., :n].masked_fill_(key_pad[:, None, None, :], float("-inf"))
-        lse[:, heads] = torch.logsumexp(scores.float(), dim=-1)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         if key_pad is not None:
             probs.nan_to_num_(0.0)
+        # log-sum-exp without another pass in fp32: at the row's top key, p = exp(s - lse), and
+        # p >= 1/N there, so lse = s_max - log p_max is exact to fp32 rounding.
+        lse[:, heads] = scores.amax(-1).float() - probs.amax(-1).log()
         vertical[:, heads] = torch.matmul(weight[:, None, None, :], probs)[:, :, 0, :n]
         slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive
                            else _slash_gathered(probs, pos, weight))
@@ -115,7 +117,9 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     group = q.shape[1] // k.shape[1]
     heads = torch.as_tensor(head_ids, device=q.device)
     rows = q[:, heads].gather(2, lines.pos[:, None, :, None].expand(batch, len(head_ids), lines.pos.shape[1], d))
-    keys = k[:, heads // group].gather(2, columns.clamp(min=0)[..., None].expand(*columns.shape, d))
+    # Key rows picked straight from K viewed as [B, Hkv * N, D]: no per-query-head copy of K.
+    flat = (heads // group)[None, :, None] * n + columns.clamp(min=0)  # [B, H, C]
+    keys = k.reshape(batch, -1, d).gather(1, flat.flatten(1)[..., None].expand(-1, -1, d)).view(*columns.shape, d)
     scores = torch.matmul(rows, keys.transpose(-1, -2)).float() * scale  # [B, H, L, C]
     offsets = lines.pos[:, None, :, None] - columns[:, :, None, :]
     keep = (offsets >= 0) & (columns >= 0)[:, :, None, :] & lines.valid[:, None, :, None]

@@ -47,26 +47,29 @@ def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torc
     """fp32 [B, H, T]: mass that key block t in 1..T before a query block's diagonal holds, averaged
     over the block's rows, from the slash scores (mass per diagonal offset o, [B, H, N]).
 
-    Row r' of a query block sees in relative block t the offsets r' + BN(t-1) + 1 .. r' + BN t, so
-    E[t] = mean over r' of S(r' + BN t + 1) - S(r' + BN(t-1) + 1), S the prefix sum: a prefix sum of
-    prefix sums (float64: it grows to N times the row mass) gives all T at once. For a given row the
-    blocks partition the keys, so the best R blocks are simply the R largest E[t].
+    Row r' of a query block sees in block t the offsets r' + BN(t-1) + 1 .. r' + BN t. Summed over
+    the BN rows r' of one key-block-sized stretch a, offset BN a + j counts j times and offset
+    BN (a+1) + j counts BN - j times: V[a] = M[a] + BN S[a+1] - M[a+1], with S and M the sum and
+    first moment of each BN-bucket of offsets. E[t] sums V over the BM / BN stretches the block's
+    rows span. One read of the scores, no long prefix sums. For a given row the blocks partition
+    the keys, so the best R blocks are simply the R largest E[t].
     """
     batch, heads, n = slash.shape
     steps = -(-n // block_n)
-    prefix = torch.nn.functional.pad(slash.double().cumsum(-1), (1, 0))  # S(x), x = 0..N
-    need = block_n * steps + block_m + 2
-    prefix = torch.cat([prefix, prefix[..., -1:].expand(batch, heads, need)], dim=-1)
-    second = torch.nn.functional.pad(prefix.cumsum(-1), (1, 0))  # SS(x) = sum of S(y), y < x
-    x = torch.arange(steps + 1, device=slash.device) * block_n + 1  # BN t + 1 for t = 0..T
-    window = second[..., x + block_m] - second[..., x]  # sum over r' of S(r' + BN t + 1)
-    return ((window[..., 1:] - window[..., :-1]) / block_m).float()
+    ratio = block_m // block_n
+    buckets = torch.nn.functional.pad(slash, (0, (steps + ratio + 1) * block_n - n)).view(batch, heads, -1, block_n)
+    weight = torch.arange(block_n, device=slash.device, dtype=slash.dtype)
+    sums, moments = buckets.sum(-1), buckets @ weight
+    stretch = moments[..., :-1] + block_n * sums[..., 1:] - moments[..., 1:]  # V[a]
+    return sum(stretch[..., i:i + steps] for i in range(ratio)) / block_m  # E[t] = sum of V[t-1 .. t-2+ratio]
 
 
 def diagonal_block_mass(slash: torch.Tensor, block_m: int) -> torch.Tensor:
-    """[B, H]: mass inside the (always visited) diagonal block: offsets 0..r' for row r'."""
-    prefix = slash[..., :block_m].double().cumsum(-1)  # S(r' + 1)
-    return prefix.mean(-1).float()
+    """[B, H]: mass inside the (always visited) diagonal block: row r' sees offsets 0..r', so
+    offset o counts for BM - o of the BM rows."""
+    width = min(block_m, slash.shape[-1])
+    weight = (block_m - torch.arange(width, device=slash.device, dtype=slash.dtype)) / block_m
+    return slash[..., :width] @ weight
 
 
 LOCAL_GUARD = 1024  # keys this close before the estimation rows (at most N/16) are left to slash blocks
