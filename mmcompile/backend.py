@@ -98,19 +98,26 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
 
 
 def _publishing_layout(gm: fx.GraphModule, compiled):
-    """Wrap the compiled graph so that, when it reads ``input_ids``, each call publishes this
-    forward's modality ids for the rewritten attention of later graphs (ARCHITECTURE "Where the
-    modality layout comes from", source 2). The graph itself is not changed."""
-    from mmcompile.annotate import publish_from_input_ids
-    from mmcompile.passes.modality_source import placeholder_token_compares
+    """Wrap the compiled graph so that, when its placeholders carry modality information
+    (``modality_source.modality_inputs``: input_ids and its placeholder compares, mm_token_type_ids,
+    grids, video frames), each call publishes it for the rewritten attention of later graphs
+    (ARCHITECTURE "Where the modality layout comes from", source 2). The graph itself is not changed."""
+    from mmcompile import annotate
+    from mmcompile.passes.modality_source import modality_inputs
 
-    found = placeholder_token_compares(gm)
+    found = modality_inputs(gm)
     if found is None:
         return compiled
-    position, tokens = found
 
     def run(*args):  # Dynamo calls the backend's callable with the graph inputs unpacked
-        publish_from_input_ids(args[position], tokens)
+        if found.input_ids is not None:  # first: a graph without compares starts a new forward (clears)
+            annotate.publish_input_ids(args[found.input_ids], found.tokens)
+        if found.mm_token_type_ids is not None:
+            annotate.publish_mm_token_type_ids(args[found.mm_token_type_ids])
+        for kind, position, merge in found.grids:
+            annotate.publish_grid(kind, args[position], merge)
+        if found.video_pixels is not None:
+            annotate.publish_video_frames(args[found.video_pixels])
         return compiled(*args)
     return run
 

@@ -13,8 +13,9 @@ something the call runs dense SDPA with exactly that mask (the original graph's 
 
 Runtime choice, per call: key padding present, Nq != Nk, Nq < ``min_sparse_len`` or ``force_dense``
 -> dense (the Triton dense kernel on CUDA or under ``TRITON_INTERPRET=1``, SDPA on a plain CPU);
-otherwise sparse: ``policy="online"`` chooses per head (and per query modality when
-``modality_ids`` is given) with ``mmcompile.patterns`` (one host sync per layer for the choice);
+otherwise sparse: ``policy="online"`` chooses per head (and per query modality when a layout reaches
+the call: ``modality_ids``, an ``mmcompile.annotate`` block, or what the forward's graphs published)
+with ``mmcompile.patterns`` (one host sync per layer for the choice);
 ``policy="a-shape"`` uses a static A-shape index. Without a kernel (plain CPU) the sparse path is
 the exact reference of the A-shape index.
 ``config_key`` names a ``RuntimeConfig`` the backend registered; each call is counted there.
@@ -43,6 +44,19 @@ _MAX_RECORDS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
+class LayoutSummary:
+    """The modality layout one sparse call used, as plain data (computed once per forward): where it
+    came from, where its frame geometry came from, and what it says."""
+
+    source: str  # "annotation", "input_ids placeholders", "mm_token_type_ids", "graph", "none (...)"
+    geometry: str  # "given" (an annotated layout), "video_grid_thw (merge 2)", "pixel_values_videos (4 frames)",
+    #                "none" or "none (why)": no frame geometry, each visual run is one frame
+    tokens: dict  # modality name -> tokens over the batch (text included; padding not)
+    frame_stride: tuple  # per sample: tokens per frame of its longest visual segment (0: none)
+    segments: tuple  # per sample: ((modality name, start, length, frame_h, frame_w), ...) of visual segments
+
+
+@dataclasses.dataclass(frozen=True)
 class CallRecord:
     """One call of the op: which layer, which path and why, its lengths and the density run."""
 
@@ -52,6 +66,7 @@ class CallRecord:
     n_q: int
     n_k: int
     density: float  # fraction of the causal (query, key) pairs computed
+    layout: Optional[LayoutSummary] = None  # the layout the online sparse path read (None elsewhere)
 
 
 class RuntimeStats:
@@ -205,74 +220,114 @@ def sparse_attention_forward(q, k, v, index, scale):
     return _kernels()[0].sparse_attention_forward(q, k, v, index, scale)
 
 
-_context_cache: dict = {"key": None, "ref": None, "ctx": None}
+_context_cache: dict = {"key": None, "ref": None, "ctx": None, "summary": None}
 
 
-def _forward_context(q, modality_ids):
-    """The pattern library's per-forward context, cached: every layer of a forward has the same
-    length and modality tensor, so the layout is read (a host sync) once per forward."""
-    from mmcompile.patterns import forward_context, from_hf_inputs
+def _forward_context(q, layout, source: str = "", geometry: str = ""):
+    """(the pattern library's per-forward context, its LayoutSummary), cached: every layer of a
+    forward has the same length and layout object, so the layout is read (host syncs) once per forward."""
+    from mmcompile.patterns import forward_context
 
-    key = (q.shape[0], q.shape[2], str(q.device), None if modality_ids is None else modality_ids._version)
+    key = (q.shape[0], q.shape[2], str(q.device), source, geometry,
+           None if layout is None else layout.modality._version)
     cache = _context_cache
-    same_ids = modality_ids is None or (cache["ref"] is not None and cache["ref"]() is modality_ids)
-    if cache["key"] == key and same_ids and cache["ctx"] is not None:
-        return cache["ctx"]
-    layout = None if modality_ids is None else from_hf_inputs(mm_token_type_ids=modality_ids)
+    same = layout is None or (cache["ref"] is not None and cache["ref"]() is layout)
+    if cache["key"] == key and same and cache["ctx"] is not None:
+        return cache["ctx"], cache["summary"]
     ctx = forward_context(layout, q.shape[2], q.shape[0], q.device)
-    cache.update(key=key, ref=None if modality_ids is None else weakref.ref(modality_ids), ctx=ctx)
-    return ctx
+    summary = _summary(layout, source, geometry)
+    cache.update(key=key, ref=None if layout is None else weakref.ref(layout), ctx=ctx, summary=summary)
+    return ctx, summary
 
 
-def _online(q, k, v, scale, config: RuntimeConfig, modality_ids):
+def _summary(layout, source: str, geometry: str) -> LayoutSummary:
+    from mmcompile.patterns.layout import MODALITY_NAMES
+
+    if layout is None:
+        return LayoutSummary(source, geometry, {}, (), ())
+    kinds = sorted(MODALITY_NAMES)
+    counts = torch.stack([(layout.modality == k).sum() for k in kinds]).tolist()
+    seg_kind = layout.modality.gather(1, layout.seg_start.long().clamp(0, max(layout.length - 1, 0)))
+    rows = torch.stack([seg_kind, layout.seg_start, layout.seg_len, layout.frame_h, layout.frame_w], -1).tolist()
+    segments = tuple(tuple((MODALITY_NAMES.get(k, str(k)), start, length, h, w)
+                           for k, start, length, h, w in sample if length > 0) for sample in rows)
+    return LayoutSummary(source, geometry, {MODALITY_NAMES[k]: c for k, c in zip(kinds, counts) if c},
+                         tuple(layout.frame_stride().tolist()), segments)
+
+
+def _online(q, k, v, scale, config: RuntimeConfig, layout, source: str, geometry: str):
     """Patterns chosen per head from this input, then one launch per group of heads."""
     from mmcompile.patterns.fidelity import index_density
     from mmcompile.patterns.layer import Estimates, attend, build_layer_indexes
     from mmcompile.patterns.policy import choose_patterns
 
-    ctx = _forward_context(q, modality_ids)
+    ctx, summary = _forward_context(q, layout, source, geometry)
     estimates = Estimates(q, k, ctx, scale)
     heads = choose_patterns(q, k, ctx, density=config.density, scale=scale, estimates=estimates)
     indexes = build_layer_indexes(q, k, heads, ctx, scale, estimates=estimates)
     out = attend(q, k, v, indexes, scale)
     total = sum(len(ids) * (1.0 if index is None else float(index_density(index, q.shape[2]).mean()))
                 for ids, index in indexes)
-    return out, min(total / q.shape[1], 1.0)
+    return out, min(total / q.shape[1], 1.0), summary
 
 
-def _layout_ids(q, modality_ids):
-    """(ids or None, source): the op's own argument, else an ``mmcompile.annotate.modality`` block
-    whose shape matches this call; a mismatching annotation is ignored (text-only), with a warning."""
+_ids_cache: dict = {"ref": None, "version": -1, "layout": None}
+_warned: dict = {"ref": None}  # the last layout warned about: one warning per layout, not per layer
+
+
+def _ids_layout(ids):
+    """The op's own ``modality_ids`` argument as a layout (no geometry), built once per tensor."""
+    from mmcompile.patterns import from_hf_inputs
+
+    cache = _ids_cache
+    if cache["ref"] is None or cache["ref"]() is not ids or cache["version"] != ids._version:
+        cache.update(ref=weakref.ref(ids), version=ids._version, layout=from_hf_inputs(mm_token_type_ids=ids))
+    return cache["layout"]
+
+
+def _layout(q, modality_ids):
+    """(ModalityLayout or None, source, geometry) for this call, in order: the op's own argument, an
+    ``mmcompile.annotate.modality`` block, what this forward's graphs published. A layout whose
+    [batch, tokens] do not match the call is ignored (text-only), with one warning per layout."""
     if modality_ids is not None:
-        return modality_ids, "graph"
-    from mmcompile.annotate import current_modality_ids, published_modality_ids
+        return _ids_layout(modality_ids), "graph", "none"
+    from mmcompile.annotate import current_annotation, published_layout
 
-    ids = current_modality_ids()
-    if ids is not None:
-        if tuple(ids.shape) != (q.shape[0], q.shape[2]):
-            log.warning("mminference: annotated modality ids %s do not match this call's [batch, tokens] = %s; "
-                        "treating it as text-only", tuple(ids.shape), (q.shape[0], q.shape[2]))
-            return None, "none (annotation shape mismatch)"
-        return ids.to(q.device), "annotation"
-    ids = published_modality_ids()
-    if ids is not None and tuple(ids.shape) == (q.shape[0], q.shape[2]) and bool((ids != 0).any()):
-        return ids.to(q.device), "input_ids placeholders"
-    return None, "none (text-only)"
+    annotated = current_annotation()
+    if annotated is not None:
+        layout, geometry = annotated
+        if _matches(q, layout, "annotated"):
+            return layout, "annotation", geometry
+        return None, "none (annotation shape mismatch)", "none"
+    layout, source, geometry = published_layout()
+    if layout is not None and not _matches(q, layout, f"published ({source})"):
+        return None, "none (published layout shape mismatch)", "none"
+    return layout, source, geometry
+
+
+def _matches(q, layout, what: str) -> bool:
+    if (layout.batch, layout.length) == (q.shape[0], q.shape[2]):
+        return True
+    if _warned["ref"] is None or _warned["ref"]() is not layout:
+        _warned["ref"] = weakref.ref(layout)
+        log.warning("mminference: %s modality layout [batch, tokens] = %s does not match this call's %s; "
+                    "treating it as text-only", what, (layout.batch, layout.length), (q.shape[0], q.shape[2]))
+    return False
 
 
 def _sparse(q, k, v, scale, config: RuntimeConfig, modality_ids=None):
-    """(out, density, pattern name and layout source) of the sparse path."""
+    """(out, density, pattern name and layout source, LayoutSummary or None) of the sparse path."""
     if config.policy == "online" and _kernel_ok(q):
-        ids, source = _layout_ids(q, modality_ids)
-        out, density = _online(q, k, v, scale, config, ids)
-        return out, density, f"online, layout: {source}"
+        layout, source, geometry = _layout(q, modality_ids)
+        out, density, summary = _online(q, k, v, scale, config, layout, source, geometry)
+        return out, density, f"online, layout: {source}", summary
     batch, heads, n, _ = q.shape
     index, density = _a_shape(batch, heads, n, config.sink, config.local, q.device)
     if _kernel_ok(q):
-        return sparse_attention_forward(q, k, v, index, scale)[0], density, "a-shape"
+        return sparse_attention_forward(q, k, v, index, scale)[0], density, "a-shape", None
     # Plain CPU (no interpreter) or an unsupported dtype: the exact O(N^2) reference of the same index.
     out, _ = _kernels()[0].sparse_attention_reference(q.float(), k.float(), v.float(), index, scale)
-    return out.to(q.dtype), density, "a-shape (reference: no kernel here)"
+    return out.to(q.dtype), density, "a-shape (reference: no kernel here)", None
 
 
 # --- the op ------------------------------------------------------------------------------------
@@ -304,8 +359,8 @@ def prefill_attention(
     elif reason:
         out = _dense(q, k, v, scale)
     else:
-        out, density, pattern = _sparse(q, k, v, scale, config, modality_ids)
-        config.stats.record(CallRecord(layer, "sparse", pattern, n_q, n_k, density))
+        out, density, pattern, layout = _sparse(q, k, v, scale, config, modality_ids)
+        config.stats.record(CallRecord(layer, "sparse", pattern, n_q, n_k, density, layout))
         return out.contiguous()
     config.stats.record(CallRecord(layer, "dense", reason, n_q, n_k, 1.0))
     return out.contiguous()

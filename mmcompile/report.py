@@ -128,6 +128,10 @@ class Report(_EntryViews):
                  f"{len(self.rewritten)} rewritten, {len(self.skipped)} skipped\n",
                  f"runtime: {rt['sparse_calls']} sparse calls (mean density {density}), "
                  f"{rt['dense_calls']} dense calls {dict(rt['reasons'])}\n"]
+        layouts = dict.fromkeys((r.layout.source, r.layout.geometry, tuple(r.layout.tokens.items()),
+                                 r.layout.frame_stride) for r in rt["records"] if r.layout is not None)
+        lines += [f"layout: {source}; frame geometry: {geometry}; tokens {dict(tokens)}; frame stride {stride}\n"
+                  for source, geometry, tokens, stride in layouts]
         lines += [g.table() for g in self.graphs if g.entries or g.fallback]
         return "\n".join(lines)
 

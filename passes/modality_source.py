@@ -2,16 +2,34 @@
 
 In the graph every call gets ``modality_ids=None`` and the report says "none (text-only)"; the
 layout arrives at run time instead, and the op records its source per call:
-  * an explicit annotation (``mmcompile.annotate.modality``);
-  * ids published by an earlier graph of the same forward: ``placeholder_token_compares`` finds a
-    graph that compares ``input_ids`` with the placeholder token ids, and the backend wraps that
-    graph's compiled callable to publish the visual tokens on each call (``mmcompile.annotate``).
-Grid sizes (``*_grid_thw``) are not read yet, so frame geometry is unknown on these paths.
+  * an explicit annotation (``mmcompile.annotate.modality``: ids or a whole ``ModalityLayout``);
+  * a layout published by the graphs of the same forward: ``modality_inputs`` finds, in any graph,
+    the placeholders that carry modality information, and the backend wraps that graph's compiled
+    callable to publish them on each call (``mmcompile.annotate``). The op builds the layout from
+    them once per forward.
+
+What ``modality_inputs`` reads (placeholders by name; HF VLMs split these over several graphs):
+  * ``input_ids`` compared with integer constants (HF's ``get_placeholder_mask``). Each compared
+    token gets a role from the compare's source line (``self.config.image_token_id`` /
+    ``video_token_index`` / ``audio_token_id``: what the model compares with), else from the node
+    name (``special_image_mask``, ``special_video_mask``, ...), else VIDEO (visual, kind unknown).
+    A graph that reads ``input_ids`` without comparing (the embedding lookup that opens every HF
+    forward) starts a new forward: everything published before is cleared;
+  * ``mm_token_type_ids``: the modality ids themselves (preferred to the compares);
+  * ``image_grid_thw`` / ``video_grid_thw`` (Qwen's ``get_image_features`` / ``get_video_features``
+    graphs; ``grid_thw`` of the vision tower is not told image from video and is not read), with
+    the spatial merge size from the graph's ``grid_thw.prod(-1) // merge**2`` when present (else
+    the op infers it from the token counts);
+  * a 5-D ``pixel_values_videos`` [videos, frames, C, H, W] (LLaVA-style): frames per video.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import operator
+import re
+from typing import Optional
 
 import torch
 import torch.fx as fx
@@ -19,6 +37,8 @@ import torch.fx as fx
 from ._types import PassResult, state
 
 TEXT_ONLY = "none (text-only)"
+IMAGE, VIDEO, AUDIO = 1, 2, 3  # mmcompile.patterns.layout's ids (passes do not import the patterns)
+_ROLES = {"image": IMAGE, "video": VIDEO, "audio": AUDIO}
 
 
 def modality_source(gm: fx.GraphModule, config) -> PassResult:
@@ -28,18 +48,79 @@ def modality_source(gm: fx.GraphModule, config) -> PassResult:
     return PassResult("modality_source", changed=False, counts={TEXT_ONLY: len(matched)})
 
 
-def placeholder_token_compares(gm: fx.GraphModule):
-    """(position among the placeholders, token ids) when the graph compares an ``input_ids``
-    placeholder with integer constants (HF's image/video placeholder masks), else (position, ()) for
-    a graph that only reads ``input_ids``, else None."""
+@dataclasses.dataclass(frozen=True)
+class ModalityInputs:
+    """Placeholders of one graph that carry modality information (positions among the placeholders,
+    which is where the compiled callable receives them)."""
+
+    input_ids: Optional[int] = None
+    tokens: tuple = ()  # ((token id, modality id), ...): what input_ids is compared with
+    mm_token_type_ids: Optional[int] = None
+    grids: tuple = ()  # ((modality id, position, merge size or None), ...) of *_grid_thw placeholders
+    video_pixels: Optional[int] = None  # a 5-D pixel_values_videos
+
+
+def modality_inputs(gm: fx.GraphModule) -> Optional[ModalityInputs]:
+    """What ``gm``'s placeholders say about the modality layout, or None when nothing."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    ids = next((n for n in placeholders if "input_ids" in n.name), None)
-    if ids is None:
-        return None
-    tokens = []
+    found = {}
+    for pos, node in enumerate(placeholders):
+        name = node.name
+        if "input_ids" in name and "input_ids" not in found:
+            found["input_ids"] = pos
+            found["tokens"] = _compared_tokens(node)
+        elif "mm_token_type_ids" in name:
+            found["mm_token_type_ids"] = pos
+        elif "image_grid_thw" in name or "video_grid_thw" in name:
+            kind = IMAGE if "image_grid_thw" in name else VIDEO
+            found.setdefault("grids", ())
+            found["grids"] += ((kind, pos, _merge_size(node)),)
+        elif "pixel_values_videos" in name and _dim(node) == 5:
+            found["video_pixels"] = pos
+    return ModalityInputs(**found) if found else None
+
+
+def _dim(node: fx.Node) -> Optional[int]:
+    value = node.meta.get("example_value", node.meta.get("val"))
+    return value.dim() if isinstance(value, torch.Tensor) else None
+
+
+def _compared_tokens(ids: fx.Node) -> tuple:
+    roles: dict = {}
     for node in ids.users:
         is_eq = (node.op == "call_function" and node.target in (operator.eq, torch.eq)) or \
                 (node.op == "call_method" and node.target == "eq")
         if is_eq and len(node.args) == 2 and node.args[0] is ids and isinstance(node.args[1], int):
-            tokens.append(node.args[1])
-    return placeholders.index(ids), tuple(sorted(set(tokens)))
+            role = _role(node)
+            token = node.args[1]
+            # One token compared under two roles (GLM-4V's video mask uses the image token): unknown.
+            roles[token] = role if roles.get(token, role) == role else VIDEO
+    return tuple(sorted(roles.items()))
+
+
+def _role(compare: fx.Node) -> int:
+    """IMAGE/VIDEO/AUDIO from the compare's source line (``== self.config.video_token_id``), else
+    its node name (``special_video_mask``), else VIDEO."""
+    lines = [ln.strip() for ln in (compare.meta.get("stack_trace") or "").strip().splitlines()]
+    code = [ln for ln in lines if ln and not ln.startswith("File ") and not set(ln) <= {"^", "~"}]
+    for text, pattern in ((code[-1] if code else "", r"(image|video|audio)_token"),
+                          (compare.name, r"(image|video|audio)")):
+        kinds = {m.group(1) for m in re.finditer(pattern, text)}
+        if len(kinds) == 1:
+            return _ROLES[kinds.pop()]
+    return VIDEO
+
+
+def _merge_size(grid: fx.Node) -> Optional[int]:
+    """m from ``grid.prod(-1) // (m * m)`` (how Qwen splits the vision features per grid row)."""
+    for prod in grid.users:
+        if not ((prod.op == "call_method" and prod.target == "prod") or
+                (prod.op == "call_function" and prod.target is torch.prod)):
+            continue
+        for div in prod.users:
+            if div.op == "call_function" and div.target is operator.floordiv and div.args[0] is prod \
+                    and isinstance(div.args[1], int) and div.args[1] > 0:
+                root = math.isqrt(div.args[1])
+                if root * root == div.args[1]:
+                    return root
+    return None

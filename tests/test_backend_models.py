@@ -153,6 +153,7 @@ def test_layout_reaches_the_op_from_input_ids_placeholders(name, report):
     records = report.runtime()["records"]
     assert len(records) == LAYERS
     assert {r.reason for r in records} == {"online, layout: input_ids placeholders"}
+    assert records[0].layout.tokens["video"] == int((inputs["input_ids"] == 251).sum())  # 251: the video token
     text = {"input_ids": inputs["input_ids"][:, :40]}  # a text-only prefill right after: no stale layout
     torch._dynamo.reset()
     logits(torch.compile(model, backend="mminference", options=options), text)

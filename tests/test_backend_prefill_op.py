@@ -94,13 +94,21 @@ def test_annotated_layout_reaches_the_op():
     layout = from_segments([[(TEXT, 128), (VIDEO, 512, 8, 8), (TEXT, 128)]])
     cfg = config("test-annotated", min_sparse_len=16, policy="online", density=0.3)
     q, k, v, _ = planted_qkv(layout, 4, 2, 64, kinds=["boundary", "a-shape", "grid", "random"])
-    with modality(mm_token_type_ids=layout.modality):
+    with modality(layout=layout):
         out = op(q, k, v, None, 0, 0.125, "test-annotated")
         short = torch.zeros(1, 10, dtype=torch.int32)
     ref, heads = _reference_of_policy(q, k, v, layout, 0.3, 0.125)
     assert any(h.inter == "q-boundary" for h in heads)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
-    assert cfg.stats.records[-1].reason == "online, layout: annotation"
+    seen = cfg.stats.records[-1]
+    assert seen.reason == "online, layout: annotation"
+    # The annotated layout reaches the op whole: its frame geometry (8x8 frames) is kept.
+    assert (seen.layout.geometry, seen.layout.frame_stride) == ("given", (64,))
+    assert seen.layout.tokens == {"text": 256, "video": 512}
+    assert seen.layout.segments == ((("video", 128, 512, 8, 8),),)
+    with modality(mm_token_type_ids=layout.modality):  # ids alone: labels, no geometry (one frame)
+        op(q, k, v, None, 0, 0.125, "test-annotated")
+    assert (cfg.stats.records[-1].layout.geometry, cfg.stats.records[-1].layout.frame_stride) == ("none", (512,))
     with modality(mm_token_type_ids=short):  # another input's ids: ignored, text-only, still exact
         op(q, k, v, None, 0, 0.125, "test-annotated")
     assert cfg.stats.records[-1].reason == "online, layout: none (annotation shape mismatch)"
@@ -145,3 +153,22 @@ def test_schema_fake_and_unknown_config_key():
     assert "Tensor? modality_ids" in schema and "str config_key" in schema
     out = op(q, k, v, None, 0, 0.125, "never-registered")  # defaults: 40 < 32768 -> dense
     torch.testing.assert_close(out, sdpa_causal(q, k, v, 0.125), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.interpreter
+def test_published_layout_of_another_length_is_ignored_with_one_warning(caplog):
+    """What the backend published for another input (here 10 tokens) never reaches a call of 232."""
+    from mmcompile import annotate
+    from mmcompile.patterns import VIDEO
+
+    cfg = config("test-published", min_sparse_len=16, policy="online", density=0.3)
+    q, k, v = qkv()
+    annotate.publish_input_ids(torch.tensor([[1, 9, 9, 9, 9, 2, 3, 4, 5, 6]]), {9: VIDEO})
+    try:
+        with caplog.at_level("WARNING", logger="mmcompile.prefill_op"):
+            for layer in range(2):
+                op(q, k, v, None, layer, 0.125, "test-published")
+    finally:
+        annotate.publish_input_ids(torch.zeros(1, 1, dtype=torch.long))  # clear for the next tests
+    assert [r.reason for r in cfg.stats.records] == ["online, layout: none (published layout shape mismatch)"] * 2
+    assert caplog.text.count("does not match this call") == 1  # once per layout, not per layer
