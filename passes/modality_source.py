@@ -93,7 +93,8 @@ def _compared_tokens(ids: fx.Node) -> tuple:
         if is_eq and len(node.args) == 2 and node.args[0] is ids and isinstance(node.args[1], int):
             role = _role(node)
             token = node.args[1]
-            # One token compared under two roles (GLM-4V's video mask uses the image token): unknown.
+            # One token under two roles (two masks of one token, told apart only by their names): its
+            # kind is unknown. GLM-4V's video mask compares with image_token_id: the source line says image.
             roles[token] = role if roles.get(token, role) == role else VIDEO
     return tuple(sorted(roles.items()))
 
