@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=131072)
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--local", type=int, default=6144)
+    parser.add_argument("--min-sparse-len", type=int, default=16384)
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = parser.parse_args()
     env = environment()
@@ -97,7 +98,7 @@ def main():
     eager = record("eager HF SDPA", forward(lm))
     import mmcompile.report as report
 
-    options = dict(policy="a-shape", sink=128, local=args.local, min_sparse_len=16384)
+    options = dict(policy="a-shape", sink=128, local=args.local, min_sparse_len=args.min_sparse_len)
     record("mminference (a-shape budget)", forward(torch.compile(lm, backend="mminference", options=options)), eager)
     stats = report.last_report().graphs[-1].stats if report.last_report().graphs else None
     if stats is not None:
