@@ -1,10 +1,11 @@
 """Per-layer entry point: q, k, v, the forward's layout and the layer's head patterns -> attention.
 
 Heads are grouped by how the kernel must address them: heads in original order (A-shape, VS,
-Dense; Q-boundary heads too, whose per-modality sets are combined per query block) and grid heads
-(their own permutation). One kernel launch per group writes into one output. Heads with the same
-pattern are estimated and indexed together; there is no loop over blocks, and the only Python
-loops run over pattern groups and modalities, never over data. Q-boundary is supported for
+block-sparse; Q-boundary heads too, whose per-modality sets are combined per query block), grid
+heads (their own permutation) and dense heads (the dense path). One kernel launch per group
+writes into one output. Estimation runs once per query modality for all heads; heads whose
+pattern has the same type are indexed together even when their sizes differ, so the only Python
+loops run over pattern types and modalities, never over data. Q-boundary is supported for
 original-order patterns; a grid pattern in a Q-boundary head is applied to all its queries.
 """
 
