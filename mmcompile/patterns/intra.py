@@ -1,7 +1,9 @@
 """Intra-modality patterns reduced to BlockSets (index_builder.py), vectorized over batch and heads.
 
-A-shape and Dense are static. Vertical-Slash reads top-k columns and diagonals off the last-query
-estimate (MInference: 30 forced sink columns, the 100 nearest diagonals forced). Grid finds stride
+A-shape and Dense are static (sizes may differ per head). Vertical-Slash takes the top columns off
+the last-query estimate and the key blocks at fixed distances before the diagonal that hold the
+most diagonal mass once the columns' own mass is removed (MInference's 30 sink columns and 100
+nearest diagonals are forced). Grid finds stride
 and phase per head, then works in the residue-major order that makes grid lines contiguous:
 vertical lines are the last band of key slots, periodic slashes are the key blocks just before the
 diagonal, horizontal lines the last query blocks; the first ``sink`` tokens are added as columns.
