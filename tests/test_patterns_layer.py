@@ -79,3 +79,17 @@ def test_policy_keeps_unstructured_heads_dense_and_sparsifies_planted_ones():
             assert isinstance(pattern, Dense)
         else:
             assert not isinstance(pattern, Dense), kind
+
+
+def test_policy_on_one_modality_weighs_the_grid_and_stays_exact():
+    """Video only: one modality, frame stride known, so the grid candidate is scored too; whatever
+    is chosen, the layer equals the reference of its own indexes."""
+    layout = from_segments([[(VIDEO, 2048, 8, 8)]])
+    q, k, v, kinds = planted_qkv(layout, 4, 2, 64, kinds=["grid", "random", "grid", "a-shape"])
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    assert ctx.max_frame == 64 and list(ctx.present) == ["video"]
+    chosen = choose_patterns(q, k, ctx, density=0.3)
+    assert all(head.inter == "none" for head in chosen)
+    assert isinstance(chosen[1].intra[0][1], Dense) and not isinstance(chosen[0].intra[0][1], Dense)
+    out, indexes = layer_attention(q, k, v, chosen, ctx, return_index=True)
+    torch.testing.assert_close(out, reference(q, k, v, indexes), rtol=1e-4, atol=1e-4)
