@@ -28,8 +28,12 @@ def _inputs(n, heads_q=4, heads_kv=2, d=16, batch=2, seed=0):
     return q, k
 
 
+KERNEL = [pytest.param(False, id="pytorch"), pytest.param(True, id="triton", marks=pytest.mark.interpreter)]
+
+
+@pytest.mark.parametrize("use_kernel", KERNEL)
 @pytest.mark.parametrize("consecutive", [True, False])
-def test_line_scores_equal_reference_sums(consecutive):
+def test_line_scores_equal_reference_sums(consecutive, use_kernel):
     n = 200
     q, k = _inputs(n)
     # Sample 0: the last 24 tokens; sample 1: modality rows ending earlier, with a gap (not consecutive).
@@ -40,7 +44,7 @@ def test_line_scores_equal_reference_sums(consecutive):
     pos, valid = last_queries(modality, n, 2, want=want, last_q=24)
     assert rows_are_consecutive(pos, valid) == consecutive
     start = int(pos.min())
-    lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive)
+    lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive, use_kernel=use_kernel)
     vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.25), pos, valid)
     torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)
@@ -50,7 +54,8 @@ def test_line_scores_equal_reference_sums(consecutive):
     torch.testing.assert_close(lines.lse[live], scores.logsumexp(-1)[live], rtol=1e-5, atol=1e-5)
 
 
-def test_line_scores_with_missing_rows_and_key_padding():
+@pytest.mark.parametrize("use_kernel", KERNEL)
+def test_line_scores_with_missing_rows_and_key_padding(use_kernel):
     n = 96
     q, k = _inputs(n, batch=2, seed=1)
     modality = torch.zeros(2, n, dtype=torch.int32)
@@ -60,7 +65,8 @@ def test_line_scores_with_missing_rows_and_key_padding():
         pos, valid = last_queries(modality, n, 2, want=want, last_q=16)
         key_pad = modality == -1
         consecutive = rows_are_consecutive(pos, valid)
-        lines = line_scores(q, k, pos, valid, 0.3, key_pad=key_pad, start=int(pos.min()), consecutive=consecutive)
+        lines = line_scores(q, k, pos, valid, 0.3, key_pad=key_pad, start=int(pos.min()), consecutive=consecutive,
+                            use_kernel=use_kernel)
         vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.3, key_pad), pos, valid)
         torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)

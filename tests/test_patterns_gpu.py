@@ -28,3 +28,42 @@ def test_policy_layer_matches_reference_bf16(segments):
         ref, _ = masked_attention(q[:, ids].float(), kk.float(), vv.float(), mask)
         err = ((out[:, ids].float() - ref).norm() / ref.norm()).item()
         assert err < 1e-2, (ids, err)
+
+
+@pytest.mark.parametrize("consecutive", [True, False])
+def test_line_scores_kernel_matches_pytorch_bf16(consecutive):
+    """The Triton estimation passes against the PyTorch path (bf16 scores there) on a GPU."""
+    from mmcompile.patterns.estimate import last_queries, line_scores, rows_are_consecutive
+    n = 20000
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, 2, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    modality = torch.zeros(1, n, dtype=torch.int32, device="cuda")
+    modality[0, :100] = -1  # left padding
+    if not consecutive:
+        modality[0, 5000:19000:7] = 2
+    pos, valid = last_queries(modality, n, 1, want=2 if not consecutive else None)
+    assert rows_are_consecutive(pos, valid) == consecutive
+    args = (q, k, pos, valid, 128 ** -0.5, modality == -1, int(pos.min()), consecutive)
+    fast, slow = line_scores(*args, use_kernel=True), line_scores(*args, use_kernel=False)
+    for name in ("vertical", "slash"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert ((a - b).norm() / b.norm()).item() < 2e-2, name
+    torch.testing.assert_close(fast.lse, slow.lse, rtol=1e-2, atol=2e-2)
+
+
+def test_column_compaction_kernel_matches_reference():
+    from mmcompile.patterns.columns_kernel import compact_columns
+    from mmcompile.patterns.index_builder import _columns_reference, _dedup_compact
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, block_m, block_n = 65536, 128, 64
+    num_m = n // block_m
+    values = torch.randint(0, n, (1, 4, 3000), device="cuda", generator=g).sort(-1).values
+    values[..., 1:][values[..., 1:] == values[..., :-1]] = -1
+    bits = torch.ones_like(values)
+    present = torch.ones(1, num_m, dtype=torch.long, device="cuda")
+    block_ids, count = _dedup_compact(torch.randint(-1, n // block_n, (1, 4, num_m, 40), device="cuda", generator=g))
+    ref = _columns_reference(values, bits, present, block_ids, torch.arange(num_m, device="cuda"), block_m,
+                             block_n, n, True)
+    ids, got = compact_columns(values, bits, present, block_ids, count, n, block_m, block_n, True)
+    assert torch.equal(got.long(), ref[1]) and torch.equal(ids.long(), ref[0])

@@ -14,6 +14,7 @@ import dataclasses
 
 import torch
 
+from . import line_scores_kernel
 from .layout import PAD
 
 LAST_Q = 64
@@ -68,7 +69,8 @@ def rows_are_consecutive(pos: torch.Tensor, valid: torch.Tensor) -> bool:
 
 
 def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,
-                key_pad: torch.Tensor | None = None, start: int = 0, consecutive: bool = False) -> LineScores:
+                key_pad: torch.Tensor | None = None, start: int = 0, consecutive: bool = False,
+                use_kernel: bool | None = None) -> LineScores:
     """Vertical and slash scores of all query heads from the rows ``pos`` (GQA without K copies).
 
     The product runs in the inputs' dtype (fp32 accumulate), the softmax in fp32: enough to rank
@@ -76,7 +78,11 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     causal masking to the keys from there on. ``consecutive`` (``rows_are_consecutive``): row l is
     at pos[:, 0] - l, so the slash sums are read off a skewed view of the softmax instead of a
     gathered copy; K then gets L zero rows so that the skew never reads a neighbouring row's keys.
+    ``use_kernel`` (default: on a GPU): softmax, column sums and log-sum-exp by the Triton passes of
+    ``line_scores_kernel`` (fp32 scores), the slash sums from their probabilities as here.
     """
+    if q.is_cuda if use_kernel is None else use_kernel:
+        return _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive)
     batch, heads_q, n, d = q.shape
     heads_kv, last = k.shape[1], pos.shape[1]
     group = heads_q // heads_kv
@@ -107,6 +113,23 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     return LineScores(vertical, slash, pos, valid, lse)
 
 
+def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive) -> LineScores:
+    batch, heads_q, n, _ = q.shape
+    last = pos.shape[1]
+    width = n + last if consecutive else n  # zero pad columns for the skewed view
+    weight = valid.to(torch.float32)
+    vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
+    slash = torch.empty_like(vertical)
+    lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
+    chunk = line_scores_kernel.head_chunk(heads_q, heads_q // k.shape[1], last, width)
+    for first in range(0, heads_q, chunk):  # whole KV groups, bounded memory
+        heads = slice(first, min(heads_q, first + chunk))
+        probs, lse[:, heads] = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical)
+        slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive
+                           else _slash_gathered(probs, pos, weight))
+    return LineScores(vertical, slash, pos, valid, lse)
+
+
 def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: list[int], columns: torch.Tensor,
                  scale: float) -> torch.Tensor:
     """fp32 [B, H, N]: the part of ``lines.slash`` that key columns ``columns`` (int64 [B, H, C],
@@ -116,7 +139,8 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     batch, _, n, d = q.shape
     group = q.shape[1] // k.shape[1]
     heads = torch.as_tensor(head_ids, device=q.device)
-    rows = q[:, heads].gather(2, lines.pos[:, None, :, None].expand(batch, len(head_ids), lines.pos.shape[1], d))
+    last = lines.pos.shape[1]  # the rows of all heads first (small), then the heads: q itself is never copied
+    rows = q.gather(2, lines.pos[:, None, :, None].expand(batch, q.shape[1], last, d)).index_select(1, heads)
     # Key rows picked straight from K viewed as [B, Hkv * N, D]: no per-query-head copy of K.
     flat = (heads // group)[None, :, None] * n + columns.clamp(min=0)  # [B, H, C]
     keys = k.reshape(batch, -1, d).gather(1, flat.flatten(1)[..., None].expand(-1, -1, d)).view(*columns.shape, d)

@@ -19,6 +19,8 @@ import torch
 
 from mmcompile.kernels import SparseIndex
 
+from .columns_kernel import compact_columns
+
 INVALID = -1  # marks an unused entry in absolute / column sets
 FAR = 1 << 28  # relative distance that never lands on a key block: padding of relative sets
 
@@ -145,6 +147,8 @@ def _merge_column_sets(columns, batch, heads, device):
 
 
 def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, batch, heads, num_m, device):
+    """Per query block, the columns its rows see that no listed block covers: (ids [B,H,M,K], count).
+    On a GPU one Triton kernel (``columns_kernel``); elsewhere ``_columns_reference``."""
     if not columns:
         z = torch.zeros(batch, heads, num_m, 1, dtype=torch.long, device=device)
         return z, z[..., 0]
@@ -152,6 +156,13 @@ def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, 
     present = torch.zeros(batch, num_m, dtype=torch.long, device=device)
     for i, (rows, _) in enumerate(columns):
         present |= (torch.ones_like(present, dtype=torch.bool) if rows is None else rows).long() << i
+    if values.is_cuda:
+        return compact_columns(values, bits, present, block_ids, count, n_k, block_m, block_n, causal_slots)
+    return _columns_reference(values, bits, present, block_ids, m, block_m, block_n, n_k, causal_slots)
+
+
+def _columns_reference(values, bits, present, block_ids, m, block_m, block_n, n_k, causal_slots):
+    """Plain PyTorch of ``columns_kernel.compact_columns`` (same output)."""
     c = values[:, :, None, :]  # [B, H, 1, K], sorted: broadcast over query blocks
     lo = (m * block_m)[None, None, :, None]
     valid = (c >= 0) & (c < n_k) & ~((c >= lo) & (c < lo + block_m))

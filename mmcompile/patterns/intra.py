@@ -11,6 +11,8 @@ diagonal, horizontal lines the last query blocks; the first ``sink`` tokens are 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from mmcompile.kernels.index_factories import grid_order
@@ -28,21 +30,33 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def a_shape_sets(patterns: list[AShape], batch, n, block_n, device) -> BlockSets:
-    """One A-shape per head (sizes may differ): sink blocks plus local blocks before the diagonal."""
-    local = torch.tensor([_ceil_div(p.local, block_n) for p in patterns], device=device)
-    sink = torch.tensor([_ceil_div(p.sink, block_n) for p in patterns], device=device)
-    rel = torch.arange(-int(local.max()), 0, device=device)
+    """One A-shape per head (sizes may differ): sink blocks plus local blocks before the diagonal.
+    Static, so built once per (patterns, shape) and reused by every layer (never modified later)."""
+    return _a_shape_sets(tuple(patterns), batch, n, block_n, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _a_shape_sets(patterns: tuple, batch, n, block_n, device) -> BlockSets:
+    local_list = [_ceil_div(p.local, block_n) for p in patterns]  # sizes stay on the host: no sync
+    sink_list = [_ceil_div(p.sink, block_n) for p in patterns]
+    local, sink = torch.tensor(local_list, device=device), torch.tensor(sink_list, device=device)
+    rel = torch.arange(-max(local_list), 0, device=device)
     rel = torch.where(rel[None, :] >= -local[:, None], rel, FAR)
-    ab = torch.arange(int(sink.max()), device=device)
+    ab = torch.arange(max(sink_list), device=device)
     ab = torch.where(ab[None, :] < sink[:, None], ab, INVALID)
     return BlockSets(rel.expand(batch, -1, -1), ab.expand(batch, -1, -1),
                      torch.empty(batch, len(patterns), 0, dtype=torch.long, device=device))
 
 
 def dense_sets(patterns: list[Dense], batch, n, block_n, device) -> BlockSets:
+    return _dense_sets(len(patterns), batch, n, block_n, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_sets(heads, batch, n, block_n, device) -> BlockSets:
     every = torch.arange(-(-n // block_n), device=device)
-    empty = torch.empty(batch, len(patterns), 0, dtype=torch.long, device=device)
-    return BlockSets(empty, every.expand(batch, len(patterns), -1), empty.clone())
+    empty = torch.empty(batch, heads, 0, dtype=torch.long, device=device)
+    return BlockSets(empty, every.expand(batch, heads, -1), empty.clone())
 
 
 def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torch.Tensor:
@@ -95,15 +109,17 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     ``explained(columns)`` -> [B, H, N]: the slash mass those columns account for
     (``estimate.column_slash``); it is removed before blocks are ranked."""
     device = lines.vertical.device
-    want_cols = torch.tensor([min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns], device=device)
-    columns = column_scores(lines, n).topk(int(want_cols.max()), dim=-1).indices
+    want_list = [min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns]
+    want_cols = torch.tensor(want_list, device=device)
+    columns = column_scores(lines, n).topk(max(want_list), dim=-1).indices
     columns = torch.where(torch.arange(columns.shape[-1], device=device) < want_cols[:, None], columns, INVALID)
     slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
     mass = relative_block_mass(slash, block_m, block_n)
     forced = _ceil_div(FORCED_LOCAL_DIAGONALS, block_n)  # row r' = 0 reaches offset 100 in block t = ceil(100 / BN)
     mass[..., :forced] = float("inf")
-    want_blocks = torch.tensor([min(mass.shape[-1], max(p.slash_blocks, forced)) for p in patterns], device=device)
-    blocks = mass.topk(int(want_blocks.max()), dim=-1).indices + 1  # t: blocks before the diagonal
+    blocks_list = [min(mass.shape[-1], max(p.slash_blocks, forced)) for p in patterns]
+    want_blocks = torch.tensor(blocks_list, device=device)
+    blocks = mass.topk(max(blocks_list), dim=-1).indices + 1  # t: blocks before the diagonal
     rel = torch.where(torch.arange(blocks.shape[-1], device=device) < want_blocks[:, None], -blocks, FAR)
     return BlockSets(rel, torch.empty_like(columns[..., :0]), columns)
 

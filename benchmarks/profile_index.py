@@ -1,0 +1,75 @@
+"""Where estimation and index building spend their time: wall time per part, and per part the
+host (CPU) time against the GPU time, on the planted 128K video input of ``fidelity.py``.
+
+Usage: python benchmarks/profile_index.py [--tokens 131072] [--layout video|mixed]
+
+A part whose CPU time exceeds its GPU time is launch-bound (fewer, larger ops help); the other way
+round it is memory- or compute-bound (less traffic helps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from mmcompile.patterns import estimate, forward_context, index_builder, intra, layer
+from mmcompile.patterns.planted import planted_qkv, standard_layout
+from mmcompile.patterns.policy import choose_patterns
+
+PARTS = [(estimate, "line_scores"), (estimate, "column_slash"), (intra, "vertical_slash_sets"),
+         (intra, "a_shape_sets"), (intra, "grid_sets"), (index_builder, "_dedup_compact"),
+         (index_builder, "_columns"), (layer, "build_index"), (layer, "attend")]
+
+
+def _labelled(module, name):
+    fn = getattr(module, name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with record_function(f"part:{name}"):
+            return fn(*args, **kwargs)
+    setattr(module, name, wrapper)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--layout", default="video")
+    args = parser.parse_args()
+    import triton
+    layout = standard_layout(args.layout, args.tokens)
+    q, k, v, _ = planted_qkv(layout, 28, 4, 128, "cuda", torch.bfloat16, seed=0)
+    ctx = forward_context(layout, args.tokens, 1, "cuda", 128, 64)
+    patterns = choose_patterns(q, k, ctx)
+    bench = functools.partial(triton.testing.do_bench, warmup=25, rep=200, return_mode="median")
+    wall = {"build_layer_indexes": bench(lambda: layer.build_layer_indexes(q, k, patterns, ctx)),
+            "choose_patterns": bench(lambda: choose_patterns(q, k, ctx))}
+    for module, name in PARTS:
+        _labelled(module, name)
+    for _ in range(3):
+        layer.build_layer_indexes(q, k, patterns, ctx)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function("part:WHOLE build_layer_indexes"):
+            layer.build_layer_indexes(q, k, patterns, ctx)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    print(events.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=50))
+    launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    print(f"GPU kernels launched: {launches}")
+    print(f"{'part':40s} {'calls':>6s} {'CPU ms':>8s} {'GPU ms':>8s}")
+    for e in events:
+        if e.key.startswith("part:"):
+            gpu = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0))
+            print(f"{e.key[5:]:40s} {e.count:6d} {e.cpu_time_total / 1e3:8.2f} {gpu / 1e3:8.2f}")
+    for name, ms in wall.items():
+        print(f"wall {name}: {ms:.2f} ms")
+
+
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
+    main()

@@ -1,0 +1,145 @@
+"""The estimation rows' softmax, vertical sums and log-sum-exp in two Triton passes.
+
+``estimate.line_scores`` in PyTorch spends ~4 ms per query modality at 128K (BENCHMARKS.md): the
+bf16 scores, an fp32 softmax and two max reductions each re-read a [rows, N] tensor per head. Here
+pass 1 computes each row's log-sum-exp per key split (an online softmax over score tiles, like
+FlashAttention) and pass 2 recomputes the scores tile by tile, writes the normalised probabilities
+once (for the slash sums, which stay in PyTorch: a skewed or gathered read of them) and reduces the
+column sums in the same pass. Scores are fp32 accumulations of the inputs' dtype, causal in
+original positions, padding keys excluded.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mmcompile.kernels import interpreting
+
+SPLIT = 4096  # keys per pass-1 program
+BLOCK_K = 128  # key tile
+MAX_PROBS_BYTES = 1 << 31  # heads are processed in chunks whose probabilities fit in this
+
+
+@triton.jit
+def _tile_scores(q, K, kv_base, keys, stride_kn, offs_d, n, scale, pos, row_ok, KeyPad, pad_base,
+                 HEAD_DIM: tl.constexpr, HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Scores [ROWS, BLOCK_K] of one key tile, -inf where the key is in a row's future, padding,
+    or past the end."""
+    k = tl.load(K + kv_base + keys[:, None] * stride_kn + offs_d[None, :],
+                mask=(keys[:, None] < n) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if DOT_FP32:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        s = tl.dot(q, tl.trans(k))
+    ok = row_ok[:, None] & (keys[None, :] <= pos[:, None]) & (keys[None, :] < n)
+    if HAS_PAD:
+        pad = tl.load(KeyPad + pad_base + keys, mask=keys < n, other=1)
+        ok &= (pad == 0)[None, :]
+    return tl.where(ok, s * scale, float("-inf"))
+
+
+@triton.jit
+def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
+                      n, scale, head0, heads, group, rows, splits,
+                      stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+                      BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_PAD: tl.constexpr,
+                      DOT_FP32: tl.constexpr):
+    """Pass 1: per (key split, batch * head) the running max and sum of exp of every row."""
+    split = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # offsets past 2**31 at 1M tokens
+    b = bh // heads
+    h = head0 + bh % heads
+    offs_l = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_l < rows
+    pos = tl.load(Pos + b * stride_pb + offs_l, mask=row_ok, other=0)
+    row_ok &= tl.load(Valid + b * stride_pb + offs_l, mask=row_ok, other=0) != 0
+    q = tl.load(Q + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    kv_base = b * stride_kb + (h // group) * stride_kh
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    for start in range(split * SPLIT, split * SPLIT + SPLIT, BLOCK_K):
+        keys = start + tl.arange(0, BLOCK_K)
+        s = _tile_scores(q, K, kv_base, keys, stride_kn, offs_d, n, scale, pos, row_ok, KeyPad, b * n,
+                         HEAD_DIM, HAS_PAD, DOT_FP32)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
+        m_i = m_new
+    out = (bh * splits + split) * ROWS + offs_l
+    tl.store(MaxOut + out, m_i)
+    tl.store(SumOut + out, l_i)
+
+
+@triton.jit
+def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical,
+                  n, width, scale, head0, heads, group, rows,
+                  stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
+                  stride_vb, stride_vh,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+                  HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Pass 2: per (key tile, batch * head) the probabilities (zero where masked, and in the pad
+    columns n .. width) and their sum over the valid rows."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // heads
+    local = bh % heads
+    h = head0 + local
+    offs_l = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    exists = offs_l < rows
+    pos = tl.load(Pos + b * stride_pb + offs_l, mask=exists, other=0)
+    row_ok = exists & (tl.load(Valid + b * stride_pb + offs_l, mask=exists, other=0) != 0)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    lse = tl.load(Lse + bh * ROWS + offs_l)
+    keys = tile * BLOCK_K + tl.arange(0, BLOCK_K)
+    s = _tile_scores(q, K, b * stride_kb + (h // group) * stride_kh, keys, stride_kn, offs_d, n, scale, pos,
+                     row_ok, KeyPad, b * n, HEAD_DIM, HAS_PAD, DOT_FP32)
+    p = tl.where(s == float("-inf"), 0.0, tl.exp(s - tl.where(lse == float("-inf"), 0.0, lse)[:, None]))
+    tl.store(Probs + ((bh * rows + offs_l[:, None]) * width + keys[None, :]), p,
+             mask=exists[:, None] & (keys[None, :] < width))
+    tl.store(Vertical + b * stride_vb + h * stride_vh + keys, tl.sum(p, 0), mask=keys < n)
+
+
+def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int, vertical: torch.Tensor):
+    """For query heads ``heads``: (probs fp32 [B, Hs, L, width], zero where masked and from column
+    N on; lse fp32 [B, Hs, L]); writes their column sums over the valid rows into ``vertical``
+    [B, Hq, N] (fp32, contiguous in N)."""
+    batch, _, n, d = q.shape
+    rows = pos.shape[1]
+    count = heads.stop - heads.start
+    rows_pad = max(16, triton.next_power_of_2(rows))
+    group = q.shape[1] // k.shape[1]
+    pos32 = pos.to(torch.int32).contiguous()
+    valid8 = valid.to(torch.int8).contiguous()
+    pad = key_pad.to(torch.int8).contiguous() if key_pad is not None else pos32
+    dot_fp32 = interpreting() and q.dtype != torch.float32
+    common = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), ROWS=rows_pad, BLOCK_K=BLOCK_K,
+                  HAS_PAD=key_pad is not None, DOT_FP32=dot_fp32, num_warps=4)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), pos32.stride(0))
+    splits = triton.cdiv(n, SPLIT)
+    maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
+    sums = torch.empty_like(maxes)
+    _row_stats_kernel[(splits, batch * count)](
+        q, k, pos32, valid8, pad, maxes, sums, n, scale, heads.start, count, group, rows, splits, *strides,
+        SPLIT=SPLIT, **common)
+    top = maxes.amax(1, keepdim=True)
+    safe = torch.where(top == float("-inf"), 0.0, top)
+    lse = (safe[:, 0] + (sums * torch.exp(maxes - safe)).sum(1).log()).contiguous()  # -inf: no key seen
+    probs = torch.empty(batch, count, rows, width, dtype=torch.float32, device=q.device)
+    _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
+        q, k, pos32, valid8, pad, lse, probs, vertical, n, width, scale, heads.start, count, group, rows,
+        *strides, vertical.stride(0), vertical.stride(1), **common)
+    return probs, lse.view(batch, count, rows_pad)[..., :rows]
+
+
+def head_chunk(heads_q: int, group: int, rows: int, width: int) -> int:
+    """Query heads per chunk (whole KV groups) so that one chunk's probabilities stay under
+    ``MAX_PROBS_BYTES``."""
+    per_group = group * rows * width * 4
+    return group * max(1, MAX_PROBS_BYTES // per_group)
