@@ -1,13 +1,14 @@
 """Time to first token of the Qwen2.5-VL language model (random weights): eager HF SDPA, torch.compile
 with Inductor, and backend="mminference" (issue 4).
 
-Usage: python benchmarks/bench_e2e.py [--tokens 131072] [--layers 28] [--out DIR] [--local 6144]
+Usage: python benchmarks/bench_e2e.py [--tokens 131072] [--layers 28] [--out DIR] [--local 6144[,1024...]]
+                                    [--no-force-dense]
 
 The standard shape (BENCHMARKING.md): hidden 3584, 28 layers, 28 query / 4 KV heads, D=128, bf16,
 batch 1, ``logits_to_keep=1``. The language model is fed ``inputs_embeds`` (the vision tower is not
 timed). Random weights have no attention structure, so a recall-driven policy would go dense: the
-sparse runs use the fixed A-shape budget (``policy="a-shape"``: sink 128 + ``--local``), which is
-<= 10% of the causal area at 128K; its output is compared to eager's (not expected to match: the
+sparse runs use the fixed A-shape budget (``policy="a-shape"``: sink 128 + ``--local``, one
+compile per value), which is <= 10% of the causal area at 128K; its output is compared to eager's (not expected to match: the
 comparison says how far a sparse mask moves random-weight logits), and force_dense to eager.
 Compile time (first call) is reported for Inductor and for the backend.
 """
@@ -62,9 +63,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=131072)
     parser.add_argument("--layers", type=int, default=28)
-    parser.add_argument("--local", type=int, default=6144)
+    parser.add_argument("--local", default="6144", help="local window(s), comma-separated")
     parser.add_argument("--min-sparse-len", type=int, default=16384)
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    parser.add_argument("--no-force-dense", action="store_true", help="skip the force_dense run")
     args = parser.parse_args()
     env = environment()
     print(env, flush=True)
@@ -98,19 +100,22 @@ def main():
     eager = record("eager HF SDPA", forward(lm))
     import mmcompile.report as report
 
-    options = dict(policy="a-shape", sink=128, local=args.local, min_sparse_len=args.min_sparse_len)
-    record("mminference (a-shape budget)", forward(torch.compile(lm, backend="mminference", options=options)), eager)
-    stats = report.last_report().graphs[-1].stats if report.last_report().graphs else None
-    if stats is not None:
-        results["runs"][-1].update(sparse_calls=stats.sparse_calls, dense_calls=stats.dense_calls,
-                                   mean_density=stats.mean_sparse_density())
-        print({"sparse_calls": stats.sparse_calls, "dense_calls": stats.dense_calls,
-               "mean_density": stats.mean_sparse_density()}, flush=True)
-    torch._dynamo.reset()
+    for local in (int(x) for x in args.local.split(",")):
+        options = dict(policy="a-shape", sink=128, local=local, min_sparse_len=args.min_sparse_len)
+        record(f"mminference (a-shape sink 128 + local {local})",
+               forward(torch.compile(lm, backend="mminference", options=options)), eager)
+        stats = report.last_report().graphs[-1].stats if report.last_report().graphs else None
+        if stats is not None:
+            results["runs"][-1].update(sparse_calls=stats.sparse_calls, dense_calls=stats.dense_calls,
+                                       mean_density=stats.mean_sparse_density())
+            print({"sparse_calls": stats.sparse_calls, "dense_calls": stats.dense_calls,
+                   "mean_density": stats.mean_sparse_density()}, flush=True)
+        torch._dynamo.reset()
     record("torch.compile inductor", forward(torch.compile(lm)), eager)
     torch._dynamo.reset()
-    record("mminference force_dense", forward(torch.compile(lm, backend="mminference",
-                                                            options=dict(force_dense=True))), eager)
+    if not args.no_force_dense:
+        record("mminference force_dense", forward(torch.compile(lm, backend="mminference",
+                                                                options=dict(force_dense=True))), eager)
 
 
 if __name__ == "__main__":

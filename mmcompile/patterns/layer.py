@@ -2,7 +2,8 @@
 
 Heads are grouped by how the kernel must address them: heads in original order (A-shape, VS,
 block-sparse; Q-boundary heads too, whose per-modality sets are combined per query block), grid
-heads (their own permutation) and dense heads (the dense path). One kernel launch per group
+heads (their own permutation), 2D-Boundary heads (the modality-major permutation, boundary2d.py)
+and dense heads (the dense path). One kernel launch per group
 writes into one output. Estimation runs once per query modality for all heads; heads whose
 pattern has the same type are indexed together even when their sizes differ, so the only Python
 loops run over pattern types and modalities, never over data. Q-boundary is supported for
@@ -20,6 +21,7 @@ import torch
 from mmcompile.kernels import dense_attention_forward, sparse_attention_forward
 
 from . import estimate, intra
+from .boundary2d import boundary2d_index, pair_pattern
 from .index_builder import BlockSets, build_index, empty_sets, stack_heads
 from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
@@ -85,9 +87,14 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
     scale = d ** -0.5 if scale is None else scale
     estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
-    plain, grid, dense = [], defaultdict(list), []
+    if ctx.modality is None:  # no layout: a 2D head is its text>text pattern everywhere
+        heads = [HeadPattern("none", (("*", pair_pattern(head, "text", "text")),)) if head.inter == "2d-boundary"
+                 else head for head in heads]
+    plain, grid, dense, boundary = [], defaultdict(list), [], defaultdict(list)
     for h, head in enumerate(heads):
-        if all(isinstance(p, Dense) for _, p in head.intra):
+        if head.inter == "2d-boundary":
+            boundary[head].append(h)  # modality-major order: grouped by the exact pattern
+        elif all(isinstance(p, Dense) for _, p in head.intra):
             dense.append(h)  # the dense fast path: no index, and no all-blocks lists widening the rest
         elif any(isinstance(p, Grid) for _, p in head.intra):
             grid[head].append(h)  # its own permutation: grouped by the exact pattern
@@ -98,6 +105,8 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
         indexes.append((plain, _plain_index(plain, heads, estimates, ctx)))
     if grid:
         indexes.append(([h for ids in grid.values() for h in ids], _grid_index(grid, estimates, ctx)))
+    if boundary:
+        indexes.append(([h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx)))
     return indexes
 
 

@@ -2,7 +2,8 @@
 
 Intra-modality patterns (method.md 1.1-1.4): A-shape, Vertical-Slash, Grid, Block-sparse, Dense.
 Inter-modality types (1.5): none / k-boundary (one index for all queries), q-boundary (queries
-grouped by modality, each modality's index estimated from its own last queries).
+grouped by modality, each modality's index estimated from its own last queries), 2d-boundary
+(queries and keys grouped by modality, one pattern per "query>key" modality pair: boundary2d.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Dense:
 
 Intra = Union[AShape, VerticalSlash, Grid, BlockSparse, Dense]
 INTRA_TYPES = {cls.__name__.lower(): cls for cls in (AShape, VerticalSlash, Grid, BlockSparse, Dense)}
-INTER_TYPES = ("none", "k-boundary", "q-boundary")
+INTER_TYPES = ("none", "k-boundary", "q-boundary", "2d-boundary")
 
 
 @dataclasses.dataclass(frozen=True)

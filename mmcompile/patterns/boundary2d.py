@@ -1,0 +1,119 @@
+"""2D-Boundary heads (method.md 1.5, Alg. 3 and 7): queries and keys grouped by modality, one
+pattern per (query modality, key modality) pair, one softmax over all keys.
+
+Tokens are put in modality-major order (stable: each modality keeps its token order), shared by
+queries and keys, so each modality's keys are one contiguous slot range and a modality's own
+tokens follow one another even where its segments are interleaved with others (the paper's
+example: a grid split by text segments becomes continuous). Per pair the pattern becomes:
+  same modality   AShape: its first ``sink`` keys plus the ``local`` slots before the query's
+                  (the modality's own previous tokens); Dense: the modality's whole slot range;
+  other modality  AShape: its first ``sink`` keys plus its last ``local`` keys before the query
+                  block (in original positions); Dense: its whole slot range.
+``AShape(0, 0)`` drops a pair (the diagonal block and block edges still spill a few keys). A pair
+the plan leaves out is Dense, so a partial plan is never less exact. The kernel merges every
+pair of a query block into one online softmax and masks causally in original positions.
+Pairs are static (no estimation): estimated pair patterns (VS in modality-major coordinates)
+are not supported yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .index_builder import INVALID, BlockSets, build_index, stack_heads
+from .layout import MODALITY_NAMES
+from .specs import AShape, Dense, HeadPattern
+
+PAIR_TYPES = (AShape, Dense)
+
+
+def pair_pattern(head: HeadPattern, query: str, key: str):
+    """The head's pattern for queries of ``query`` over keys of ``key`` ("query>key" entries)."""
+    pattern = dict(head.intra).get(f"{query}>{key}", Dense())
+    if not isinstance(pattern, PAIR_TYPES):
+        raise ValueError(f"2d-boundary pair {query}>{key}: {type(pattern).__name__} is not supported "
+                         f"(supported: {', '.join(t.__name__ for t in PAIR_TYPES)})")
+    return pattern
+
+
+def modality_major(modality: torch.Tensor):
+    """(order int32 [B, N]: original position of each slot, sort keys int64 [B, N] ascending,
+    start/end int64 [B, K] slot range of each modality id in MODALITY_NAMES order)."""
+    batch, n = modality.shape
+    pos = torch.arange(n, device=modality.device)
+    keys, order = (modality.long() * n + pos).sort(dim=1)  # padding (-1) first
+    ids = torch.tensor(sorted(MODALITY_NAMES), device=modality.device)
+    start = torch.searchsorted(keys, ids[None, :].expand(batch, -1) * n)
+    end = torch.searchsorted(keys, (ids[None, :].expand(batch, -1) + 1) * n)
+    return order.to(torch.int32), keys, start, end
+
+
+def _range_blocks(lo: torch.Tensor, hi: torch.Tensor, width: int, block_n: int) -> torch.Tensor:
+    """Key blocks touching slots [lo, hi) (any leading shape), padded INVALID to ``width``."""
+    first = lo // block_n
+    count = torch.where(hi > lo, (hi - 1) // block_n - first + 1, 0)
+    step = torch.arange(width, device=lo.device)
+    return torch.where(step < count[..., None], first[..., None] + step, INVALID)
+
+
+def _pair_sets(pattern, same: bool, qid: int, kid: int, layout_ranges, query_end_pos, heads, n, block_m, block_n):
+    """BlockSets [B, heads, ...] of one pair, in slot space (absolute sets per query block)."""
+    keys, start, end = layout_ranges
+    batch = start.shape[0]
+    nkb = -(-n // block_n)
+    k_lo, k_hi = start[:, kid], end[:, kid]
+    empty = torch.empty(batch, heads, 0, dtype=torch.long, device=start.device)
+    if isinstance(pattern, Dense):
+        blocks = _range_blocks(k_lo, k_hi, nkb, block_n)
+        return BlockSets(empty, blocks[:, None, :].expand(batch, heads, -1), empty)
+    sink = _range_blocks(k_lo, torch.minimum(k_lo + pattern.sink, k_hi), -(-pattern.sink // block_n) + 1, block_n)
+    local_blocks = -(-pattern.local // block_n)
+    if same:
+        relative = torch.arange(-local_blocks, 0, device=start.device).expand(batch, heads, -1)
+        return BlockSets(relative, sink[:, None, :].expand(batch, heads, -1), empty)
+    # Keys of the other modality up to the latest row of each query block, in original positions.
+    seen = torch.searchsorted(keys, (kid * n + query_end_pos).contiguous(), right=True)  # [B, M]
+    seen = torch.minimum(seen, k_hi[:, None])
+    recent = _range_blocks(torch.maximum(seen - pattern.local, k_lo[:, None]), seen, local_blocks + 1, block_n)
+    absolute = torch.cat([sink[:, None, :].expand(-1, recent.shape[1], -1), recent], dim=-1)
+    return BlockSets(empty, absolute[:, None].expand(batch, heads, -1, -1), empty)
+
+
+def _union(parts: list[BlockSets]) -> BlockSets:
+    """One query modality's pairs together (absolute sets broadcast per query block)."""
+    num_m = next((p.absolute.shape[2] for p in parts if p.absolute.dim() == 4), None)
+    absolute = [p.absolute if p.absolute.dim() == 4 or num_m is None else
+                p.absolute[:, :, None, :].expand(-1, -1, num_m, -1) for p in parts]
+    return BlockSets(torch.cat([p.relative for p in parts], -1), torch.cat(absolute, -1),
+                     torch.cat([p.columns for p in parts], -1))
+
+
+def boundary2d_index(groups: dict, ctx):
+    """One SparseIndex for all 2D-Boundary heads ({HeadPattern: [head ids]}), with the shared
+    modality-major order."""
+    if ctx.modality is None:
+        raise ValueError("2d-boundary heads need a modality layout")
+    n, bm, bn = ctx.n, ctx.block_m, ctx.block_n
+    order, keys, start, end = modality_major(ctx.modality)
+    num_m = -(-n // bm)
+    ids = {name: mid for mid, name in MODALITY_NAMES.items()}  # ids 0..3: also their column in start/end
+    present_names = list(ctx.present)
+    slot_block = torch.arange(num_m, device=order.device) * bm
+    # Latest original position among each query block's rows (modality-major keeps them ascending).
+    last_slot = torch.clamp(slot_block + bm, max=n) - 1
+    per_head = []
+    for head, head_ids in groups.items():
+        entries = []
+        for q_name in present_names:
+            qi = ids[q_name]
+            rows = (slot_block[None, :] < end[:, qi, None]) & (slot_block[None, :] + bm > start[:, qi, None])
+            end_pos = order.long().gather(1, torch.minimum(last_slot[None, :], end[:, qi, None] - 1).clamp(min=0))
+            parts = [_pair_sets(pair_pattern(head, q_name, k_name), q_name == k_name, qi, ids[k_name],
+                                (keys, start, end), end_pos, len(head_ids), n, bm, bn) for k_name in present_names]
+            entries.append((rows, _union(parts)))
+        per_head.append(entries)
+    # Same query modalities for every group: stack the heads of each entry.
+    entries = [(per_head[0][i][0], stack_heads([group[i][1] for group in per_head])) for i in range(len(present_names))]
+    heads = sum(len(h) for h in groups.values())
+    full_order = order[:, None, :].expand(-1, heads, -1).contiguous()
+    return build_index(entries, n, n, bm, bn, order=full_order)

@@ -1,0 +1,96 @@
+"""2D-Boundary heads: modality-major order, per-pair patterns, one softmax (interpreter)."""
+
+import pytest
+import torch
+
+from mmcompile.kernels import index_to_mask
+from mmcompile.kernels.reference import dense_attention_reference
+from mmcompile.patterns import (IMAGE, TEXT, VIDEO, AShape, Dense, HeadPattern, VerticalSlash, forward_context,
+                                from_segments, layer_attention)
+from mmcompile.patterns.boundary2d import modality_major, pair_pattern
+
+from test_patterns_layer import reference
+
+pytestmark = pytest.mark.interpreter
+
+INTERLEAVED = [[(TEXT, 100), (VIDEO, 192, 8, 8), (TEXT, 60), (VIDEO, 128, 8, 8), (TEXT, 40)],
+               [(TEXT, 30), (IMAGE, 64, 8, 8), (TEXT, 20), (VIDEO, 256, 8, 8), (TEXT, 150)]]
+ISOLATING = HeadPattern("2d-boundary", (("text>text", AShape(16, 64)), ("video>video", AShape(16, 64)),
+                                        ("video>text", AShape(16, 32)), ("text>video", AShape(0, 0)),
+                                        ("image>image", AShape(16, 64)), ("image>text", AShape(0, 0)),
+                                        ("text>image", AShape(0, 0)), ("video>image", AShape(0, 0)),
+                                        ("image>video", AShape(0, 0))))
+
+
+def _qkv(n, batch=1, heads=(4, 2, 2), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, h, n, 32, generator=g) for h in heads)
+
+
+def test_modality_major_order_groups_modalities_stably():
+    layout = from_segments(INTERLEAVED)
+    order, keys, start, end = modality_major(layout.modality)
+    for b in range(2):
+        mods = layout.modality[b, order[b].long()]
+        assert (mods[1:] >= mods[:-1]).all()  # grouped by modality id
+        for mid in (TEXT, IMAGE, VIDEO):
+            slots = order[b, start[b, mid]:end[b, mid]]
+            assert (layout.modality[b, slots.long()] == mid).all() and (slots[1:] > slots[:-1]).all()
+
+
+def test_all_dense_pairs_equal_dense_attention():
+    layout = from_segments(INTERLEAVED[:1])
+    n = layout.length
+    q, k, v = _qkv(n)
+    head = HeadPattern("2d-boundary", ())  # every pair left out: Dense
+    out = layer_attention(q, k, v, [head] * 4, forward_context(layout, n, 1, "cpu", 64, 64))
+    ref, _ = dense_attention_reference(q, k, v)
+    assert ((out - ref).norm() / ref.norm()) < 2e-5
+
+
+def test_pairs_visit_their_keys_and_isolate_dropped_pairs():
+    layout = from_segments(INTERLEAVED)
+    n = layout.length
+    q, k, v = _qkv(n, batch=2)
+    ctx = forward_context(layout, n, 2, "cpu", 64, 64)
+    heads = [ISOLATING, HeadPattern("none", (("*", VerticalSlash(30, 8)),)), ISOLATING, HeadPattern()]
+    out, indexes = layer_attention(q, k, v, heads, ctx, return_index=True)
+    ref = reference(q, k, v, indexes)
+    assert ((out - ref).norm() / ref.norm()) < 2e-5
+    ids, index = next((ids, index) for ids, index in indexes if ids == [0, 2])
+    mask = index_to_mask(index, n, n)[:, 0]  # [B, Nq, Nk] in original positions
+    order, _, start, end = modality_major(layout.modality)
+    for b in range(2):
+        mod = layout.modality[b]
+        slot_of = order[b].long().argsort()
+        for i in range(n):
+            seen = mask[b, i]
+            same = (mod == mod[i]).nonzero()[:, 0]
+            same = same[same <= i]
+            assert seen[same[-min(64, len(same)):]].all()  # the local same-modality keys
+            assert seen[same[:16]].all()  # the modality's sink
+            if mod[i] == VIDEO:  # video>text A-shape: first 16 text keys and the latest 32 before i's block
+                text = (mod == TEXT).nonzero()[:, 0]
+                assert seen[text[:16]].all()
+            if mod[i] == TEXT:  # text>video and text>image dropped: only the query's own slot block spills
+                block = slot_of[i] // 64
+                spill = (mod != TEXT) & seen
+                in_block = (slot_of // 64) == block
+                assert not (spill & ~in_block).any(), (b, i)
+
+
+def test_2d_head_without_a_layout_uses_its_text_pattern():
+    n = 300
+    q, k, v = _qkv(n)
+    from mmcompile.patterns.layer import build_layer_indexes
+    ctx = forward_context(None, n, 1, "cpu", 64, 64)
+    indexes = build_layer_indexes(q, k, [ISOLATING] * 4, ctx)
+    plain = build_layer_indexes(q, k, [HeadPattern("none", (("*", AShape(16, 64)),))] * 4, ctx)
+    assert torch.equal(index_to_mask(indexes[0][1], n, n), index_to_mask(plain[0][1], n, n))
+
+
+def test_unsupported_pair_pattern_is_a_clear_error():
+    head = HeadPattern("2d-boundary", (("video>video", VerticalSlash(10, 2)),))
+    with pytest.raises(ValueError, match="video>video: VerticalSlash is not supported"):
+        pair_pattern(head, "video", "video")
+    assert isinstance(pair_pattern(head, "text", "video"), Dense)
