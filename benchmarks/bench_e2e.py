@@ -2,7 +2,7 @@
 with Inductor, and backend="mminference" (issue 4).
 
 Usage: python benchmarks/bench_e2e.py [--tokens 131072] [--layers 28] [--out DIR] [--local 6144[,1024...]]
-                                    [--no-force-dense]
+                                    [--no-force-dense] [--no-inductor]
 
 The standard shape (BENCHMARKING.md): hidden 3584, 28 layers, 28 query / 4 KV heads, D=128, bf16,
 batch 1, ``logits_to_keep=1``. The language model is fed ``inputs_embeds`` (the vision tower is not
@@ -67,6 +67,7 @@ def main():
     parser.add_argument("--min-sparse-len", type=int, default=16384)
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--no-force-dense", action="store_true", help="skip the force_dense run")
+    parser.add_argument("--no-inductor", action="store_true", help="skip the torch.compile (Inductor) run")
     args = parser.parse_args()
     env = environment()
     print(env, flush=True)
@@ -111,8 +112,9 @@ def main():
             print({"sparse_calls": stats.sparse_calls, "dense_calls": stats.dense_calls,
                    "mean_density": stats.mean_sparse_density()}, flush=True)
         torch._dynamo.reset()
-    record("torch.compile inductor", forward(torch.compile(lm)), eager)
-    torch._dynamo.reset()
+    if not args.no_inductor:
+        record("torch.compile inductor", forward(torch.compile(lm)), eager)
+        torch._dynamo.reset()
     if not args.no_force_dense:
         record("mminference force_dense", forward(torch.compile(lm, backend="mminference",
                                                                 options=dict(force_dense=True))), eager)
