@@ -6,7 +6,9 @@ Usage: python benchmarks/fidelity.py [--tokens 131072] [--layout video|mixed|tex
 Builds the standard layout (BENCHMARKING.md), plants structure per head, chooses patterns with the
 default policy, runs layer_attention, and prints per-head-kind recall, output error, cosine and
 density on sampled rows against dense float32 attention. On a GPU it also times the whole op
-(estimation + index + kernel) and its parts against SDPA flash and SDPA default (cuDNN).
+(estimation + index + kernel) and its parts against SDPA flash, SDPA default (cuDNN) and compiled
+FlexAttention on exactly the element mask of the layer's indexes (``flex_baseline.flex_for_layer``;
+its mask build is timed apart and not included).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import statistics
 import sys
 import time
 
@@ -110,6 +113,39 @@ def time_op(q, k, v, ctx, patterns):
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=40))
     print(f"whole op (estimate+index+kernel) {whole:.2f} ms | policy choice {choose:.2f} ms | "
           f"SDPA flash {fl:.2f} ms | SDPA cuDNN {cudnn:.2f} ms | x cuDNN {cudnn / whole:.2f} | x flash {fl / whole:.2f}")
+    time_flex(q, k, v, indexes, whole, kernel_ms)
+
+
+def time_flex(q, k, v, indexes, whole, kernel_ms):
+    """Compiled flex on the same element mask as ``indexes``; a failure (e.g. out of memory) is
+    printed, not raised, so the numbers above stay."""
+    import triton
+    from flex_baseline import flex_for_layer
+    try:
+        start = time.perf_counter()
+        call, build_ms, flex_density = flex_for_layer(q, k, v, indexes, q.shape[2])
+        call()  # compiles
+        torch.cuda.synchronize()
+        setup_s = time.perf_counter() - start
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()
+        once = begin.elapsed_time(end)
+        # Calls over ~100 ms: a few repetitions, every sample printed (BENCHMARKING.md).
+        samples = triton.testing.do_bench(call, warmup=50, rep=max(300, 5 * once), return_mode="all")
+        flex = statistics.median(samples)
+    except Exception as e:  # noqa: BLE001  (report, do not hide, a flex failure)
+        print(f"flex (same mask) failed: {type(e).__name__}: {str(e)[:300]}")
+        return
+    finally:
+        torch.cuda.empty_cache()
+    shown = f" (samples {', '.join(f'{x:.1f}' for x in samples)})" if flex > 100 else ""
+    print(f"flex (same mask) {flex:.2f} ms{shown} | whole op / flex = {whole / flex:.3f}x (x flex {flex / whole:.2f}) "
+          f"| kernel / flex = {kernel_ms / flex:.3f}x | flex visits {flex_density:.1%} of the causal blocks "
+          f"(full + partial, 128x128; partial blocks evaluate the mask_mod per element) | "
+          f"flex mask build {build_ms:.0f} ms, not included (setup with compiles {setup_s:.0f} s)")
 
 
 def main():
