@@ -32,6 +32,7 @@ from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 
 
 PROFILE = False
+FLEX = True
 
 
 def run(args):
@@ -113,7 +114,8 @@ def time_op(q, k, v, ctx, patterns):
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=40))
     print(f"whole op (estimate+index+kernel) {whole:.2f} ms | policy choice {choose:.2f} ms | "
           f"SDPA flash {fl:.2f} ms | SDPA cuDNN {cudnn:.2f} ms | x cuDNN {cudnn / whole:.2f} | x flash {fl / whole:.2f}")
-    time_flex(q, k, v, indexes, whole, kernel_ms)
+    if FLEX:
+        time_flex(q, k, v, indexes, whole, kernel_ms)
 
 
 def time_flex(q, k, v, indexes, whole, kernel_ms):
@@ -159,11 +161,12 @@ def main():
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="profile index building and the policy")
+    parser.add_argument("--no-flex", action="store_true", help="skip compiled flex on the same mask")
     args = parser.parse_args()
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    global PROFILE
-    PROFILE = args.profile
+    global PROFILE, FLEX
+    PROFILE, FLEX = args.profile, not args.no_flex
     start = time.perf_counter()
     run(args)
     print(f"({time.perf_counter() - start:.1f} s)")
