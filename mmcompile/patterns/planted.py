@@ -1,8 +1,9 @@
 """Q/K/V with planted attention structure, for fidelity measurements without model weights.
 
 Per head one of (BENCHMARKING.md "Fidelity"):
-  grid        video queries attend to grid lines (one key per frame at a phase, per head) and to the
-              same patch in earlier frames (periodic slashes); text queries attend locally;
+  grid        video queries attend to grid lines (one key per frame at a phase, per head) and, with
+              ``periodic_frames``, to the same patch in earlier frames (periodic slashes); text
+              queries attend locally;
   vertical-slash  a few heavy key columns plus a local band, for every query;
   a-shape     sink tokens plus a local band;
   boundary    text queries: sink + local; video queries: grid lines (modality-dependent);
@@ -53,11 +54,37 @@ def _local_features(n, dims, width, device, g):
     return torch.cat([angle.cos(), angle.sin()], dim=-1)
 
 
+def _periodic_features(n, dims, stride, frames, device, g):
+    """[N, dims] features whose dot products approximate [i = j mod stride] exp(-(i - j)^2 / 2 (frames
+    stride)^2): random Fourier features of that kernel, i.e. harmonics m / stride (m uniform over the
+    residues: their mean is the comb) jittered by a Gaussian (the envelope), up to a far field of std
+    1 / sqrt(dims). Dot products are 1 at i = j."""
+    half = dims // 2
+    harmonic = torch.randint(0, stride, (half,), generator=g, device=device)
+    jitter = torch.randn(half, generator=g, device=device) / (2 * math.pi * stride * frames)
+    pos = torch.arange(n, device=device)
+    turns = (pos[:, None] * harmonic[None, :] % stride).float() / stride + pos[:, None].float() * jitter[None, :]
+    angle = 2 * math.pi * turns  # the harmonic part reduced mod stride first: exact at any length
+    return torch.cat([angle.cos(), angle.sin()], dim=-1) / math.sqrt(half)
+
+
 def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: int = 128, device=None,
-                dtype=torch.float32, seed: int = 0, kinds: list[str] | None = None, strength: float = 10.5):
+                dtype=torch.float32, seed: int = 0, kinds: list[str] | None = None, strength: float = 10.5,
+                periodic_frames: float = 0.0, periodic_strength: float = 14.0):
     """Returns (q, k, v, kinds): [1, Hq, N, D], [1, Hkv, N, D] x2, and each query head's kind.
     Batch 1 (the layout's first sample). K/V heads are shared by ``heads_q // heads_kv`` query heads,
-    so planted key features are per KV head and query heads of a group pick which ones to read."""
+    so planted key features are per KV head and query heads of a group pick which ones to read.
+
+    ``periodic_frames`` > 0 (off by default; off leaves the output unchanged): grid heads' video
+    queries also attend to the same patch in earlier frames (keys at i - k * frame stride: periodic
+    slashes, what Grid's permutation is for). Without it grid heads hold only lines and sinks, which
+    VS covers as columns just as cheaply, so Grid's advantage cannot show. The logit at k frames is
+    ``periodic_strength`` exp(-k^2 / 2 w^2) with w = periodic_frames sqrt(periodic_strength), so the
+    mass falls roughly as exp(-k^2 / 2 periodic_frames^2). The strength sits above the sinks' and
+    lines' 10.5, or those 64 + one-per-frame keys would keep most of the mass: at 16 frames ~80% of
+    a video query's mass is on same-patch keys, mostly within 30 frames, ~15% on sinks and lines.
+    The features (``_periodic_features``) take half of the band's dimensions, so the band's far
+    field grows (std ``strength / sqrt(dims)``) in every head of the KV group."""
     n = layout.length
     g = torch.Generator(device=device).manual_seed(seed)
     kinds = kinds or head_kinds(heads_q)
@@ -68,7 +95,9 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
     video = layout.modality[0].to(device) == VIDEO
     frame = int(layout.frame_stride()[0]) or 256
     pos = torch.arange(n, device=device)
-    band_dims = (head_dim - 3) // 2 * 2  # all but the sink, line and column directions
+    free = head_dim - 3  # all but the sink, line and column directions
+    band_dims = (free // 4 if periodic_frames > 0 else free // 2) * 2
+    periodic_dims = (free - band_dims) // 2 * 2 if periodic_frames > 0 else 0
     scale = math.sqrt(strength * math.sqrt(head_dim))  # planted pairs score ~strength above noise
     for kv in range(heads_kv):
         basis = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=g, device=device))[0]
@@ -83,6 +112,13 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
         planted_key = (pos < 64) | lines | columns
         k[0, kv] += scale * (sink_dir * (pos < 64)[:, None] + line_dir * lines[:, None] +
                              col_dir * columns[:, None]) + local * (~planted_key)[:, None]
+        periodic = None
+        if periodic_dims:  # own subspace; planted keys stay out, as for the band
+            periodic_sub = basis[:, 3 + band_dims:3 + band_dims + periodic_dims]
+            width = periodic_frames * math.sqrt(periodic_strength)
+            periodic = _periodic_features(n, periodic_dims, frame, width, device, g) @ periodic_sub.T * \
+                math.sqrt(periodic_strength * math.sqrt(head_dim))
+            k[0, kv] += periodic * (video & ~planted_key)[:, None]
         for h in range(kv * group, (kv + 1) * group):
             kind = kinds[h]
             if kind == "random":
@@ -91,6 +127,8 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
             add += scale * sink_dir
             if kind in ("grid", "boundary"):
                 add += scale * line_dir * video[:, None]
+            if kind == "grid" and periodic is not None:
+                add += periodic * video[:, None]
             if kind == "vertical-slash":
                 add += scale * col_dir
             q[0, h] += add
