@@ -203,10 +203,13 @@ def _heads_of(sets: BlockSets, index: torch.Tensor) -> BlockSets:
 
 
 def _grid_index(groups: dict, estimates: Estimates, ctx: ForwardContext):
+    """Grid lines are video structure: their stride and phase come from the last video rows when
+    the input has video (the plain last rows are often the text question, which shows no grid)."""
     orders, parts = [], []
+    rows = "video" if "video" in ctx.last_rows else "*"
     for head, ids in groups.items():
         pattern = next(p for _, p in head.intra if isinstance(p, Grid))
-        order, sets = intra.grid_sets(pattern, estimates.lines("*", ids).vertical, ctx.frame_stride, ctx.max_frame,
+        order, sets = intra.grid_sets(pattern, estimates.lines(rows, ids).vertical, ctx.frame_stride, ctx.max_frame,
                                       ctx.n, ctx.block_m, ctx.block_n)
         orders.append(order)
         parts.append(sets)
