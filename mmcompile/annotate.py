@@ -61,7 +61,8 @@ def current_annotation() -> Optional[tuple]:
 
 # --- published by the backend --------------------------------------------------------------------
 # Valid for the forward that published it: the graph that opens every HF forward reads input_ids
-# without comparing it (the embedding lookup) and clears, so a new forward never sees stale inputs.
+# without comparing it (the embedding lookup) and clears, so a new forward never sees stale inputs;
+# a forward with no input_ids at all (inputs_embeds) is caught when a layer reads it a second time.
 
 class _Published:
     def __init__(self):
@@ -74,6 +75,8 @@ class _Published:
         self.grids: dict = {}  # modality id -> (grid_thw [n, 3], merge size or None)
         self.video_frames: Optional[tuple] = None  # (videos, frames per video)
         self.built: Optional[tuple] = None  # (layout or None, source, geometry), once per forward
+        self.layers_used: set = set()  # rewritten layers that read this publication
+        self.stale = False  # a layer came back: a new forward that published nothing
 
 
 _published = _Published()
@@ -86,24 +89,33 @@ def publish_input_ids(input_ids: torch.Tensor, tokens=()) -> None:
     if not tokens or input_ids.dim() != 2:
         _published.clear()
         return
-    _published.input_ids, _published.tokens, _published.built = input_ids, tokens, None
+    _published.input_ids, _published.tokens = input_ids, tokens
+    _fresh()
+
+
+def _fresh() -> None:
+    """Something new was published: rebuild the layout, and a new forward may use it."""
+    _published.built, _published.layers_used, _published.stale = None, set(), False
 
 
 def publish_mm_token_type_ids(ids: torch.Tensor) -> None:
     if ids.dim() == 2:
-        _published.type_ids, _published.built = ids, None
+        _published.type_ids = ids
+        _fresh()
 
 
 def publish_grid(modality: int, grid_thw: torch.Tensor, merge: Optional[int] = None) -> None:
     """``image_grid_thw`` / ``video_grid_thw`` [n, 3] (patches) and the spatial merge size if known."""
     if grid_thw.dim() == 2 and grid_thw.shape[-1] == 3:
-        _published.grids[modality], _published.built = (grid_thw, merge), None
+        _published.grids[modality] = (grid_thw, merge)
+        _fresh()
 
 
 def publish_video_frames(pixel_values_videos: torch.Tensor) -> None:
     """LLaVA-style ``pixel_values_videos`` [videos, frames, C, H, W]: frames per video."""
     if pixel_values_videos.dim() == 5:
-        _published.video_frames, _published.built = tuple(pixel_values_videos.shape[:2]), None
+        _published.video_frames = tuple(pixel_values_videos.shape[:2])
+        _fresh()
 
 
 def published_layout() -> tuple:
@@ -112,6 +124,22 @@ def published_layout() -> tuple:
     if _published.built is None:
         _published.built = _build(_published)
     return _published.built
+
+
+def published_for_layer(layer: Optional[int]) -> tuple:
+    """``published_layout()`` for the rewritten attention of ``layer``. A publication serves one
+    forward, in which every layer runs once: a layer that already read it means a new forward that
+    published nothing (one started from ``inputs_embeds``), which then gets no layout (text-only,
+    logged once) instead of the previous forward's."""
+    if layer is not None and layer >= 0 and published_layout()[0] is not None:
+        if not _published.stale and layer in _published.layers_used:
+            _published.stale = True
+            log.warning("mminference: a new forward published no modality inputs (inputs_embeds?); "
+                        "the previous forward's layout is not reused: text-only")
+        if _published.stale:
+            return None, "none (nothing published by this forward)", "none"
+        _published.layers_used.add(layer)
+    return published_layout()
 
 
 def _build(p: _Published) -> tuple:

@@ -285,13 +285,13 @@ def _ids_layout(ids):
     return cache["layout"]
 
 
-def _layout(q, modality_ids):
+def _layout(q, modality_ids, layer: int | None = None):
     """(ModalityLayout or None, source, geometry) for this call, in order: the op's own argument, an
     ``mmcompile.annotate.modality`` block, what this forward's graphs published. A layout whose
     [batch, tokens] do not match the call is ignored (text-only), with one warning per layout."""
     if modality_ids is not None:
         return _ids_layout(modality_ids), "graph", "none"
-    from mmcompile.annotate import current_annotation, published_layout
+    from mmcompile.annotate import current_annotation, published_for_layer
 
     annotated = current_annotation()
     if annotated is not None:
@@ -299,7 +299,7 @@ def _layout(q, modality_ids):
         if _matches(q, layout, "annotated"):
             return layout, "annotation", geometry
         return None, "none (annotation shape mismatch)", "none"
-    layout, source, geometry = published_layout()
+    layout, source, geometry = published_for_layer(layer)
     if layout is not None and not _matches(q, layout, f"published ({source})"):
         return None, "none (published layout shape mismatch)", "none"
     return layout, source, geometry
@@ -315,10 +315,10 @@ def _matches(q, layout, what: str) -> bool:
     return False
 
 
-def _sparse(q, k, v, scale, config: RuntimeConfig, modality_ids=None):
+def _sparse(q, k, v, scale, config: RuntimeConfig, modality_ids=None, layer: int | None = None):
     """(out, density, pattern name and layout source, LayoutSummary or None) of the sparse path."""
     if config.policy == "online" and _kernel_ok(q):
-        layout, source, geometry = _layout(q, modality_ids)
+        layout, source, geometry = _layout(q, modality_ids, layer)
         out, density, summary = _online(q, k, v, scale, config, layout, source, geometry)
         return out, density, f"online, layout: {source}", summary
     batch, heads, n, _ = q.shape
@@ -359,7 +359,7 @@ def prefill_attention(
     elif reason:
         out = _dense(q, k, v, scale)
     else:
-        out, density, pattern, layout = _sparse(q, k, v, scale, config, modality_ids)
+        out, density, pattern, layout = _sparse(q, k, v, scale, config, modality_ids, layer)
         config.stats.record(CallRecord(layer, "sparse", pattern, n_q, n_k, density, layout))
         return out.contiguous()
     config.stats.record(CallRecord(layer, "dense", reason, n_q, n_k, 1.0))

@@ -131,6 +131,26 @@ def test_no_stale_layout_across_forwards(report):
     assert {r.reason for r in report.runtime()["records"]} == {"online, layout: none (text-only)"}
 
 
+def test_a_forward_from_inputs_embeds_does_not_reuse_the_previous_layout(report, caplog):
+    """A same-length forward that publishes nothing (inputs_embeds) gets no layout, not the last one."""
+    model, both = qwen_image_and_video("qwen2_vl")
+    compiled = torch.compile(model, backend="mminference", options=ONLINE)
+    logits(compiled, both)
+    assert _seen(report).tokens.keys() == {"text", "image", "video"}
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(both["input_ids"])
+    report.reset_counters()
+    with caplog.at_level(logging.WARNING, logger="mmcompile.annotate"):
+        logits(compiled, {"inputs_embeds": embeds})
+    records = report.runtime()["records"]
+    assert len(records) == LAYERS
+    assert {r.reason for r in records} == {"online, layout: none (nothing published by this forward)"}
+    assert "published no modality inputs" in caplog.text
+    report.reset_counters()
+    logits(compiled, both)  # publishing again makes the layout fresh
+    assert _seen(report).tokens.keys() == {"text", "image", "video"}
+
+
 # --- the graph side: what modality_inputs reads from real Dynamo graphs -----------------------
 
 def _graphs(model, inputs):
