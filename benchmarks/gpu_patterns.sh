@@ -12,5 +12,6 @@ for layout in video mixed; do
   python3 benchmarks/fidelity.py --layout $layout --tokens 131072 2>&1 | grep -v -i warn | tee $OUT/fidelity_$layout.txt
 done
 python3 benchmarks/fidelity.py --layout video --tokens 1048576 --heads 2/1 --rows 128 --no-flex 2>&1 | tee $OUT/fidelity_1m.txt
-python3 benchmarks/profile_index.py 2>&1 | tail -20 > $OUT/profile_index.txt
+python3 benchmarks/profile_index.py 2>&1 | tail -21 > $OUT/profile_index.txt
+python3 benchmarks/profile_index.py --tokens 1048576 2>&1 | tail -21 > $OUT/profile_index_1m.txt
 [ -f benchmarks/grid_vs_vs.py ] && python3 benchmarks/grid_vs_vs.py --out $OUT/grid_vs_vs.txt 2>&1 | tail -30

@@ -68,6 +68,12 @@ def main():
             print(f"{e.key[5:]:40s} {e.count:6d} {e.cpu_time_total / 1e3:8.2f} {gpu / 1e3:8.2f}")
     for name, ms in wall.items():
         print(f"wall {name}: {ms:.2f} ms")
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    layer.build_layer_indexes(q, k, patterns, ctx)
+    torch.cuda.synchronize()
+    print(f"index building peak memory above q/k/v: {(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB "
+          f"(tokens {args.tokens}, 28/4 heads)")
 
 
 if __name__ == "__main__":

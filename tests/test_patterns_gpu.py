@@ -67,3 +67,28 @@ def test_column_compaction_kernel_matches_reference():
                              block_n, n, True)
     ids, got = compact_columns(values, bits, present, block_ids, count, n, block_m, block_n, True)
     assert torch.equal(got.long(), ref[1]) and torch.equal(ids.long(), ref[0])
+
+
+def test_plan_driven_layer_makes_no_host_sync():
+    """Issue 3: no host-device sync in the per-layer path (all syncs happen in forward_context)."""
+    from mmcompile.patterns import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
+    layout = from_segments([[(TEXT, 512), (VIDEO, 4096, 8, 8), (TEXT, 512)]])
+    n = layout.length
+    q, k, v, _ = planted_qkv(layout, 8, 2, 128, "cuda", torch.bfloat16)
+    ctx = forward_context(layout, n, 1, "cuda")
+    heads = [HeadPattern("none", (("*", VerticalSlash(200, 8)),)),
+             HeadPattern("none", (("*", AShape(128, 512)),)),
+             HeadPattern("none", (("*", Grid(local_frames=64)),)),
+             HeadPattern("q-boundary", (("text", VerticalSlash(100, 4)), ("video", AShape(64, 256)))),
+             HeadPattern("2d-boundary", (("video>video", AShape(64, 256)), ("text>video", AShape(64, 0)))),
+             HeadPattern("none", (("*", BlockSparse(8)),)),
+             HeadPattern("none", (("*", Dense()),)),
+             HeadPattern("none", (("*", VerticalSlash(50, 16)),))]
+    layer_attention(q, k, v, heads, ctx)  # first call: Triton compiles, caches fill
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = layer_attention(q, k, v, heads, ctx)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out).all()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .index_builder import INVALID, BlockSets, build_index, stack_heads
+from .index_builder import INVALID, BlockSets, build_index, device_list, stack_heads
 from .layout import MODALITY_NAMES
 from .specs import AShape, Dense, HeadPattern
 
@@ -42,7 +42,7 @@ def modality_major(modality: torch.Tensor):
     batch, n = modality.shape
     pos = torch.arange(n, device=modality.device)
     keys, order = (modality.long() * n + pos).sort(dim=1)  # padding (-1) first
-    ids = torch.tensor(sorted(MODALITY_NAMES), device=modality.device)
+    ids = device_list(sorted(MODALITY_NAMES), modality.device)
     start = torch.searchsorted(keys, ids[None, :].expand(batch, -1) * n)
     end = torch.searchsorted(keys, (ids[None, :].expand(batch, -1) + 1) * n)
     return order.to(torch.int32), keys, start, end

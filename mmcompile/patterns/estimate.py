@@ -15,6 +15,7 @@ import dataclasses
 import torch
 
 from . import line_scores_kernel
+from .index_builder import device_list
 from .layout import PAD
 
 LAST_Q = 64
@@ -138,7 +139,7 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     be chosen for what columns do not already cover (the sink, above all)."""
     batch, _, n, d = q.shape
     group = q.shape[1] // k.shape[1]
-    heads = torch.as_tensor(head_ids, device=q.device)
+    heads = device_list(head_ids, q.device)
     last = lines.pos.shape[1]  # the rows of all heads first (small), then the heads: q itself is never copied
     rows = q.gather(2, lines.pos[:, None, :, None].expand(batch, q.shape[1], last, d)).index_select(1, heads)
     # Key rows picked straight from K viewed as [B, Hkv * N, D]: no per-query-head copy of K.

@@ -14,6 +14,7 @@ blocks or heads, no shape that depends on data: capacities come from the set wid
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -32,6 +33,18 @@ class BlockSets:
     absolute: torch.Tensor  # int64 [B, H, Ka] (or [B, H, M, Ka]: per query block), INVALID = unused
     columns: torch.Tensor  # int64 [B, H, Kc], INVALID = unused
     full_rows: torch.Tensor | None = None  # bool [B, H, M]
+
+
+def device_list(values, device, dtype=torch.long) -> torch.Tensor:
+    """A small host list (head ids, per-head sizes) as a device tensor, cached and never modified.
+    ``torch.tensor(list, device="cuda")`` copies synchronously: the host would wait for the GPU
+    queue in every layer, and the per-layer path must not sync."""
+    return _device_list(tuple(int(v) for v in values), torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _device_list(values: tuple, device: torch.device, dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def empty_sets(batch, heads, device) -> BlockSets:

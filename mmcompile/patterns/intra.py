@@ -18,7 +18,7 @@ import torch
 from mmcompile.kernels.index_factories import grid_order
 
 from . import estimate
-from .index_builder import FAR, INVALID, BlockSets
+from .index_builder import FAR, INVALID, BlockSets, device_list
 from .specs import AShape, BlockSparse, Dense, Grid, VerticalSlash
 
 FORCED_SINK_COLUMNS = 30
@@ -39,7 +39,7 @@ def a_shape_sets(patterns: list[AShape], batch, n, block_n, device) -> BlockSets
 def _a_shape_sets(patterns: tuple, batch, n, block_n, device) -> BlockSets:
     local_list = [_ceil_div(p.local, block_n) for p in patterns]  # sizes stay on the host: no sync
     sink_list = [_ceil_div(p.sink, block_n) for p in patterns]
-    local, sink = torch.tensor(local_list, device=device), torch.tensor(sink_list, device=device)
+    local, sink = device_list(local_list, device), device_list(sink_list, device)
     rel = torch.arange(-max(local_list), 0, device=device)
     rel = torch.where(rel[None, :] >= -local[:, None], rel, FAR)
     ab = torch.arange(max(sink_list), device=device)
@@ -110,7 +110,7 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     (``estimate.column_slash``); it is removed before blocks are ranked."""
     device = lines.vertical.device
     want_list = [min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns]
-    want_cols = torch.tensor(want_list, device=device)
+    want_cols = device_list(want_list, device)
     columns = column_scores(lines, n).topk(max(want_list), dim=-1).indices
     columns = torch.where(torch.arange(columns.shape[-1], device=device) < want_cols[:, None], columns, INVALID)
     slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
@@ -118,7 +118,7 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     forced = _ceil_div(FORCED_LOCAL_DIAGONALS, block_n)  # row r' = 0 reaches offset 100 in block t = ceil(100 / BN)
     mass[..., :forced] = float("inf")
     blocks_list = [min(mass.shape[-1], max(p.slash_blocks, forced)) for p in patterns]
-    want_blocks = torch.tensor(blocks_list, device=device)
+    want_blocks = device_list(blocks_list, device)
     blocks = mass.topk(max(blocks_list), dim=-1).indices + 1  # t: blocks before the diagonal
     rel = torch.where(torch.arange(blocks.shape[-1], device=device) < want_blocks[:, None], -blocks, FAR)
     return BlockSets(rel, torch.empty_like(columns[..., :0]), columns)

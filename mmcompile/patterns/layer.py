@@ -22,7 +22,7 @@ from mmcompile.kernels import dense_attention_forward, sparse_attention_forward
 
 from . import estimate, intra
 from .boundary2d import boundary2d_index, pair_pattern
-from .index_builder import BlockSets, build_index, empty_sets, stack_heads
+from .index_builder import BlockSets, build_index, device_list, empty_sets, stack_heads
 from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
@@ -116,7 +116,7 @@ def attend(q, k, v, indexes, scale: float | None = None):
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     for head_ids, index in indexes:
-        ids = torch.tensor(head_ids, dtype=torch.int32, device=q.device)
+        ids = device_list(head_ids, q.device, torch.int32)
         if index is None:
             dense_attention_forward(q, k, v, scale, head_ids=ids, out=out, lse=lse)
         else:
@@ -172,7 +172,7 @@ def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: For
         if len(set(patterns)) > 1:
             return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])
         group = estimates.q.shape[1] // estimates.k.shape[1]
-        kv_heads = torch.tensor([h // group for h in head_ids], device=device)
+        kv_heads = device_list([h // group for h in head_ids], device)
         return intra.block_sparse_sets(patterns[0], estimates.q[:, head_ids], estimates.k, kv_heads, n,
                                        ctx.block_m, ctx.block_n)
     raise TypeError(f"pattern {patterns[0]!r} is not an original-order pattern")
@@ -192,7 +192,7 @@ def _plain_index(head_ids: list[int], heads: Sequence[HeadPattern], estimates: E
             patterns = [selectors_of[i].get(selector) for i in positions]
             parts.append(_sets_for(kind, patterns, [head_ids[i] for i in positions], selector, estimates, ctx))
             placed += positions
-        back = torch.tensor(placed, device=estimates.q.device).argsort()
+        back = device_list(sorted(range(len(placed)), key=placed.__getitem__), estimates.q.device)
         entries.append((None if selector == "*" else ctx.present[selector], _heads_of(stack_heads(parts), back)))
     return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
 
