@@ -129,11 +129,11 @@ def _sparse_attention_fwd(
 ):
     # Longest (last) query blocks first: with causal work that shrinks the tail of the launch.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # head * head stride passes 2**31 at 1M tokens, 28 heads
     b = bh // heads_run
     h = bh % heads_run  # head of the index (and of its orders)
     if HAS_HEAD_IDS:  # the launch covers a subset of the query heads
-        h_q = tl.load(HeadIds + h)
+        h_q = tl.load(HeadIds + h).to(tl.int64)
     else:
         h_q = h
     h_kv = h_q // group

@@ -1,5 +1,8 @@
 """layer_attention on a GPU in bf16 against a float32 reference of the same indexes."""
 
+import traceback
+import warnings
+
 import pytest
 import torch
 
@@ -86,9 +89,23 @@ def test_plan_driven_layer_makes_no_host_sync():
              HeadPattern("none", (("*", VerticalSlash(50, 16)),))]
     layer_attention(q, k, v, heads, ctx)  # first call: Triton compiles, caches fill
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = layer_attention(q, k, v, heads, ctx)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    with warnings.catch_warnings(record=True) as caught:  # every synchronizing call, with its line
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = layer_attention(q, k, v, heads, ctx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    # Only the debug mode's own reports count (setting the mode warns too, from torch.cuda).
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "called a synchronizing CUDA operation" in str(w.message)]
+    if syncs:  # again, raising at the first one, for the whole Python stack
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer_attention(q, k, v, heads, ctx)
+            stack = ""
+        except RuntimeError:
+            stack = traceback.format_exc()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        pytest.fail(f"synchronizing calls at {syncs}\n{stack}")
     assert torch.isfinite(out).all()

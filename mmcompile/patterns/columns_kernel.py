@@ -26,8 +26,8 @@ def _compact_columns_kernel(Values, Bits, Present, Blocks, BlockCount, Out, OutC
                             stride_ob, stride_oh, stride_om,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
                             SEARCH_STEPS: tl.constexpr, CAUSAL: tl.constexpr):
-    m = tl.program_id(0)
-    bh = tl.program_id(1)
+    m = tl.program_id(0).to(tl.int64)  # output offsets pass 2**31 at 1M tokens with 28 heads
+    bh = tl.program_id(1).to(tl.int64)
     b = bh // heads
     h = bh % heads
     lo = m * BLOCK_M

@@ -39,7 +39,9 @@ class LineScores:
     def heads(self, ids: list[int]) -> "LineScores":
         if ids == list(range(self.vertical.shape[1])):
             return self
-        return dataclasses.replace(self, vertical=self.vertical[:, ids], slash=self.slash[:, ids], lse=self.lse[:, ids])
+        index = device_list(ids, self.vertical.device)  # a list index would copy it synchronously
+        pick = (lambda t: t.index_select(1, index))
+        return dataclasses.replace(self, vertical=pick(self.vertical), slash=pick(self.slash), lse=pick(self.lse))
 
     @property
     def rows(self) -> torch.Tensor:

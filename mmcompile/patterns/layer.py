@@ -173,7 +173,8 @@ def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: For
             return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])
         group = estimates.q.shape[1] // estimates.k.shape[1]
         kv_heads = device_list([h // group for h in head_ids], device)
-        return intra.block_sparse_sets(patterns[0], estimates.q[:, head_ids], estimates.k, kv_heads, n,
+        queries = estimates.q.index_select(1, device_list(head_ids, device))
+        return intra.block_sparse_sets(patterns[0], queries, estimates.k, kv_heads, n,
                                        ctx.block_m, ctx.block_n)
     raise TypeError(f"pattern {patterns[0]!r} is not an original-order pattern")
 
