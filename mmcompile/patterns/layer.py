@@ -3,11 +3,12 @@
 Heads are grouped by how the kernel must address them: heads in original order (A-shape, VS,
 block-sparse; Q-boundary heads too, whose per-modality sets are combined per query block), grid
 heads (their own permutation), 2D-Boundary heads (the modality-major permutation, boundary2d.py)
-and dense heads (the dense path). One kernel launch per group
-writes into one output. Estimation runs once per query modality for all heads; heads whose
-pattern has the same type are indexed together even when their sizes differ, so the only Python
-loops run over pattern types and modalities, never over data. Q-boundary is supported for
-original-order patterns; a grid pattern in a Q-boundary head is applied to all its queries.
+and dense heads (the dense path). One kernel launch per group writes into one output. No host
+sync: small host lists reach the GPU through ``device_list``. Estimation runs once per query
+modality for all heads; heads whose pattern has the same type are indexed together even when
+their sizes differ, so the only Python loops run over pattern types and modalities, never over
+data. Q-boundary is supported for original-order patterns; a grid pattern in a Q-boundary head is
+applied to all its queries.
 """
 
 from __future__ import annotations
