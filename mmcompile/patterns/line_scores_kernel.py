@@ -41,6 +41,20 @@ def _tile_scores(q, K, kv_base, keys, stride_kn, offs_d, n, scale, pos, row_ok, 
 
 
 @triton.jit
+def _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
+    """Sample b's estimation rows for head h: (exists, valid, positions, q rows [ROWS, BLOCK_D])."""
+    offs_l = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    exists = offs_l < rows
+    pos = tl.load(Pos + b * stride_pb + offs_l, mask=exists, other=0)
+    row_ok = exists & (tl.load(Valid + b * stride_pb + offs_l, mask=exists, other=0) != 0)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    return exists, row_ok, pos, q
+
+
+@triton.jit
 def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
                       n, scale, head0, heads, group, rows, splits,
                       stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
@@ -54,11 +68,8 @@ def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
     h = head0 + bh % heads
     offs_l = tl.arange(0, ROWS)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_l < rows
-    pos = tl.load(Pos + b * stride_pb + offs_l, mask=row_ok, other=0)
-    row_ok &= tl.load(Valid + b * stride_pb + offs_l, mask=row_ok, other=0) != 0
-    q = tl.load(Q + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    _, row_ok, pos, q = _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
+                                         HEAD_DIM, BLOCK_D, ROWS)
     kv_base = b * stride_kb + (h // group) * stride_kh
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
@@ -91,11 +102,8 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical,
     h = head0 + local
     offs_l = tl.arange(0, ROWS)
     offs_d = tl.arange(0, BLOCK_D)
-    exists = offs_l < rows
-    pos = tl.load(Pos + b * stride_pb + offs_l, mask=exists, other=0)
-    row_ok = exists & (tl.load(Valid + b * stride_pb + offs_l, mask=exists, other=0) != 0)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + pos[:, None] * stride_qn + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    exists, row_ok, pos, q = _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
+                                              HEAD_DIM, BLOCK_D, ROWS)
     lse = tl.load(Lse + bh * ROWS + offs_l)
     keys = tile * BLOCK_K + tl.arange(0, BLOCK_K)
     s = _tile_scores(q, K, b * stride_kb + (h // group) * stride_kh, keys, stride_kn, offs_d, n, scale, pos,
