@@ -4,11 +4,13 @@ Installed as ``mmcompile.kernels``; imports only torch and triton.
 """
 
 from .reference import dense_attention_reference, index_to_mask, sparse_attention_reference
-from .sparse_attention_fwd import dense_attention_forward, interpreting, sparse_attention_forward
+from .placement import attention_kernel_supports, interpreting, triton_runs_on
+from .sparse_attention_fwd import dense_attention_forward, sparse_attention_forward
 from .sparse_index import SparseIndex, check_index, check_inputs
 
 __all__ = [
     "SparseIndex", "check_index", "check_inputs",
-    "sparse_attention_forward", "dense_attention_forward", "interpreting",
+    "sparse_attention_forward", "dense_attention_forward",
+    "interpreting", "triton_runs_on", "attention_kernel_supports",
     "sparse_attention_reference", "dense_attention_reference", "index_to_mask",
 ]

@@ -23,20 +23,15 @@ Caveats:
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .placement import interpreting, triton_runs_on
 from .sparse_index import SparseIndex, check_index, check_inputs
 
 LOG2E = 1.4426950408889634
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -244,7 +239,7 @@ DENSE_BLOCK_M, DENSE_BLOCK_N = 128, 128
 
 def _prepare(q, k, v, scale):
     check_inputs(q, k, v)
-    if q.device.type != "cuda" and not interpreting():
+    if not triton_runs_on(q):
         raise RuntimeError("the Triton attention kernel needs a CUDA device, or TRITON_INTERPRET=1 set "
                            "before mmcompile is imported to run it on the CPU")
     # The kernel addresses the last dim with unit stride.

@@ -52,6 +52,21 @@ class SparseIndex:
     def num_query_blocks(self) -> int:
         return self.block_count.shape[2]
 
+    def density(self, n: int) -> torch.Tensor:
+        """float32 [B, H]: the (query, key) pairs the kernel evaluates in a prefill of ``n`` tokens
+        over the ``n (n + 1) / 2`` causal pairs. The one definition of density in mmcompile.
+
+        Each query block counts its diagonal block's causal triangle, ``block_n`` keys per listed
+        block and one per listed column, for each of its rows. Exact when listed entries lie before
+        the diagonal block in original order (what the builders produce); with orders it counts
+        evaluated pairs, a few of which the causal test then drops. Reads counts only: O(B H M),
+        on the index's device, no host sync."""
+        m = torch.arange(self.num_query_blocks, device=self.block_count.device)
+        rows = (n - m * self.block_m).clamp(min=0, max=self.block_m).to(torch.float64)
+        listed = self.block_count.to(torch.float64) * self.block_n + self.column_count.to(torch.float64)
+        pairs = (listed * rows).sum(-1) + (rows * (rows + 1) / 2).sum()
+        return (pairs / (n * (n + 1) / 2)).to(torch.float32)
+
     def tensors(self) -> tuple:
         """The index as the flat argument tuple of the ``torch.ops.mminference`` ops."""
         return (self.block_count, self.block_offset, self.column_count, self.column_index,
@@ -79,6 +94,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    if q.device.type == "meta":
+        raise ValueError("q, k, v are meta tensors (no data): the attention kernels need real tensors")
     if k.shape != v.shape:
         raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
@@ -91,7 +108,9 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 def check_index(index: SparseIndex, q: torch.Tensor, k: torch.Tensor, check_values: bool = True) -> None:
     """Raise a ValueError if ``index`` does not fit q and k. ``check_values`` reads the index
-    (a host sync): off in the per-layer hot path, on in the public API and in tests."""
+    (host syncs, O(capacity log capacity) per query block): counts within capacity, entries in
+    range, orders that are permutations, no key listed twice. Off only in the per-layer hot path,
+    whose builders produce valid indexes by construction (their tests check them with it on)."""
     batch, heads, n_q = q.shape[0], q.shape[1], q.shape[2]
     n_k = k.shape[2]
     if index.block_m not in SUPPORTED_BLOCK_SIZES or index.block_n not in SUPPORTED_BLOCK_SIZES:
@@ -137,9 +156,42 @@ def _check_values(index: SparseIndex, n_q: int, n_k: int) -> None:
     columns = index.column_index[slots < index.column_count[..., None]]
     if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= n_k):
         raise ValueError(f"column_index must lie in [0, {n_k}), got [{int(columns.min())}, {int(columns.max())}]")
+    _check_distinct(index, n_k)
     for name, order, n in (("q_order", index.q_order, n_q), ("k_order", index.k_order, n_k)):
         if order is None:
             continue
         if not torch.equal(order.sort(dim=-1).values.long(),
                            torch.arange(n, device=order.device).expand(order.shape)):
             raise ValueError(f"{name} must be a permutation of 0..{n - 1} for every (batch, head)")
+
+
+def _check_distinct(index: SparseIndex, n_k: int) -> None:
+    """No key slot listed twice for one query block outside its diagonal block (the kernel would
+    count it twice): blocks that overlap, a column listed twice, a column inside a listed block.
+    Sorted lists and neighbour comparisons: O(capacity log capacity), never O(N) per block."""
+    bn, big = index.block_n, n_k + 4 * index.block_n + 4 * index.block_m  # big: an unlisted entry
+    m = torch.arange(index.num_query_blocks, device=index.block_count.device)
+    diag_lo, diag_hi = (m * index.block_m)[:, None], ((m + 1) * index.block_m)[:, None]
+
+    def outside_diag(lo, hi):  # [lo, hi) is not wholly inside the diagonal block of its query block
+        return (lo < diag_lo) | (hi > diag_hi)
+
+    def listed(values, count):
+        slots = torch.arange(values.shape[-1], device=values.device)
+        return torch.where(slots < count[..., None], values.long(), big).sort(-1).values
+
+    blocks = listed(index.block_offset, index.block_count)
+    prev, nxt = blocks[..., :-1], blocks[..., 1:]
+    overlap = (nxt < big) & (nxt < prev + bn) & outside_diag(nxt, torch.minimum(prev + bn, nxt + bn))
+    columns = listed(index.column_index, index.column_count)
+    twice = (columns[..., 1:] < big) & (columns[..., 1:] == columns[..., :-1]) & \
+        outside_diag(columns[..., 1:], columns[..., 1:] + 1)
+    at = (torch.searchsorted(blocks.contiguous(), columns.contiguous(), right=True) - 1).clamp(min=0)
+    start = blocks.gather(-1, at)
+    inside = (columns < big) & (start <= columns) & (columns < start + bn) & outside_diag(columns, columns + 1)
+    for what, bad in (("overlapping key blocks", overlap), ("a key column twice", twice),
+                      ("a key column inside a listed key block", inside)):
+        if bool(bad.any()):
+            b, h, mb = bad.nonzero()[0, :3].tolist()
+            raise ValueError(f"index lists {what} for batch {b}, head {h}, query block {mb}: "
+                             "entries of one query block must be distinct keys")

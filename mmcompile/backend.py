@@ -69,14 +69,10 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
     """Rewrite a copy of ``gm`` (falling back to ``gm`` itself on an internal error), record it in
     ``report``, then compile it with Inductor or return it as is (``debug_uncompiled``)."""
     import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.* for the compiled graph)
-    from mmcompile.prefill_op import RuntimeConfig, register_runtime_config
+    from mmcompile.runtime import track
 
-    key = f"mminference-{next(_serial)}"
-    runtime = RuntimeConfig(min_sparse_len=config.min_sparse_len, sink=config.sink, local=config.local,
-                            force_dense=config.force_dense, policy=config.policy, density=config.density)
-    register_runtime_config(key, runtime)
-    graph = GraphReport(index=len(report.graphs), compile_id=_compile_id(), config_key=key,
-                        stats=runtime.stats)
+    tag = f"mminference-{next(_serial)}"  # routes the statistics of this graph's ops to its report
+    graph = GraphReport(index=len(report.graphs), compile_id=_compile_id(), tag=tag, stats=track(tag))
     report.graphs.append(graph)
     dump = GraphDump(config.dump_dir, graph)
     work = _rewrite(gm, config, graph, dump)
@@ -110,7 +106,7 @@ def _publishing_layout(gm: fx.GraphModule, compiled):
         return compiled
 
     def run(*args):  # Dynamo calls the backend's callable with the graph inputs unpacked
-        if found.input_ids is not None:  # first: a graph without compares starts a new forward (clears)
+        if found.input_ids is not None:  # first: a graph without compares begins a new forward
             annotate.publish_input_ids(args[found.input_ids], found.tokens)
         if found.mm_token_type_ids is not None:
             annotate.publish_mm_token_type_ids(args[found.mm_token_type_ids])
@@ -129,7 +125,7 @@ def _rewrite(gm: fx.GraphModule, config: BackendConfig, graph: GraphReport, dump
     stage = "copy"
     try:
         work = _copy(gm)
-        passes.state(work)["config_key"] = graph.config_key
+        passes.state(work)["op_options"] = config.runtime_options(graph.tag).op_kwargs()
         dump.code("original", work)
         for stage in passes.PIPELINE:
             graph.passes.append(getattr(passes, stage)(work, config))

@@ -13,8 +13,9 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
+from mmcompile.runtime.options import POLICIES, RuntimeOptions
+
 DUMP_DIR_ENV = "MMINFERENCE_DUMP_DIR"
-POLICIES = ("online", "a-shape")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,8 @@ class BackendConfig:
     the ``MMINFERENCE_DUMP_DIR`` environment variable; ``None`` writes nothing."""
 
     strict: bool = False
-    """Re-raise an internal error of a pass instead of warning and compiling the unmodified graph."""
+    """Re-raise an internal error of a pass instead of warning and compiling the unmodified graph,
+    and at run time an error of the sparse path instead of running that call dense."""
 
     debug_uncompiled: bool = False
     """Return the rewritten graph's ``forward`` (run by Python) instead of compiling it with
@@ -75,6 +77,13 @@ class BackendConfig:
                 raise ValueError(f"option {name!r} must be a bool, got {getattr(self, name)!r}")
         if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
             raise ValueError(f"option 'dump_dir' must be a path, got {self.dump_dir!r}")
+
+
+    def runtime_options(self, tag: str = "") -> RuntimeOptions:
+        """What every rewritten op of a graph compiled with this config receives as arguments."""
+        return RuntimeOptions(min_sparse_len=self.min_sparse_len, policy=self.policy, density=self.density,
+                              sink=self.sink, local=self.local, force_dense=self.force_dense,
+                              strict=self.strict, tag=tag)
 
 
 def valid_keys() -> list[str]:

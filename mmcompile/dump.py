@@ -5,8 +5,8 @@ Usage: mminference dump [--tokens 8192] [--layout video|mixed|text] [--heads 8/2
 
 Writes, for one layer of planted-structure inputs on the standard layout, one PNG per sparse head
 (``mmcompile.debug``: visited blocks in the order the kernel walks them) and ``patterns.md`` (per
-head: planted kind, chosen pattern per query modality, density). Index building only: no kernel
-runs, so it is quick on a CPU.
+head: planted kind, chosen pattern per query modality, density). The layer runs whole (``layer_attention``:
+estimation, choice, index, kernel), as the op runs it.
 """
 
 from __future__ import annotations
@@ -31,26 +31,18 @@ def main(argv=None) -> None:
 def dump(tokens: int, layout_kind: str, heads: str, density: float, out: str) -> list[str]:
     """Writes the pictures and the table; returns the lines of the table."""
     from mmcompile.debug import write_mask_pictures
-    from mmcompile.patterns import forward_context
-    from mmcompile.patterns.fidelity import index_density
-    from mmcompile.patterns.layer import Estimates, build_layer_indexes
+    from mmcompile.patterns import forward_context, layer_attention
     from mmcompile.patterns.planted import planted_qkv, standard_layout
-    from mmcompile.patterns.policy import choose_patterns
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     heads_q, heads_kv = (int(x) for x in heads.split("/"))
     layout = standard_layout(layout_kind, tokens)
     n = layout.length
-    q, k, _, kinds = planted_qkv(layout, heads_q, heads_kv, 64, device)
+    q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, 64, device)
     ctx = forward_context(layout, n, 1, device)
-    estimates = Estimates(q, k, ctx, 64 ** -0.5)
-    patterns = choose_patterns(q, k, ctx, density=density, estimates=estimates)
-    indexes = build_layer_indexes(q, k, patterns, ctx, estimates=estimates)
-    paths = write_mask_pictures(indexes, n, out)
-    density_of = {}
-    for ids, index in indexes:
-        dens = [1.0] * len(ids) if index is None else index_density(index, n).tolist()
-        density_of.update(zip(ids, dens))
+    result = layer_attention(q, k, v, ctx, density=density)
+    patterns, density_of = result.patterns, result.head_density.tolist()
+    paths = write_mask_pictures(result.indexes, n, out)
     lines = [f"# {layout_kind} layout, {n} tokens, heads {heads}, budget {density}", "",
              "| head | planted | chosen | density | picture |", "|---|---|---|---|---|"]
     for h, pattern in enumerate(patterns):

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from typing import Optional
 
-from mmcompile.prefill_op import RuntimeStats
+from mmcompile.runtime import RuntimeStats
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class _EntryViews:
 class GraphReport(_EntryViews):
     index: int
     compile_id: str
-    config_key: str
+    tag: str  # the ``tag`` argument of this graph's ops: routes their statistics here
     stats: RuntimeStats
     entries: list = dataclasses.field(default_factory=list)
     passes: list = dataclasses.field(default_factory=list)  # PassResult of each pass that ran
     fallback: Optional[str] = None  # "pass: error" when the unmodified graph was compiled
 
     def table(self) -> str:
-        head = f"### graph {self.index} (compile id {self.compile_id}, config {self.config_key})\n\n"
+        head = f"### graph {self.index} (compile id {self.compile_id}, tag {self.tag})\n\n"
         if self.fallback:
             head += f"**fallback**: compiled the unmodified graph after `{self.fallback}`\n\n"
         if not self.entries:
@@ -112,7 +112,7 @@ class Report(_EntryViews):
         return {
             "sparse_calls": sum(s.sparse_calls for s in stats),
             "dense_calls": sum(s.dense_calls for s in stats),
-            "reasons": sum((s.reasons for s in stats), collections.Counter()),
+            "reasons": sum((s.reasons for s in stats), collections.Counter()),  # DenseReason -> calls
             "mean_sparse_density": sum(sparse) / len(sparse) if sparse else None,
             "records": records,
         }
@@ -127,13 +127,21 @@ class Report(_EntryViews):
         lines = [f"## mminference report: {len(self.graphs)} graphs, {len(self.entries)} attention nodes, "
                  f"{len(self.rewritten)} rewritten, {len(self.skipped)} skipped\n",
                  f"runtime: {rt['sparse_calls']} sparse calls (mean density {density}), "
-                 f"{rt['dense_calls']} dense calls {dict(rt['reasons'])}\n"]
+                 f"{rt['dense_calls']} dense calls {_reasons(rt['reasons'])}\n"]
         layouts = dict.fromkeys((r.layout.source, r.layout.geometry, tuple(r.layout.tokens.items()),
                                  r.layout.frame_stride) for r in rt["records"] if r.layout is not None)
         lines += [f"layout: {source}; frame geometry: {geometry}; tokens {dict(tokens)}; frame stride {stride}\n"
                   for source, geometry, tokens, stride in layouts]
         lines += [g.table() for g in self.graphs if g.entries or g.fallback]
         return "\n".join(lines)
+
+
+def _reasons(counter) -> dict:
+    return {reason.value: calls for reason, calls in counter.items()}
+
+
+def _reasons(counter) -> dict:
+    return {reason.value: calls for reason, calls in counter.items()}
 
 
 _LAST = Report()

@@ -50,5 +50,6 @@ class AttentionSite:
 
 
 def state(gm: fx.GraphModule) -> dict:
-    """The per-graph scratch space of the pipeline: config key, attention sites."""
-    return gm.meta.setdefault(META_KEY, {"config_key": "default", "sites": []})
+    """The per-graph scratch space of the pipeline: the rewritten ops' keyword arguments (the
+    run-time options, ``RuntimeOptions.op_kwargs``; defaults when absent), attention sites."""
+    return gm.meta.setdefault(META_KEY, {"op_options": {}, "sites": []})

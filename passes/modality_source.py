@@ -1,7 +1,7 @@
 """Decides where each matched attention call gets its modality layout from (no rewrite yet).
 
-In the graph every call gets ``modality_ids=None`` and the report says "none (text-only)"; the
-layout arrives at run time instead, and the op records its source per call:
+In the graph every call gets ``modality_ids=None`` and the report says "at run time"; the layout
+arrives at run time instead (text-only when none arrives), and the op records its source per call:
   * an explicit annotation (``mmcompile.annotate.modality``: ids or a whole ``ModalityLayout``);
   * a layout published by the graphs of the same forward: ``modality_inputs`` finds, in any graph,
     the placeholders that carry modality information, and the backend wraps that graph's compiled
@@ -14,7 +14,7 @@ What ``modality_inputs`` reads (placeholders by name; HF VLMs split these over s
     ``video_token_index`` / ``audio_token_id``: what the model compares with), else from the node
     name (``special_image_mask``, ``special_video_mask``, ...), else VIDEO (visual, kind unknown).
     A graph that reads ``input_ids`` without comparing (the embedding lookup that opens every HF
-    forward) starts a new forward: everything published before is cleared;
+    forward) begins a new forward (``mmcompile.runtime.begin_forward``): nothing published yet;
   * ``mm_token_type_ids``: the modality ids themselves (preferred to the compares);
   * ``image_grid_thw`` / ``video_grid_thw`` (Qwen's ``get_image_features`` / ``get_video_features``
     graphs; ``grid_thw`` of the vision tower is not told image from video and is not read), with
@@ -36,7 +36,7 @@ import torch.fx as fx
 
 from ._types import PassResult, state
 
-TEXT_ONLY = "none (text-only)"
+AT_RUN_TIME = "at run time (annotation or published inputs; else text-only)"
 IMAGE, VIDEO, AUDIO = 1, 2, 3  # mmcompile.patterns.layout's ids (passes do not import the patterns)
 _ROLES = {"image": IMAGE, "video": VIDEO, "audio": AUDIO}
 
@@ -44,8 +44,8 @@ _ROLES = {"image": IMAGE, "video": VIDEO, "audio": AUDIO}
 def modality_source(gm: fx.GraphModule, config) -> PassResult:
     matched = [s for s in state(gm)["sites"] if s.status == "matched"]
     for site in matched:
-        site.modality, site.modality_source = None, TEXT_ONLY
-    return PassResult("modality_source", changed=False, counts={TEXT_ONLY: len(matched)})
+        site.modality, site.modality_source = None, AT_RUN_TIME
+    return PassResult("modality_source", changed=False, counts={"at run time": len(matched)})
 
 
 @dataclasses.dataclass(frozen=True)

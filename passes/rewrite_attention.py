@@ -9,8 +9,12 @@ Before (HF under torch.compile with an all-ones attention_mask)::
                                                             dropout_p=0.0, scale=0.177, is_causal=False)
 After::
 
-    attn_output = torch.ops.mminference.prefill_attention.default(q, keys, values, None, 0, 0.177,
-                                                                  'mminference-3', key_padding_mask=l_attention_mask_)
+    attn_output = torch.ops.mminference.prefill_attention.default(q, keys, values, None, l_attention_mask_,
+                                                                  0, 0.177, min_sparse_len=32768, policy='online',
+                                                                  ..., tag='mminference-3')
+
+Every run-time option is a keyword argument of the node (``RuntimeOptions.op_kwargs``): the graph
+means the same in any process.
 
 The new node gets a fresh fake value (contiguous, from the op's fake), never the SDPA node's meta:
 SDPA's value carries other strides and Inductor asserts on the mismatch.
@@ -21,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-import mmcompile.prefill_op  # noqa: F401  (registers torch.ops.mminference.prefill_attention)
+import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.prefill_attention)
 
 from ._fx import erase_dead, fake
 from ._types import PassResult, state
@@ -47,10 +51,9 @@ def rewrite_attention(gm: fx.GraphModule, config) -> PassResult:
         if site.status != "matched":
             continue
         old = site.node
-        kwargs = {"key_padding_mask": site.key_padding} if site.key_padding is not None else {}
         with graph.inserting_before(old):
-            new = graph.call_function(op, (site.q, site.k, site.v, site.modality, int(site.layer),
-                                           float(site.scale), st["config_key"]), kwargs)
+            new = graph.call_function(op, (site.q, site.k, site.v, site.modality, site.key_padding,
+                                           int(site.layer), float(site.scale)), dict(st["op_options"]))
         new.meta.update({k: old.meta[k] for k in _COPIED_META if k in old.meta})
         _fresh_value(new, old, site)
         old.replace_all_uses_with(new)

@@ -1,6 +1,6 @@
 """Test settings: the Triton interpreter on CPU-only machines (set before any kernel module is
-imported), no hub access, Dynamo and the published modality layout reset between tests, and the
-``gpu`` marker."""
+imported), no hub access, Dynamo and the forward state (published modality layout) fresh for each
+test, and the ``gpu`` marker."""
 
 import os
 
@@ -27,9 +27,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _reset_dynamo():
-    from mmcompile import annotate
+    from mmcompile.runtime import ForwardState, forward_scope
 
     torch._dynamo.reset()
-    annotate._published.clear()  # a layout one test's forward published must not reach the next
-    yield
+    with forward_scope(ForwardState()):  # a layout one test's forward published must not reach the next
+        yield
     torch._dynamo.reset()

@@ -11,8 +11,7 @@ from typing import Sequence
 
 import torch
 
-from mmcompile.patterns.layer import Estimates, ForwardContext, attend, build_layer_indexes
-from mmcompile.patterns.policy import choose_patterns
+from mmcompile.patterns.layer import ForwardContext, layer_attention
 from mmcompile.patterns.specs import HeadPattern
 
 from .comm import heads_to_seq, rank_world, seq_to_heads
@@ -22,14 +21,10 @@ from .shards import head_shard, slice_plan
 def rank_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
                    density: float = 0.1, scale: float | None = None):
     """The layer op on the heads held here (whole sequence): ``patterns`` (one per local query head)
-    or, if None, the online choice for these heads. Returns (out, patterns used). The estimate is
-    shared by the choice and the index builders, as a single device does it."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates = Estimates(q, k, ctx, scale)
-    if patterns is None:
-        patterns = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates)
-    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
-    return attend(q, k, v, indexes, scale), list(patterns)
+    or, if None, the online choice for these heads. Returns (out, patterns used): the single-device
+    ``layer_attention`` on these heads."""
+    result = layer_attention(q, k, v, ctx, patterns, density=density, scale=scale)
+    return result.out, list(result.patterns)
 
 
 def ulysses_attention(q, k, v, ctx: ForwardContext, plan: Sequence[HeadPattern] | None = None, *,

@@ -14,6 +14,8 @@ import dataclasses
 
 import torch
 
+from mmcompile.kernels import triton_runs_on
+
 from . import line_scores_kernel
 from .index_builder import device_list
 from .layout import PAD
@@ -81,10 +83,10 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     causal masking to the keys from there on. ``consecutive`` (``rows_are_consecutive``): row l is
     at pos[:, 0] - l, so the slash sums are read off a skewed view of the softmax instead of a
     gathered copy; K then gets L zero rows so that the skew never reads a neighbouring row's keys.
-    ``use_kernel`` (default: on a GPU): softmax, column sums and log-sum-exp by the Triton passes of
+    ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column sums and log-sum-exp by the Triton passes of
     ``line_scores_kernel`` (fp32 scores), the slash sums from their probabilities as here.
     """
-    if q.is_cuda if use_kernel is None else use_kernel:
+    if triton_runs_on(q) if use_kernel is None else use_kernel:
         return _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive)
     batch, heads_q, n, d = q.shape
     heads_kv, last = k.shape[1], pos.shape[1]

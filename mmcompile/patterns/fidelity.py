@@ -1,8 +1,7 @@
 """Fidelity of sparse attention against dense float32 attention, per head, on sampled query rows.
 
 Metrics (BENCHMARKING.md): attention-mass recall (share of each row's dense softmax mass inside the
-computed mask), output relative error and cosine similarity, and density (computed area over the
-causal area, from the index). Rows are sampled so the cost is O(rows * N), never O(N^2).
+computed mask), output relative error and cosine similarity, and density (``SparseIndex.density``). Rows are sampled so the cost is O(rows * N), never O(N^2).
 """
 
 from __future__ import annotations
@@ -65,12 +64,8 @@ def head_fidelity(q, k, v, out, masks: torch.Tensor, rows: torch.Tensor, scale=N
 
 
 def index_density(index: SparseIndex, n: int) -> torch.Tensor:
-    """[H] computed area (tiles, diagonal included) over the causal area, batch 0."""
-    bm, bn = index.block_m, index.block_n
-    diag_tiles = -(-bm // bn)
-    tiles = index.block_count[0].long().sum(-1) + diag_tiles * index.block_count.shape[2] + \
-        ((index.column_count[0].long() + bn - 1) // bn).sum(-1)
-    return tiles.float() * bm * bn / (n * (n + 1) / 2)
+    """[H] density of batch 0: ``SparseIndex.density``, the one definition."""
+    return index.density(n)[0]
 
 
 def sample_rows(n: int, count: int, device=None, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-from mmcompile.kernels import SparseIndex
+from mmcompile.kernels import SparseIndex, triton_runs_on
 
 from .columns_kernel import compact_columns
 
@@ -161,7 +161,8 @@ def _merge_column_sets(columns, batch, heads, device):
 
 def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, batch, heads, num_m, device):
     """Per query block, the columns its rows see that no listed block covers: (ids [B,H,M,K], count).
-    On a GPU one Triton kernel (``columns_kernel``); elsewhere ``_columns_reference``."""
+    Where Triton runs (``kernels.triton_runs_on``) one Triton kernel (``columns_kernel``); elsewhere
+    ``_columns_reference``."""
     if not columns:
         z = torch.zeros(batch, heads, num_m, 1, dtype=torch.long, device=device)
         return z, z[..., 0]
@@ -169,7 +170,7 @@ def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, 
     present = torch.zeros(batch, num_m, dtype=torch.long, device=device)
     for i, (rows, _) in enumerate(columns):
         present |= (torch.ones_like(present, dtype=torch.bool) if rows is None else rows).long() << i
-    if values.is_cuda:
+    if triton_runs_on(values):
         return compact_columns(values, bits, present, block_ids, count, n_k, block_m, block_n, causal_slots)
     return _columns_reference(values, bits, present, block_ids, m, block_m, block_n, n_k, causal_slots)
 

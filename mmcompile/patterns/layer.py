@@ -71,12 +71,40 @@ def _last_rows(modality, n, batch, want, device):
     return pos, valid, int(pos.min()) if pos.numel() else n, estimate.rows_are_consecutive(pos, valid)
 
 
-def layer_attention(q, k, v, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
-                    return_index: bool = False):
-    """Sparse causal attention of one layer. Returns out (and the per-group indexes if asked)."""
-    indexes = build_layer_indexes(q, k, heads, ctx, scale)
+@dataclasses.dataclass(frozen=True)
+class LayerResult:
+    """What one layer's sparse attention did: its output, the pattern of each query head, the
+    indexes of its launch groups and the density of each query head (``SparseIndex.density``)."""
+    out: torch.Tensor
+    patterns: tuple  # HeadPattern per query head
+    indexes: list  # [(query head ids, SparseIndex or None for dense heads)]
+    head_density: torch.Tensor  # float32 [Hq] on q's device (1 for dense heads)
+
+
+def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
+                    density: float = 0.1, scale: float | None = None) -> LayerResult:
+    """Sparse causal attention of one layer: estimate -> choose -> index -> attend, the only place
+    these are composed (the op, the distributed path, the CLI and the benchmarks call it).
+    ``patterns``: one per query head (a plan's, a fixed policy's), or None for the online choice
+    (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
+    shared by the choice and the index builders."""
+    from .policy import choose_patterns  # the policy builds on this module
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    estimates = Estimates(q, k, ctx, scale)
+    if patterns is None:
+        patterns = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates)
+    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
     out = attend(q, k, v, indexes, scale)
-    return (out, indexes) if return_index else out
+    return LayerResult(out, tuple(patterns), indexes, _head_density(indexes, q.shape[1], ctx.n, q.device))
+
+
+def _head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
+    density = torch.ones(heads_q, dtype=torch.float32, device=device)
+    for head_ids, index in indexes:
+        if index is not None:
+            density.index_copy_(0, device_list(head_ids, device), index.density(n).mean(0))
+    return density
 
 
 def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,

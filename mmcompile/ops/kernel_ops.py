@@ -4,8 +4,14 @@ Each op is a ``torch.library.custom_op`` with a fake (shape-only) implementation
 AOTAutograd, Inductor and ``torch.export`` keep it as one opaque node. The fake returns a contiguous
 output, matching the kernel's real strides (Inductor asserts on a mismatch).
 
-On a CPU tensor without ``TRITON_INTERPRET=1`` the Triton kernel cannot run: the op then computes
-the same contract with the plain-PyTorch reference (exact, O(N^2) memory) and logs it once.
+On a CPU tensor without ``TRITON_INTERPRET=1`` the Triton kernel cannot run
+(``kernels.triton_runs_on``): the op then computes the same contract with the plain-PyTorch
+reference (exact, O(N^2) memory) and logs it once.
+
+Inputs are checked at the door: shapes, dtypes, devices (meta tensors and mixed devices raise, as
+SDPA does) and, unless ``check_index=False``, the index contents (counts within capacity, entries in
+range, orders that are permutations, no key listed twice; host syncs). The per-layer hot path does
+not come through here: it calls the kernels with indexes its builders make valid by construction.
 """
 
 from __future__ import annotations
@@ -15,22 +21,21 @@ from typing import Optional
 
 import torch
 
+from mmcompile._once import Once
 from mmcompile.kernels import (
-    SparseIndex, dense_attention_forward, dense_attention_reference, interpreting,
-    sparse_attention_forward, sparse_attention_reference,
+    SparseIndex, check_index, check_inputs, dense_attention_forward, dense_attention_reference,
+    sparse_attention_forward, sparse_attention_reference, triton_runs_on,
 )
 
 log = logging.getLogger(__name__)
-_warned_cpu_fallback = False
+_ONCE = Once()
 
 
 def _use_reference(q: torch.Tensor) -> bool:
-    global _warned_cpu_fallback
-    if q.device.type == "cuda" or interpreting():
+    if triton_runs_on(q):
         return False
-    if not _warned_cpu_fallback:
-        log.warning("mminference ops on %s without TRITON_INTERPRET=1: using the PyTorch reference", q.device)
-        _warned_cpu_fallback = True
+    _ONCE.log(log, logging.WARNING, q.device.type,
+              "mminference ops on %s without TRITON_INTERPRET=1: using the PyTorch reference", q.device)
     return True
 
 
@@ -44,11 +49,13 @@ def sparse_attention(
     block_count: torch.Tensor, block_offset: torch.Tensor,
     column_count: torch.Tensor, column_index: torch.Tensor,
     q_order: Optional[torch.Tensor], k_order: Optional[torch.Tensor],
-    block_m: int, block_n: int, scale: float, q_offset: int, k_offset: int,
+    block_m: int, block_n: int, scale: float, q_offset: int, k_offset: int, check_index: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention over a SparseIndex; returns (out [B,Hq,Nq,D], lse [B,Hq,Nq] float32)."""
+    """Causal attention over a SparseIndex; returns (out [B,Hq,Nq,D], lse [B,Hq,Nq] float32).
+    ``check_index=False`` skips the content checks (host syncs) for indexes known valid."""
     index = SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n,
                         q_order, k_order)
+    _check(q, k, v, index, check_index)
     if _use_reference(q):
         return sparse_attention_reference(q, k, v, index, scale, q_offset, k_offset)
     return sparse_attention_forward(q, k, v, index, scale, q_offset, k_offset)
@@ -56,8 +63,13 @@ def sparse_attention(
 
 @sparse_attention.register_fake
 def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order,
-      block_m, block_n, scale, q_offset, k_offset):
+      block_m, block_n, scale, q_offset, k_offset, check_index=True):
     return _fake_outputs(q)
+
+
+def _check(q, k, v, index: SparseIndex, values: bool) -> None:
+    check_inputs(q, k, v)
+    check_index(index, q, k, check_values=values)
 
 
 @torch.library.custom_op("mminference::sparse_attention_reference", mutates_args=())
@@ -68,9 +80,10 @@ def sparse_attention_ref(
     q_order: Optional[torch.Tensor], k_order: Optional[torch.Tensor],
     block_m: int, block_n: int, scale: float, q_offset: int, k_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain-PyTorch reference of ``mminference::sparse_attention`` (same schema)."""
+    """The plain-PyTorch reference of ``mminference::sparse_attention`` (its checks are always on)."""
     index = SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n,
                         q_order, k_order)
+    _check(q, k, v, index, True)
     return sparse_attention_reference(q, k, v, index, scale, q_offset, k_offset)
 
 
@@ -84,6 +97,7 @@ def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                     q_offset: int, k_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense causal attention through the same kernel family (all causal blocks)."""
+    check_inputs(q, k, v)
     if _use_reference(q):
         return dense_attention_reference(q, k, v, scale, q_offset, k_offset)
     return dense_attention_forward(q, k, v, scale, q_offset, k_offset)
@@ -95,7 +109,8 @@ def _(q, k, v, scale, q_offset, k_offset):
 
 
 def sparse_attention_op(q, k, v, index: SparseIndex, scale: float | None = None,
-                        q_offset: int = 0, k_offset: int = 0):
+                        q_offset: int = 0, k_offset: int = 0, check_index: bool = True):
     """Convenience call of ``torch.ops.mminference.sparse_attention`` with a SparseIndex."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return torch.ops.mminference.sparse_attention(q, k, v, *index.tensors(), scale, q_offset, k_offset)
+    return torch.ops.mminference.sparse_attention(q, k, v, *index.tensors(), scale, q_offset, k_offset,
+                                                  check_index)

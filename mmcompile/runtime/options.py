@@ -1,0 +1,47 @@
+"""The options of one rewritten attention call, as the op receives them: plain arguments.
+
+A graph carries them in its ``mminference::prefill_attention`` nodes, so the graph behaves the same
+in a fresh process, after ``torch.export`` and in a cached compile: nothing is looked up by key.
+``tag`` only routes statistics (``stats.py``); it changes no result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+POLICIES = ("online", "a-shape")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """Run-time behaviour of one rewritten layer (the op's keyword arguments, in schema order)."""
+
+    min_sparse_len: int = 32768
+    """Prefills shorter than this run dense."""
+    policy: str = "online"
+    """``"online"``: patterns chosen per head from this input; ``"a-shape"``: ``sink`` + ``local`` for all heads."""
+    density: float = 0.1
+    """Budget cap of the online policy (fraction of the causal area)."""
+    sink: int = 128
+    local: int = 4096
+    force_dense: bool = False
+    strict: bool = False
+    """Re-raise an error of the sparse path instead of running that call dense."""
+    plan: str = ""
+    """Reserved for plan files (issue 12); only ``""`` is accepted today."""
+    tag: str = ""
+    """Routes this call's statistics (``stats_for(tag)``); changes no result."""
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"mminference policy must be one of {POLICIES}, got {self.policy!r}")
+        if not 0 < self.density <= 1:
+            raise ValueError(f"mminference density must lie in (0, 1], got {self.density!r}")
+        if min(self.min_sparse_len, self.sink, self.local) < 0:
+            raise ValueError("mminference min_sparse_len, sink and local must be non-negative")
+        if self.plan:
+            raise ValueError(f"mminference plan {self.plan!r}: plan files are not supported yet")
+
+    def op_kwargs(self) -> dict:
+        """The keyword arguments of ``torch.ops.mminference.prefill_attention`` for these options."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,72 @@
+"""The run time of ``mminference::prefill_attention``: decide, run sparse or dense, record.
+
+An error in the sparse path (layout, estimation, policy, index building, kernel) never aborts the
+user's forward: that call runs dense exactly (SDPA semantics), the error is logged once per kind
+with its cause, and the record says ``SPARSE_FAILED``; ``strict=True`` re-raises instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from mmcompile._once import Once
+
+from .decision import check_prefill_inputs, dense_reason
+from .dense import dense, dense_padded
+from .forward_state import current_forward
+from .options import RuntimeOptions
+from .records import CallRecord, DenseReason
+from .stats import stats_for
+
+log = logging.getLogger(__name__)
+_ONCE = Once()
+
+
+def run_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modality_ids: Optional[torch.Tensor],
+                key_padding_mask: Optional[torch.Tensor], layer: int, scale: float,
+                options: RuntimeOptions) -> torch.Tensor:
+    """Causal (bottom-right) GQA attention of one rewritten layer, dense or sparse per ``options``."""
+    check_prefill_inputs(q, k, v, modality_ids, key_padding_mask)
+    state = current_forward()
+    reason = dense_reason(q, k, v, options, key_padding_mask, state)
+    detail = ""
+    if reason is None:
+        try:
+            out, record = _sparse(q, k, v, modality_ids, layer, scale, options, state)
+            _record(options, record)
+            return out.contiguous()
+        except Exception as e:  # noqa: BLE001 - the user's forward must go on: this call runs dense
+            if options.strict:
+                raise
+            reason, detail = DenseReason.SPARSE_FAILED, f"{type(e).__name__}: {e}"
+            _ONCE.log(log, logging.WARNING, type(e).__name__,
+                      "mminference: sparse attention of layer %s failed (%s); running it dense "
+                      "(options={'strict': True} re-raises)", layer, detail, exc_info=True)
+    if reason is DenseReason.KEY_PADDING:
+        out = dense_padded(q, k, v, scale, key_padding_mask)
+    else:
+        out = dense(q, k, v, scale)
+    _record(options, CallRecord(layer, "dense", reason, detail, q.shape[2], k.shape[2]))
+    return out.contiguous()
+
+
+def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state):
+    from mmcompile.patterns import DEFAULT_BLOCK, AShape, HeadPattern, layer_attention
+
+    layout, source, geometry = state.layout_for_call(q, modality_ids, layer)
+    ctx, summary = state.context(q, layout, source, geometry, DEFAULT_BLOCK)
+    patterns = None  # the online choice, per head and query modality
+    if options.policy == "a-shape":
+        patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
+    result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale)
+    return result.out, CallRecord(layer, "sparse", None, options.policy, q.shape[2], k.shape[2],
+                                  result.head_density, summary, tuple(result.patterns))
+
+
+def _record(options: RuntimeOptions, record: CallRecord) -> None:
+    stats = stats_for(options.tag)
+    if stats is not None:
+        stats.record(record)
