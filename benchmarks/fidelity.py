@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from mmcompile.patterns import forward_context, layer_attention  # noqa: E402
 from mmcompile.patterns.layer import attend, build_layer_indexes  # noqa: E402
-from mmcompile.patterns.fidelity import head_fidelity, index_density, index_row_mask, sample_rows  # noqa: E402
+from mmcompile.patterns.fidelity import head_fidelity, index_row_mask, sample_rows  # noqa: E402
 from mmcompile.patterns.planted import planted_qkv, standard_layout  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 
@@ -43,18 +43,15 @@ def run(args):
     q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, args.head_dim, device, dtype, seed=args.seed)
     block = (128, 64) if cuda else (64, 64)
     ctx = forward_context(layout, args.tokens, 1, device, *block)
-    patterns = choose_patterns(q, k, ctx, density=args.density)
-    out, groups = layer_attention(q, k, v, patterns, ctx, return_index=True)
+    result = layer_attention(q, k, v, ctx, density=args.density)  # the online choice, as the op runs it
+    out, groups, patterns, density = result.out, result.indexes, result.patterns, result.head_density
     rows = sample_rows(args.tokens, args.rows, device)
     masks = torch.zeros(heads_q, rows.numel(), args.tokens, dtype=torch.bool, device=device)
-    density = torch.zeros(heads_q, device=device)
     for head_ids, index in groups:
         if index is None:  # dense heads
             masks[head_ids] = torch.arange(args.tokens, device=device)[None, :] <= rows[:, None]
-            density[head_ids] = 1.0
             continue
         masks[head_ids] = index_row_mask(index, rows, args.tokens)
-        density[head_ids] = index_density(index, args.tokens)
     fid = head_fidelity(q, k, v, out, masks, rows)
     by_kind = collections.defaultdict(list)
     for h in range(heads_q):
@@ -88,16 +85,12 @@ def time_op(q, k, v, ctx, patterns):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
-    from mmcompile.patterns.layer import Estimates
-
     def policy_and_op():  # what a layer does without a plan: shared estimates, choice, index, kernel
-        est = Estimates(q, k, ctx, q.shape[-1] ** -0.5)
-        chosen = choose_patterns(q, k, ctx, estimates=est)
-        return attend(q, k, v, build_layer_indexes(q, k, chosen, ctx, estimates=est))
+        return layer_attention(q, k, v, ctx).out
 
     cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     with_policy = bench(policy_and_op)
-    whole = bench(lambda: layer_attention(q, k, v, patterns, ctx))
+    whole = bench(lambda: layer_attention(q, k, v, ctx, patterns).out)
     index_ms = bench(lambda: build_layer_indexes(q, k, patterns, ctx))
     indexes = build_layer_indexes(q, k, patterns, ctx)
     kernel_ms = bench(lambda: attend(q, k, v, indexes))

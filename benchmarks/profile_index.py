@@ -74,11 +74,11 @@ def main():
     torch.cuda.synchronize()
     print(f"index building peak memory above q/k/v: {(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB "
           f"(tokens {args.tokens}, 28/4 heads)")
-    layer.layer_attention(q, k, v, patterns, ctx)  # the whole op once more (checks the kernel at this size)
+    layer.layer_attention(q, k, v, ctx, patterns).out  # the whole op once more (checks the kernel at this size)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    layer.layer_attention(q, k, v, patterns, ctx)
+    layer.layer_attention(q, k, v, ctx, patterns).out
     end.record()
     torch.cuda.synchronize()
     print(f"whole op (plan given): {start.elapsed_time(end):.1f} ms, one call; peak memory "

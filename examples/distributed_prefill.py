@@ -69,7 +69,7 @@ def main():
               f"heads {heads_q}/{heads_kv}: patterns {dict(kinds)}")
         if parts is not None:
             whole = torch.cat(parts, dim=2 if args.mode == "ulysses" else 1)
-            single = layer_attention(q, k, v, choose_patterns(q, k, ctx, density=args.density), ctx)
+            single = layer_attention(q, k, v, ctx, choose_patterns(q, k, ctx, density=args.density)).out
             print(f"largest difference to one process: {(whole.float() - single.float()).abs().max().item():.3g}")
     dist.destroy_process_group()
 

@@ -11,7 +11,8 @@ import torch
 import torch._dynamo.testing
 import transformers as tf
 
-import mmcompile.prefill_op
+import mmcompile.patterns.layer
+from mmcompile.runtime import DenseReason
 from mmcompile import report as mm_report
 from mmcompile.kernels import sparse_attention_reference
 
@@ -112,15 +113,15 @@ def test_decoder_attention_rewritten_vision_untouched_dense_equals_eager(name, w
     rewritten = report.rewritten
     assert len(rewritten) == LAYERS and sorted(e.layer for e in rewritten) == list(range(LAYERS))
     forms = {(e.causal_form, e.gqa_form, e.modality_source, e.heads) for e in rewritten}
-    assert forms == ({("hf_bool_mask", "repeat_kv undone", "none (text-only)", "4/2")} if with_mask
-                     else {("is_causal", "enable_gqa", "none (text-only)", "4/2")})
+    assert forms == ({("hf_bool_mask", "repeat_kv undone", "at run time (annotation or published inputs; else text-only)", "4/2")} if with_mask
+                     else {("is_causal", "enable_gqa", "at run time (annotation or published inputs; else text-only)", "4/2")})
     # Every vision-tower attention call is left alone, with the reason recorded.
     assert report.skipped and set(report.skipped_reasons()) == {NON_CAUSAL}
     if with_mask:  # the [B,1,S,S] mask subgraph and the repeat_kv copies were erased
         (graph,) = [g for g in report.graphs if g.rewritten]
         assert graph.passes[-1].counts["erased_nodes"] >= 20
     runtime = report.runtime()
-    assert runtime["dense_calls"] == LAYERS and runtime["reasons"] == {"force_dense": LAYERS}
+    assert runtime["dense_calls"] == LAYERS and runtime["reasons"] == {DenseReason.FORCE_DENSE: LAYERS}
     assert not report.fallbacks
 
 
@@ -137,7 +138,7 @@ def test_sparse_prefill_equals_the_reference_of_the_same_index(report, monkeypat
     def reference(q, k, v, index, scale):  # the same A-shape index through the PyTorch reference
         return sparse_attention_reference(q, k, v, index, scale)
 
-    monkeypatch.setattr(mmcompile.prefill_op, "sparse_attention_forward", reference)
+    monkeypatch.setattr(mmcompile.patterns.layer, "sparse_attention_forward", reference)
     torch.testing.assert_close(logits(compiled, inputs), out, atol=1e-4, rtol=1e-4)
     assert report.runtime()["sparse_calls"] == 2 * LAYERS  # the same graph: no recompile
 
@@ -152,12 +153,12 @@ def test_layout_reaches_the_op_from_input_ids_placeholders(name, report):
     assert torch.isfinite(out).all()
     records = report.runtime()["records"]
     assert len(records) == LAYERS
-    assert {r.reason for r in records} == {"online, layout: input_ids placeholders"}
+    assert {(r.detail, r.layout.source) for r in records} == {("online", "input_ids placeholders")}
     assert records[0].layout.tokens["video"] == int((inputs["input_ids"] == 251).sum())  # 251: the video token
     text = {"input_ids": inputs["input_ids"][:, :40]}  # a text-only prefill right after: no stale layout
     torch._dynamo.reset()
     logits(torch.compile(model, backend="mminference", options=options), text)
-    assert report.runtime()["records"][-1].reason == "online, layout: none (text-only)"
+    assert report.runtime()["records"][-1].layout.source == "none (text-only)"
 
 
 def test_text_only_input(report):
@@ -166,7 +167,7 @@ def test_text_only_input(report):
     out = logits(torch.compile(model, backend="mminference", options=DEBUG_DENSE), text)
     torch.testing.assert_close(out, logits(model, text), atol=1e-5, rtol=1e-5)
     assert len(report.rewritten) == LAYERS and not report.skipped
-    assert {e.modality_source for e in report.rewritten} == {"none (text-only)"}
+    assert {e.modality_source for e in report.rewritten} == {"at run time (annotation or published inputs; else text-only)"}
 
 
 def test_generate_prefill_and_decode_force_dense_gives_eager_tokens(report):
@@ -180,7 +181,7 @@ def test_generate_prefill_and_decode_force_dense_gives_eager_tokens(report):
     forms = {e.causal_form for e in report.rewritten}
     assert forms == {"is_causal", "single_query"}  # the prefill graph and the decode-step graphs
     reasons = report.runtime()["reasons"]
-    assert reasons["force_dense"] == LAYERS and reasons["decode/chunk"] == 3 * LAYERS
+    assert reasons[DenseReason.FORCE_DENSE] == LAYERS and reasons[DenseReason.DECODE_OR_CHUNK] == 3 * LAYERS
 
 
 def test_backend_adds_no_graph_break(report):
@@ -206,4 +207,4 @@ def test_new_video_length_recompiles_the_language_model_at_most_once(report):
     lm_graphs = [g for g in report.graphs if g.rewritten]
     assert len(lm_graphs) == 2  # static, then one dynamic-length graph that serves every later length
     assert all(len(g.rewritten) == LAYERS and not g.skipped for g in lm_graphs)
-    assert report.runtime()["reasons"] == {"force_dense": 3 * LAYERS}
+    assert report.runtime()["reasons"] == {DenseReason.FORCE_DENSE: 3 * LAYERS}

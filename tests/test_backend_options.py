@@ -12,6 +12,7 @@ import mmcompile.passes
 from mmcompile import report as mm_report
 from mmcompile.backend import MMInferenceBackend
 from mmcompile.config import BackendConfig, config_from_options, valid_keys
+from mmcompile.runtime import DenseReason
 
 LAYERS = 2
 
@@ -104,7 +105,7 @@ def test_left_padding_runs_the_masked_dense_path_and_matches_eager(report):
     out = run(compiled, input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     assert [e.causal_form for e in report.rewritten] == ["hf_bool_mask"] * LAYERS
-    assert report.runtime()["reasons"] == {"key padding": LAYERS}
+    assert report.runtime()["reasons"] == {DenseReason.KEY_PADDING: LAYERS}
 
 
 def test_dump_dir_writes_code_per_pass_and_the_report_table(tmp_path, report, monkeypatch):
@@ -135,7 +136,7 @@ def test_dump_dir_writes_code_per_pass_and_the_report_table(tmp_path, report, mo
     assert "scaled_dot_product_attention" not in after and "b8[1, 1, 40, 40]" not in after
     assert ".expand(1, 2, 2, 40, 16)" in before and ".expand(1, 2, 2, 40, 16)" not in after
     table = (graph_dir / "report.md").read_text()
-    assert "| rewritten | hf_bool_mask | repeat_kv undone | none (text-only) |" in table
+    assert "| rewritten | hf_bool_mask | repeat_kv undone | at run time (annotation or published inputs; else text-only) |" in table
     assert artifacts == ["mminference_original", "mminference_after_find_attention",
                          "mminference_after_modality_source", "mminference_after_rewrite_attention",
                          "mminference_report"]  # the same text goes to the structured trace (tlparse)
@@ -146,7 +147,7 @@ def test_backend_object_keeps_its_own_report(report):
     backend = MMInferenceBackend({"debug_uncompiled": True, "force_dense": True})
     run(torch.compile(model, backend=backend, fullgraph=True), input_ids=ids)  # the backend adds no break
     assert len(backend.report.rewritten) == LAYERS and not report.graphs
-    assert backend.report.runtime()["reasons"] == {"force_dense": LAYERS}
+    assert backend.report.runtime()["reasons"] == {DenseReason.FORCE_DENSE: LAYERS}
     assert "| attn_output | 0 | 4/2 | 40 x 40 x 16 | rewritten | is_causal | enable_gqa |" in backend.report.table()
 
 

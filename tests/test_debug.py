@@ -60,4 +60,4 @@ def test_readme_demo_model_part_runs():
 
     demo_model.run()
     records = report.last_report().runtime()["records"]
-    assert [r.reason for r in records] == ["a-shape", "a-shape"] and all(r.density < 1 for r in records)
+    assert [(r.reason, r.detail) for r in records] == [(None, "a-shape")] * 2 and all(r.density < 1 for r in records)

@@ -79,8 +79,8 @@ def test_head_parallel_equals_single_process(world, tmp_path):
     q, k, v, ctx = _inputs()
     online = choose_patterns(q, k, ctx, density=DENSITY)
     assert len({str(p) for p in online}) >= 3, "the online case must mix patterns to test the per-rank choice"
-    expected = {"plan": (layer_attention(q, k, v, PLAN, ctx), PLAN),
-                "online": (layer_attention(q, k, v, online, ctx), online)}
+    expected = {"plan": (layer_attention(q, k, v, ctx, PLAN).out, PLAN),
+                "online": (layer_attention(q, k, v, ctx, online).out, online)}
     mp.spawn(_worker, args=(world, str(tmp_path)), nprocs=world)
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
@@ -120,7 +120,7 @@ def test_bad_shards_are_refused_with_the_reason():
 
 def test_without_a_process_group_it_is_the_single_device_op():
     q, k, v, ctx = _inputs()
-    ref = layer_attention(q, k, v, PLAN, ctx)
+    ref = layer_attention(q, k, v, ctx, PLAN).out
     torch.testing.assert_close(ulysses_attention(q, k, v, ctx, PLAN), ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="covers batch 1 x 520 tokens"):
         ulysses_attention(q[:, :, :512], k[:, :, :512], v[:, :, :512], ctx, PLAN)

@@ -5,7 +5,6 @@ import torch
 import transformers as tf
 
 import mmcompile.hf_attention as hf_attention
-from mmcompile.prefill_op import runtime_config
 
 
 def tiny_qwen2(seed=0):
@@ -29,8 +28,7 @@ def test_registered_attention_runs_the_op(options, path):
     model = tiny_qwen2()
     ids = torch.randint(0, 128, (1, 200))
     expected = logits(model, ids)
-    hf_attention.register(options)
-    stats = runtime_config(hf_attention.CONFIG_KEY).stats
+    stats = hf_attention.register(options)
     model.set_attn_implementation("mminference")
     out = logits(model, ids)
     assert [r.path for r in stats.records] == [path, path]  # both layers went through the op
@@ -46,8 +44,7 @@ def test_padding_falls_back_to_sdpa_exactly():
     mask = torch.ones(1, 64, dtype=torch.long)
     mask[0, :5] = 0  # left padding: not plainly causal
     expected = logits(model, ids, attention_mask=mask)
-    hf_attention.register({"force_dense": True})
-    stats = runtime_config(hf_attention.CONFIG_KEY).stats
+    stats = hf_attention.register({"force_dense": True})
     model.set_attn_implementation("mminference")
     torch.testing.assert_close(logits(model, ids, attention_mask=mask), expected, atol=1e-6, rtol=1e-6)
     assert not stats.records  # the op was not used
@@ -56,3 +53,38 @@ def test_padding_falls_back_to_sdpa_exactly():
 def test_unknown_option_is_rejected():
     with pytest.raises(ValueError, match="valid keys"):
         hf_attention.register({"sparsity": 0.9})
+
+
+def test_two_registrations_keep_their_own_options():
+    model = tiny_qwen2(2)
+    ids = torch.randint(0, 128, (1, 600))
+    dense = hf_attention.register({"force_dense": True}, name="mminference-dense")
+    sparse = hf_attention.register({"min_sparse_len": 16, "policy": "a-shape", "sink": 16, "local": 64},
+                                   name="mminference-narrow")
+    model.set_attn_implementation("mminference-narrow")
+    narrow = logits(model, ids)
+    model.set_attn_implementation("mminference-dense")
+    torch.testing.assert_close(logits(model, ids), logits_sdpa(model, ids), atol=1e-5, rtol=1e-5)
+    assert [r.path for r in sparse.records] == ["sparse"] * 2 and [r.path for r in dense.records] == ["dense"] * 2
+    assert hf_attention.stats("mminference-narrow") is sparse
+    assert (narrow - logits_sdpa(model, ids)).abs().max() > 1e-4  # the narrow window really dropped keys
+
+
+def logits_sdpa(model, ids):
+    model.set_attn_implementation("sdpa")
+    try:
+        return logits(model, ids)
+    finally:
+        model.set_attn_implementation("mminference-dense")
+
+
+def test_gradients_go_through_sdpa_exactly():
+    model = tiny_qwen2(3).train()
+    ids = torch.randint(0, 128, (1, 64))
+    expected = torch.autograd.grad(model(input_ids=ids).logits.square().mean(), list(model.parameters()))
+    stats = hf_attention.register({"min_sparse_len": 16, "policy": "a-shape", "sink": 16, "local": 16})
+    model.set_attn_implementation("mminference")
+    got = torch.autograd.grad(model(input_ids=ids).logits.square().mean(), list(model.parameters()))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert not stats.records  # with grad required the call went to SDPA, not to the sparse op

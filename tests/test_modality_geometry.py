@@ -128,7 +128,7 @@ def test_no_stale_layout_across_forwards(report):
 
     report.reset_counters()
     logits(compiled, {"input_ids": both["input_ids"][:, :20]})  # text-only, right after
-    assert {r.reason for r in report.runtime()["records"]} == {"online, layout: none (text-only)"}
+    assert {r.layout.source for r in report.runtime()["records"]} == {"none (text-only)"}
 
 
 def test_a_forward_from_inputs_embeds_does_not_reuse_the_previous_layout(report, caplog):
@@ -144,7 +144,7 @@ def test_a_forward_from_inputs_embeds_does_not_reuse_the_previous_layout(report,
         logits(compiled, {"inputs_embeds": embeds})
     records = report.runtime()["records"]
     assert len(records) == LAYERS
-    assert {r.reason for r in records} == {"online, layout: none (nothing published by this forward)"}
+    assert {r.layout.source for r in records} == {"none (nothing published by this forward)"}
     assert "published no modality inputs" in caplog.text
     report.reset_counters()
     logits(compiled, both)  # publishing again makes the layout fresh

@@ -9,7 +9,7 @@ import transformers
 from mmcompile.backend import _copy
 from mmcompile.config import BackendConfig
 from mmcompile.passes import find_attention, modality_source, rewrite_attention, state
-from mmcompile.prefill_op import RuntimeConfig, register_runtime_config
+import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
 
 CONFIG = BackendConfig()
 
@@ -96,13 +96,12 @@ def test_rewrite_undoes_repeat_kv_and_erases_the_mask_and_matches_eager():
     q, k, v = qkv(hkv=2)
     pad = torch.ones(1, 24, dtype=torch.long)
     gm = dynamo_graph(layer, q, k, v, pad)
-    register_runtime_config("test-passes", RuntimeConfig(force_dense=True))
-    state(gm)["config_key"] = "test-passes"
+    state(gm)["op_options"] = {"force_dense": True}
     assert find_attention(gm, CONFIG).counts == {"found": 1, "matched": 1, "skipped": 0}
     modality_source(gm, CONFIG)
     result = rewrite_attention(gm, CONFIG)
     (site,) = state(gm)["sites"]
-    assert (site.gqa_form, site.heads_kv, site.modality_source) == ("repeat_kv undone", 2, "none (text-only)")
+    assert (site.gqa_form, site.heads_kv, site.modality_source) == ("repeat_kv undone", 2, "at run time (annotation or published inputs; else text-only)")
     assert result.counts["rewritten"] == 1 and result.counts["erased_nodes"] >= 12
     targets = [n.target for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
     assert targets.count(torch.ops.mminference.prefill_attention.default) == 1
@@ -131,8 +130,7 @@ def test_exported_graph_is_rewritten_at_the_aten_level():
         expected = LM()(embeds, mask)
     sdpa = torch.ops.aten.scaled_dot_product_attention.default
     assert sum(n.target == sdpa for n in gm.graph.nodes) == 2
-    register_runtime_config("test-export", RuntimeConfig(force_dense=True))
-    state(gm)["config_key"] = "test-export"
+    state(gm)["op_options"] = {"force_dense": True}
     for p in (find_attention, modality_source, rewrite_attention):
         p(gm, CONFIG)
     forms = {(s.status, s.causal_form, s.gqa_form) for s in state(gm)["sites"]}

@@ -43,7 +43,7 @@ def test_all_dense_pairs_equal_dense_attention():
     n = layout.length
     q, k, v = _qkv(n)
     head = HeadPattern("2d-boundary", ())  # every pair left out: Dense
-    out = layer_attention(q, k, v, [head] * 4, forward_context(layout, n, 1, "cpu", 64, 64))
+    out = layer_attention(q, k, v, forward_context(layout, n, 1, "cpu", 64, 64), [head] * 4).out
     ref, _ = dense_attention_reference(q, k, v)
     assert ((out - ref).norm() / ref.norm()) < 2e-5
 
@@ -54,7 +54,8 @@ def test_pairs_visit_their_keys_and_isolate_dropped_pairs():
     q, k, v = _qkv(n, batch=2)
     ctx = forward_context(layout, n, 2, "cpu", 64, 64)
     heads = [ISOLATING, HeadPattern("none", (("*", VerticalSlash(30, 8)),)), ISOLATING, HeadPattern()]
-    out, indexes = layer_attention(q, k, v, heads, ctx, return_index=True)
+    result = layer_attention(q, k, v, ctx, heads)
+    out, indexes = result.out, result.indexes
     ref = reference(q, k, v, indexes)
     assert ((out - ref).norm() / ref.norm()) < 2e-5
     ids, index = next((ids, index) for ids, index in indexes if ids == [0, 2])

@@ -22,7 +22,8 @@ def test_policy_layer_matches_reference_bf16(segments):
     q, k, v, _ = planted_qkv(layout, 8, 2, 128, "cuda", torch.bfloat16)
     ctx = forward_context(layout, n, 1, "cuda")
     heads = choose_patterns(q, k, ctx, density=0.2)
-    out, indexes = layer_attention(q, k, v, heads, ctx, return_index=True)
+    result = layer_attention(q, k, v, ctx, heads)
+    out, indexes = result.out, result.indexes
     group = q.shape[1] // k.shape[1]
     for ids, index in indexes:
         mask = (index_to_mask(index, n, n) if index is not None
@@ -87,13 +88,13 @@ def test_plan_driven_layer_makes_no_host_sync():
              HeadPattern("none", (("*", BlockSparse(8)),)),
              HeadPattern("none", (("*", Dense()),)),
              HeadPattern("none", (("*", VerticalSlash(50, 16)),))]
-    layer_attention(q, k, v, heads, ctx)  # first call: Triton compiles, caches fill
+    layer_attention(q, k, v, ctx, heads).out  # first call: Triton compiles, caches fill
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:  # every synchronizing call, with its line
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            out = layer_attention(q, k, v, heads, ctx)
+            out = layer_attention(q, k, v, ctx, heads).out
         finally:
             torch.cuda.set_sync_debug_mode("default")
     # Only the debug mode's own reports count (setting the mode warns too, from torch.cuda).
@@ -101,7 +102,7 @@ def test_plan_driven_layer_makes_no_host_sync():
     if syncs:  # again, raising at the first one, for the whole Python stack
         torch.cuda.set_sync_debug_mode("error")
         try:
-            layer_attention(q, k, v, heads, ctx)
+            layer_attention(q, k, v, ctx, heads).out
             stack = ""
         except RuntimeError:
             stack = traceback.format_exc()

@@ -46,7 +46,8 @@ def test_layer_matches_reference(name):
     g = torch.Generator().manual_seed(len(name))
     q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
     ctx = forward_context(layout, n, 1, "cpu", 64, 64)
-    out, indexes = layer_attention(q, k, v, HEADS, ctx, return_index=True)
+    result = layer_attention(q, k, v, ctx, HEADS)
+    out, indexes = result.out, result.indexes
     assert sorted(h for ids, _ in indexes for h in ids) == [0, 1, 2, 3]
     ref = reference(q, k, v, indexes)
     assert ((out - ref).norm() / ref.norm()) < 2e-5
@@ -61,10 +62,10 @@ def test_layer_matches_reference(name):
 def test_no_layout_is_text_only_and_head_count_checked():
     q, k, v = (torch.randn(1, h, 300, 32) for h in (4, 2, 2))
     ctx = forward_context(None, 300, 1, "cpu", 64, 64)
-    out = layer_attention(q, k, v, HEADS[:2] * 2, ctx)
+    out = layer_attention(q, k, v, ctx, HEADS[:2] * 2).out
     assert out.shape == q.shape and not out.isnan().any()
     with pytest.raises(ValueError, match="3 head patterns for 4"):
-        layer_attention(q, k, v, HEADS[:3], ctx)
+        layer_attention(q, k, v, ctx, HEADS[:3]).out
 
 
 def test_policy_keeps_unstructured_heads_dense_and_sparsifies_planted_ones():
@@ -91,5 +92,6 @@ def test_policy_on_one_modality_weighs_the_grid_and_stays_exact():
     chosen = choose_patterns(q, k, ctx, density=0.3)
     assert all(head.inter == "none" for head in chosen)
     assert isinstance(chosen[1].intra[0][1], Dense) and not isinstance(chosen[0].intra[0][1], Dense)
-    out, indexes = layer_attention(q, k, v, chosen, ctx, return_index=True)
+    result = layer_attention(q, k, v, ctx, chosen)
+    out, indexes = result.out, result.indexes
     torch.testing.assert_close(out, reference(q, k, v, indexes), rtol=1e-4, atol=1e-4)

@@ -98,7 +98,7 @@ def run_one(work: Path, model: str, mode: str, args, threads: int) -> tuple[str,
         cmd += ["-k", args.k]
     env = dict(os.environ, MMC_HF_MODE=mode, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(HERE), str(args.mmcompile_root), os.environ.get("PYTHONPATH", "")]))
     start = time.time()
     with open(log, "w") as out:
         rc = subprocess.call(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -200,6 +200,9 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="pytest subprocesses at once")
     p.add_argument("--timeout", type=int, default=600, help="per-test timeout (s, pytest-timeout)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/mmc-hf-modeling"))
+    p.add_argument("--mmcompile-root", type=Path, default=REPO,
+                   help="folder whose mmcompile/ package is imported (default: this checkout); e.g. a "
+                        "`git archive HEAD | tar -x -C DIR` snapshot, to test a fixed revision while the tree changes")
     p.add_argument("--report-only", action="store_true", help="re-print from the workdir's existing results")
     args = p.parse_args()
     work = args.workdir.resolve()
