@@ -1,6 +1,13 @@
 """Where the Triton kernels may run: the one rule every caller asks (attention, estimation and
-column kernels alike), so that a CPU machine with ``TRITON_INTERPRET=1`` runs the same code paths
-as a GPU, and a plain CPU takes the plain-PyTorch references everywhere, never in some places only.
+column kernels alike).
+
+* On CUDA every kernel runs.
+* Under ``TRITON_INTERPRET=1`` on the CPU the attention kernels run (they are what the CPU tests
+  check), and so does any kernel whose caller has no other path. A kernel that only accelerates a
+  plain-PyTorch path with the same output (estimation softmax and line sums, column compaction:
+  ``has_reference=True``) takes that path instead: the interpreter runs them ~100x slower than
+  PyTorch, and their own tests compare kernel and reference in the interpreter.
+* On a plain CPU no kernel runs: callers take their PyTorch paths (the prefill op runs dense SDPA).
 """
 
 from __future__ import annotations
@@ -18,9 +25,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def triton_runs_on(t: torch.Tensor) -> bool:
-    """A Triton kernel can take ``t``: a CUDA tensor, or any CPU tensor under the interpreter."""
-    return t.device.type == "cuda" or (interpreting() and t.device.type == "cpu")
+def triton_runs_on(t: torch.Tensor, *, has_reference: bool = False) -> bool:
+    """Whether a Triton kernel should take ``t`` (see the module docstring): a CUDA tensor, or a CPU
+    tensor under the interpreter unless the caller ``has_reference`` (an equal PyTorch path)."""
+    if t.device.type == "cuda":
+        return True
+    return interpreting() and t.device.type == "cpu" and not has_reference
 
 
 def attention_kernel_supports(q: torch.Tensor) -> bool:

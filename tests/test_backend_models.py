@@ -126,17 +126,19 @@ def test_decoder_attention_rewritten_vision_untouched_dense_equals_eager(name, w
 
 
 def test_sparse_prefill_equals_the_reference_of_the_same_index(report, monkeypatch):
-    model, inputs = build("qwen2_vl", frames=6, hw=16)  # 204 language-model tokens
+    model, inputs = build("qwen2_vl", frames=6, hw=24)  # 442 language-model tokens
     options = {"debug_uncompiled": True, "min_sparse_len": 16, "sink": 64, "local": 64, "policy": "a-shape"}
     compiled = torch.compile(model, backend="mminference", options=options)
     out = logits(compiled, inputs)
     runtime = report.runtime()
     assert runtime["sparse_calls"] == LAYERS and runtime["dense_calls"] == 0
-    assert [(r.n_q, r.layer) for r in runtime["records"]] == [(204, 0), (204, 1)]
-    assert 0.5 < runtime["mean_sparse_density"] < 1.0
+    assert [(r.n_q, r.layer) for r in runtime["records"]] == [(442, 0), (442, 1)]
+    assert 0.4 < runtime["mean_sparse_density"] < 1.0
 
-    def reference(q, k, v, index, scale):  # the same A-shape index through the PyTorch reference
-        return sparse_attention_reference(q, k, v, index, scale)
+    def reference(q, k, v, index, scale, head_ids, out, lse):  # the same A-shape index, PyTorch reference
+        assert torch.equal(head_ids, torch.arange(q.shape[1], dtype=torch.int32))  # one group: all heads
+        out[:], lse[:] = sparse_attention_reference(q, k, v, index, scale)
+        return out, lse
 
     monkeypatch.setattr(mmcompile.patterns.layer, "sparse_attention_forward", reference)
     torch.testing.assert_close(logits(compiled, inputs), out, atol=1e-4, rtol=1e-4)

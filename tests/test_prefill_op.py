@@ -252,3 +252,16 @@ def test_published_layout_of_another_length_is_ignored_with_one_warning(caplog):
             call(q, k, v, "test-published", layer=layer, min_sparse_len=16, density=0.3)
     assert [r.layout.source for r in stats.records] == ["none (input_ids placeholders shape mismatch)"] * 2
     assert caplog.text.count("does not match this call") == 1  # once per layout, not per layer
+
+
+def test_log_once_logs_a_key_once_and_forgets_on_reset(caplog):
+    from mmcompile._once import Once
+
+    once, logger = Once(), logging.getLogger("test-once")
+    with caplog.at_level(logging.WARNING, logger="test-once"):
+        for _ in range(3):
+            once.log(logger, logging.WARNING, "a", "first %s", "a")
+        once.log(logger, logging.WARNING, "b", "first %s", "b")
+        once.reset()
+        once.log(logger, logging.WARNING, "a", "again %s", "a")
+    assert caplog.text.count("first a") == 1 and "first b" in caplog.text and "again a" in caplog.text

@@ -86,7 +86,7 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column sums and log-sum-exp by the Triton passes of
     ``line_scores_kernel`` (fp32 scores), the slash sums from their probabilities as here.
     """
-    if triton_runs_on(q) if use_kernel is None else use_kernel:
+    if triton_runs_on(q, has_reference=True) if use_kernel is None else use_kernel:
         return _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive)
     batch, heads_q, n, d = q.shape
     heads_kv, last = k.shape[1], pos.shape[1]

@@ -23,7 +23,8 @@ low-rank "address" codes, each in its own orthonormal slot of a random per-KV-he
 Calibration: per head and query modality a mass budget is drawn: background (the position-ladder
 tail outside the band cores, plus noise) 2-10%, the rest split between indicator components and
 the bands. Band amplitudes are fitted (multiplicative updates on the exact profile, row N-1) so
-each band core holds its share of the Toeplitz mass and the tail the background. Each indicator
+each band core holds its share of the Toeplitz mass and the tail the background; slash centres
+whose ladders interfere (a spurious peak takes the mass) fail the fit and are redrawn. Each indicator
 component c gets, per row i, the lift G_c(i) = log(share_c / share_bands) + log B(i) - log S_c(i),
 B(i) = sum_{d<=i} exp(F(d)) (the bands' mass up to row i, a cumulative sum of the profile) and
 S_c(i) = sum over c's keys <= i of exp(profile) (cumulative counts; frame-profile sums for lines),

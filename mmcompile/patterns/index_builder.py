@@ -170,7 +170,7 @@ def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, 
     present = torch.zeros(batch, num_m, dtype=torch.long, device=device)
     for i, (rows, _) in enumerate(columns):
         present |= (torch.ones_like(present, dtype=torch.bool) if rows is None else rows).long() << i
-    if triton_runs_on(values):
+    if triton_runs_on(values, has_reference=True):
         return compact_columns(values, bits, present, block_ids, count, n_k, block_m, block_n, causal_slots)
     return _columns_reference(values, bits, present, block_ids, m, block_m, block_n, n_k, causal_slots)
 

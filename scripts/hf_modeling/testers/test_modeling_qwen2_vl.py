@@ -56,6 +56,8 @@ class Qwen2VLVisionText2TextModelTester:
         input_ids[:, self.num_image_tokens - 1] = self.vision_start_token_id
         return config, {"pixel_values": pixel_values, "image_grid_thw": torch.tensor([[1, 1, 1]] * self.batch_size),
                         "input_ids": input_ids,
+                        # v5 M-RoPE needs the processor's token types: 0 text, 1 image, 2 video
+                        "mm_token_type_ids": (input_ids == self.image_token_id).long(),
                         "attention_mask": torch.ones(input_ids.shape, dtype=torch.long, device=torch_device)}
 
 

@@ -1,0 +1,86 @@
+"""The whole prefill op as a rewritten graph calls it (layout from an annotation, online policy),
+against SDPA flash and SDPA default (cuDNN) in the same process, on planted-structure inputs.
+
+Usage: python benchmarks/bench_prefill_op.py [--tokens 131072] [--layout video|mixed] [--heads 28/4]
+                                             [--out benchmarks/results/prefill_op.json]
+
+Runs with whichever mmcompile is importable: this checkout's ``torch.ops.mminference.prefill_attention``
+(options as arguments) or, for a before/after comparison, an older checkout's (options through a
+registered config key). Prints one line: op ms, both baselines, speedups, density of the call,
+recall and output error of the op's output on sampled rows against dense float32 attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import environment, rel_error, sdpa_default, sdpa_flash, timed, write_json  # noqa: E402
+
+
+def op_call(q, k, v, scale):
+    """(callable, stats, grad mode to run it in) for this checkout's op or an older one's (which
+    crashed under inference mode: issue 10)."""
+    import mmcompile
+
+    try:
+        import mmcompile.ops  # noqa: F401
+        from mmcompile.runtime import track
+    except ImportError:  # before the run-time move: options in a registry under a config key
+        from mmcompile.prefill_op import RuntimeConfig, register_runtime_config
+        config = RuntimeConfig(min_sparse_len=1024, policy="online", density=0.1)
+        register_runtime_config("bench", config)
+        return (lambda: torch.ops.mminference.prefill_attention(q, k, v, None, 0, scale, "bench")), config.stats, \
+            torch.no_grad
+    stats = track("bench")
+    print("mmcompile at", os.path.dirname(mmcompile.__file__))
+    return (lambda: torch.ops.mminference.prefill_attention(q, k, v, None, None, 0, scale, min_sparse_len=1024,
+                                                            policy="online", density=0.1, tag="bench")), stats, \
+        torch.inference_mode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--layout", default="video", choices=("video", "mixed"))
+    parser.add_argument("--heads", default="28/4")
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    from mmcompile.annotate import modality
+    from mmcompile.patterns.fidelity import sample_rows
+    from mmcompile.patterns.planted import planted_qkv, standard_layout
+
+    heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
+    layout = standard_layout(args.layout, args.tokens)
+    q, k, v, _ = planted_qkv(layout, heads_q, heads_kv, 128, "cuda", torch.bfloat16, seed=0)
+    scale = 128 ** -0.5
+    fn, stats, grad_mode = op_call(q, k, v, scale)
+    with grad_mode(), modality(layout=layout):
+        out = fn()
+        op = timed(fn)
+    cudnn, flash = timed(lambda: sdpa_default(q, k, v)), timed(lambda: sdpa_flash(q, k, v))
+    rows = sample_rows(args.tokens, args.rows, "cuda")
+    group = heads_q // heads_kv
+    scores = (q[0, :, rows].float() @ k[0].float().repeat_interleave(group, 0).transpose(-1, -2)) * scale
+    scores = scores.masked_fill(torch.arange(args.tokens, device="cuda")[None, :] > rows[:, None], float("-inf"))
+    dense_rows = torch.softmax(scores, -1) @ v[0].float().repeat_interleave(group, 0)
+    err = rel_error(out[0, :, rows].float(), dense_rows)
+    record = stats.records[-1]
+    result = dict(env=environment(), tokens=args.tokens, layout=args.layout, heads=args.heads,
+                  op_ms=op["ms"], cudnn_ms=cudnn["ms"], flash_ms=flash["ms"], density=record.density,
+                  path=record.path, rel_err_sampled_rows=err)
+    print(f"{args.layout} {args.tokens} {args.heads}: op {op['ms']:.2f} ms ({record.path}, density "
+          f"{record.density:.3f}, rel err {err:.4f}) | cuDNN {cudnn['ms']:.2f} ms (x{cudnn['ms'] / op['ms']:.2f}) | "
+          f"flash {flash['ms']:.2f} ms (x{flash['ms'] / op['ms']:.2f})")
+    if args.out:
+        write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
