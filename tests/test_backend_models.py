@@ -126,13 +126,13 @@ def test_decoder_attention_rewritten_vision_untouched_dense_equals_eager(name, w
 
 
 def test_sparse_prefill_equals_the_reference_of_the_same_index(report, monkeypatch):
-    model, inputs = build("qwen2_vl", frames=6, hw=24)  # 442 language-model tokens
+    model, inputs = build("qwen2_vl", frames=6, hw=24)  # 444 language-model tokens
     options = {"debug_uncompiled": True, "min_sparse_len": 16, "sink": 64, "local": 64, "policy": "a-shape"}
     compiled = torch.compile(model, backend="mminference", options=options)
     out = logits(compiled, inputs)
     runtime = report.runtime()
     assert runtime["sparse_calls"] == LAYERS and runtime["dense_calls"] == 0
-    assert [(r.n_q, r.layer) for r in runtime["records"]] == [(442, 0), (442, 1)]
+    assert [(r.n_q, r.layer) for r in runtime["records"]] == [(444, 0), (444, 1)]
     assert 0.4 < runtime["mean_sparse_density"] < 1.0
 
     def reference(q, k, v, index, scale, head_ids, out, lse):  # the same A-shape index, PyTorch reference

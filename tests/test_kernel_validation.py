@@ -85,3 +85,42 @@ def test_cpu_tensors_without_interpreter_raise(monkeypatch):
     q, k, v = qkv()
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         sparse_attention_forward(q, k, v, causal_index(1, 2, 130, 130))
+
+
+def test_public_op_checks_index_contents_by_default():
+    """The malformed indexes a hostile caller can pass to ``torch.ops.mminference.sparse_attention``:
+    each is a clear ValueError, never a crash, uninitialized memory or a key counted twice."""
+    from mmcompile.ops import sparse_attention_op
+
+    q, k, v = qkv(n=256, heads_q=1)
+    base = causal_index(1, 1, 256, 256)
+    one = torch.zeros(1, 1, 4, dtype=torch.int32)
+    one[0, 0, 3] = 1
+    three = torch.zeros(1, 1, 4, dtype=torch.int32)
+    three[0, 0, 3] = 3
+    out_of_range = torch.arange(256, dtype=torch.int32).view(1, 1, 256).clone()
+    out_of_range[0, 0, 5] = 10_000
+    not_a_permutation = torch.zeros(1, 1, 256, dtype=torch.int32)
+    cases = [
+        (replace(base, q_order=out_of_range), "q_order must be a permutation"),
+        (replace(base, k_order=not_a_permutation), "k_order must be a permutation"),
+        (replace(base, column_index=torch.full((1, 1, 4, 3), 7, dtype=torch.int32), column_count=three),
+         "a key column twice"),
+        (replace(base, column_index=torch.full((1, 1, 4, 1), 70, dtype=torch.int32), column_count=one),
+         "a key column inside a listed key block"),
+        (replace(base, block_offset=torch.cat([base.block_offset, base.block_offset[..., :1] + 32], -1),
+                 block_count=base.block_count + (base.block_count > 0).int()), "overlapping key blocks"),
+        (replace(base, block_count=base.block_count + 5), "block_count must lie"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sparse_attention_op(q, k, v, bad)
+    sparse_attention_op(q, k, v, base)  # the valid index passes the same checks
+
+
+def test_density_counts_the_pairs_the_reference_mask_holds():
+    """``SparseIndex.density``: exact for original-order indexes whose lists lie before the diagonal."""
+    for n in (130, 256, 300):
+        for index in (causal_index(1, 2, n, n), random_index(1, 2, n, n, 0.5, generator=torch.Generator().manual_seed(1))):
+            mask = index_to_mask(index, n, n)
+            assert torch.allclose(index.density(n), mask.sum((-1, -2)).float() / (n * (n + 1) / 2))
