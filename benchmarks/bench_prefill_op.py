@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import environment, rel_error, sdpa_default, sdpa_flash, timed, write_json  # noqa: E402
 
 
-def op_call(q, k, v, scale):
+def op_call(q, k, v, scale, recall: float):
     """(callable, stats, grad mode to run it in) for this checkout's op or an older one's (which
     crashed under inference mode: issue 10)."""
     import mmcompile
@@ -40,7 +40,8 @@ def op_call(q, k, v, scale):
     stats = track("bench")
     print("mmcompile at", os.path.dirname(mmcompile.__file__))
     return (lambda: torch.ops.mminference.prefill_attention(q, k, v, None, None, 0, scale, min_sparse_len=1024,
-                                                            policy="online", density=0.1, tag="bench")), stats, \
+                                                            policy="online", density=0.1, recall=recall,
+                                                            tag="bench")), stats, \
         torch.inference_mode
 
 
@@ -50,6 +51,7 @@ def main():
     parser.add_argument("--layout", default="video", choices=("video", "mixed"))
     parser.add_argument("--heads", default="28/4")
     parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--recall", type=float, default=0.95, help="the op's recall target (this checkout only)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     from mmcompile.annotate import modality
@@ -60,7 +62,7 @@ def main():
     layout = standard_layout(args.layout, args.tokens)
     q, k, v, _ = planted_qkv(layout, heads_q, heads_kv, 128, "cuda", torch.bfloat16, seed=0)
     scale = 128 ** -0.5
-    fn, stats, grad_mode = op_call(q, k, v, scale)
+    fn, stats, grad_mode = op_call(q, k, v, scale, args.recall)
     with grad_mode(), modality(layout=layout):
         out = fn()
         op = timed(fn)
@@ -74,8 +76,9 @@ def main():
     record = stats.records[-1]
     result = dict(env=environment(), tokens=args.tokens, layout=args.layout, heads=args.heads,
                   op_ms=op["ms"], cudnn_ms=cudnn["ms"], flash_ms=flash["ms"], density=record.density,
-                  path=record.path, rel_err_sampled_rows=err)
-    print(f"{args.layout} {args.tokens} {args.heads}: op {op['ms']:.2f} ms ({record.path}, density "
+                  path=record.path, rel_err_sampled_rows=err, recall_target=args.recall,
+                  predicted_recall=getattr(record, "predicted_recall", None))
+    print(f"{args.layout} {args.tokens} {args.heads} recall target {args.recall}: op {op['ms']:.2f} ms ({record.path}, density "
           f"{record.density:.3f}, rel err {err:.4f}) | cuDNN {cudnn['ms']:.2f} ms (x{cudnn['ms'] / op['ms']:.2f}) | "
           f"flash {flash['ms']:.2f} ms (x{flash['ms'] / op['ms']:.2f})")
     if args.out:

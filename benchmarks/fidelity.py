@@ -33,6 +33,7 @@ from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 
 PROFILE = False
 FLEX = True
+RECALL = 0.95
 
 
 def run(args):
@@ -43,7 +44,7 @@ def run(args):
     q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, args.head_dim, device, dtype, seed=args.seed)
     block = (128, 64) if cuda else (64, 64)
     ctx = forward_context(layout, args.tokens, 1, device, *block)
-    result = layer_attention(q, k, v, ctx, density=args.density)  # the online choice, as the op runs it
+    result = layer_attention(q, k, v, ctx, density=args.density, recall=args.recall or None)  # as the op runs it
     out, groups, patterns, density = result.out, result.indexes, result.patterns, result.head_density
     rows = sample_rows(args.tokens, args.rows, device)
     masks = torch.zeros(heads_q, rows.numel(), args.tokens, dtype=torch.bool, device=device)
@@ -85,8 +86,8 @@ def time_op(q, k, v, ctx, patterns):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
-    def policy_and_op():  # what a layer does without a plan: shared estimates, choice, index, kernel
-        return layer_attention(q, k, v, ctx).out
+    def policy_and_op():  # what a layer does without a plan: shared estimates, choice, index, verify, kernel
+        return layer_attention(q, k, v, ctx, recall=RECALL).out
 
     cudnn = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     with_policy = bench(policy_and_op)
@@ -151,6 +152,7 @@ def main():
     parser.add_argument("--heads", default="28/4" if cuda else "8/2")
     parser.add_argument("--head-dim", type=int, default=128 if cuda else 64)
     parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--recall", type=float, default=0.95, help="the op's recall target (0: no check)")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="profile index building and the policy")
@@ -158,8 +160,8 @@ def main():
     args = parser.parse_args()
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    global PROFILE, FLEX
-    PROFILE, FLEX = args.profile, not args.no_flex
+    global PROFILE, FLEX, RECALL
+    PROFILE, FLEX, RECALL = args.profile, not args.no_flex, args.recall or None
     start = time.perf_counter()
     run(args)
     print(f"({time.perf_counter() - start:.1f} s)")

@@ -28,38 +28,17 @@ from mmcompile.patterns.families import FAMILIES, LAYOUTS, family_layout, family
 
 
 def run_default_path(q, k, v, layout, options: dict):
-    """The project's default path on one input: (out [1, Hq, N, D], groups, predicted [Hq] or None,
+    """The project's default path on one input: (out [1, Hq, N, D], groups, predicted [Hq],
     chosen pattern names [Hq]). ``groups``: [(head ids, SparseIndex or None for dense)].
-    ``options``: density, block (query, key tile). The only function that knows the project's API:
-    ``layer_attention(q, k, v, ctx, density=...) -> LayerResult`` (online choice inside), or the
-    older ``choose_patterns`` + ``layer_attention(q, k, v, patterns, ctx, return_index=True)``."""
-    import inspect
-
+    ``options``: density (cap), recall (target, 0: no check), block (query, key tile). The only
+    function that knows the project's API (``layer_attention``, the op's composition)."""
     from mmcompile.patterns import forward_context, layer_attention
-    from mmcompile.patterns import policy
-    from mmcompile.patterns.layer import Estimates
 
-    n = q.shape[2]
-    ctx = forward_context(layout, n, 1, q.device, *options["block"])
-    est = Estimates(q, k, ctx, q.shape[-1] ** -0.5)
-    if "return_index" in inspect.signature(layer_attention).parameters:
-        patterns = policy.choose_patterns(q, k, ctx, density=options["density"], estimates=est)
-        out, groups = layer_attention(q, k, v, patterns, ctx, return_index=True)
-    else:
-        result = layer_attention(q, k, v, ctx, density=options["density"])
-        out, groups, patterns = result.out, result.indexes, result.patterns
-    predicted = None
-    try:  # the policy does not return its belief; re-ask its per-modality step (private, may change)
-        modalities = list(ctx.present) if len(ctx.present) > 1 else ["*"]
-        grid = len(modalities) == 1 and ctx.max_frame > 0
-        heads = list(range(q.shape[1]))
-        picks = [policy._choose_one(est, m, heads, ctx, options["density"], policy.TARGET, grid)[0] for m in modalities]
-        predicted = [1.0 if type(patterns[h].intra[0][1]).__name__ == "Dense" else min(p[h] for p in picks)
-                     for h in heads]
-    except (AttributeError, TypeError) as e:
-        print(f"(no predicted recall: {type(e).__name__}: {e})")
-    names = ["/".join(f"{m}:{type(p).__name__}" for m, p in pat.intra) for pat in patterns]
-    return out, groups, predicted, names
+    ctx = forward_context(layout, q.shape[2], 1, q.device, *options["block"])
+    result = layer_attention(q, k, v, ctx, density=options["density"], recall=options["recall"] or None)
+    predicted = None if result.head_recall is None else result.head_recall.tolist()
+    names = ["/".join(f"{m}:{type(p).__name__}" for m, p in pat.intra) for pat in result.patterns]
+    return result.out, result.indexes, predicted, names
 
 
 def measure(q, k, v, out, groups, rows):
@@ -89,6 +68,7 @@ def main():
     ap.add_argument("--heads", default="28/4" if cuda else "4/1")
     ap.add_argument("--head-dim", type=int, default=128 if cuda else 64)
     ap.add_argument("--density", type=float, default=0.1)
+    ap.add_argument("--recall", type=float, default=0.95, help="the op's recall target (0: no check)")
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -97,7 +77,7 @@ def main():
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)  # bf16 tl.dot is wrong in the interpreter
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
-    options = dict(density=args.density, block=(128, 64) if cuda else (64, 64))
+    options = dict(density=args.density, recall=args.recall, block=(128, 64) if cuda else (64, 64))
     from mmcompile.patterns.fidelity import sample_rows
     results, start = [], time.perf_counter()
     for n in (int(x) for x in args.tokens.split(",")):
@@ -115,6 +95,7 @@ def main():
                 del q, k, v, out, groups
     table = summarize(results)
     print(f"layout={args.layout} tokens={args.tokens} heads={args.heads} seeds={args.seeds} budget={args.density} "
+          f"recall target={args.recall or 'off'} "
           f"device={device} torch={torch.__version__} ({time.perf_counter() - start:.0f} s)")
     print(f"{'family':22s} {'heads':>5s} {'recall':>7s} {'worst5%':>7s} {'rel err':>8s} {'density':>8s} "
           f"{'predict':>7s}  chosen")

@@ -37,7 +37,12 @@ class BackendConfig:
     structure stay dense) or ``"a-shape"`` (a fixed sink + local budget for every head)."""
 
     density: float = 0.1
-    """Budget of the online policy: the fraction of the causal area each candidate pattern visits."""
+    """Budget cap of the online policy: the fraction of the causal area a head's pattern may visit."""
+
+    recall: float = 0.95
+    """The online policy's accuracy target: the share of each estimation row's attention mass a
+    head's built index must keep, measured on that index; a head that cannot reach it within the
+    ``density`` cap runs dense. 0 turns the check off."""
 
     sink: int = 128
     """``policy="a-shape"``: the first ``sink`` keys every query block sees (tokens)."""
@@ -75,6 +80,8 @@ class BackendConfig:
         for name in ("strict", "debug_uncompiled", "force_dense"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name!r} must be a bool, got {getattr(self, name)!r}")
+        if isinstance(self.recall, bool) or not isinstance(self.recall, (int, float)) or not 0 <= self.recall <= 1:
+            raise ValueError(f"option 'recall' must be a number in [0, 1], got {self.recall!r}")
         if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
             raise ValueError(f"option 'dump_dir' must be a path, got {self.dump_dir!r}")
 
@@ -82,6 +89,7 @@ class BackendConfig:
     def runtime_options(self, tag: str = "") -> RuntimeOptions:
         """What every rewritten op of a graph compiled with this config receives as arguments."""
         return RuntimeOptions(min_sparse_len=self.min_sparse_len, policy=self.policy, density=self.density,
+                              recall=self.recall,
                               sink=self.sink, local=self.local, force_dense=self.force_dense,
                               strict=self.strict, tag=tag)
 

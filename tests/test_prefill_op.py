@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
 from mmcompile.kernels import sparse_attention_reference
 from mmcompile.kernels.index_factories import a_shape_index
-from mmcompile.runtime import DenseReason, ForwardState, forward_scope, track
+from mmcompile.runtime import DenseReason, ForwardState, RuntimeOptions, forward_scope, track
 
 op = torch.ops.mminference.prefill_attention
 
@@ -68,7 +68,8 @@ def _layer(q, k, v, layout, density, scale):
     """What the online path must compute: the one composition, on the same forward context."""
     from mmcompile.patterns import forward_context, layer_attention
 
-    return layer_attention(q, k, v, forward_context(layout, q.shape[2], 1, "cpu"), density=density, scale=scale)
+    return layer_attention(q, k, v, forward_context(layout, q.shape[2], 1, "cpu"), density=density, scale=scale,
+                           recall=RuntimeOptions().recall)
 
 
 @pytest.mark.interpreter
@@ -84,6 +85,7 @@ def test_online_policy_equals_reference_of_its_indexes():
     (rec,) = stats.records
     assert rec.path == "sparse" and rec.detail == "online" and rec.layout.source == "none (text-only)"
     assert rec.patterns == result.patterns and 0 < rec.density < 1  # some heads sparse
+    assert torch.equal(rec.head_recall, result.head_recall) and rec.predicted_recall >= 0.95
 
 
 @pytest.mark.interpreter

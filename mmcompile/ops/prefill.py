@@ -4,7 +4,7 @@ any process (a cached compile, an exported program):
 
     prefill_attention(q [B,Hq,Nq,D], k [B,Hkv,Nk,D], v [B,Hkv,Nk,D], modality_ids: Tensor?,
                       key_padding_mask: Tensor?, layer: int, scale: float,
-                      min_sparse_len=32768, policy="online", density=0.1, sink=128, local=4096,
+                      min_sparse_len=32768, policy="online", density=0.1, recall=0.95, sink=128, local=4096,
                       force_dense=False, strict=False, plan="", tag="") -> [B,Hq,Nq,D] (contiguous)
 
 Same result as ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=scale)``
@@ -33,17 +33,17 @@ def prefill_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     modality_ids: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], layer: int, scale: float,
     min_sparse_len: int = _DEFAULTS.min_sparse_len, policy: str = _DEFAULTS.policy,
-    density: float = _DEFAULTS.density, sink: int = _DEFAULTS.sink, local: int = _DEFAULTS.local,
-    force_dense: bool = False, strict: bool = False, plan: str = "", tag: str = "",
+    density: float = _DEFAULTS.density, recall: float = _DEFAULTS.recall, sink: int = _DEFAULTS.sink,
+    local: int = _DEFAULTS.local, force_dense: bool = False, strict: bool = False, plan: str = "", tag: str = "",
 ) -> torch.Tensor:
     """Causal (bottom-right) GQA attention of a rewritten layer; dense or sparse per its options."""
-    options = RuntimeOptions(min_sparse_len, policy, density, sink, local, force_dense, strict, plan, tag)
+    options = RuntimeOptions(min_sparse_len, policy, density, recall, sink, local, force_dense, strict, plan, tag)
     return run_prefill(q, k, v, modality_ids, key_padding_mask, layer, scale, options)
 
 
 @prefill_attention.register_fake
 def _(q, k, v, modality_ids, key_padding_mask, layer, scale, min_sparse_len=0, policy="", density=0.0,
-      sink=0, local=0, force_dense=False, strict=False, plan="", tag=""):
+      recall=0.0, sink=0, local=0, force_dense=False, strict=False, plan="", tag=""):
     # Also the Meta kernel: a real tensor mixed with meta ones lands here, and SDPA raises on that.
     devices = {t.device for t in (q, k, v, modality_ids, key_padding_mask) if t is not None}
     if len(devices) > 1:
@@ -66,7 +66,7 @@ def _backward(ctx, grad):
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad))
     dq, dk, dv = (next(grads) if t.requires_grad else None for t in inputs)
-    return (dq, dk, dv) + (None,) * 13
+    return (dq, dk, dv) + (None,) * 14
 
 
 prefill_attention.register_autograd(_backward, setup_context=_setup_context)

@@ -180,6 +180,7 @@ def family_specs(family: str, layout: ModalityLayout, heads_q: int, heads_kv: in
 
 def _ladder(values, periods):
     """[N, 2 L] (cos, sin) of 2 pi (values mod P) / P, exact for integer values at any length."""
+    periods = periods.to(values.device)
     turns = torch.remainder(values[:, None], periods[None, :]).double() / periods[None, :]
     return torch.cat([torch.cos(2 * math.pi * turns), torch.sin(2 * math.pi * turns)], -1).float()
 

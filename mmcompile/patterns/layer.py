@@ -79,24 +79,41 @@ class LayerResult:
     patterns: tuple  # HeadPattern per query head
     indexes: list  # [(query head ids, SparseIndex or None for dense heads)]
     head_density: torch.Tensor  # float32 [Hq] on q's device (1 for dense heads)
+    head_recall: torch.Tensor | None = None  # float32 [Hq]: recall of each built index on the estimation rows
 
 
 def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
-                    density: float = 0.1, scale: float | None = None) -> LayerResult:
-    """Sparse causal attention of one layer: estimate -> choose -> index -> attend, the only place
-    these are composed (the op, the distributed path, the CLI and the benchmarks call it).
+                    density: float = 0.1, scale: float | None = None, recall: float | None = None) -> LayerResult:
+    """Sparse causal attention of one layer: estimate -> choose -> index -> (verify) -> attend, the
+    only place these are composed (the op, the distributed path, the CLI and the benchmarks call it).
     ``patterns``: one per query head (a plan's, a fixed policy's), or None for the online choice
     (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
-    shared by the choice and the index builders."""
+    shared by the choice and the index builders. ``recall``: a target; each built index's recall
+    on the estimation rows is measured (``verify.estimation_recall``); with the online choice, heads
+    below it get the largest budget the ``density`` cap allows and are measured again; heads still
+    below it run dense (``verify.demote``)."""
+    from . import verify
     from .policy import choose_patterns  # the policy builds on this module
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = Estimates(q, k, ctx, scale)
-    if patterns is None:
-        patterns = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates)
+    online, patterns = patterns is None, tuple(patterns) if patterns is not None else \
+        tuple(choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates))
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    head_recall = None
+    if recall is not None:
+        head_recall = verify.estimation_recall(q, k, indexes, ctx, scale)
+        failing = (head_recall < recall).tolist()
+        if online and any(failing):  # the cheapest prediction fell short: the largest budget under the cap
+            widest = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates, target=2.0)
+            retry = tuple(w if f else p for p, w, f in zip(patterns, widest, failing))
+            if retry != patterns:
+                patterns = retry
+                indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+                head_recall = verify.estimation_recall(q, k, indexes, ctx, scale)
+        indexes, patterns = verify.demote(indexes, patterns, head_recall, recall)
     out = attend(q, k, v, indexes, scale)
-    return LayerResult(out, tuple(patterns), indexes, _head_density(indexes, q.shape[1], ctx.n, q.device))
+    return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
 
 
 def _head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
@@ -142,6 +159,9 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
 def attend(q, k, v, indexes, scale: float | None = None):
     """The kernel launches of one layer, all writing into one output (index None: dense heads)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if len(indexes) == 1 and indexes[0][1] is None:  # every head dense: SDPA (cuDNN on Hopper) is faster
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                                enable_gqa=q.shape[1] != k.shape[1])
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     for head_ids, index in indexes:

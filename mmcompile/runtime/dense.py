@@ -6,8 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmcompile.kernels import attention_kernel_supports
-
 
 def sdpa(q, k, v, scale, mask=None, causal=False):
     # enable_gqa reads the K/V heads in place (no repeat_kv copy).
@@ -16,12 +14,9 @@ def sdpa(q, k, v, scale, mask=None, causal=False):
 
 
 def dense(q, k, v, scale):
-    """The Triton dense kernel where it runs (measured faster than SDPA flash on the H100), else SDPA."""
+    """SDPA: on Hopper its default pick for causal GQA is cuDNN, faster than our dense kernel
+    (556 vs 474 TFLOP/s at 128K on the H200, BENCHMARKING.md), and it has a backward."""
     n_q, n_k = q.shape[2], k.shape[2]
-    if attention_kernel_supports(q) and not _needs_grad(q, k, v):  # the kernel has no backward
-        from mmcompile.kernels import dense_attention_forward
-
-        return dense_attention_forward(q, k, v, scale, q_offset=n_k - n_q)[0]
     if n_q == n_k:
         return sdpa(q, k, v, scale, causal=True)
     # SDPA's is_causal is top-left aligned; decode queries are the last positions (bottom-right).
@@ -36,7 +31,3 @@ def dense_padded(q, k, v, scale, pad):
     # The graph read pad[b, j] for j < Nk: a longer padding mask contributes its first Nk columns.
     mask = causal[None, None] & pad[:, :n_k].to(device=q.device, dtype=torch.bool)[:, None, None, :]
     return sdpa(q, k, v, scale, mask=mask)
-
-
-def _needs_grad(*tensors) -> bool:
-    return any(t.requires_grad for t in tensors)

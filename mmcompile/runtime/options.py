@@ -22,6 +22,9 @@ class RuntimeOptions:
     """``"online"``: patterns chosen per head from this input; ``"a-shape"``: ``sink`` + ``local`` for all heads."""
     density: float = 0.1
     """Budget cap of the online policy (fraction of the causal area)."""
+    recall: float = 0.95
+    """Online policy: the recall each head's built index must reach on the estimation rows, else
+    that head runs dense (0 turns the check off)."""
     sink: int = 128
     local: int = 4096
     force_dense: bool = False
@@ -37,6 +40,8 @@ class RuntimeOptions:
             raise ValueError(f"mminference policy must be one of {POLICIES}, got {self.policy!r}")
         if not 0 < self.density <= 1:
             raise ValueError(f"mminference density must lie in (0, 1], got {self.density!r}")
+        if not 0 <= self.recall <= 1:
+            raise ValueError(f"mminference recall must lie in [0, 1], got {self.recall!r}")
         if min(self.min_sparse_len, self.sink, self.local) < 0:
             raise ValueError("mminference min_sparse_len, sink and local must be non-negative")
         if self.plan:

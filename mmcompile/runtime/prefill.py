@@ -61,9 +61,10 @@ def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state)
     patterns = None  # the online choice, per head and query modality
     if options.policy == "a-shape":
         patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
-    result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale)
+    target = options.recall if options.policy == "online" and options.recall > 0 else None
+    result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target)
     return result.out, CallRecord(layer, "sparse", None, options.policy, q.shape[2], k.shape[2],
-                                  result.head_density, summary, tuple(result.patterns))
+                                  result.head_density, summary, tuple(result.patterns), result.head_recall)
 
 
 def _record(options: RuntimeOptions, record: CallRecord) -> None:

@@ -46,9 +46,15 @@ class CallRecord:
     head_density: Optional[torch.Tensor] = None  # [Hq] (``SparseIndex.density``), None for dense calls
     layout: Optional[LayoutSummary] = None  # the layout a sparse call read
     patterns: tuple = ()  # per query head, the HeadPattern a sparse call ran
+    head_recall: Optional[torch.Tensor] = None  # [Hq]: recall of each head's index on the estimation rows
 
     @property
     def density(self) -> float:
         """Mean over heads of the evaluated share of the causal area (1.0 when dense). Reading it
         syncs with the device: the hot path only stores the tensor."""
         return 1.0 if self.head_density is None else float(self.head_density.float().mean())
+
+    @property
+    def predicted_recall(self) -> Optional[float]:
+        """Smallest per-head recall on the estimation rows (what the call believed), or None."""
+        return None if self.head_recall is None else float(self.head_recall.min())

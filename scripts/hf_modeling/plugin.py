@@ -37,6 +37,24 @@ import weakref
 
 import pytest
 
+def _pin_mmcompile_root() -> None:
+    """``--mmcompile-root`` puts a snapshot first on PYTHONPATH, which gives its ``mmcompile/``; but the editable
+    install maps ``mmcompile.passes`` and ``mmcompile.kernels`` to top-level ``passes/`` and ``kernels/`` of the
+    live checkout (pyproject ``package-dir``). Searching the snapshot root as part of the package makes those two
+    come from the snapshot as well (run.py sets ``MMC_HF_ROOT``)."""
+    root = os.environ.get("MMC_HF_ROOT")
+    if not root:
+        return
+    import mmcompile
+
+    if os.path.dirname(os.path.abspath(mmcompile.__file__)) != os.path.join(os.path.abspath(root), "mmcompile"):
+        raise pytest.UsageError(f"mmcompile imported from {mmcompile.__file__}, not from MMC_HF_ROOT={root}")
+    if any(os.path.isfile(os.path.join(root, sub, "__init__.py")) for sub in ("passes", "kernels")):
+        mmcompile.__path__.append(os.path.abspath(root))
+
+
+_pin_mmcompile_root()
+
 MODE = os.environ.get("MMC_HF_MODE", "plain")
 MODES = ("plain", "attention", "attention-sdpa", "backend", "backend-dense", "eager-control")
 if MODE not in MODES:
@@ -137,7 +155,12 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return f"mmcompile HF mode: {MODE}"
+    import mmcompile
+    import mmcompile.kernels
+    import mmcompile.passes
+
+    where = ", ".join(os.path.dirname(m.__file__) for m in (mmcompile, mmcompile.passes, mmcompile.kernels))
+    return f"mmcompile HF mode: {MODE} (mmcompile, passes, kernels from {where})"
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,10 @@
 """SUBSTITUTE for transformers' tests/models/qwen2_vl/test_modeling_qwen2_vl.py (see _causal_lm.py): the common
 ModelTesterMixin suite on Qwen2-VL, with the tiny config and inputs of HF's own tester (seq 7 + 32 slots, one
-image of one 14x14 patch at position 32, vision start at 31). HF's model-specific tests are absent."""
+image of one 14x14 patch at position 32, vision start at 31). Of HF's model-specific tests, test_mismatching_num_image_tokens and test_video_forward are
+included (adapted to v5's mm_token_type_ids); the others are absent."""
 
+import copy
+import inspect
 import unittest
 
 from transformers import Qwen2VLConfig, is_torch_available
@@ -72,3 +75,78 @@ class Qwen2VLModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCas
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+    # HF's model-specific tests of this file (v4.5x wording), adapted to v5: every call also passes the processor's
+    # mm_token_type_ids (0 text, 1 image, 2 video), which v5's M-RoPE index needs.
+    def test_mismatching_num_image_tokens(self):
+        """A clear ValueError when the number of images doesn't match the image tokens (also multi-image prompts)."""
+        config, input_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        image_token_id = self.model_tester.image_token_id
+        for model_class in self.all_model_classes:
+            model = model_class(config).to(torch_device)
+            model.eval()
+            _ = model(**input_dict)  # successful forward with no modifications
+            curr_input_dict = copy.deepcopy(input_dict)
+
+            # remove one image but leave the image token in text
+            patch_size = config.vision_config.patch_size
+            one_img_length = (self.model_tester.image_size**2) // (patch_size**2)
+            curr_input_dict["pixel_values"] = curr_input_dict["pixel_values"][-one_img_length:, ...]
+            curr_input_dict["image_grid_thw"] = curr_input_dict["image_grid_thw"][-1:, ...]
+            with self.assertRaises(ValueError):
+                _ = model(**curr_input_dict)
+
+            # simulate multi-image case by concatenating inputs where each has exactly one image/image-token
+            input_ids = curr_input_dict["input_ids"][:1]
+            pixel_values = curr_input_dict["pixel_values"][:one_img_length]
+            image_grid_thw = curr_input_dict["image_grid_thw"][:1]
+            input_ids = torch.cat([input_ids, input_ids], dim=0)
+            mm_token_type_ids = (input_ids == image_token_id).long()
+
+            # one image and two image tokens raise an error
+            with self.assertRaises(ValueError):
+                _ = model(input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                          mm_token_type_ids=mm_token_type_ids)
+
+            # two images and two image tokens don't raise an error
+            pixel_values = torch.cat([pixel_values, pixel_values], dim=0)
+            image_grid_thw = torch.cat([image_grid_thw, image_grid_thw], dim=0)
+            _ = model(input_ids=input_ids, pixel_values=pixel_values, image_grid_thw=image_grid_thw,
+                      mm_token_type_ids=mm_token_type_ids)
+
+    def test_video_forward(self):
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        tester = self.model_tester
+        B = tester.batch_size
+        C = tester.num_channels
+        T = config.vision_config.temporal_patch_size
+        P = config.vision_config.patch_size
+        input_ids = ids_tensor([B, tester.seq_length], tester.vocab_size)
+        F = 4
+        patch_H = patch_W = tester.image_size // P
+        patch_T = F // T
+        patches_per_video = patch_T * patch_H * patch_W
+        pixel_values_videos = floats_tensor([B * patches_per_video, C * T * (P**2)])
+        video_grid_thw = torch.tensor([[patch_T, patch_H, patch_W]] * B)
+        assert pixel_values_videos.shape[0] == video_grid_thw.prod(dim=1).sum().item()
+
+        # Insert video token sequence
+        input_ids[:, -1] = tester.pad_token_id
+        for t in (tester.video_token_id, tester.image_token_id, tester.vision_start_token_id):
+            input_ids[input_ids == t] = tester.pad_token_id
+        insertion_point = tester.num_image_tokens
+        assert (B * patches_per_video) + insertion_point <= tester.seq_length
+        for b in range(B):
+            input_ids[b, insertion_point - 1] = tester.vision_start_token_id
+            input_ids[b, insertion_point : insertion_point + patches_per_video] = tester.video_token_id
+        mm_token_type_ids = (input_ids == tester.video_token_id).long() * 2
+
+        for model_class in self.all_model_classes:
+            model = model_class(config).to(torch_device)
+            model.eval()
+            kwargs = {}
+            if "second_per_grid_ts" in inspect.signature(model.forward).parameters:
+                kwargs["second_per_grid_ts"] = torch.tensor([1.0] * B, device=torch_device)
+            outputs = model(input_ids=input_ids, pixel_values_videos=pixel_values_videos,
+                            video_grid_thw=video_grid_thw, mm_token_type_ids=mm_token_type_ids, **kwargs)
+            self.assertIsNotNone(outputs)

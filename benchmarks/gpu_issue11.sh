@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call for issue 11 (first part): the recall target measured on the built index.
+# The op and the whole-layer fidelity at 128K with the target (0.95, the default) and without it
+# (0: the previous behaviour), then the independent planted families at 128K, seed 1, both ways.
+# Output: $OUT/run.txt (table last) + families JSON.
+set -u
+OUT=${OUT:-/tmp/out}
+exec > >(tee $OUT/run.txt) 2>&1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+date -u
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+for recall in 0.95 0; do
+  for layout in video mixed; do
+    timeout 200 python3 benchmarks/bench_prefill_op.py --layout $layout --recall $recall 2>&1 | grep -v -i warn | tail -1
+  done
+  echo "--- fidelity video 128K recall $recall"
+  timeout 200 python3 benchmarks/fidelity.py --layout video --tokens 131072 --no-flex --recall $recall 2>&1 | grep -v -i warn | tail -11
+done
+for recall in 0.95 0; do
+  echo "--- families 128K seed 1 recall $recall"
+  timeout 280 python3 benchmarks/fidelity_families.py --tokens 131072 --seeds 1 --recall $recall --out $OUT/families_128k_r$recall.json 2>&1 \
+    | grep -v -i warn | tail -15
+done
+echo "=== table ==="
+grep -E "^(video|mixed) 131072|ALL mean|whole op|^layout=" $OUT/run.txt

@@ -1,0 +1,60 @@
+"""Recall on the estimation rows, measured on the built index (patterns/verify.py): it equals an
+independent dense computation, and heads below the target run dense (exactly)."""
+
+import pytest
+import torch
+
+from mmcompile.kernels import index_to_mask
+from mmcompile.patterns import TEXT, VIDEO, forward_context, from_segments, layer_attention
+from mmcompile.patterns.planted import planted_qkv
+from mmcompile.patterns.specs import AShape, Dense, HeadPattern
+from mmcompile.patterns.verify import estimation_recall
+
+LAYOUT = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 100)]])
+
+
+def independent_recall(q, k, indexes, ctx, scale):
+    """The same quantity from dense masks (``index_to_mask``) and a full softmax."""
+    n, group = ctx.n, q.shape[1] // k.shape[1]
+    probs = torch.softmax(((q[0] @ k[0].repeat_interleave(group, 0).transpose(-1, -2)) * scale)
+                          .masked_fill(torch.ones(n, n, dtype=torch.bool).tril().logical_not(), float("-inf")), -1)
+    out = torch.ones(q.shape[1])
+    for ids, index in indexes:
+        if index is None:
+            continue
+        mask = index_to_mask(index, n, n)[0]
+        for i, h in enumerate(ids):
+            per_set = []
+            for pos, valid, _, _ in ctx.last_rows.values():
+                rows = pos[0][valid[0]]
+                per_set.append((probs[h, rows] * mask[i, rows]).sum(-1).mean())
+            out[h] = min(per_set)
+    return out
+
+
+@pytest.mark.interpreter
+def test_estimation_recall_equals_an_independent_computation_on_the_built_index():
+    q, k, v, _ = planted_qkv(LAYOUT, 4, 2, 64, kinds=["grid", "a-shape", "vertical-slash", "boundary"])
+    ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)
+    result = layer_attention(q, k, v, ctx, density=0.2)
+    got = estimation_recall(q, k, result.indexes, ctx, 0.125)
+    torch.testing.assert_close(got, independent_recall(q, k, result.indexes, ctx, 0.125), atol=1e-5, rtol=1e-5)
+    assert (got <= 1 + 1e-6).all() and (got > 0).all()
+
+
+@pytest.mark.interpreter
+def test_heads_below_the_target_run_dense_and_exactly():
+    from mmcompile.kernels.reference import masked_attention
+
+    q, k, v, _ = planted_qkv(LAYOUT, 4, 2, 64, kinds=["a-shape", "random", "a-shape", "random"])
+    ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)
+    narrow = [HeadPattern("none", (("*", AShape(64, 64)),))] * 4  # a fixed pattern, verified at 0.95
+    result = layer_attention(q, k, v, ctx, narrow, recall=0.95)
+    dense_heads = [h for h, p in enumerate(result.patterns) if p.intra[0][1] == Dense()]
+    assert {1, 3} <= set(dense_heads)  # unstructured heads cannot keep 95% in a narrow window
+    assert all(result.head_recall[h] >= 0.95 for h in range(4) if h not in dense_heads)
+    n = LAYOUT.length
+    exact, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                torch.ones(1, 4, n, n, dtype=torch.bool).tril(), 0.125)
+    torch.testing.assert_close(result.out[:, dense_heads], exact[:, dense_heads].float(), atol=2e-5, rtol=2e-5)
+    assert result.head_density[dense_heads].eq(1).all()
