@@ -17,10 +17,11 @@ for recall in 0.95 0; do
   echo "--- fidelity video 128K recall $recall"
   timeout 200 python3 benchmarks/fidelity.py --layout video --tokens 131072 --no-flex --recall $recall 2>&1 | grep -v -i warn | tail -11
 done
-for recall in 0.95 0; do
-  echo "--- families 128K seed 1 recall $recall"
-  timeout 280 python3 benchmarks/fidelity_families.py --tokens 131072 --seeds 1 --recall $recall --out $OUT/families_128k_r$recall.json 2>&1 \
-    | grep -v -i warn | tail -15
-done
+echo "--- families 128K+256K seeds 1,2 recall 0.95"
+timeout 400 python3 benchmarks/fidelity_families.py --tokens 131072,262144 --seeds 1,2 --recall 0.95 --out $OUT/families_r0.95.json 2>&1 \
+  | grep -v -i warn | tail -15
+echo "--- families 128K+256K seeds 1,2 recall off"
+timeout 400 python3 benchmarks/fidelity_families.py --tokens 131072,262144 --seeds 1,2 --recall 0 --out $OUT/families_r0.json 2>&1 \
+  | grep -v -i warn | tail -15
 echo "=== table ==="
 grep -E "^(video|mixed) 131072|ALL mean|whole op|^layout=" $OUT/run.txt

@@ -84,35 +84,31 @@ class LayerResult:
 
 def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
                     density: float = 0.1, scale: float | None = None, recall: float | None = None) -> LayerResult:
-    """Sparse causal attention of one layer: estimate -> choose -> index -> (verify) -> attend, the
+    """Sparse causal attention of one layer: estimate -> choose -> index -> attend (-> verify), the
     only place these are composed (the op, the distributed path, the CLI and the benchmarks call it).
     ``patterns``: one per query head (a plan's, a fixed policy's), or None for the online choice
     (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
-    shared by the choice and the index builders. ``recall``: a target; each built index's recall
-    on the estimation rows is measured (``verify.estimation_recall``); with the online choice, heads
-    below it get the largest budget the ``density`` cap allows and are measured again; heads still
-    below it run dense (``verify.demote``)."""
+    shared by the choice and the index builders. ``recall``: a target; what each head's index kept
+    of the estimation rows' attention mass is read off the kernel's log-sum-exp
+    (``verify.estimation_recall``), and heads below the target are recomputed dense."""
     from . import verify
     from .policy import choose_patterns  # the policy builds on this module
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = Estimates(q, k, ctx, scale)
-    online, patterns = patterns is None, tuple(patterns) if patterns is not None else \
-        tuple(choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates))
+    if patterns is None:
+        patterns = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates)
+    patterns = tuple(patterns)
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
-    if recall is not None:
-        head_recall = verify.estimation_recall(q, k, indexes, ctx, scale)
-        failing = (head_recall < recall).tolist()
-        if online and any(failing):  # the cheapest prediction fell short: the largest budget under the cap
-            widest = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates, target=2.0)
-            retry = tuple(w if f else p for p, w, f in zip(patterns, widest, failing))
-            if retry != patterns:
-                patterns = retry
-                indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
-                head_recall = verify.estimation_recall(q, k, indexes, ctx, scale)
-        indexes, patterns = verify.demote(indexes, patterns, head_recall, recall)
-    out = attend(q, k, v, indexes, scale)
+    if recall is not None and lse is not None:
+        head_recall = verify.estimation_recall(lse, estimates, ctx)
+        failing = (head_recall < recall).nonzero().flatten().tolist()  # one host sync
+        if failing:  # recomputed dense, in place: these heads cannot meet the target with this input
+            dense_attention_forward(q, k, v, scale, head_ids=device_list(failing, q.device, torch.int32),
+                                    out=out, lse=lse)
+            indexes, patterns = verify.demote(indexes, patterns, failing)
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
 
 
@@ -156,12 +152,14 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
     return indexes
 
 
-def attend(q, k, v, indexes, scale: float | None = None):
-    """The kernel launches of one layer, all writing into one output (index None: dense heads)."""
+def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False):
+    """The kernel launches of one layer, all writing into one output (index None: dense heads).
+    Returns out, or (out, lse [B, Hq, N] float32 natural log; None when SDPA ran every head)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if len(indexes) == 1 and indexes[0][1] is None:  # every head dense: SDPA (cuDNN on Hopper) is faster
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                                                enable_gqa=q.shape[1] != k.shape[1])
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                               enable_gqa=q.shape[1] != k.shape[1])
+        return (out, None) if return_lse else out
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     for head_ids, index in indexes:
@@ -170,7 +168,7 @@ def attend(q, k, v, indexes, scale: float | None = None):
             dense_attention_forward(q, k, v, scale, head_ids=ids, out=out, lse=lse)
         else:
             sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
-    return out
+    return (out, lse) if return_lse else out
 
 
 class Estimates:

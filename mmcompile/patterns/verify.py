@@ -1,12 +1,14 @@
-"""What a layer's built indexes really keep, measured before they run: the recall of each query
-head's index on the estimation rows (the last queries of each modality, and the last queries
-overall), computed from exactly the index the kernel will walk (its blocks, columns, permutation
-and causal clipping: ``fidelity.index_row_mask``) against the rows' exact softmax. No sum of
-overlapping terms, so it cannot exceed 1 and does not flatter a pattern whose terms overlap.
+"""What a layer's indexes really kept, read off the kernel's own result: for the estimation rows
+(the last queries of each modality the policy looked at, or the last queries overall), the share of
+each row's attention mass the sparse kernel covered is ``exp(lse_sparse - lse_dense)``, where the
+kernel's log-sum-exp comes from exactly the index it walked (its blocks, columns, permutation and
+causal clipping) and the dense one from the estimation pass (``estimate.LineScores.lse``). Nothing
+is summed from overlapping terms, so it cannot exceed 1 or flatter a pattern whose terms overlap,
+and it costs a gather, not another pass over the keys.
 
-``demote`` moves the heads whose recall misses the target to the dense path, so a head that
-cannot meet the user's recall target runs exactly. The rows are the ones the online policy chose
-from, so this is an upper bound of held-out recall (the fidelity harness measures held-out rows).
+Heads whose recall misses the target are recomputed dense in place (``demote`` keeps the records
+straight), so a head that cannot meet the user's recall target runs exactly. The rows are the ones
+the online policy chose from: on the fidelity harness's held-out rows recall can be lower.
 """
 
 from __future__ import annotations
@@ -17,51 +19,31 @@ import torch
 
 from mmcompile.kernels import SparseIndex
 
-from .fidelity import index_row_mask
 from .index_builder import device_list
 from .specs import Dense, HeadPattern
 
-CHUNK_BYTES = 1 << 29  # fp32 probabilities of the rows scored at once (heads chosen to fit)
+
+def row_sets(ctx) -> list[str]:
+    """The estimation-row sets a layer is judged on: each query modality's when there are several
+    (the policy estimates them apart), else the last rows overall."""
+    return list(ctx.present) if len(ctx.present) > 1 else ["*"]
 
 
-def estimation_recall(q, k, indexes, ctx, scale: float) -> torch.Tensor:
-    """float32 [Hq]: per query head, the smallest mean recall over the estimation-row sets of
-    ``ctx.last_rows`` (each query modality's last rows, and the last rows overall) and over the
-    batch. Dense heads (index None) get 1. All sets' rows are scored in one pass per head chunk."""
-    heads_q, group, n = q.shape[1], q.shape[1] // k.shape[1], ctx.n
-    recall = torch.ones(heads_q, dtype=torch.float32, device=q.device)
-    sets = list(ctx.last_rows.values())
-    for head_ids, index in indexes:
-        if index is None:
-            continue
-        worst = torch.ones(len(head_ids), dtype=torch.float32, device=q.device)
-        for b in range(ctx.batch):
-            rows = torch.cat([pos[b] for pos, *_ in sets])  # [R]
-            weight = torch.block_diag(*[valid[b].float()[None] for _, valid, *_ in sets])  # [S, R]
-            per_set = weight.sum(-1)  # rows per set (0: the set is empty in this sample)
-            chunk = max(1, CHUNK_BYTES // (4 * rows.numel() * n))
-            one = _batch(index, b)
-            for start in range(0, len(head_ids), chunk):
-                ids = head_ids[start:start + chunk]
-                probs = _row_probs(q[b], k[b], ids, group, rows, scale, None if ctx.key_pad is None else ctx.key_pad[b])
-                kept = (probs * index_row_mask(_heads(one, start, len(ids)), rows, n)).sum(-1)  # [h, R]
-                mass = (kept @ weight.T) / per_set.clamp(min=1)  # [h, S]
-                mass = torch.where(per_set > 0, mass, 1.0).min(-1).values
-                worst[start:start + len(ids)] = torch.minimum(worst[start:start + len(ids)], mass)
-        recall.index_copy_(0, device_list(head_ids, q.device), worst)
-    return recall
-
-
-def _row_probs(q, k, ids, group, rows, scale, key_pad):
-    """fp32 [len(ids), R, N]: the exact causal softmax of query rows ``rows`` of heads ``ids``."""
-    heads = device_list(ids, q.device)
-    qr = q.index_select(0, heads)[:, rows].float()  # [h, R, D]
-    kr = k.index_select(0, heads // group).float()  # [h, N, D]
-    scores = (qr @ kr.transpose(-1, -2)) * scale
-    future = torch.arange(k.shape[1], device=q.device)[None, :] > rows[:, None]
-    if key_pad is not None:
-        future = future | key_pad[None, :]
-    return torch.softmax(scores.masked_fill(future, float("-inf")), -1).nan_to_num(0.0)
+def estimation_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
+    """float32 [Hq]: per query head, the smallest (over row sets and batch) mean share of the
+    estimation rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
+    log-sum-exp the kernels wrote (natural log; dense heads equal the dense value)."""
+    heads = list(range(lse.shape[1]))
+    worst = torch.ones(lse.shape[1], dtype=torch.float32, device=lse.device)
+    for name in row_sets(ctx):
+        lines = estimates.lines(name, heads)
+        got = lse.gather(2, lines.pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, L]
+        kept = torch.exp(got - lines.lse).clamp(max=1.0)
+        weight = lines.valid[:, None, :].float()
+        mean = (kept * weight).sum(-1) / weight.sum(-1).clamp(min=1)  # [B, H]
+        has_rows = lines.valid.any(-1)[:, None]
+        worst = torch.minimum(worst, torch.where(has_rows, mean, 1.0).min(0).values)
+    return worst
 
 
 def _batch(index: SparseIndex, b: int) -> SparseIndex:
@@ -78,10 +60,9 @@ def _heads(index: SparseIndex, start: int, count: int) -> SparseIndex:
                                           "q_order", "k_order")})
 
 
-def demote(indexes, patterns, recall: torch.Tensor, target: float):
-    """(indexes, patterns) with every head whose ``recall`` is below ``target`` moved to the dense
-    group (its pattern becomes Dense). One host sync: which heads fail decides the launches."""
-    failing = set((recall < target).nonzero().flatten().tolist())
+def demote(indexes, patterns, failing: list[int]):
+    """(indexes, patterns) with the ``failing`` heads moved to the dense group (pattern Dense)."""
+    failing = set(failing)
     if not failing:
         return indexes, tuple(patterns)
     dense = [h for ids, index in indexes if index is None for h in ids]
@@ -94,7 +75,7 @@ def demote(indexes, patterns, recall: torch.Tensor, target: float):
         if len(stay) == len(ids):
             kept.append((ids, index))
         elif stay:
-            pick = device_list(stay, recall.device)
+            pick = device_list(stay, index.block_count.device)
             kept.append(([ids[i] for i in stay], dataclasses.replace(index, **{
                 f: None if getattr(index, f) is None else getattr(index, f).index_select(1, pick).contiguous()
                 for f in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order")})))
