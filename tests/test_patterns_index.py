@@ -64,11 +64,16 @@ def test_vertical_slash_index_matches_definition():
     sets = intra.vertical_slash_sets(patterns, lines, n, BM, BN, explained=explained)
     mask = index_to_mask(build_index([(None, sets)], n, n, BM, BN), n, n)
     probs = last_query_probs(q, k, pos, valid, 0.25)
-    # Brute force: the top columns (first 30 forced, keys near the rows left out) and the top
+    # Brute force: the top columns (first 30 forced, keys near the rows and keys a diagonal explains
+    # better left out) and the top
     # relative blocks by the mass their rows see once the columns' own mass is removed, blocks
     # 1..ceil(100 / BN) forced.
     for h, p in enumerate(patterns):
         vertical = lines.vertical[0, h].clone()
+        for j in range(n):  # a key a diagonal explains better (some row's offset to it is heavier) is no column
+            reaching = [lines.slash[0, h, int(pos[0, r]) - j] for r in range(pos.shape[1]) if int(pos[0, r]) >= j]
+            if reaching and lines.vertical[0, h, j] < intra.SLASH_DOMINANCE * max(reaching):
+                vertical[j] = 0.0
         vertical[int(pos.min()) - n // 16:] = 0.0
         vertical[:30] = float("inf")
         cols = vertical.topk(p.vertical).indices

@@ -88,18 +88,41 @@ def diagonal_block_mass(slash: torch.Tensor, block_m: int) -> torch.Tensor:
     return slash[..., :width] @ weight
 
 
+SLASH_DOMINANCE = 0.5  # see column_scores
 LOCAL_GUARD = 1024  # keys this close before the estimation rows (at most N/16) are left to slash blocks
 
 
 def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
     """[B, H, N] ranking of key columns: the vertical scores, the first 30 keys forced (+inf) and the
     keys just before the estimation rows zeroed (their mass is the local band's, which slash
-    blocks cover; as columns they would look useful only from these rows)."""
-    near = torch.arange(n, device=lines.vertical.device)[None, :] >= \
+    blocks cover; as columns they would look useful only from these rows).
+
+    Keys whose mass a diagonal explains are zeroed too. Over L consecutive estimation rows a band of
+    w diagonals (mass m per row) puts L m on each of its offsets but only min(w, L) m on each key
+    it crosses, while a run of K heavy keys puts L m on each key and min(K, L) m on the offsets
+    reaching it. So a key whose vertical mass is under ``SLASH_DOMINANCE`` times the heaviest
+    offset reaching it is a band narrower than L / 2, not a column; wider bands and runs of keys
+    (sinks) look alike from these rows and stay columns. Taken as columns, a band's keys serve only
+    the estimation rows (a row elsewhere sees it at other keys): that cost the slash-band family of
+    the independent planted generator half of its held-out recall."""
+    vertical = lines.vertical
+    near = torch.arange(n, device=vertical.device)[None, :] >= \
         lines.pos.min(-1).values[:, None] - min(LOCAL_GUARD, n // 16)
-    scores = lines.vertical.masked_fill(near[:, None, :], 0.0)
+    scores = vertical.masked_fill(near[:, None, :], 0.0)
+    scores = scores.masked_fill(vertical < SLASH_DOMINANCE * _reaching_slash(lines, n), 0.0)
     scores[..., :FORCED_SINK_COLUMNS] = float("inf")
     return scores
+
+
+def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
+    """[B, H, N]: per key j, the largest slash mass among the offsets p - j of the estimation rows
+    p (a window of offsets: exact for consecutive rows, a close bound otherwise)."""
+    last = int(lines.pos.shape[-1])
+    first = lines.pos[:, 0]  # the latest row
+    window = torch.nn.functional.max_pool1d(
+        torch.nn.functional.pad(lines.slash, (0, last)), kernel_size=last, stride=1)[..., :n]  # max slash[o .. o+L-1]
+    offset = (first[:, None] - last + 1 - torch.arange(n, device=first.device)[None, :]).clamp(min=0)  # [B, N]
+    return window.gather(2, offset[:, None, :].expand_as(window))
 
 
 def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScores, n, block_m, block_n,

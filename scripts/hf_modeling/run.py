@@ -98,6 +98,7 @@ def run_one(work: Path, model: str, mode: str, args, threads: int) -> tuple[str,
         cmd += ["-k", args.k]
     env = dict(os.environ, MMC_HF_MODE=mode, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads), MMC_HF_ROOT=str(args.mmcompile_root),
+               MMC_HF_GENERATE_COMPILE="mode",
                PYTHONPATH=os.pathsep.join([str(HERE), str(args.mmcompile_root), os.environ.get("PYTHONPATH", "")]))
     start = time.time()
     with open(log, "w") as out:
