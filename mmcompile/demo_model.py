@@ -63,8 +63,10 @@ def run() -> None:
     _summary(report.last_report())
     err = ((out.float() - eager.float()).norm() / eager.float().norm()).item()
     print(f"forced dense vs eager: relative error {err:.2e}")
-    # Random weights have no attention structure: the online policy rightly keeps heads dense. The
-    # fixed A-shape budget shows the sparse path itself.
+    # Random weights have no attention structure: the online policy rightly keeps heads dense (no
+    # sparse index keeps 95% of their mass). The fixed A-shape budget shows the sparse path itself.
+    from mmcompile.patterns import Dense
+
     for options in (dict(min_sparse_len=256, density=0.3),
                     dict(min_sparse_len=256, policy="a-shape", sink=64, local=64)):
         torch._dynamo.reset()
@@ -74,8 +76,12 @@ def run() -> None:
             sparse(**inputs)
         print(f"options {options}:")
         for record in report.last_report().runtime()["records"]:
-            print(f"  layer {record.layer}: {record.path} ({record.reason}), {record.n_q} tokens, "
-                  f"density {record.density:.2f}")
+            why = record.detail if record.reason is None else record.reason.value
+            dense_heads = sum(p.intra[0][1] == Dense() for p in record.patterns)
+            predicted = "" if record.predicted_recall is None else \
+                f", predicted recall >= {record.predicted_recall:.3f}"
+            print(f"  layer {record.layer}: {record.path} ({why}), {record.n_q} tokens, density "
+                  f"{record.density:.2f}, {dense_heads}/{len(record.patterns)} heads dense{predicted}")
 
 
 def _summary(rep) -> None:
