@@ -46,22 +46,19 @@ def estimation_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
     return worst
 
 
-def _batch(index: SparseIndex, b: int) -> SparseIndex:
-    pick = (lambda t: None if t is None else t[b:b + 1])
-    return dataclasses.replace(index, **{f: pick(getattr(index, f)) for f in
-                                         ("block_count", "block_offset", "column_count", "column_index",
-                                          "q_order", "k_order")})
+_INDEX_TENSORS = ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order")
 
 
-def _heads(index: SparseIndex, start: int, count: int) -> SparseIndex:
-    pick = (lambda t: None if t is None else t[:, start:start + count])
-    return dataclasses.replace(index, **{f: pick(getattr(index, f)) for f in
-                                         ("block_count", "block_offset", "column_count", "column_index",
-                                          "q_order", "k_order")})
+def _index_heads(index: SparseIndex, positions: torch.Tensor) -> SparseIndex:
+    """The index restricted to the heads at ``positions`` (along its head dim)."""
+    return dataclasses.replace(index, **{f: None if getattr(index, f) is None else
+                                         getattr(index, f).index_select(1, positions).contiguous()
+                                         for f in _INDEX_TENSORS})
 
 
 def demote(indexes, patterns, failing: list[int]):
-    """(indexes, patterns) with the ``failing`` heads moved to the dense group (pattern Dense)."""
+    """(indexes, patterns) with the ``failing`` heads moved to the dense group (pattern Dense): the
+    record of what ran after ``layer_attention`` recomputed them dense."""
     failing = set(failing)
     if not failing:
         return indexes, tuple(patterns)
@@ -75,9 +72,6 @@ def demote(indexes, patterns, failing: list[int]):
         if len(stay) == len(ids):
             kept.append((ids, index))
         elif stay:
-            pick = device_list(stay, index.block_count.device)
-            kept.append(([ids[i] for i in stay], dataclasses.replace(index, **{
-                f: None if getattr(index, f) is None else getattr(index, f).index_select(1, pick).contiguous()
-                for f in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order")})))
+            kept.append(([ids[i] for i in stay], _index_heads(index, device_list(stay, index.block_count.device))))
     patterns = tuple(HeadPattern("none", (("*", Dense()),)) if h in failing else p for h, p in enumerate(patterns))
     return [(sorted(dense), None)] + kept, patterns
