@@ -140,7 +140,7 @@ def test_a_forward_from_inputs_embeds_does_not_reuse_the_previous_layout(report,
     with torch.no_grad():
         embeds = model.get_input_embeddings()(both["input_ids"])
     report.reset_counters()
-    with caplog.at_level(logging.WARNING, logger="mmcompile.annotate"):
+    with caplog.at_level(logging.WARNING, logger="mmcompile.runtime.forward_state"):
         logits(compiled, {"inputs_embeds": embeds})
     records = report.runtime()["records"]
     assert len(records) == LAYERS
@@ -218,7 +218,7 @@ def test_merge_size_inferred_from_token_counts_when_the_graph_does_not_show_it()
 
 def test_grids_that_do_not_fit_keep_the_labels_and_drop_the_geometry(caplog):
     ids = torch.tensor([[1] + [9] * 18 + [2]])
-    with caplog.at_level(logging.WARNING, logger="mmcompile.annotate"):
+    with caplog.at_level(logging.WARNING, logger="mmcompile.runtime.layout_sources"):
         layout, _, geometry = _publish(ids, {9: VIDEO}, grids={VIDEO: (torch.tensor([[1, 6, 6]]), 2)})
     assert geometry.startswith("none (video run of 18 tokens does not match grid")
     assert layout.modality[0].tolist() == [0] + [VIDEO] * 18 + [0] and layout.frame_stride().tolist() == [18]

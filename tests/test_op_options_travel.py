@@ -14,7 +14,7 @@ import transformers
 import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
 from mmcompile.backend import MMInferenceBackend, _copy
 from mmcompile.passes import find_attention, modality_source, rewrite_attention, state
-from mmcompile.runtime import DenseReason, track
+from mmcompile.runtime import DenseReason
 from test_backend_models import build
 
 SPARSE = {"min_sparse_len": 16, "policy": "a-shape", "sink": 16, "local": 64}

@@ -81,9 +81,9 @@ class ForwardState:
         if layer is None or layer < 0:
             return True
         if layer in self._layers_read:
-            self._stale = True
-            _ONCE.log(log, logging.WARNING, "stale", "mminference: a new forward published no modality inputs "
-                      "(inputs_embeds?); the previous forward's layout is not reused: text-only")
+            self._stale = True  # logged once per such forward: the state stays stale until a publication
+            log.warning("mminference: a new forward published no modality inputs (inputs_embeds?); the "
+                        "previous forward's layout is not reused: text-only")
             return False
         self._layers_read.add(layer)
         return True
