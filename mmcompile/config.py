@@ -85,13 +85,11 @@ class BackendConfig:
         if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
             raise ValueError(f"option 'dump_dir' must be a path, got {self.dump_dir!r}")
 
-
     def runtime_options(self, tag: str = "") -> RuntimeOptions:
         """What every rewritten op of a graph compiled with this config receives as arguments."""
         return RuntimeOptions(min_sparse_len=self.min_sparse_len, policy=self.policy, density=self.density,
-                              recall=self.recall,
-                              sink=self.sink, local=self.local, force_dense=self.force_dense,
-                              strict=self.strict, tag=tag)
+                              recall=self.recall, sink=self.sink, local=self.local,
+                              force_dense=self.force_dense, strict=self.strict, tag=tag)
 
 
 def valid_keys() -> list[str]:
