@@ -35,7 +35,8 @@ class AttentionEntry:
     causal_form: str
     gqa_form: str
     modality_source: str
-    reason: str  # why skipped ("" when rewritten)
+    reason: str  # why skipped ("" when rewritten): the detail
+    kind: object = None  # why skipped, as a ``passes.SkipKind`` (None when rewritten)
 
 
 class _EntryViews:
@@ -83,7 +84,8 @@ def entries_from_sites(sites) -> list:
                            status="rewritten" if s.status == "rewritten" else "skipped",
                            causal_form=s.causal_form or "", gqa_form=s.gqa_form or "",
                            modality_source=s.modality_source if s.status == "rewritten" else "",
-                           reason="" if s.status == "rewritten" else (s.reason or "matched, not rewritten"))
+                           reason="" if s.status == "rewritten" else (s.reason or "matched, not rewritten"),
+                           kind=None if s.status == "rewritten" else s.kind)
             for s in sites]
 
 
@@ -103,6 +105,9 @@ class Report(_EntryViews):
 
     def skipped_reasons(self) -> collections.Counter:
         return collections.Counter(e.reason for e in self.skipped)
+
+    def skipped_kinds(self) -> collections.Counter:
+        return collections.Counter(e.kind for e in self.skipped)
 
     def runtime(self) -> dict:
         """Op calls since compile (or the last ``reset_counters``): totals, reasons, calls per layer."""

@@ -8,7 +8,7 @@ values, never the replaced node's), no new aliasing or mutation, and only nodes 
 are erased.
 """
 
-from ._types import AttentionSite, PassResult, state
+from ._types import AttentionSite, PassResult, SkipKind, state
 from .find_attention import find_attention
 from .modality_source import modality_source
 from .rewrite_attention import rewrite_attention
@@ -17,5 +17,5 @@ from .rewrite_attention import rewrite_attention
 # debugging session) can replace one pass with ``monkeypatch.setattr(mmcompile.passes, name, fn)``.
 PIPELINE = ("find_attention", "modality_source", "rewrite_attention")
 
-__all__ = ["AttentionSite", "PassResult", "state", "PIPELINE",
+__all__ = ["AttentionSite", "PassResult", "SkipKind", "state", "PIPELINE",
            "find_attention", "modality_source", "rewrite_attention"]

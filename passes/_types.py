@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any, Optional
 
 import torch.fx as fx
@@ -18,6 +19,23 @@ class PassResult:
     changed: bool = False
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class SkipKind(enum.Enum):
+    """Why an SDPA node is left alone (``AttentionSite.kind``; the detail is ``AttentionSite.reason``)."""
+
+    NOT_4D = "not 4-D"
+    DTYPE = "dtype"
+    HEAD_DIM = "head dim"
+    REQUIRES_GRAD = "requires grad"
+    DROPOUT = "dropout"
+    GRAPH_VALUE = "is_causal or scale is a graph value"
+    TOP_LEFT_CAUSAL = "top-left causal"
+    NON_CAUSAL = "non-causal"
+    CAUSAL_AND_MASK = "is_causal with a mask"
+    FLOAT_MASK = "float mask"
+    MASK_NOT_PROVABLE = "mask not provably causal"
+    GQA_WITHOUT_ENABLE = "GQA without enable_gqa"
 
 
 @dataclasses.dataclass
@@ -46,7 +64,8 @@ class AttentionSite:
     modality_source: str = "none (text-only)"
     # Outcome.
     status: str = "skipped"  # "matched" | "rewritten" | "skipped"
-    reason: str = ""
+    kind: Optional[SkipKind] = None  # why skipped
+    reason: str = ""  # the detail
 
 
 def state(gm: fx.GraphModule) -> dict:

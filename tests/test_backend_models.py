@@ -12,6 +12,7 @@ import torch._dynamo.testing
 import transformers as tf
 
 import mmcompile.patterns.layer
+from mmcompile.passes import SkipKind
 from mmcompile.runtime import DenseReason
 from mmcompile import report as mm_report
 from mmcompile.kernels import sparse_attention_reference
@@ -117,6 +118,7 @@ def test_decoder_attention_rewritten_vision_untouched_dense_equals_eager(name, w
                      else {("is_causal", "enable_gqa", "at run time (annotation or published inputs; else text-only)", "4/2")})
     # Every vision-tower attention call is left alone, with the reason recorded.
     assert report.skipped and set(report.skipped_reasons()) == {NON_CAUSAL}
+    assert set(report.skipped_kinds()) == {SkipKind.NON_CAUSAL}
     if with_mask:  # the [B,1,S,S] mask subgraph and the repeat_kv copies were erased
         (graph,) = [g for g in report.graphs if g.rewritten]
         assert graph.passes[-1].counts["erased_nodes"] >= 20

@@ -8,8 +8,8 @@ import transformers
 
 from mmcompile.backend import _copy
 from mmcompile.config import BackendConfig
-from mmcompile.passes import find_attention, modality_source, rewrite_attention, state
 import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
+from mmcompile.passes import SkipKind, find_attention, modality_source, rewrite_attention, state
 
 CONFIG = BackendConfig()
 
@@ -52,21 +52,26 @@ def hf_like_mask(n, window=None, shift=0):
     return mask.expand(1, -1, n, n)
 
 
-@pytest.mark.parametrize("call, reason", [
-    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), "non-causal (is_causal=False, no mask)"),
-    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True), "dropout_p=0.1 > 0"),
-    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(24, 24)), "float attention mask"),
+@pytest.mark.parametrize("call, kind, reason", [
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), SkipKind.NON_CAUSAL,
+     "non-causal (is_causal=False, no mask)"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, is_causal=True), SkipKind.DROPOUT,
+     "dropout_p=0.1 > 0"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=torch.zeros(24, 24)), SkipKind.FLOAT_MASK,
+     "float attention mask"),
     (lambda q, k, v: F.scaled_dot_product_attention(
-        q, k, v, attn_mask=torch.ones(24, 24, dtype=torch.bool).tril()), "not provably causal: mask op"),
+        q, k, v, attn_mask=torch.ones(24, 24, dtype=torch.bool).tril()), SkipKind.MASK_NOT_PROVABLE,
+     "not provably causal: mask op"),
     (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=hf_like_mask(24, window=8)),
-     "not provably causal: the index comparison is not the (bottom-right) causal diagonal"),
+     SkipKind.MASK_NOT_PROVABLE, "not provably causal: the index comparison is not the (bottom-right) causal diagonal"),
     (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=hf_like_mask(24, shift=1)),
-     "not provably causal: the index comparison"),
-    (lambda q, k, v: F.scaled_dot_product_attention(q[:, :, :8], k, v, is_causal=True), "top-left aligned"),
+     SkipKind.MASK_NOT_PROVABLE, "not provably causal: the index comparison"),
+    (lambda q, k, v: F.scaled_dot_product_attention(q[:, :, :8], k, v, is_causal=True), SkipKind.TOP_LEFT_CAUSAL,
+     "top-left aligned"),
 ])
-def test_left_alone_with_a_reason(call, reason):
+def test_left_alone_with_a_kind_and_a_reason(call, kind, reason):
     (site,) = sites(call, *qkv())
-    assert site.status == "skipped" and reason in site.reason
+    assert site.status == "skipped" and site.kind is kind and reason in site.reason
 
 
 def test_causal_forms_are_matched():
