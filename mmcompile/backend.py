@@ -126,6 +126,10 @@ def _rewrite(gm: fx.GraphModule, config: BackendConfig, graph: GraphReport, dump
     try:
         work = _copy(gm)
         passes.state(work)["op_options"] = config.runtime_options(graph.tag).op_kwargs()
+        if config.plan is not None:
+            from mmcompile.plans import load_plan
+
+            passes.state(work)["plan"] = load_plan(config.plan)
         dump.code("original", work)
         for stage in passes.PIPELINE:
             graph.passes.append(getattr(passes, stage)(work, config))
@@ -133,7 +137,9 @@ def _rewrite(gm: fx.GraphModule, config: BackendConfig, graph: GraphReport, dump
         graph.entries = entries_from_sites(passes.state(work)["sites"])
         return work
     except Exception as e:  # noqa: BLE001 - any internal error: fall back to the unmodified graph
-        if config.strict:
+        from mmcompile.plans import PlanError
+
+        if config.strict or isinstance(e, PlanError):  # a plan that does not fit is the user's error
             raise
         _fall_back(graph, f"pass '{stage}'", e)
         return gm

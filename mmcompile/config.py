@@ -22,10 +22,10 @@ DUMP_DIR_ENV = "MMINFERENCE_DUMP_DIR"
 class BackendConfig:
     """Settings of one ``torch.compile(..., backend="mminference", options=...)`` call."""
 
-    plan_path: Optional[str] = None
-    """Path of a per-head pattern plan (JSON). Plans are not supported yet: only ``None`` is
-    accepted, anything else raises ``ValueError`` (a plan for another model must never be applied
-    silently)."""
+    plan: Optional[str] = None
+    """Path of a per-head pattern plan (``mmcompile.plans``, versioned JSON). Checked when loaded and
+    against every rewritten attention call (layers, heads, head dim): a plan for another model is an
+    error, never applied silently. The online estimation still runs; the recall check still applies."""
 
     min_sparse_len: int = 32768
     """Prefill length (tokens) from which a rewritten layer runs the sparse kernel; shorter
@@ -66,9 +66,10 @@ class BackendConfig:
     """Rewrite as usual but run every call dense (checks the rewrite itself against eager)."""
 
     def __post_init__(self):
-        if self.plan_path is not None:
-            raise ValueError(f"plan_path={self.plan_path!r}: loading plans is not supported yet; "
-                             "leave plan_path unset (None) to use the built-in default pattern")
+        if self.plan is not None:
+            from mmcompile.plans import load_plan
+
+            load_plan(self.plan)  # raises PlanError (a ValueError) naming what does not fit
         for name in ("min_sparse_len", "sink", "local"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -39,13 +39,19 @@ def register(options: dict | None = None, name: str = NAME) -> RuntimeStats:
     from mmcompile.config import config_from_options
 
     tag = f"hf-attention:{name}"
-    options_ = config_from_options(options).runtime_options(tag)
+    config = config_from_options(options)
+    options_ = config.runtime_options(tag)
+    plan = None
+    if config.plan is not None:
+        from mmcompile.plans import load_plan
+
+        plan = load_plan(config.plan)
     counters = track(tag)
 
     def attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                   scaling: float | None = None, is_causal: bool | None = None, **kwargs):
         return mminference_attention(module, query, key, value, attention_mask, dropout, scaling, is_causal,
-                                     _options=options_, _stats=counters, **kwargs)
+                                     _options=options_, _plan=plan, _stats=counters, **kwargs)
 
     attention.__doc__ = f"mminference attention registered as {name!r} with {options_}"
     AttentionInterface.register(name, attention)
@@ -60,9 +66,10 @@ def stats(name: str = NAME) -> Optional[RuntimeStats]:
 
 def mminference_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                           scaling: float | None = None, is_causal: bool | None = None, *,
-                          _options: RuntimeOptions = RuntimeOptions(), _stats=None, **kwargs):
+                          _options: RuntimeOptions = RuntimeOptions(), _plan=None, _stats=None, **kwargs):
     """transformers' attention-function contract: q [B,Hq,Nq,D], k/v [B,Hkv,Nk,D] -> ([B,Nq,Hq,D], None).
-    ``_stats`` only keeps the registration's statistics alive."""
+    ``_plan``: a loaded plan (its layer's patterns become the op's ``plan`` argument); ``_stats``
+    only keeps the registration's statistics alive."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -75,6 +82,10 @@ def mminference_attention(module, query, key, value, attention_mask, dropout: fl
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer = getattr(module, "layer_idx", None)
-    out = torch.ops.mminference.prefill_attention(query, key, value, None, None, -1 if layer is None else int(layer),
-                                                  float(scale), **_options.op_kwargs())
+    layer = -1 if layer is None else int(layer)
+    op_kwargs = _options.op_kwargs()
+    if _plan is not None:  # a plan for another model raises here, naming the mismatch
+        _plan.check_fits(layer, query.shape[1], key.shape[1], query.shape[-1])
+        op_kwargs["plan"] = _plan.op_arg(layer)
+    out = torch.ops.mminference.prefill_attention(query, key, value, None, None, layer, float(scale), **op_kwargs)
     return out.transpose(1, 2).contiguous(), None

@@ -47,13 +47,18 @@ def rewrite_attention(gm: fx.GraphModule, config) -> PassResult:
     st = state(gm)
     graph, op = gm.graph, torch.ops.mminference.prefill_attention.default
     rewritten, dead = 0, []
+    plan = st.get("plan")
     for site in st["sites"]:
         if site.status != "matched":
             continue
         old = site.node
+        options = dict(st["op_options"])
+        if plan is not None:  # a plan for another model raises here, naming the mismatch
+            plan.check_fits(int(site.layer), int(site.heads_q), int(site.heads_kv), int(site.head_dim))
+            options["plan"] = plan.op_arg(int(site.layer))
         with graph.inserting_before(old):
             new = graph.call_function(op, (site.q, site.k, site.v, site.modality, site.key_padding,
-                                           int(site.layer), float(site.scale)), dict(st["op_options"]))
+                                           int(site.layer), float(site.scale)), options)
         new.meta.update({k: old.meta[k] for k in _COPIED_META if k in old.meta})
         _fresh_value(new, old, site)
         old.replace_all_uses_with(new)

@@ -40,7 +40,7 @@ def report():
 # --- options ---------------------------------------------------------------------------------
 
 def test_unknown_option_lists_valid_keys():
-    with pytest.raises(ValueError, match="valid keys: plan_path, min_sparse_len") as err:
+    with pytest.raises(ValueError, match="valid keys: plan, min_sparse_len") as err:
         config_from_options({"min_sparse_length": 16})
     assert "min_sparse_length" in str(err.value) and all(k in str(err.value) for k in valid_keys())
     compiled = torch.compile(lambda x: x + 1, backend="mminference", options={"bogus": 1})
@@ -51,7 +51,7 @@ def test_unknown_option_lists_valid_keys():
 @pytest.mark.parametrize("options, message", [
     ({"min_sparse_len": "long"}, "'min_sparse_len' must be a non-negative int"),
     ({"strict": 1}, "'strict' must be a bool"),
-    ({"plan_path": "plan_for_llava.json"}, "loading plans is not supported yet"),
+    ({"plan": "no_such_plan.json"}, "cannot read plan no_such_plan.json"),
 ])
 def test_bad_option_values_are_clear_errors(options, message):
     with pytest.raises(ValueError, match=message):

@@ -88,3 +88,23 @@ def test_gradients_go_through_sdpa_exactly():
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert not stats.records  # with grad required the call went to SDPA, not to the sparse op
+
+
+def test_a_plan_reaches_each_layer_and_one_for_another_model_is_refused(tmp_path):
+    from mmcompile.patterns.specs import AShape, HeadPattern
+    from mmcompile.plans import ModelShape, Plan, save_plan
+
+    model = tiny_qwen2(4)
+    shape = ModelShape.of_config(model.config)
+    narrow = HeadPattern("none", (("*", AShape(sink=16, local=64)),))
+    path = tmp_path / "plan.json"
+    save_plan(Plan(shape, {1: (narrow,) * shape.heads_q}), path)
+    stats = hf_attention.register({"plan": str(path), "min_sparse_len": 16, "recall": 0.0}, name="mminference-plan")
+    model.set_attn_implementation("mminference-plan")
+    logits(model, torch.randint(0, 128, (1, 600)))
+    assert [(r.layer, r.detail) for r in stats.records] == [(0, "online"), (1, "plan")]
+    assert stats.records[1].patterns == (narrow,) * shape.heads_q
+    save_plan(Plan(ModelShape(shape.model_type, 2, 8, 2, shape.head_dim), {}), path)
+    hf_attention.register({"plan": str(path)}, name="mminference-plan")
+    with pytest.raises(ValueError, match="8 query / 2 KV heads"):
+        logits(model, torch.randint(0, 128, (1, 20)))

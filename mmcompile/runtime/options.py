@@ -31,7 +31,8 @@ class RuntimeOptions:
     strict: bool = False
     """Re-raise an error of the sparse path instead of running that call dense."""
     plan: str = ""
-    """Reserved for plan files (issue 12); only ``""`` is accepted today."""
+    """This layer's head patterns from a plan file (``mmcompile.plans.layer_arg``), or "" for the
+    policy's choice."""
     tag: str = ""
     """Routes this call's statistics (``stats_for(tag)``); changes no result."""
 
@@ -45,7 +46,9 @@ class RuntimeOptions:
         if min(self.min_sparse_len, self.sink, self.local) < 0:
             raise ValueError("mminference min_sparse_len, sink and local must be non-negative")
         if self.plan:
-            raise ValueError(f"mminference plan {self.plan!r}: plan files are not supported yet")
+            from mmcompile.plans import patterns_from_arg
+
+            patterns_from_arg(self.plan)  # a malformed plan argument is a clear error here
 
     def op_kwargs(self) -> dict:
         """The keyword arguments of ``torch.ops.mminference.prefill_attention`` for these options."""

@@ -59,11 +59,17 @@ def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state)
     layout, source, geometry = state.layout_for_call(q, modality_ids, layer)
     ctx, summary = state.context(q, layout, source, geometry, DEFAULT_BLOCK)
     patterns = None  # the online choice, per head and query modality
-    if options.policy == "a-shape":
+    if options.plan:
+        from mmcompile.plans import patterns_from_arg
+
+        patterns = patterns_from_arg(options.plan)
+        if len(patterns) != q.shape[1]:
+            raise ValueError(f"the plan gives {len(patterns)} head patterns for layer {layer}'s {q.shape[1]} query heads")
+    elif options.policy == "a-shape":
         patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
-    target = options.recall if options.policy == "online" and options.recall > 0 else None
+    target = options.recall if (options.plan or options.policy == "online") and options.recall > 0 else None
     result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target)
-    return result.out, CallRecord(layer, "sparse", None, options.policy, q.shape[2], k.shape[2],
+    return result.out, CallRecord(layer, "sparse", None, "plan" if options.plan else options.policy, q.shape[2], k.shape[2],
                                   result.head_density, summary, tuple(result.patterns), result.head_recall)
 
 

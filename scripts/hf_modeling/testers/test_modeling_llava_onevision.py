@@ -70,6 +70,14 @@ class LlavaOnevisionVisionText2TextModelTester:
 class LlavaOnevisionModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (LlavaOnevisionModel, LlavaOnevisionForConditionalGeneration) if is_torch_available() else ()
     _is_composite = True
+    # the LLaVA features are taken from a vision hidden state (vision_feature_layer=-1), so the SigLIP
+    # post_layernorm (and, for SigLIP, its pooling head) gets no gradient by design; the gradient-checkpointing
+    # tests still compare the set of non-zero gradients with and without checkpointing
+    test_all_params_have_gradient = False
+    # get_image_features returns one row per anyres patch (base + tiles) and get_video_features one per frame,
+    # so neither keeps pixel_values' leading (batch) dimension
+    skip_test_image_features_output_shape = True
+    skip_test_video_features_output_shape = True
 
     def setUp(self):
         self.model_tester = LlavaOnevisionVisionText2TextModelTester(self)
