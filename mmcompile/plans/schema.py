@@ -71,7 +71,8 @@ class Plan:
             if not 0 <= layer < self.model.layers:
                 raise PlanError(f"plan lists layer {layer}, but its model has {self.model.layers} layers")
             if len(heads) != self.model.heads_q:
-                raise PlanError(f"plan layer {layer} has {len(heads)} heads, its model {self.model.heads_q} query heads")
+                raise PlanError(f"plan layer {layer} has {len(heads)} heads, "
+                                f"its model {self.model.heads_q} query heads")
 
     def op_arg(self, layer: int) -> str:
         """The op's ``plan`` argument for ``layer`` ("" when the plan leaves it to the online policy)."""
@@ -88,7 +89,8 @@ class Plan:
             raise PlanError(f"attention layer {layer} is outside the plan's {m.layers} layers ({m.model_type})")
 
     def to_json(self) -> dict:
-        body = {"version": PLAN_VERSION, "model": {**dataclasses.asdict(self.model), "fingerprint": self.model.fingerprint},
+        model = {**dataclasses.asdict(self.model), "fingerprint": self.model.fingerprint}
+        body = {"version": PLAN_VERSION, "model": model,
                 "created": self.created or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "search": self.search, "calibration": self.calibration,
                 "layers": [{"layer": layer, "heads": [dict(head_to_dict(p), head=h,

@@ -64,13 +64,15 @@ def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state)
 
         patterns = patterns_from_arg(options.plan)
         if len(patterns) != q.shape[1]:
-            raise ValueError(f"the plan gives {len(patterns)} head patterns for layer {layer}'s {q.shape[1]} query heads")
+            raise ValueError(f"the plan gives {len(patterns)} head patterns for layer {layer}'s "
+                             f"{q.shape[1]} query heads")
     elif options.policy == "a-shape":
         patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
     target = options.recall if (options.plan or options.policy == "online") and options.recall > 0 else None
     result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target)
-    return result.out, CallRecord(layer, "sparse", None, "plan" if options.plan else options.policy, q.shape[2], k.shape[2],
-                                  result.head_density, summary, tuple(result.patterns), result.head_recall)
+    chooser = "plan" if options.plan else options.policy
+    return result.out, CallRecord(layer, "sparse", None, chooser, q.shape[2], k.shape[2], result.head_density,
+                                  summary, tuple(result.patterns), result.head_recall)
 
 
 def _record(options: RuntimeOptions, record: CallRecord) -> None:
