@@ -29,7 +29,7 @@ from mmcompile.patterns.families import FAMILIES, LAYOUTS, family_layout, family
 
 def run_default_path(q, k, v, layout, options: dict):
     """The project's default path on one input: (out [1, Hq, N, D], groups, predicted [Hq],
-    chosen pattern names [Hq]). ``groups``: [(head ids, SparseIndex or None for dense)].
+    chosen pattern names [Hq], density [Hq]). ``groups``: [(head ids, SparseIndex or None for dense)].
     ``options``: density (cap), recall (target, 0: no check), block (query, key tile). The only
     function that knows the project's API (``layer_attention``, the op's composition)."""
     from mmcompile.patterns import forward_context, layer_attention
@@ -38,24 +38,21 @@ def run_default_path(q, k, v, layout, options: dict):
     result = layer_attention(q, k, v, ctx, density=options["density"], recall=options["recall"] or None)
     predicted = None if result.head_recall is None else result.head_recall.tolist()
     names = ["/".join(f"{m}:{type(p).__name__}" for m, p in pat.intra) for pat in result.patterns]
-    return result.out, result.indexes, predicted, names
+    return result.out, result.indexes, predicted, names, result.head_density.tolist()
 
 
 def measure(q, k, v, out, groups, rows):
-    from mmcompile.patterns.fidelity import head_fidelity, index_density, index_row_mask
+    from mmcompile.patterns.fidelity import head_fidelity, index_row_mask
 
     n, heads = q.shape[2], q.shape[1]
     masks = torch.zeros(heads, rows.numel(), n, dtype=torch.bool, device=q.device)
-    density = torch.zeros(heads, device=q.device)
     for head_ids, index in groups:
         if index is None:
             masks[head_ids] = torch.arange(n, device=q.device)[None, :] <= rows[:, None]
-            density[head_ids] = 1.0
         else:
             masks[head_ids] = index_row_mask(index, rows, n)
-            density[head_ids] = index_density(index, n)
     fid = head_fidelity(q, k, v, out, masks, rows)
-    return fid["recall"].tolist(), fid["rel_err"].tolist(), density.tolist()
+    return fid["recall"].tolist(), fid["rel_err"].tolist()
 
 
 def main():
@@ -86,8 +83,8 @@ def main():
             layout = family_layout(args.layout, n, seed)
             for fam in args.families.split(","):
                 q, k, v, kinds = family_qkv(fam, layout, heads_q, heads_kv, args.head_dim, device, dtype, seed)
-                out, groups, predicted, names = run_default_path(q, k, v, layout, options)
-                recall, err, density = measure(q, k, v, out, groups, rows)
+                out, groups, predicted, names, density = run_default_path(q, k, v, layout, options)
+                recall, err = measure(q, k, v, out, groups, rows)
                 for h in range(heads_q):
                     results.append(dict(family=fam, kind=kinds[h], tokens=n, seed=seed, head=h, chosen=names[h],
                                         recall=recall[h], rel_err=err[h], density=density[h],

@@ -47,11 +47,6 @@ def modality(mm_token_type_ids: torch.Tensor | None = None, *, layout=None):
         yield
 
 
-def current_annotation() -> Optional[tuple]:
-    """(ModalityLayout, geometry: "given" or "none") of the innermost ``modality`` block, or None."""
-    return current_forward().annotation
-
-
 # --- published by the backend's input wrapper --------------------------------------------------
 
 def publish_input_ids(input_ids: torch.Tensor, tokens=()) -> None:

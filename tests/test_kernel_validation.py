@@ -124,3 +124,13 @@ def test_density_counts_the_pairs_the_reference_mask_holds():
         for index in (causal_index(1, 2, n, n), random_index(1, 2, n, n, 0.5, generator=torch.Generator().manual_seed(1))):
             mask = index_to_mask(index, n, n)
             assert torch.allclose(index.density(n), mask.sum((-1, -2)).float() / (n * (n + 1) / 2))
+
+
+def test_public_ops_refuse_a_meta_tensor_among_real_ones():
+    from mmcompile.ops import sparse_attention_op
+
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="one device"):
+        sparse_attention_op(q, k.to("meta"), v, causal_index(1, 2, 130, 130))
+    with pytest.raises(ValueError, match="one device"):
+        torch.ops.mminference.dense_attention(q, k, v.to("meta"), 0.125, 0, 0)

@@ -8,7 +8,6 @@ from mmcompile.kernels import index_to_mask
 from mmcompile.patterns import TEXT, VIDEO, forward_context, from_segments, layer_attention
 from mmcompile.patterns.planted import planted_qkv
 from mmcompile.patterns.specs import AShape, Dense, HeadPattern
-from mmcompile.patterns.verify import row_sets
 
 LAYOUT = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 100)]])
 
@@ -25,7 +24,7 @@ def independent_recall(q, k, indexes, ctx, scale):
         mask = index_to_mask(index, n, n)[0]
         for i, h in enumerate(ids):
             per_set = []
-            for name in row_sets(ctx):
+            for name in ctx.row_sets():
                 pos, valid, _, _ = ctx.last_rows[name]
                 rows = pos[0][valid[0]]
                 per_set.append((probs[h, rows] * mask[i, rows]).sum(-1).mean())

@@ -23,7 +23,7 @@ import torch
 
 from mmcompile._once import Once
 from mmcompile.kernels import (
-    SparseIndex, check_index, check_inputs, dense_attention_forward, dense_attention_reference,
+    SparseIndex, dense_attention_forward, dense_attention_reference,
     sparse_attention_forward, sparse_attention_reference, triton_runs_on,
 )
 
@@ -39,7 +39,16 @@ def _use_reference(q: torch.Tensor) -> bool:
     return True
 
 
-def _fake_outputs(q: torch.Tensor):
+def check_one_device(*tensors) -> None:
+    """Raise like SDPA on inputs of several devices. Fakes call it: they are also the Meta kernel,
+    where a real tensor mixed with meta ones lands (and would get uninitialized memory back)."""
+    devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"mminference ops: inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def _fake_outputs(q: torch.Tensor, *tensors):
+    check_one_device(q, *tensors)
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -55,21 +64,15 @@ def sparse_attention(
     ``check_index=False`` skips the content checks (host syncs) for indexes known valid."""
     index = SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n,
                         q_order, k_order)
-    _check(q, k, v, index, check_index)
-    if _use_reference(q):
+    if _use_reference(q):  # the reference checks inputs and index contents itself, always
         return sparse_attention_reference(q, k, v, index, scale, q_offset, k_offset)
-    return sparse_attention_forward(q, k, v, index, scale, q_offset, k_offset)
+    return sparse_attention_forward(q, k, v, index, scale, q_offset, k_offset, check_values=check_index)
 
 
 @sparse_attention.register_fake
 def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order,
       block_m, block_n, scale, q_offset, k_offset, check_index=True):
-    return _fake_outputs(q)
-
-
-def _check(q, k, v, index: SparseIndex, values: bool) -> None:
-    check_inputs(q, k, v)
-    check_index(index, q, k, check_values=values)
+    return _fake_outputs(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order)
 
 
 @torch.library.custom_op("mminference::sparse_attention_reference", mutates_args=())
@@ -83,29 +86,27 @@ def sparse_attention_ref(
     """The plain-PyTorch reference of ``mminference::sparse_attention`` (its checks are always on)."""
     index = SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n,
                         q_order, k_order)
-    _check(q, k, v, index, True)
     return sparse_attention_reference(q, k, v, index, scale, q_offset, k_offset)
 
 
 @sparse_attention_ref.register_fake
 def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order,
       block_m, block_n, scale, q_offset, k_offset):
-    return _fake_outputs(q)
+    return _fake_outputs(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order)
 
 
 @torch.library.custom_op("mminference::dense_attention", mutates_args=())
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                     q_offset: int, k_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense causal attention through the same kernel family (all causal blocks)."""
-    check_inputs(q, k, v)
-    if _use_reference(q):
+    if _use_reference(q):  # both paths check their inputs
         return dense_attention_reference(q, k, v, scale, q_offset, k_offset)
     return dense_attention_forward(q, k, v, scale, q_offset, k_offset)
 
 
 @dense_attention.register_fake
 def _(q, k, v, scale, q_offset, k_offset):
-    return _fake_outputs(q)
+    return _fake_outputs(q, k, v)
 
 
 def sparse_attention_op(q, k, v, index: SparseIndex, scale: float | None = None,

@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 
 from mmcompile.runtime import RuntimeOptions, run_prefill
+
+from .kernel_ops import check_one_device
 from mmcompile.runtime.dense import dense, dense_padded
 
 _DEFAULTS = RuntimeOptions()
@@ -44,10 +46,7 @@ def prefill_attention(
 @prefill_attention.register_fake
 def _(q, k, v, modality_ids, key_padding_mask, layer, scale, min_sparse_len=0, policy="", density=0.0,
       recall=0.0, sink=0, local=0, force_dense=False, strict=False, plan="", tag=""):
-    # Also the Meta kernel: a real tensor mixed with meta ones lands here, and SDPA raises on that.
-    devices = {t.device for t in (q, k, v, modality_ids, key_padding_mask) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"prefill_attention: inputs must be on one device, got {sorted(map(str, devices))}")
+    check_one_device(q, k, v, modality_ids, key_padding_mask)
     # Contiguous, like the real output (Inductor asserts on a stride mismatch).
     return q.new_empty(q.shape)
 

@@ -44,6 +44,11 @@ class ForwardContext:
     block_m: int = DEFAULT_BLOCK[0]
     block_n: int = DEFAULT_BLOCK[1]
 
+    def row_sets(self) -> list[str]:
+        """The estimation-row sets the policy chooses from and a layer is judged on: each query
+        modality's when there are several (each is estimated apart), else the last rows overall."""
+        return list(self.present) if len(self.present) > 1 else ["*"]
+
 
 def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
                     block_m: int = DEFAULT_BLOCK[0], block_n: int = DEFAULT_BLOCK[1]) -> ForwardContext:

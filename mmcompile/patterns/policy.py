@@ -131,7 +131,7 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
     heads = list(range(q.shape[1]))
-    modalities = list(ctx.present) if len(ctx.present) > 1 else ["*"]
+    modalities = ctx.row_sets()
     grid = len(modalities) == 1 and ctx.max_frame > 0
     picks = {m: _choose_one(estimates, m, heads, ctx, density, target, grid) for m in modalities}
     chosen = []

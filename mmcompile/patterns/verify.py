@@ -23,19 +23,13 @@ from .index_builder import device_list
 from .specs import Dense, HeadPattern
 
 
-def row_sets(ctx) -> list[str]:
-    """The estimation-row sets a layer is judged on: each query modality's when there are several
-    (the policy estimates them apart), else the last rows overall."""
-    return list(ctx.present) if len(ctx.present) > 1 else ["*"]
-
-
 def estimation_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
     """float32 [Hq]: per query head, the smallest (over row sets and batch) mean share of the
     estimation rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
     log-sum-exp the kernels wrote (natural log; dense heads equal the dense value)."""
     heads = list(range(lse.shape[1]))
     worst = torch.ones(lse.shape[1], dtype=torch.float32, device=lse.device)
-    for name in row_sets(ctx):
+    for name in ctx.row_sets():
         lines = estimates.lines(name, heads)
         got = lse.gather(2, lines.pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, L]
         kept = torch.exp(got - lines.lse).clamp(max=1.0)

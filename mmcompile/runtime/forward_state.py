@@ -51,7 +51,7 @@ class ForwardState:
         self._built: Optional[tuple] = None  # (layout or None, source, geometry) of the publication
         self._layers_read: set = set()
         self._stale = False
-        self._contexts: dict = {}  # (layout id, batch, n, device, blocks) -> (ForwardContext, LayoutSummary)
+        self._context: Optional[tuple] = None  # (key, ForwardContext, LayoutSummary, layout): the last shape
         self._padding: Optional[tuple] = None  # (tensor, version, all ones)
         self._ids: Optional[tuple] = None  # (tensor, version, layout) of the op's modality_ids argument
 
@@ -110,16 +110,16 @@ class ForwardState:
         return layout, source, geometry
 
     def context(self, q: torch.Tensor, layout, source: str, geometry: str, block: tuple) -> tuple:
-        """(ForwardContext, LayoutSummary), built once per forward (host syncs) for each shape."""
+        """(ForwardContext, LayoutSummary), built once per forward (host syncs): every layer of a
+        forward has the same shape, so one entry serves it, and a state that lives across forwards
+        (nothing begins them, e.g. text-only eager calls) never grows."""
         from mmcompile.patterns import forward_context
 
-        key = (id(layout), q.shape[0], q.shape[2], str(q.device), block, source)
-        hit = self._contexts.get(key)
-        if hit is None or hit[2] is not layout:
+        key = (q.shape[0], q.shape[2], str(q.device), block, source, geometry)
+        if self._context is None or self._context[0] != key or self._context[3] is not layout:
             ctx = forward_context(layout, q.shape[2], q.shape[0], q.device, *block)
-            hit = (ctx, summarize(layout, source, geometry), layout)
-            self._contexts[key] = hit
-        return hit[0], hit[1]
+            self._context = (key, ctx, summarize(layout, source, geometry), layout)
+        return self._context[1], self._context[2]
 
     def padding_all_ones(self, pad: torch.Tensor) -> bool:
         """``pad.all()``, once per forward: every layer passes the same padding tensor."""
