@@ -56,12 +56,14 @@ def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_o
                          f"query block {mb}: entries of one query block must be distinct")
     block_mask = (visits > 0) | in_diag  # [B, H, M, Nk] in slots
 
-    # Expand query blocks to query slots, then map both axes to original positions.
-    slot_mask = block_mask.repeat_interleave(bm, dim=2)[:, :, :n_q]  # [B, H, Nq slots, Nk slots]
+    # Expand query blocks to query slots, then map both axes to original positions (rows a
+    # subset order does not list stay all False).
+    slots = index.query_slots(n_q)
+    slot_mask = block_mask.repeat_interleave(bm, dim=2)[:, :, :slots]  # [B, H, slots, Nk slots]
     q_pos = _slot_positions(index.q_order, batch, heads, n_q, device)
     k_pos = _slot_positions(index.k_order, batch, heads, n_k, device)
     mask = torch.zeros(batch, heads, n_q, n_k, dtype=torch.bool, device=device)
-    rows = q_pos[..., :, None].expand(batch, heads, n_q, n_k)
+    rows = q_pos[..., :, None].expand(batch, heads, slots, n_k)
     cols = k_pos[..., None, :].expand(batch, heads, n_q, n_k)
     mask_rows = torch.zeros_like(mask).scatter_(2, rows, slot_mask)  # rows to original positions
     mask.scatter_(3, cols, mask_rows)  # then columns

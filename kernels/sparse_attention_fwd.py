@@ -252,8 +252,9 @@ def _prepare(q, k, v, scale):
 
 
 def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, block_n, is_dense,
-         config=None, head_ids=None):
+         config=None, head_ids=None, query_slots=None):
     batch, heads_q, n_q, head_dim = q.shape
+    n_q = n_q if query_slots is None else query_slots  # the kernel's rows are slots
     heads_run = heads_q if head_ids is None else head_ids.shape[0]
     block_count, block_offset, column_count, column_index = lists
     q_order, k_order = orders
@@ -294,9 +295,13 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
     Returns (out [B, Hq, Nq, D] in q's dtype, lse [B, Hq, Nq] float32, natural log).
     ``check_values`` validates the index contents (a host sync); shapes are always checked.
     ``head_ids`` (int32 [Hs]) runs only those query heads, with an index of Hs heads, writing into
-    ``out``/``lse`` (given, or new): one launch per pattern group of a layer.
+    ``out``/``lse`` (given, or new): one launch per pattern group of a layer. An index whose
+    ``q_order`` lists a subset of rows writes only those (new outputs: 0 and -inf elsewhere).
     """
     q, k, v, scale, new_out, new_lse = _prepare(q, k, v, scale)
+    if index.query_slots(q.shape[2]) < q.shape[2]:  # rows the launch does not list: 0 and -inf
+        new_out.zero_()
+        new_lse.fill_(float("-inf"))
     out = new_out if out is None else out
     lse = new_lse if lse is None else lse
     if head_ids is not None:
@@ -310,7 +315,7 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
     lists = tuple(t.contiguous() for t in lists)
     orders = tuple(o.contiguous() if o is not None else None for o in (index.q_order, index.k_order))
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders,
-                index.block_m, index.block_n, False, config, head_ids)
+                index.block_m, index.block_n, False, config, head_ids, index.query_slots(q.shape[2]))
 
 
 def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0,

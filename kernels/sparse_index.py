@@ -6,6 +6,9 @@ Contract (shared by the Triton kernel and the PyTorch reference):
   ``q_order[b, h, s]`` (or ``s`` without an order). Query block ``m`` is slots
   ``[m * block_m, (m + 1) * block_m)``. Keys likewise live in *key slots* through ``k_order``.
   Orders are addressing only: Q, K, V and the output stay in original token order in memory.
+* ``q_order`` may list fewer slots than there are queries (distinct positions): the launch then
+  computes and writes only those rows, so launches of one head with different orders can share an
+  output (a Q-boundary head whose video rows run in the grid order). ``k_order`` lists every key.
 * Per (batch, query head, query block) the kernel visits
   1. the **diagonal block**: key slots ``[m * block_m + q_offset - k_offset, +block_m)`` clipped to
      ``[0, n_k)``. Always visited, so with a shared (or no) order every row keeps its own key;
@@ -52,6 +55,10 @@ class SparseIndex:
     def num_query_blocks(self) -> int:
         return self.block_count.shape[2]
 
+    def query_slots(self, n_q: int) -> int:
+        """How many query rows the index computes: every row, or the rows ``q_order`` lists."""
+        return n_q if self.q_order is None else self.q_order.shape[-1]
+
     def density(self, n: int) -> torch.Tensor:
         """float32 [B, H]: the (query, key) pairs the kernel evaluates in a prefill of ``n`` tokens
         over the ``n (n + 1) / 2`` causal pairs. The one definition of density in mmcompile.
@@ -59,10 +66,11 @@ class SparseIndex:
         Each query block counts its diagonal block's causal triangle, ``block_n`` keys per listed
         block and one per listed column, for each of its rows. Exact when listed entries lie before
         the diagonal block in original order (what the builders produce); with orders it counts
-        evaluated pairs, a few of which the causal test then drops. Reads counts only: O(B H M),
+        evaluated pairs, a few of which the causal test then drops. An index of a row subset counts
+        its own rows only (densities of a head's launches add up). Reads counts only: O(B H M),
         on the index's device, no host sync."""
         m = torch.arange(self.num_query_blocks, device=self.block_count.device)
-        rows = (n - m * self.block_m).clamp(min=0, max=self.block_m).to(torch.float64)
+        rows = (self.query_slots(n) - m * self.block_m).clamp(min=0, max=self.block_m).to(torch.float64)
         listed = self.block_count.to(torch.float64) * self.block_n + self.column_count.to(torch.float64)
         pairs = (listed * rows).sum(-1) + (rows * (rows + 1) / 2).sum()
         return (pairs / (n * (n + 1) / 2)).to(torch.float32)
@@ -115,18 +123,22 @@ def check_index(index: SparseIndex, q: torch.Tensor, k: torch.Tensor, check_valu
     n_k = k.shape[2]
     if index.block_m not in SUPPORTED_BLOCK_SIZES or index.block_n not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"block sizes ({index.block_m}, {index.block_n}) not in {SUPPORTED_BLOCK_SIZES}")
-    num_blocks = -(-n_q // index.block_m)
+    if index.q_order is not None and (index.q_order.dim() != 3 or index.q_order.shape[-1] > n_q):
+        raise ValueError(f"q_order has shape {tuple(index.q_order.shape)}, expected {(batch, heads)} + "
+                         f"(at most {n_q} query slots,)")
+    slots = index.query_slots(n_q)
+    num_blocks = -(-slots // index.block_m)
     expect = (batch, heads, num_blocks)
     for name in ("block_count", "column_count"):
         t = getattr(index, name)
         if tuple(t.shape) != expect:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect} "
-                             f"(batch, query heads, ceil({n_q} / block_m={index.block_m}))")
+                             f"(batch, query heads, ceil({slots} query slots / block_m={index.block_m}))")
     for name in ("block_offset", "column_index"):
         t = getattr(index, name)
         if t.dim() != 4 or tuple(t.shape[:3]) != expect:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect} + (capacity,)")
-    for name, order, n in (("q_order", index.q_order, n_q), ("k_order", index.k_order, n_k)):
+    for name, order, n in (("q_order", index.q_order, slots), ("k_order", index.k_order, n_k)):
         if order is not None and tuple(order.shape) != (batch, heads, n):
             raise ValueError(f"{name} has shape {tuple(order.shape)}, expected {(batch, heads, n)}")
     for name in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order"):
@@ -157,12 +169,14 @@ def _check_values(index: SparseIndex, n_q: int, n_k: int) -> None:
     if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= n_k):
         raise ValueError(f"column_index must lie in [0, {n_k}), got [{int(columns.min())}, {int(columns.max())}]")
     _check_distinct(index, n_k)
-    for name, order, n in (("q_order", index.q_order, n_q), ("k_order", index.k_order, n_k)):
-        if order is None:
-            continue
-        if not torch.equal(order.sort(dim=-1).values.long(),
-                           torch.arange(n, device=order.device).expand(order.shape)):
-            raise ValueError(f"{name} must be a permutation of 0..{n - 1} for every (batch, head)")
+    if index.q_order is not None:
+        values = index.q_order.sort(dim=-1).values.long()
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= n_q or
+                               bool((values[..., 1:] == values[..., :-1]).any())):
+            raise ValueError(f"q_order must list distinct positions in 0..{n_q - 1} for every (batch, head)")
+    if index.k_order is not None and not torch.equal(
+            index.k_order.sort(dim=-1).values.long(), torch.arange(n_k, device=index.k_order.device).expand(index.k_order.shape)):
+        raise ValueError(f"k_order must be a permutation of 0..{n_k - 1} for every (batch, head)")
 
 
 def _check_distinct(index: SparseIndex, n_k: int) -> None:

@@ -166,3 +166,28 @@ def test_head_subsets_write_only_their_heads():
     assert rel_err(out[:, [3, 0]], ref) < 2e-5
     dense, _ = dense_attention_reference(q, k, v)
     assert rel_err(out[:, [1, 2]], dense[:, [1, 2]]) < 2e-5
+
+
+def test_a_row_subset_launch_writes_only_its_rows():
+    """q_order listing some rows (a Q-boundary head's video rows in the grid order): those rows
+    equal the reference, the others keep what an earlier launch of the same head wrote."""
+    n, heads = 300, 2
+    q, k, v = inputs(heads, 1, n, seed=31)
+    g = torch.Generator().manual_seed(7)
+    rows = torch.randperm(n, generator=g)[:170]
+    q_order = rows.to(torch.int32).expand(1, heads, -1).contiguous()
+    full = random_index(1, heads, n, n, 0.3, max_columns=8, generator=g)
+    subset = random_index(1, heads, 170, n, 0.4, max_columns=8, unaligned=True, generator=g)
+    subset = SparseIndex(subset.block_count, subset.block_offset, subset.column_count, subset.column_index,
+                         64, 64, q_order, random_order(heads, n, 9))
+    out, lse = sparse_attention_forward(q, k, v, full)
+    sparse_attention_forward(q, k, v, subset, out=out, lse=lse, check_values=True)
+    ref_full, _ = sparse_attention_reference(q, k, v, full)
+    ref_sub, ref_lse = sparse_attention_reference(q, k, v, subset)
+    others = torch.ones(n, dtype=torch.bool)
+    others[rows] = False
+    assert rel_err(out[:, :, rows], ref_sub[:, :, rows]) < 2e-5
+    torch.testing.assert_close(lse[:, :, rows], ref_lse[:, :, rows], atol=1e-3, rtol=1e-4)
+    assert rel_err(out[:, :, others], ref_full[:, :, others]) < 2e-5
+    alone, alone_lse = sparse_attention_forward(q, k, v, subset)  # new outputs: 0 and -inf elsewhere
+    assert alone[:, :, others].eq(0).all() and alone_lse[:, :, others].eq(float("-inf")).all()

@@ -47,7 +47,8 @@ def test_bad_index_raises(call):
         (replace(index, column_index=torch.full_like(index.column_index, -3),
                  column_count=torch.ones_like(index.column_count)), "column_index must lie"),
         (replace(index, block_count=index.block_count + 99), "block_count must lie"),
-        (replace(index, q_order=torch.zeros(1, 2, 130, dtype=torch.int32)), "q_order must be a permutation"),
+        (replace(index, q_order=torch.zeros(1, 2, 130, dtype=torch.int32)), "q_order must list distinct"),
+        (replace(index, q_order=torch.zeros(1, 2, 131, dtype=torch.int32)), "q_order has shape"),
         (replace(index, k_order=torch.zeros(1, 2, 7, dtype=torch.int32)), "k_order has shape"),
         (replace(index, block_m=48), "block sizes"),
     ]
