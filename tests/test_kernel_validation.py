@@ -103,7 +103,7 @@ def test_public_op_checks_index_contents_by_default():
     out_of_range[0, 0, 5] = 10_000
     not_a_permutation = torch.zeros(1, 1, 256, dtype=torch.int32)
     cases = [
-        (replace(base, q_order=out_of_range), "q_order must be a permutation"),
+        (replace(base, q_order=out_of_range), "q_order must list distinct"),
         (replace(base, k_order=not_a_permutation), "k_order must be a permutation"),
         (replace(base, column_index=torch.full((1, 1, 4, 3), 7, dtype=torch.int32), column_count=three),
          "a key column twice"),
