@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from mmcompile.patterns import forward_context, layer_attention  # noqa: E402
 from mmcompile.patterns.layer import attend, build_layer_indexes  # noqa: E402
-from mmcompile.patterns.fidelity import head_fidelity, index_row_mask, sample_rows  # noqa: E402
+from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks, sample_rows  # noqa: E402
 from mmcompile.patterns.planted import planted_qkv, standard_layout  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 
@@ -47,12 +47,7 @@ def run(args):
     result = layer_attention(q, k, v, ctx, density=args.density, recall=args.recall or None)  # as the op runs it
     out, groups, patterns, density = result.out, result.indexes, result.patterns, result.head_density
     rows = sample_rows(args.tokens, args.rows, device)
-    masks = torch.zeros(heads_q, rows.numel(), args.tokens, dtype=torch.bool, device=device)
-    for head_ids, index in groups:
-        if index is None:  # dense heads
-            masks[head_ids] = torch.arange(args.tokens, device=device)[None, :] <= rows[:, None]
-            continue
-        masks[head_ids] = index_row_mask(index, rows, args.tokens)
+    masks = layer_row_masks(groups, rows, args.tokens, heads_q)
     fid = head_fidelity(q, k, v, out, masks, rows)
     by_kind = collections.defaultdict(list)
     for h in range(heads_q):

@@ -42,15 +42,9 @@ def run_default_path(q, k, v, layout, options: dict):
 
 
 def measure(q, k, v, out, groups, rows):
-    from mmcompile.patterns.fidelity import head_fidelity, index_row_mask
+    from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks
 
-    n, heads = q.shape[2], q.shape[1]
-    masks = torch.zeros(heads, rows.numel(), n, dtype=torch.bool, device=q.device)
-    for head_ids, index in groups:
-        if index is None:
-            masks[head_ids] = torch.arange(n, device=q.device)[None, :] <= rows[:, None]
-        else:
-            masks[head_ids] = index_row_mask(index, rows, n)
+    masks = layer_row_masks(groups, rows, q.shape[2], q.shape[1])
     fid = head_fidelity(q, k, v, out, masks, rows)
     return fid["recall"].tolist(), fid["rel_err"].tolist()
 

@@ -95,3 +95,30 @@ def test_policy_on_one_modality_weighs_the_grid_and_stays_exact():
     result = layer_attention(q, k, v, ctx, chosen)
     out, indexes = result.out, result.indexes
     torch.testing.assert_close(out, reference(q, k, v, indexes), rtol=1e-4, atol=1e-4)
+
+
+def test_q_boundary_grid_runs_on_its_video_rows_only():
+    """A Q-boundary head with Grid for video and VS / A-shape for text: two launches (original
+    order, then the video rows alone in the grid order). The output equals the reference of the
+    row masks each launch computed, and the grid launch lists exactly the video rows."""
+    from mmcompile.patterns.fidelity import layer_row_masks
+
+    layout = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 60)]])
+    n = layout.length
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
+    ctx = forward_context(layout, n, 1, "cpu", 64, 64)
+    heads = [HeadPattern("q-boundary", (("text", VerticalSlash(30, 2)), ("video", Grid(local_frames=2)))),
+             HeadPattern("none", (("*", AShape(64, 128)),)),
+             HeadPattern("q-boundary", (("text", AShape(64, 64)), ("video", Grid(local_frames=70)))),
+             HeadPattern("none", (("*", Grid(local_frames=2)),))]
+    result = layer_attention(q, k, v, ctx, heads)
+    video_rows = (layout.modality[0] == VIDEO).nonzero()[:, 0]
+    subset = [index for ids, index in result.indexes if index is not None and index.q_order is not None
+              and index.q_order.shape[-1] < n]
+    assert len(subset) == 1 and torch.equal(subset[0].q_order[0].sort(-1).values.long(),
+                                            video_rows.expand(2, -1))
+    masks = layer_row_masks(result.indexes, torch.arange(n), n, 4)
+    assert not masks[0, video_rows].equal(masks[1, video_rows])  # the grid rows are not the plain ones
+    ref, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), masks[None], 32 ** -0.5)
+    assert ((result.out - ref).norm() / ref.norm()) < 2e-5

@@ -11,15 +11,25 @@ import torch
 from mmcompile.kernels import SparseIndex
 
 
+def _row_slots(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Tensor:
+    """int64 [H, R] (batch 0): the query slot of each row, -1 where the index does not compute it."""
+    heads = index.block_count.shape[1]
+    if index.q_order is None:
+        return rows.expand(heads, -1)
+    order = index.q_order[0].long()  # [H, S]: a permutation, or a subset of the rows
+    slot_of = torch.full((heads, max(n_k, int(rows.max()) + 1)), -1, dtype=torch.long, device=rows.device)
+    slot_of.scatter_(1, order, torch.arange(order.shape[1], device=rows.device).expand_as(order))
+    return slot_of[:, rows]
+
+
 def index_row_mask(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Tensor:
-    """bool [H, R, N] (batch 0): keys the kernel visits for query positions ``rows`` (int64 [R])."""
+    """bool [H, R, N] (batch 0): keys the kernel visits for query positions ``rows`` (int64 [R]);
+    all False for rows the index does not compute (a row-subset order)."""
     heads = index.block_count.shape[1]
     device = rows.device
-    if index.q_order is not None:
-        slot_of = index.q_order[0].long().argsort(-1)  # [H, N]
-        slots = slot_of[:, rows]  # [H, R]
-    else:
-        slots = rows.expand(heads, -1)
+    slots = _row_slots(index, rows, n_k)
+    computed = slots >= 0
+    slots = slots.clamp(min=0)
     m = slots // index.block_m
     key_slots = torch.arange(n_k, device=device)
     diag_lo = m * index.block_m
@@ -40,7 +50,24 @@ def index_row_mask(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Te
         by_pos = torch.zeros_like(visit)
         by_pos.scatter_(2, index.k_order[0].long()[:, None, :].expand_as(visit), visit)
         visit = by_pos
-    return visit & (key_slots[None, None, :] <= rows[None, :, None])
+    return visit & (key_slots[None, None, :] <= rows[None, :, None]) & computed[..., None]
+
+
+def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.Tensor:
+    """bool [Hq, R, N]: for a layer's launch groups (``LayerResult.indexes``, in launch order),
+    the keys each head's rows were computed with. A head may be in several groups (a Q-boundary
+    head's grid launch over its video rows follows its original-order launch): a later launch's
+    rows replace the earlier ones, as in the output. Dense groups (index None): every causal key."""
+    masks = torch.zeros(heads_q, rows.numel(), n, dtype=torch.bool, device=rows.device)
+    causal = torch.arange(n, device=rows.device)[None, :] <= rows[:, None]
+    for head_ids, index in indexes:
+        ids = torch.tensor(head_ids, device=rows.device)
+        if index is None:
+            masks[ids] = causal
+            continue
+        computed = _row_slots(index, rows, n) >= 0  # [H, R]
+        masks[ids] = torch.where(computed[..., None], index_row_mask(index, rows, n), masks[ids])
+    return masks
 
 
 def head_fidelity(q, k, v, out, masks: torch.Tensor, rows: torch.Tensor, scale=None) -> dict:

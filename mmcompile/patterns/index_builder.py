@@ -82,7 +82,8 @@ def build_index(sets_by_modality: list[tuple[torch.Tensor | None, BlockSets]], n
     """SparseIndex from block sets. Each entry is (rows_of_modality, sets): ``rows_of_modality`` is
     a bool [B, M] saying which query blocks hold rows of that modality (None: all blocks).
     ``order`` (int32 [B, H, N] or None) is shared by queries and keys; without it, blocks after a
-    query block's diagonal are dropped (fully in the future)."""
+    query block's diagonal are dropped (fully in the future). With an order and ``n_q`` < N the
+    queries are its first ``n_q`` slots: a launch over a subset of the rows."""
     assert block_m % block_n == 0, "query blocks must be whole key blocks"
     ratio = block_m // block_n
     first = sets_by_modality[0][1]
@@ -117,9 +118,10 @@ def build_index(sets_by_modality: list[tuple[torch.Tensor | None, BlockSets]], n
     columns = [(rows, sets.columns) for rows, sets in sets_by_modality if sets.columns.shape[-1]]
     col_index, col_count = _columns(columns, block_ids, count, m, block_m, block_n, n_k, order is None,
                                     batch, heads, num_m, device)
+    q_order = order if order is None or n_q == order.shape[-1] else order[..., :n_q].contiguous()
     return SparseIndex(count.to(torch.int32), (block_ids * block_n).clamp(min=0).to(torch.int32).contiguous(),
                        col_count.to(torch.int32), col_index.to(torch.int32).contiguous(), block_m, block_n,
-                       order, order)
+                       q_order, order)
 
 
 def _dedup_compact(ids: torch.Tensor):

@@ -147,10 +147,16 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     return BlockSets(rel, torch.empty_like(columns[..., :0]), columns)
 
 
-def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n):
+def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n,
+              rows: torch.Tensor | None = None, row_count: int | None = None):
     """vertical: fp32 [B, H, N] these heads' column scores (``LineScores.vertical``). Returns (order
     int32 [B, H, N], BlockSets in slot space). ``max_frame``: the largest frame stride of the batch
-    as a Python int (known once per forward: no per-layer sync)."""
+    as a Python int (known once per forward: no per-layer sync).
+
+    ``rows`` (bool [B, N], ``row_count`` True per sample): the grid covers only these queries (a
+    Q-boundary head's video rows). They take the first ``row_count`` slots, residue-major; the other
+    keys follow in original order (the sink among them, as columns), so the lines, the periodic
+    slashes and the horizontal band are the same blocks as in a video-only input."""
     batch, heads = vertical.shape[:2]
     device = vertical.device
     if pattern.stride_kind == "frame":
@@ -164,25 +170,41 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
         # At least 8 periods: with fewer, one heavy key makes any long stride look like a grid.
         candidates = estimate.stride_candidates(max_frame, min(pattern.max_stride, n // 8))
         stride, phase = estimate.grid_stride_phase(vertical, candidates)
-    order = grid_order(n, stride, phase)
+    if rows is None:
+        order, slots = grid_order(n, stride, phase), n
+        line_count = (n - 1 - phase) // stride + 1  # tokens in the phase class
+    else:
+        order, slots = _subset_grid_order(rows, stride, phase, n), row_count
+        in_phase = rows[:, None, :] & ((torch.arange(n, device=device) - phase[..., None]) % stride[..., None] == 0)
+        line_count = in_phase.sum(-1)
     nkb = -(-n // block_n)
-    line_count = (n - 1 - phase) // stride + 1  # tokens in the phase class
-    band_start = n - line_count  # first slot of the vertical-line band
+    band_start = slots - line_count  # first slot of the vertical-line band
     empty = torch.empty(batch, heads, 0, dtype=torch.long, device=device)
     absolute = empty
     if pattern.vline:
-        band = torch.arange(nkb, device=device).expand(batch, heads, nkb)
+        band = torch.arange(_ceil_div(slots, block_n), device=device).expand(batch, heads, -1)
         absolute = torch.where(band >= (band_start // block_n)[..., None], band, INVALID)
     relative = empty
     if pattern.slash:
         relative = torch.arange(-_ceil_div(pattern.local_frames, block_n), 0, device=device).expand(batch, heads, -1)
     full_rows = None
     if pattern.hline:
-        m_end = (torch.arange(-(-n // block_m), device=device) + 1) * block_m
+        m_end = (torch.arange(-(-slots // block_m), device=device) + 1) * block_m
         full_rows = m_end[None, None, :] > band_start[..., None]
     slots_of = order.long().argsort(dim=-1)  # inverse order: slot of each position
     columns = slots_of[..., :min(pattern.sink, n)] if pattern.sink else empty
     return order, BlockSets(relative, absolute, columns, full_rows)
+
+
+def _subset_grid_order(rows, stride, phase, n):
+    """int32 [B, H, N]: the ``rows`` (bool [B, N]) residue-major modulo ``stride`` with the
+    ``phase`` class last (as ``grid_order``), then every other position in original order."""
+    pos = torch.arange(n, device=rows.device)
+    residue = (pos - phase[..., None]) % stride[..., None]
+    residue = torch.where(residue == 0, stride[..., None], residue)
+    after = (stride.max() + 1) * n  # past every residue class
+    key = torch.where(rows[:, None, :], residue * n + pos, after + pos)
+    return key.argsort(dim=-1).to(torch.int32)
 
 
 def block_sparse_sets(pattern: BlockSparse, q, k, kv_heads, n, block_m, block_n) -> BlockSets:

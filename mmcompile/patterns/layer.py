@@ -7,8 +7,9 @@ and dense heads (the dense path). One kernel launch per group writes into one ou
 sync: small host lists reach the GPU through ``device_list``. Estimation runs once per query
 modality for all heads; heads whose pattern has the same type are indexed together even when
 their sizes differ, so the only Python loops run over pattern types and modalities, never over
-data. Q-boundary is supported for original-order patterns; a grid pattern in a Q-boundary head is
-applied to all its queries.
+data. A Q-boundary head whose Grid is one modality's pattern runs in two launches: its other
+modalities' rows in original order, then that modality's rows alone in the grid order (the kernel
+writes only the rows an order lists, so the second replaces the first's work on those rows).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class ForwardContext:
     last_rows: dict  # "*" or modality name -> (positions [B, L], valid [B, L], earliest position int, consecutive)
     block_m: int = DEFAULT_BLOCK[0]
     block_n: int = DEFAULT_BLOCK[1]
+    row_counts: dict = dataclasses.field(default_factory=dict)  # modality name -> rows per sample (int), when equal
+
+    def rows_of(self, name: str) -> torch.Tensor | None:
+        """bool [B, N]: the rows of modality ``name``, when every sample has as many (a launch over
+        one modality's rows lists the same number of slots per sample); else None."""
+        if self.modality is None or self.row_counts.get(name) is None:
+            return None
+        return self.modality == _modality_id(name)
 
     def row_sets(self) -> list[str]:
         """The estimation-row sets the policy chooses from and a layer is judged on: each query
@@ -67,8 +76,11 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
     key_pad = layout.modality == PAD
     last_rows = {name: _last_rows(layout.modality, n, layout.batch, None if name == "*" else _modality_id(name), device)
                  for name in ["*"] + list(present)}
+    counts = torch.stack([(layout.modality == _modality_id(name)).sum(-1) for name in present]).tolist() if present else []
+    row_counts = {name: c[0] if len(set(c)) == 1 else None for name, c in zip(present, counts)}
     return ForwardContext(n, layout.batch, layout.modality, key_pad if bool(key_pad.any()) else None,
-                          stride, int(stride.max()) if stride.numel() else 0, present, last_rows, block_m, block_n)
+                          stride, int(stride.max()) if stride.numel() else 0, present, last_rows, block_m, block_n,
+                          row_counts)
 
 
 def _last_rows(modality, n, batch, want, device):
@@ -118,10 +130,12 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
 
 
 def _head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
-    density = torch.ones(heads_q, dtype=torch.float32, device=device)
+    """Per query head, the sum over its launches (a head may run in two: ``_grid_rows``)."""
+    density = torch.zeros(heads_q, dtype=torch.float32, device=device)
     for head_ids, index in indexes:
-        if index is not None:
-            density.index_copy_(0, device_list(head_ids, device), index.density(n).mean(0))
+        ids = device_list(head_ids, device)
+        density.index_add_(0, ids, torch.ones(len(head_ids), device=device) if index is None else
+                           index.density(n).mean(0))
     return density
 
 
@@ -138,20 +152,29 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
         heads = [HeadPattern("none", (("*", pair_pattern(head, "text", "text")),)) if head.inter == "2d-boundary"
                  else head for head in heads]
     plain, grid, dense, boundary = [], defaultdict(list), [], defaultdict(list)
+    plain_heads = list(heads)  # what the original-order launch runs for each head
     for h, head in enumerate(heads):
         if head.inter == "2d-boundary":
             boundary[head].append(h)  # modality-major order: grouped by the exact pattern
         elif all(isinstance(p, Dense) for _, p in head.intra):
             dense.append(h)  # the dense fast path: no index, and no all-blocks lists widening the rest
         elif any(isinstance(p, Grid) for _, p in head.intra):
-            grid[head].append(h)  # its own permutation: grouped by the exact pattern
+            rows = _grid_rows(head, ctx)
+            grid[(head, rows)].append(h)  # its own permutation: grouped by the exact pattern
+            if rows is not None:  # its other modalities' rows first, in original order
+                plain.append(h)
+                plain_heads[h] = HeadPattern(head.inter, tuple((m, None if isinstance(p, Grid) else p)
+                                                               for m, p in head.intra))
         else:
             plain.append(h)
     indexes = [(dense, None)] if dense else []
     if plain:
-        indexes.append((plain, _plain_index(plain, heads, estimates, ctx)))
-    if grid:
-        indexes.append(([h for ids in grid.values() for h in ids], _grid_index(grid, estimates, ctx)))
+        indexes.append((plain, _plain_index(plain, plain_heads, estimates, ctx)))
+    by_rows = defaultdict(dict)  # one grid launch per row set, after the original-order launch
+    for (head, rows), ids in grid.items():  # (a row-subset grid overwrites its rows)
+        by_rows[rows][head] = ids
+    for rows, groups in by_rows.items():
+        indexes.append(([h for ids in groups.values() for h in ids], _grid_index(groups, rows, estimates, ctx)))
     if boundary:
         indexes.append(([h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx)))
     return indexes
@@ -255,16 +278,31 @@ def _heads_of(sets: BlockSets, index: torch.Tensor) -> BlockSets:
     return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows))
 
 
-def _grid_index(groups: dict, estimates: Estimates, ctx: ForwardContext):
-    """Grid lines are video structure: their stride and phase come from the last video rows when
-    the input has video (the plain last rows are often the text question, which shows no grid)."""
+def _grid_rows(head: HeadPattern, ctx: ForwardContext) -> str | None:
+    """The modality whose rows alone a head's grid covers: a Q-boundary head whose Grid is one
+    modality's pattern while other modalities of the input have theirs. None: all rows."""
+    if head.inter != "q-boundary" or len(ctx.present) < 2:
+        return None
+    names = [m for m, p in head.intra if isinstance(p, Grid) and m in ctx.present]
+    if len(names) != 1 or ctx.rows_of(names[0]) is None:
+        return None  # several grid modalities, or unequal row counts across the batch: all rows
+    return names[0]
+
+
+def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: ForwardContext):
+    """One launch for grid heads ({pattern: head ids}) over the rows of modality ``rows`` (its
+    query slots come first in each order), or over all rows (None). Grid lines are video
+    structure: their stride and phase come from those rows' estimate, or from the last video rows
+    when the input has video (the plain last rows are often the text question, which shows no grid)."""
+    lines_of = rows or ("video" if "video" in ctx.last_rows else "*")
+    mask = None if rows is None else ctx.rows_of(rows)
+    slots = ctx.n if rows is None else ctx.row_counts[rows]
     orders, parts = [], []
-    rows = "video" if "video" in ctx.last_rows else "*"
-    for head, ids in groups.items():
+    for head, ids in heads.items():
         pattern = next(p for _, p in head.intra if isinstance(p, Grid))
-        order, sets = intra.grid_sets(pattern, estimates.lines(rows, ids).vertical, ctx.frame_stride, ctx.max_frame,
-                                      ctx.n, ctx.block_m, ctx.block_n)
+        order, sets = intra.grid_sets(pattern, estimates.lines(lines_of, ids).vertical, ctx.frame_stride,
+                                      ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n, mask, slots)
         orders.append(order)
         parts.append(sets)
-    return build_index([(None, stack_heads(parts))], ctx.n, ctx.n, ctx.block_m, ctx.block_n,
+    return build_index([(None, stack_heads(parts))], slots, ctx.n, ctx.block_m, ctx.block_n,
                        order=torch.cat(orders, dim=1).contiguous())

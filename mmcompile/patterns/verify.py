@@ -68,4 +68,4 @@ def demote(indexes, patterns, failing: list[int]):
         elif stay:
             kept.append(([ids[i] for i in stay], _index_heads(index, device_list(stay, index.block_count.device))))
     patterns = tuple(HeadPattern("none", (("*", Dense()),)) if h in failing else p for h, p in enumerate(patterns))
-    return [(sorted(dense), None)] + kept, patterns
+    return [(sorted(set(dense)), None)] + kept, patterns
