@@ -70,6 +70,24 @@ def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_o
     return mask & causal_mask(n_q, n_k, q_offset, k_offset, device)
 
 
+def groups_to_mask(groups, heads_q: int, n_q: int, n_k: int) -> torch.Tensor:
+    """Dense mask [B, Hq, Nq, Nk] of one layer's launches ``[(query head ids, index or None for
+    dense)]`` in launch order: a later launch replaces the rows it computes (every row, or the rows
+    its ``q_order`` lists), as the kernel's writes do."""
+    batch = next((index.block_count.shape[0] for _, index in groups if index is not None), 1)
+    device = next((index.block_count.device for _, index in groups if index is not None), None)
+    mask = causal_mask(n_q, n_k, device=device).expand(batch, heads_q, n_q, n_k).clone()
+    for ids, index in groups:
+        if index is None:
+            mask[:, ids] = causal_mask(n_q, n_k, device=device)
+            continue
+        launch = index_to_mask(index, n_q, n_k)
+        rows = torch.zeros(batch, len(ids), n_q, dtype=torch.bool, device=device)
+        rows.scatter_(2, _slot_positions(index.q_order, batch, len(ids), n_q, device), True)
+        mask[:, ids] = torch.where(rows[..., None], launch, mask[:, ids])
+    return mask
+
+
 def causal_mask(n_q: int, n_k: int, q_offset: int = 0, k_offset: int = 0, device=None) -> torch.Tensor:
     """Dense causal mask [Nq, Nk] in original positions."""
     return (torch.arange(n_k, device=device) + k_offset)[None, :] <= \

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmcompile.kernels import index_to_mask
+from mmcompile.kernels import groups_to_mask, index_to_mask
 from mmcompile.kernels.reference import masked_attention
 from mmcompile.patterns import (IMAGE, TEXT, VIDEO, AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash,
                                 forward_context, from_segments, layer_attention)
@@ -29,14 +29,8 @@ LAYOUTS = {
 
 def reference(q, k, v, indexes):
     group = q.shape[1] // k.shape[1]
-    ref = torch.zeros_like(q)
-    for ids, index in indexes:
-        n_q, n_k = q.shape[2], k.shape[2]
-        mask = (index_to_mask(index, n_q, n_k) if index is not None else
-                torch.ones(1, len(ids), n_q, n_k, dtype=torch.bool).tril())
-        kk, vv = k.repeat_interleave(group, 1)[:, ids], v.repeat_interleave(group, 1)[:, ids]
-        ref[:, ids], _ = masked_attention(q[:, ids], kk, vv, mask)
-    return ref
+    mask = groups_to_mask(indexes, q.shape[1], q.shape[2], k.shape[2])
+    return masked_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), mask)[0]
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -119,6 +113,7 @@ def test_q_boundary_grid_runs_on_its_video_rows_only():
     assert len(subset) == 1 and torch.equal(subset[0].q_order[0].sort(-1).values.long(),
                                             video_rows.expand(2, -1))
     masks = layer_row_masks(result.indexes, torch.arange(n), n, 4)
+    assert torch.equal(masks[None], groups_to_mask(result.indexes, 4, n, n))  # harness and reference agree
     assert not masks[0, video_rows].equal(masks[1, video_rows])  # the grid rows are not the plain ones
     ref, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), masks[None], 32 ** -0.5)
     assert ((result.out - ref).norm() / ref.norm()) < 2e-5

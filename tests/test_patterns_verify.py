@@ -17,18 +17,22 @@ def independent_recall(q, k, indexes, ctx, scale):
     n, group = ctx.n, q.shape[1] // k.shape[1]
     probs = torch.softmax(((q[0] @ k[0].repeat_interleave(group, 0).transpose(-1, -2)) * scale)
                           .masked_fill(torch.ones(n, n, dtype=torch.bool).tril().logical_not(), float("-inf")), -1)
-    out = torch.ones(q.shape[1])
-    for ids, index in indexes:
+    masks = torch.ones(q.shape[1], n, n, dtype=torch.bool).tril()  # dense heads: every causal key
+    for ids, index in indexes:  # in launch order: a row-subset launch replaces only its rows
         if index is None:
             continue
         mask = index_to_mask(index, n, n)[0]
+        rows = (torch.arange(n) if index.q_order is None else index.q_order[0, 0].long())
         for i, h in enumerate(ids):
-            per_set = []
-            for name in ctx.row_sets():
-                pos, valid, _, _ = ctx.last_rows[name]
-                rows = pos[0][valid[0]]
-                per_set.append((probs[h, rows] * mask[i, rows]).sum(-1).mean())
-            out[h] = min(per_set)
+            masks[h, rows] = mask[i, rows]
+    out = torch.ones(q.shape[1])
+    for h in range(q.shape[1]):
+        per_set = []
+        for name in ctx.row_sets():
+            pos, valid, _, _ = ctx.last_rows[name]
+            rows = pos[0][valid[0]]
+            per_set.append((probs[h, rows] * masks[h, rows]).sum(-1).mean())
+        out[h] = min(per_set)
     return out
 
 

@@ -53,14 +53,12 @@ def test_fixed_a_shape_equals_reference_of_the_pattern_library_index():
 
 
 def _reference_of_indexes(q, k, v, indexes, scale):
-    from mmcompile.kernels import index_to_mask
+    from mmcompile.kernels import groups_to_mask
     from mmcompile.kernels.reference import masked_attention
 
-    ref, n, group = torch.zeros_like(q), q.shape[2], q.shape[1] // k.shape[1]
-    for ids, index in indexes:
-        mask = index_to_mask(index, n, n) if index is not None else torch.ones(1, len(ids), n, n, dtype=torch.bool).tril()
-        ref[:, ids], _ = masked_attention(q[:, ids], k.repeat_interleave(group, 1)[:, ids],
-                                          v.repeat_interleave(group, 1)[:, ids], mask, scale)
+    n, group = q.shape[2], q.shape[1] // k.shape[1]
+    mask = groups_to_mask(indexes, q.shape[1], n, n)
+    ref, _ = masked_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), mask, scale)
     return ref
 
 

@@ -109,12 +109,13 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     of the estimation rows' attention mass is read off the kernel's log-sum-exp
     (``verify.estimation_recall``), and heads below the target are recomputed dense."""
     from . import verify
-    from .policy import choose_patterns  # the policy builds on this module
+    from .policy import choose_with_fallbacks  # the policy builds on this module
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = Estimates(q, k, ctx, scale)
+    fallbacks = {}
     if patterns is None:
-        patterns = choose_patterns(q, k, ctx, density=density, scale=scale, estimates=estimates)
+        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates)
     patterns = tuple(patterns)
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
     out, lse = attend(q, k, v, indexes, scale, return_lse=True)
@@ -122,6 +123,15 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     if recall is not None and lse is not None:
         head_recall = verify.estimation_recall(lse, estimates, ctx)
         failing = (head_recall < recall).nonzero().flatten().tolist()  # one host sync
+        retry = [h for h in failing if h in fallbacks]
+        if retry:  # grid heads that missed: their best original-order pattern, measured again
+            trial = tuple(fallbacks[h] if h in retry else HeadPattern() for h in range(len(patterns)))
+            redo = [(ids, index) for ids, index in build_layer_indexes(q, k, trial, ctx, scale, estimates)
+                    if index is not None]
+            attend(q, k, v, redo, scale, out=out, lse=lse)
+            indexes, patterns = verify.replace_heads(indexes, patterns, retry, redo, trial)
+            head_recall = verify.estimation_recall(lse, estimates, ctx)
+            failing = (head_recall < recall).nonzero().flatten().tolist()  # a second sync, only then
         if failing:  # recomputed dense, in place: these heads cannot meet the target with this input
             dense_attention_forward(q, k, v, scale, head_ids=device_list(failing, q.device, torch.int32),
                                     out=out, lse=lse)
@@ -180,16 +190,18 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
     return indexes
 
 
-def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False):
+def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False, out=None, lse=None):
     """The kernel launches of one layer, all writing into one output (index None: dense heads).
-    Returns out, or (out, lse [B, Hq, N] float32 natural log; None when SDPA ran every head)."""
+    Returns out, or (out, lse [B, Hq, N] float32 natural log; None when SDPA ran every head).
+    ``out``/``lse`` given: the launches write into them (their other heads are left as they are)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if len(indexes) == 1 and indexes[0][1] is None:  # every head dense: SDPA (cuDNN on Hopper) is faster
+    if out is None and len(indexes) == 1 and indexes[0][1] is None:  # every head dense: SDPA (cuDNN) is faster
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                                                enable_gqa=q.shape[1] != k.shape[1])
         return (out, None) if return_lse else out
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     for head_ids, index in indexes:
         ids = device_list(head_ids, q.device, torch.int32)
         if index is None:

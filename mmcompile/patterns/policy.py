@@ -28,6 +28,7 @@ SINK = 128  # A-shape sink keys
 COLUMN_LADDER = (32, 128, 512, 2048, 8192)  # VS column counts tried (the cap trims the ladder)
 STATIC_BONUS = 1.2  # A-shape is kept unless another family costs 1/1.2 of it or less
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
+GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
 
 
 def _first_reaching(curve: torch.Tensor, target: float):
@@ -79,20 +80,48 @@ def _better(recall, cost, old_recall, old_cost, target):
     return (reach & ~old_reach) | (reach & old_reach & (cost < old_cost)) | (~reach & ~old_reach & (recall > old_recall))
 
 
-def _grid(vertical, slash, ctx: ForwardContext, cap_keys):
-    """Lines at the frame stride (the heaviest phase) plus sink and diagonal block, at the cap."""
-    stride = ctx.frame_stride.clamp(min=1).long()[:, None, None]
-    residue = torch.arange(ctx.n, device=vertical.device)[None, None, :] % stride
-    per_phase = torch.zeros(*vertical.shape[:2], max(ctx.max_frame, 1), device=vertical.device)
+def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
+    """Per head: (recall, cost, local frames) of the cheapest frame-stride Grid reaching the target.
+
+    What the grid order keeps of a video row: the phase class (the vertical lines, the heaviest
+    phase at the frame stride, as ``intra.grid_sets`` picks it), the same patch in the earlier
+    frames its local blocks and diagonal block reach (slash mass at multiples of the stride), and
+    the ``GRID_SINK`` first keys. The three are disjoint but for the sink keys in the phase class
+    (removed) and the phase class's own rows (1 / stride of them). The local band inside a frame
+    is not kept: heads that need it lose that mass here, as they do in the kernel. Costs are keys
+    per row: the line band, the local slots, half a diagonal block and the sink. The recall the
+    built index reaches is measured after the kernel (``verify``); this only ranks candidates."""
+    stride = ctx.frame_stride.clamp(min=1).long()  # [B]
+    device = vertical.device
+    pos = torch.arange(ctx.n, device=device)
+    residue = pos[None, None, :] % stride[:, None, None]
+    per_phase = torch.zeros(*vertical.shape[:2], max(ctx.max_frame, 1), device=device)
     per_phase.scatter_add_(2, residue.expand_as(vertical), vertical)
-    recall = (per_phase.max(-1).values + vertical[..., :64].sum(-1) + slash[..., :ctx.block_m].sum(-1)).mean(0)
-    frames = max(int(cap_keys) - ctx.n // max(ctx.max_frame, 1) // 2, ctx.block_n)
-    return recall, torch.full_like(recall, float(cap_keys)), Grid(stride_kind="frame", local_frames=frames, sink=64)
+    lines, phase = per_phase.max(-1)  # [B, H]
+    sink = vertical[..., :GRID_SINK]
+    in_phase = residue[..., :GRID_SINK] == phase[..., None]
+    sink_mass = (sink * ~in_phase).sum(-1)
+    frames = -(-ctx.n // max(ctx.max_frame, 1))
+    by_frame = torch.zeros(*vertical.shape[:2], frames + 1, device=device)  # slash mass at offset j * stride
+    j = pos // stride[:, None]
+    at_multiple = (pos % stride[:, None] == 0)[:, None, :].expand_as(slash)
+    by_frame.scatter_add_(2, j[:, None, :].expand_as(slash).clamp(max=frames), torch.where(at_multiple, slash, 0.0))
+    reach = torch.cumsum(by_frame, -1)  # [B, H, F + 1]: same patch up to j frames back
+    block_n = ctx.block_n
+    steps = max(min(int(cap_keys // block_n), -(-frames // block_n)), 1)
+    local = torch.arange(1, steps + 1, device=device) * block_n  # local slots: whole key blocks
+    covered = (local + ctx.block_m // 2).clamp(max=frames)  # frames back a row reaches, on average
+    curve = (lines + sink_mass)[..., None] + reach.gather(-1, covered.expand(*reach.shape[:2], -1))
+    at, recall = _first_reaching(curve.clamp(max=1.0).mean(0), target)
+    band = rows / max(ctx.max_frame, 1) + block_n
+    cost = band + (at + 1).float() * block_n + ctx.block_m / 2 + GRID_SINK
+    return recall, cost, (at + 1) * block_n
 
 
 def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
                 target: float, grid: bool):
-    """Per head: (predicted recall list, pattern list) for one query modality's rows."""
+    """Per head: (predicted recall list, pattern list, original-order pattern list) for one query
+    modality's rows; the last is the best pattern other than Grid (the fallback of a grid head)."""
     lines = estimates.lines(modality, heads)
     vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
     n, block_n = ctx.n, ctx.block_n
@@ -107,15 +136,20 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
     take_vs = _better(v_recall, v_cost.float(), a_recall, a_cost, target)
     recall = torch.where(take_vs, v_recall, a_recall)
     names = torch.where(take_vs, 1, 0)
-    grid_pattern = None
+    plain_names = names
+    g_local = torch.zeros_like(a_local)
     if grid:
-        g_recall, g_cost, grid_pattern = _grid(vertical, slash, ctx, cap_keys)
+        rows_in = ctx.row_counts.get(modality) if modality != "*" else ctx.n
+        g_recall, g_cost, g_local = _grid(vertical, slash, ctx, rows_in or ctx.n, cap_keys, target)
         take_grid = _better(g_recall, g_cost, recall, torch.where(take_vs, v_cost.float(), a_cost), target)
         recall, names = torch.where(take_grid, g_recall, recall), torch.where(take_grid, 2, names)
-    rows = torch.stack([recall, names.float(), a_local.float(), v_cols.float(), v_blocks.float()], -1).tolist()
-    patterns = [(AShape(SINK, int(local)), VerticalSlash(int(cols), int(blks)), grid_pattern)[int(kind)]
-                for _, kind, local, cols, blks in rows]
-    return [r[0] for r in rows], patterns
+    table = torch.stack([recall, names.float(), plain_names.float(), a_local.float(), v_cols.float(),
+                         v_blocks.float(), g_local.float()], -1).tolist()  # the one host sync
+    def pattern(kind, local, cols, blks, frames):
+        return (AShape(SINK, int(local)), VerticalSlash(int(cols), int(blks)),
+                Grid(stride_kind="frame", local_frames=int(frames), sink=GRID_SINK))[int(kind)]
+    return ([r[0] for r in table], [pattern(r[1], *r[3:]) for r in table],
+            [pattern(r[2], *r[3:]) for r in table])
 
 
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
@@ -124,22 +158,42 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     """One HeadPattern per query head for this input (one host sync per query modality).
 
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
-    queries are estimated from their own last queries and get their own pattern (Q-Boundary);
-    there the choice is among original-order patterns (grid lines then become VS columns).
-    ``density`` caps each head's cost (keys per row over the causal area).
+    queries are estimated from their own last queries and get their own pattern (Q-Boundary).
+    Video rows with a known frame stride also weigh Grid (in a Q-boundary head it covers the
+    video rows alone: ``layer._grid_rows``). ``density`` caps each head's cost (keys per row
+    over the causal area).
     """
+    return choose_with_fallbacks(q, k, ctx, density, min_recall, scale, estimates, target)[0]
+
+
+def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
+                          scale: float | None = None, estimates: Estimates | None = None,
+                          target: float = TARGET) -> tuple[list[HeadPattern], dict]:
+    """``choose_patterns`` plus {head: its pattern without Grid} for the heads given a Grid: what
+    ``layer_attention`` runs when the built grid index misses the recall target."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
     heads = list(range(q.shape[1]))
     modalities = ctx.row_sets()
-    grid = len(modalities) == 1 and ctx.max_frame > 0
-    picks = {m: _choose_one(estimates, m, heads, ctx, density, target, grid) for m in modalities}
-    chosen = []
+    picks = {m: _choose_one(estimates, m, heads, ctx, density, target, _weighs_grid(m, modalities, ctx))
+             for m in modalities}
+    chosen, fallbacks = [], {}
     for h in heads:
         if min(picks[m][0][h] for m in modalities) < min_recall:
             chosen.append(HeadPattern("none", (("*", Dense()),)))
-        elif modalities == ["*"]:
-            chosen.append(HeadPattern("none", (("*", picks["*"][1][h]),)))
-        else:
-            chosen.append(HeadPattern("q-boundary", tuple((m, picks[m][1][h]) for m in modalities)))
-    return chosen
+            continue
+        inter = "none" if modalities == ["*"] else "q-boundary"
+        chosen.append(HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities)))
+        if any(isinstance(picks[m][1][h], Grid) for m in modalities):
+            fallbacks[h] = HeadPattern(inter, tuple((m, picks[m][2][h]) for m in modalities))
+    return chosen, fallbacks
+
+
+def _weighs_grid(rows: str, modalities: list[str], ctx: ForwardContext) -> bool:
+    """Grid is a candidate for video rows with a frame stride: all rows of a video-only input,
+    the video rows of a mixed one when every sample has as many (one grid launch lists them)."""
+    if ctx.max_frame <= 0:
+        return False
+    if modalities == ["*"]:
+        return list(ctx.present) == ["video"]
+    return rows == "video" and ctx.row_counts.get("video") is not None

@@ -50,22 +50,34 @@ def _index_heads(index: SparseIndex, positions: torch.Tensor) -> SparseIndex:
                                          for f in _INDEX_TENSORS})
 
 
+def _without(indexes, heads: set):
+    """The launch groups with ``heads`` taken out (groups left empty dropped)."""
+    kept = []
+    for ids, index in indexes:
+        stay = [i for i, h in enumerate(ids) if h not in heads]
+        if len(stay) == len(ids):
+            kept.append((ids, index))
+        elif stay:
+            kept.append(([ids[i] for i in stay], None if index is None else
+                         _index_heads(index, device_list(stay, index.block_count.device))))
+    return kept
+
+
+def replace_heads(indexes, patterns, heads: list[int], new_indexes, new_patterns):
+    """(indexes, patterns) after ``heads`` were recomputed with ``new_patterns[h]`` through the
+    launch groups ``new_indexes`` (which hold those heads only)."""
+    heads = set(heads)
+    patterns = tuple(new_patterns[h] if h in heads else p for h, p in enumerate(patterns))
+    return _without(indexes, heads) + list(new_indexes), patterns
+
+
 def demote(indexes, patterns, failing: list[int]):
     """(indexes, patterns) with the ``failing`` heads moved to the dense group (pattern Dense): the
     record of what ran after ``layer_attention`` recomputed them dense."""
     failing = set(failing)
     if not failing:
         return indexes, tuple(patterns)
-    dense = [h for ids, index in indexes if index is None for h in ids]
-    kept = []
-    for ids, index in indexes:
-        if index is None:
-            continue
-        stay = [i for i, h in enumerate(ids) if h not in failing]
-        dense += [h for h in ids if h in failing]
-        if len(stay) == len(ids):
-            kept.append((ids, index))
-        elif stay:
-            kept.append(([ids[i] for i in stay], _index_heads(index, device_list(stay, index.block_count.device))))
+    kept = _without(indexes, failing)
+    dense = sorted(failing | {h for ids, index in kept if index is None for h in ids})
     patterns = tuple(HeadPattern("none", (("*", Dense()),)) if h in failing else p for h, p in enumerate(patterns))
-    return [(sorted(set(dense)), None)] + kept, patterns
+    return [(dense, None)] + [(ids, index) for ids, index in kept if index is not None], patterns
