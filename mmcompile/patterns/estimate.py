@@ -65,6 +65,26 @@ def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | 
     return top.clamp(min=0), top >= 0
 
 
+def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
+                     last_q: int = LAST_Q, device=None):
+    """Positions int64 [B, L] (ascending) and valid bool [B, L] of ``last_q`` rows of the same set
+    as ``last_queries`` but disjoint from them: evenly spaced over the later half of the set's
+    other rows. The recall a layer reports is measured here, on rows the index was not built
+    from, so a pattern fitted to the last rows alone (columns only those rows use) shows."""
+    hit = (torch.ones(batch, n, dtype=torch.bool, device=device) if modality is None else
+           modality != PAD if want is None else modality == want)
+    rank = hit.long().cumsum(-1)  # [B, N]: rows of the set up to each position
+    others = (rank[:, -1] - last_q).clamp(min=0)  # rows before the estimation rows
+    step = torch.arange(last_q, device=hit.device)
+    wanted = others[:, None] - others[:, None] // 2 + ((step[None, :] + 0.5) * (others[:, None] // 2 + 1) /
+                                                       last_q).long()  # 1-based ranks in the later half
+    wanted = torch.minimum(wanted, others[:, None])
+    pos = torch.searchsorted(rank, wanted.contiguous()).clamp(max=n - 1)
+    valid = (wanted >= 1) & (others[:, None] >= 1)
+    valid[:, 1:] &= wanted[:, 1:] != wanted[:, :-1]  # few rows: each once
+    return pos, valid
+
+
 def rows_are_consecutive(pos: torch.Tensor, valid: torch.Tensor) -> bool:
     """Whether every sample's valid rows are consecutive tokens (one host sync: call once per forward).
     Then slash scores need no gather (``line_scores``)."""
@@ -133,6 +153,27 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive) -> LineSc
         slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive
                            else _slash_gathered(probs, pos, weight))
     return LineScores(vertical, slash, pos, valid, lse)
+
+
+def dense_row_lse(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,
+                  key_pad: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 [B, Hq, L]: the log-sum-exp of rows ``pos`` over their causal keys (padding excluded),
+    -inf where a row sees no key: the denominator of the recall measured on held-out rows. One
+    KV group at a time in PyTorch; the first Triton pass of ``line_scores_kernel`` where it runs."""
+    if triton_runs_on(q, has_reference=True):
+        return line_scores_kernel.row_lse_of(q, k, pos, valid, scale, key_pad)
+    batch, heads_q, n, d = q.shape
+    group, last = heads_q // k.shape[1], pos.shape[1]
+    rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, last, d))
+    future = torch.arange(n, device=q.device)[None, None, :] > pos[:, :, None]
+    if key_pad is not None:
+        future = future | key_pad[:, None, :]
+    out = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
+    for g in range(k.shape[1]):
+        heads = slice(g * group, (g + 1) * group)
+        scores = torch.matmul(rows[:, heads], k[:, g, None].transpose(-1, -2)).float() * scale
+        out[:, heads] = scores.masked_fill(future[:, None], float("-inf")).logsumexp(-1)
+    return out
 
 
 def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: list[int], columns: torch.Tensor,

@@ -45,6 +45,7 @@ class ForwardContext:
     block_m: int = DEFAULT_BLOCK[0]
     block_n: int = DEFAULT_BLOCK[1]
     row_counts: dict = dataclasses.field(default_factory=dict)  # modality name -> rows per sample (int), when equal
+    check_rows: dict = dataclasses.field(default_factory=dict)  # as last_rows: held-out rows (pos, valid)
 
     def rows_of(self, name: str) -> torch.Tensor | None:
         """bool [B, N]: the rows of modality ``name``, when every sample has as many (a launch over
@@ -64,7 +65,8 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
     """Once per forward (the one place that syncs with the host)."""
     if layout is None:
         return ForwardContext(n, batch, None, None, torch.zeros(batch, dtype=torch.int32, device=device), 0,
-                              {}, {"*": _last_rows(None, n, batch, None, device)}, block_m, block_n)
+                              {}, {"*": _last_rows(None, n, batch, None, device)}, block_m, block_n,
+                              check_rows={"*": estimate.held_out_queries(None, n, batch, None, device=device)})
     check_layout(layout, n)
     layout = layout.to(device)
     num_m = -(-n // block_m)
@@ -78,9 +80,12 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
                  for name in ["*"] + list(present)}
     counts = torch.stack([(layout.modality == _modality_id(name)).sum(-1) for name in present]).tolist() if present else []
     row_counts = {name: c[0] if len(set(c)) == 1 else None for name, c in zip(present, counts)}
+    check_rows = {name: estimate.held_out_queries(layout.modality, n, layout.batch,
+                                                  None if name == "*" else _modality_id(name), device=device)
+                  for name in last_rows}
     return ForwardContext(n, layout.batch, layout.modality, key_pad if bool(key_pad.any()) else None,
                           stride, int(stride.max()) if stride.numel() else 0, present, last_rows, block_m, block_n,
-                          row_counts)
+                          row_counts, check_rows)
 
 
 def _last_rows(modality, n, batch, want, device):
@@ -96,7 +101,7 @@ class LayerResult:
     patterns: tuple  # HeadPattern per query head
     indexes: list  # [(query head ids, SparseIndex or None for dense heads)]
     head_density: torch.Tensor  # float32 [Hq] on q's device (1 for dense heads)
-    head_recall: torch.Tensor | None = None  # float32 [Hq]: recall of each built index on the estimation rows
+    head_recall: torch.Tensor | None = None  # float32 [Hq]: recall of its launches on held-out rows (verify.py)
 
 
 def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
@@ -105,9 +110,10 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     only place these are composed (the op, the distributed path, the CLI and the benchmarks call it).
     ``patterns``: one per query head (a plan's, a fixed policy's), or None for the online choice
     (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
-    shared by the choice and the index builders. ``recall``: a target; what each head's index kept
-    of the estimation rows' attention mass is read off the kernel's log-sum-exp
-    (``verify.estimation_recall``), and heads below the target are recomputed dense."""
+    shared by the choice and the index builders. ``recall``: a target; what each head's launches
+    kept of the attention mass of held-out rows (not the estimation rows) is read off the kernel's
+    log-sum-exp (``verify.held_out_recall``); a grid head below the target is recomputed with its
+    best original-order pattern, and heads still below it dense."""
     from . import verify
     from .policy import choose_with_fallbacks  # the policy builds on this module
 
@@ -121,7 +127,7 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:
-        head_recall = verify.estimation_recall(lse, estimates, ctx)
+        head_recall = verify.held_out_recall(lse, estimates, ctx)
         failing = (head_recall < recall).nonzero().flatten().tolist()  # one host sync
         retry = [h for h in failing if h in fallbacks]
         if retry:  # grid heads that missed: their best original-order pattern, measured again
@@ -130,12 +136,13 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
                     if index is not None]
             attend(q, k, v, redo, scale, out=out, lse=lse)
             indexes, patterns = verify.replace_heads(indexes, patterns, retry, redo, trial)
-            head_recall = verify.estimation_recall(lse, estimates, ctx)
+            head_recall = verify.held_out_recall(lse, estimates, ctx)
             failing = (head_recall < recall).nonzero().flatten().tolist()  # a second sync, only then
         if failing:  # recomputed dense, in place: these heads cannot meet the target with this input
-            dense_attention_forward(q, k, v, scale, head_ids=device_list(failing, q.device, torch.int32),
-                                    out=out, lse=lse)
+            ids = device_list(failing, q.device, torch.int32)
+            dense_attention_forward(q, k, v, scale, head_ids=ids, out=out, lse=lse)
             indexes, patterns = verify.demote(indexes, patterns, failing)
+            head_recall = head_recall.index_fill(0, ids.long(), 1.0)  # dense: exact
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
 
 
@@ -225,6 +232,14 @@ class Estimates:
             self._cache[modality] = estimate.line_scores(self.q, self.k, pos, valid, self.scale,
                                                          self.ctx.key_pad, start, consecutive)
         return self._cache[modality].heads(head_ids)
+
+    def held_out_lse(self, rows: str) -> torch.Tensor:
+        """fp32 [B, Hq, L]: dense log-sum-exp of the held-out rows of ``rows`` (``ctx.check_rows``)."""
+        key = ("held-out", rows)
+        if key not in self._cache:
+            pos, valid = self.ctx.check_rows[rows]
+            self._cache[key] = estimate.dense_row_lse(self.q, self.k, pos, valid, self.scale, self.ctx.key_pad)
+        return self._cache[key]
 
     def explained_by(self, lines: estimate.LineScores, head_ids: list[int]):
         """columns -> the slash mass of ``lines`` those key columns account for."""

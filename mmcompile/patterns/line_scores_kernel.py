@@ -114,6 +114,41 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical,
     tl.store(Vertical + b * stride_vb + h * stride_vh + keys, tl.sum(p, 0), mask=keys < n)
 
 
+def _launch_args(q, k, pos, valid, key_pad):
+    d, rows = q.shape[-1], pos.shape[1]
+    rows_pad = max(16, triton.next_power_of_2(rows))
+    pos32 = pos.to(torch.int32).contiguous()
+    valid8 = valid.to(torch.int8).contiguous()
+    pad = key_pad.to(torch.int8).contiguous() if key_pad is not None else pos32
+    common = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), ROWS=rows_pad, BLOCK_K=BLOCK_K,
+                  HAS_PAD=key_pad is not None, DOT_FP32=interpreting() and q.dtype != torch.float32, num_warps=4)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), pos32.stride(0))
+    return pos32, valid8, pad, common, strides, rows_pad
+
+
+def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice) -> torch.Tensor:
+    """fp32 [B * Hs, ROWS padded]: each row's log-sum-exp over its causal keys (pass 1 alone),
+    -inf where a row sees no key. ``row_lse_of`` trims it to [B, Hs, L]."""
+    batch, _, n, _ = q.shape
+    count = heads.stop - heads.start
+    pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
+    splits = triton.cdiv(n, SPLIT)
+    maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
+    sums = torch.empty_like(maxes)
+    _row_stats_kernel[(splits, batch * count)](
+        q, k, pos32, valid8, pad, maxes, sums, n, scale, heads.start, count, q.shape[1] // k.shape[1],
+        pos.shape[1], splits, *strides, SPLIT=SPLIT, **common)
+    top = maxes.amax(1, keepdim=True)
+    safe = torch.where(top == float("-inf"), 0.0, top)
+    return (safe[:, 0] + (sums * torch.exp(maxes - safe)).sum(1).log()).contiguous()  # -inf: no key seen
+
+
+def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
+    """fp32 [B, Hq, L]: ``row_lse`` for every query head."""
+    lse = row_lse(q, k, pos, valid, scale, key_pad, slice(0, q.shape[1]))
+    return lse.view(q.shape[0], q.shape[1], -1)[..., :pos.shape[1]]
+
+
 def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int, vertical: torch.Tensor):
     """For query heads ``heads``: (probs fp32 [B, Hs, L, width], zero where masked and from column
     N on; lse fp32 [B, Hs, L]); writes their column sums over the valid rows into ``vertical``
@@ -121,24 +156,9 @@ def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int
     batch, _, n, d = q.shape
     rows = pos.shape[1]
     count = heads.stop - heads.start
-    rows_pad = max(16, triton.next_power_of_2(rows))
     group = q.shape[1] // k.shape[1]
-    pos32 = pos.to(torch.int32).contiguous()
-    valid8 = valid.to(torch.int8).contiguous()
-    pad = key_pad.to(torch.int8).contiguous() if key_pad is not None else pos32
-    dot_fp32 = interpreting() and q.dtype != torch.float32
-    common = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), ROWS=rows_pad, BLOCK_K=BLOCK_K,
-                  HAS_PAD=key_pad is not None, DOT_FP32=dot_fp32, num_warps=4)
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), pos32.stride(0))
-    splits = triton.cdiv(n, SPLIT)
-    maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
-    sums = torch.empty_like(maxes)
-    _row_stats_kernel[(splits, batch * count)](
-        q, k, pos32, valid8, pad, maxes, sums, n, scale, heads.start, count, group, rows, splits, *strides,
-        SPLIT=SPLIT, **common)
-    top = maxes.amax(1, keepdim=True)
-    safe = torch.where(top == float("-inf"), 0.0, top)
-    lse = (safe[:, 0] + (sums * torch.exp(maxes - safe)).sum(1).log()).contiguous()  # -inf: no key seen
+    pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
+    lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
     probs = torch.empty(batch, count, rows, width, dtype=torch.float32, device=q.device)
     _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
         q, k, pos32, valid8, pad, lse, probs, vertical, n, width, scale, heads.start, count, group, rows,

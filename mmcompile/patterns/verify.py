@@ -1,14 +1,15 @@
-"""What a layer's indexes really kept, read off the kernel's own result: for the estimation rows
-(the last queries of each modality the policy looked at, or the last queries overall), the share of
-each row's attention mass the sparse kernel covered is ``exp(lse_sparse - lse_dense)``, where the
-kernel's log-sum-exp comes from exactly the index it walked (its blocks, columns, permutation and
-causal clipping) and the dense one from the estimation pass (``estimate.LineScores.lse``). Nothing
-is summed from overlapping terms, so it cannot exceed 1 or flatter a pattern whose terms overlap,
-and it costs a gather, not another pass over the keys.
+"""What a layer's launches really kept, read off the kernel's own result, on rows the index was not
+built from: for held-out rows of each row set the policy chose from (``estimate.held_out_queries``:
+rows of the same modality spread over its later half, disjoint from the last queries), the share
+of each row's attention mass the kernel covered is ``exp(lse_sparse - lse_dense)``. The kernel's
+log-sum-exp comes from exactly the index it walked (its blocks, columns, permutation and causal
+clipping), the dense one from one pass over the keys for those rows
+(``estimate.dense_row_lse``). Nothing is summed from overlapping terms, so it cannot exceed 1 or
+flatter a pattern whose terms overlap; and since the rows are held out, a pattern fitted to the
+last queries alone (columns only they use) shows as the loss it is elsewhere.
 
-Heads whose recall misses the target are recomputed dense in place (``demote`` keeps the records
-straight), so a head that cannot meet the user's recall target runs exactly. The rows are the ones
-the online policy chose from: on the fidelity harness's held-out rows recall can be lower.
+Heads whose recall misses the target are recomputed (``layer_attention``); ``replace_heads`` and
+``demote`` keep the records straight.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from .index_builder import device_list
 from .specs import Dense, HeadPattern
 
 
-def estimation_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
+def held_out_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
     """float32 [Hq]: per query head, the smallest (over row sets and batch) mean share of the
-    estimation rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
+    held-out rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
     log-sum-exp the kernels wrote (natural log; dense heads equal the dense value)."""
-    heads = list(range(lse.shape[1]))
     worst = torch.ones(lse.shape[1], dtype=torch.float32, device=lse.device)
     for name in ctx.row_sets():
-        lines = estimates.lines(name, heads)
-        got = lse.gather(2, lines.pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, L]
-        kept = torch.exp(got - lines.lse).clamp(max=1.0)
-        weight = lines.valid[:, None, :].float()
-        mean = (kept * weight).sum(-1) / weight.sum(-1).clamp(min=1)  # [B, H]
-        has_rows = lines.valid.any(-1)[:, None]
+        pos, valid = ctx.check_rows[name]
+        got = lse.gather(2, pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, L]
+        dense = estimates.held_out_lse(name)
+        seen = valid[:, None, :] & torch.isfinite(dense)
+        kept = torch.where(seen, torch.exp(got - torch.where(seen, dense, 0.0)).clamp(max=1.0), 0.0)
+        weight = seen.float()
+        mean = kept.sum(-1) / weight.sum(-1).clamp(min=1)  # [B, H]
+        has_rows = seen.any(-1)
         worst = torch.minimum(worst, torch.where(has_rows, mean, 1.0).min(0).values)
     return worst
 

@@ -23,8 +23,9 @@ class RuntimeOptions:
     density: float = 0.1
     """Budget cap of the online policy (fraction of the causal area)."""
     recall: float = 0.95
-    """Online policy: the recall each head's built index must reach on the estimation rows, else
-    that head runs dense (0 turns the check off)."""
+    """The attention-mass recall each head's launches must reach on held-out rows (measured on the
+    kernel's own result), else that head is recomputed (a grid head with its best original-order
+    pattern, then dense); 0 turns the check off."""
     sink: int = 128
     local: int = 4096
     force_dense: bool = False

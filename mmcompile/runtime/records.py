@@ -46,7 +46,7 @@ class CallRecord:
     head_density: Optional[torch.Tensor] = None  # [Hq] (``SparseIndex.density``), None for dense calls
     layout: Optional[LayoutSummary] = None  # the layout a sparse call read
     patterns: tuple = ()  # per query head, the HeadPattern a sparse call ran
-    head_recall: Optional[torch.Tensor] = None  # [Hq]: recall of each head's index on the estimation rows
+    head_recall: Optional[torch.Tensor] = None  # [Hq]: recall of each head's launches on held-out rows (patterns/verify.py)
 
     @property
     def density(self) -> float:
@@ -56,5 +56,5 @@ class CallRecord:
 
     @property
     def predicted_recall(self) -> Optional[float]:
-        """Smallest per-head recall on the estimation rows (what the call believed), or None."""
+        """Smallest per-head recall on the held-out rows (what the call believed), or None."""
         return None if self.head_recall is None else float(self.head_recall.min())

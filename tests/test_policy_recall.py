@@ -1,0 +1,64 @@
+"""The online policy against the recall target (issue 11): Grid for grid heads on a video+text
+layout, dense for heads the candidates cannot serve, and the output always the reference of what
+was launched."""
+
+import pytest
+import torch
+
+from mmcompile.kernels import groups_to_mask
+from mmcompile.kernels.reference import masked_attention
+from mmcompile.patterns import forward_context, layer_attention
+from mmcompile.patterns.planted import planted_qkv, standard_layout
+from mmcompile.patterns.specs import Dense, Grid, HeadPattern, VerticalSlash
+
+pytestmark = pytest.mark.interpreter
+
+
+def reference(q, k, v, indexes, scale):
+    group = q.shape[1] // k.shape[1]
+    mask = groups_to_mask(indexes, q.shape[1], q.shape[2], k.shape[2])
+    return masked_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), mask, scale)[0]
+
+
+def test_grid_heads_on_a_video_text_layout_get_grid_for_their_video_rows():
+    """Planted grid heads with the same patch attended across frames (what Grid's order makes
+    contiguous), text around the video: the video rows run Grid, the text rows their own pattern,
+    the held-out recall meets the target, the unstructured head stays dense."""
+    layout = standard_layout("video", 4096)
+    q, k, v, _ = planted_qkv(layout, 4, 1, 64, kinds=["grid", "grid", "a-shape", "random"], periodic_frames=16.0)
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
+    for h in (0, 1):
+        head = result.patterns[h]
+        assert head.inter == "q-boundary" and isinstance(head.pattern_for("video"), Grid), head
+        assert not isinstance(head.pattern_for("text"), Grid)
+    assert result.patterns[3].intra == (("*", Dense()),)
+    assert (result.head_recall >= 0.95).all() and (result.head_density[:3] < 0.2).all()
+    torch.testing.assert_close(result.out, reference(q, k, v, result.indexes, 0.125), atol=2e-5, rtol=2e-5)
+
+
+def scattered_keys(n=2048, seed=0):
+    """Each query attends to one random key of the first half, a different one per row: columns
+    taken from the last queries serve those rows only."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(1, 1, n, 64, generator=g)
+    k = k / k.norm(dim=-1, keepdim=True)
+    target = (torch.rand(n, generator=g) * n / 2).long()
+    q = torch.randn(1, 2, n, 64, generator=g) * 0.1 + 112 * k[0, 0, target]
+    return q, k, torch.randn(1, 1, n, 64, generator=g)
+
+
+def test_structure_no_candidate_expresses_runs_dense():
+    """The estimation rows alone would say VS keeps ~99% (their own targets become columns); the
+    held-out rows say ~3%, so the heads run dense and exactly."""
+    q, k, v = scattered_keys()
+    n = q.shape[2]
+    ctx = forward_context(None, n, 1, "cpu", 64, 64)
+    fitted = [HeadPattern("none", (("*", VerticalSlash(128, 2)),))] * 2
+    measured = layer_attention(q, k, v, ctx, fitted, recall=0.0).head_recall
+    assert (measured < 0.2).all(), measured
+    result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
+    assert all(p.intra == (("*", Dense()),) for p in result.patterns)
+    dense = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                             torch.ones(n, n, dtype=torch.bool).tril(), 0.125)[0]
+    torch.testing.assert_close(result.out, dense.float(), atol=2e-5, rtol=2e-5)
