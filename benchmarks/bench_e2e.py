@@ -68,6 +68,10 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     parser.add_argument("--no-force-dense", action="store_true", help="skip the force_dense run")
     parser.add_argument("--no-inductor", action="store_true", help="skip the torch.compile (Inductor) run")
+    parser.add_argument("--default-options", action="store_true",
+                        help="also the backend with its default options (online policy, recall target 0.95): "
+                             "on random weights it must go dense at no more than 2%% over eager")
+    parser.add_argument("--reps", type=int, default=2, help="timed calls after the first")
     args = parser.parse_args()
     env = environment()
     print(env, flush=True)
@@ -87,7 +91,7 @@ def main():
         return run
 
     def record(name, fn, ref=None):
-        out, first, samples = timed_call(fn)
+        out, first, samples = timed_call(fn, args.reps)
         row = dict(name=name, first_call_s=first, samples_s=samples, median_s=sorted(samples)[len(samples) // 2])
         if ref is not None:
             row["logits_rel_err_vs_eager"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -101,16 +105,23 @@ def main():
     eager = record("eager HF SDPA", forward(lm))
     import mmcompile.report as report
 
-    for local in (int(x) for x in args.local.split(",")):
-        options = dict(policy="a-shape", sink=128, local=local, min_sparse_len=args.min_sparse_len)
-        record(f"mminference (a-shape sink 128 + local {local})",
-               forward(torch.compile(lm, backend="mminference", options=options)), eager)
+    def backend_stats():
         stats = report.last_report().graphs[-1].stats if report.last_report().graphs else None
         if stats is not None:
             results["runs"][-1].update(sparse_calls=stats.sparse_calls, dense_calls=stats.dense_calls,
                                        mean_density=stats.mean_sparse_density())
             print({"sparse_calls": stats.sparse_calls, "dense_calls": stats.dense_calls,
                    "mean_density": stats.mean_sparse_density()}, flush=True)
+
+    if args.default_options:
+        record("mminference (default options)", forward(torch.compile(lm, backend="mminference")), eager)
+        backend_stats()
+        torch._dynamo.reset()
+    for local in (int(x) for x in args.local.split(",") if x):
+        options = dict(policy="a-shape", sink=128, local=local, min_sparse_len=args.min_sparse_len)
+        record(f"mminference (a-shape sink 128 + local {local})",
+               forward(torch.compile(lm, backend="mminference", options=options)), eager)
+        backend_stats()
         torch._dynamo.reset()
     if not args.no_inductor:
         record("torch.compile inductor", forward(torch.compile(lm)), eager)

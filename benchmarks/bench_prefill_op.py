@@ -13,6 +13,7 @@ recall and output error of the op's output on sampled rows against dense float32
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 
@@ -52,6 +53,8 @@ def main():
     parser.add_argument("--heads", default="28/4")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--recall", type=float, default=0.95, help="the op's recall target (this checkout only)")
+    parser.add_argument("--periodic-frames", type=float, default=0.0,
+                        help="planted grid heads also attend to the same patch in earlier frames (what Grid is for)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     from mmcompile.annotate import modality
@@ -60,7 +63,8 @@ def main():
 
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
     layout = standard_layout(args.layout, args.tokens)
-    q, k, v, _ = planted_qkv(layout, heads_q, heads_kv, 128, "cuda", torch.bfloat16, seed=0)
+    q, k, v, _ = planted_qkv(layout, heads_q, heads_kv, 128, "cuda", torch.bfloat16, seed=0,
+                             periodic_frames=args.periodic_frames)
     scale = 128 ** -0.5
     fn, stats, grad_mode = op_call(q, k, v, scale, args.recall)
     with grad_mode(), modality(layout=layout):
@@ -78,9 +82,13 @@ def main():
                   op_ms=op["ms"], cudnn_ms=cudnn["ms"], flash_ms=flash["ms"], density=record.density,
                   path=record.path, rel_err_sampled_rows=err, recall_target=args.recall,
                   predicted_recall=getattr(record, "predicted_recall", None))
-    print(f"{args.layout} {args.tokens} {args.heads} recall target {args.recall}: op {op['ms']:.2f} ms ({record.path}, density "
+    kinds = collections.Counter("/".join(f"{m}:{type(p).__name__}" for m, p in head.intra)
+                                for head in getattr(record, "patterns", None) or ())
+    result["patterns"] = dict(kinds)
+    print(f"{args.layout}{' periodic ' + str(args.periodic_frames) if args.periodic_frames else ''} {args.tokens} "
+          f"{args.heads} recall target {args.recall}: op {op['ms']:.2f} ms ({record.path}, density "
           f"{record.density:.3f}, rel err {err:.4f}) | cuDNN {cudnn['ms']:.2f} ms (x{cudnn['ms'] / op['ms']:.2f}) | "
-          f"flash {flash['ms']:.2f} ms (x{flash['ms'] / op['ms']:.2f})")
+          f"flash {flash['ms']:.2f} ms (x{flash['ms'] / op['ms']:.2f}) | {dict(kinds)}")
     if args.out:
         write_json(args.out, result)
 

@@ -41,7 +41,8 @@ def run(args):
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
     layout = standard_layout(args.layout, args.tokens)
-    q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, args.head_dim, device, dtype, seed=args.seed)
+    q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, args.head_dim, device, dtype, seed=args.seed,
+                                  periodic_frames=args.periodic_frames)
     block = (128, 64) if cuda else (64, 64)
     ctx = forward_context(layout, args.tokens, 1, device, *block)
     result = layer_attention(q, k, v, ctx, density=args.density, recall=args.recall or None)  # as the op runs it
@@ -150,6 +151,8 @@ def main():
     parser.add_argument("--recall", type=float, default=0.95, help="the op's recall target (0: no check)")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--periodic-frames", type=float, default=0.0,
+                        help="planted grid heads also attend to the same patch in earlier frames (what Grid is for)")
     parser.add_argument("--profile", action="store_true", help="profile index building and the policy")
     parser.add_argument("--no-flex", action="store_true", help="skip compiled flex on the same mask")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from mmcompile.kernels import dense_attention_forward, sparse_attention_forward
+from mmcompile.kernels import sparse_attention_forward
 
 from . import estimate, intra
 from .boundary2d import boundary2d_index, pair_pattern
@@ -127,7 +127,7 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:
-        head_recall = verify.held_out_recall(lse, estimates, ctx)
+        head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
         failing = (head_recall < recall).nonzero().flatten().tolist()  # one host sync
         retry = [h for h in failing if h in fallbacks]
         if retry:  # grid heads that missed: their best original-order pattern, measured again
@@ -136,14 +136,17 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
                     if index is not None]
             attend(q, k, v, redo, scale, out=out, lse=lse)
             indexes, patterns = verify.replace_heads(indexes, patterns, retry, redo, trial)
-            head_recall = verify.held_out_recall(lse, estimates, ctx)
+            head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
             failing = (head_recall < recall).nonzero().flatten().tolist()  # a second sync, only then
         if failing:  # recomputed dense, in place: these heads cannot meet the target with this input
-            ids = device_list(failing, q.device, torch.int32)
-            dense_attention_forward(q, k, v, scale, head_ids=ids, out=out, lse=lse)
+            _sdpa_heads(q, k, v, failing, scale, out, lse)
             indexes, patterns = verify.demote(indexes, patterns, failing)
-            head_recall = head_recall.index_fill(0, ids.long(), 1.0)  # dense: exact
+            head_recall = head_recall.index_fill(0, device_list(failing, q.device), 1.0)  # dense: exact
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
+
+
+def _dense_heads(indexes) -> list[int]:
+    return [h for ids, index in indexes if index is None for h in ids]
 
 
 def _head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
@@ -212,10 +215,23 @@ def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = Fals
     for head_ids, index in indexes:
         ids = device_list(head_ids, q.device, torch.int32)
         if index is None:
-            dense_attention_forward(q, k, v, scale, head_ids=ids, out=out, lse=lse)
+            _sdpa_heads(q, k, v, head_ids, scale, out, lse)
         else:
             sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
     return (out, lse) if return_lse else out
+
+
+def _sdpa_heads(q, k, v, head_ids: list[int], scale: float, out, lse) -> None:
+    """Dense heads of a mixed layer through SDPA (cuDNN on Hopper: faster than the Triton dense
+    path; math on a CPU: faster than the interpreter), written into ``out``. Their ``lse`` is
+    not computed (NaN): they are exact, and ``verify.held_out_recall`` counts them so."""
+    group = q.shape[1] // k.shape[1]
+    ids = device_list(head_ids, q.device)
+    kv = device_list([h // group for h in head_ids], q.device)
+    dense = torch.nn.functional.scaled_dot_product_attention(q.index_select(1, ids), k.index_select(1, kv),
+                                                             v.index_select(1, kv), is_causal=True, scale=scale)
+    out.index_copy_(1, ids, dense)
+    lse.index_fill_(1, ids, float("nan"))
 
 
 class Estimates:

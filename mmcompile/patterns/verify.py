@@ -24,10 +24,11 @@ from .index_builder import device_list
 from .specs import Dense, HeadPattern
 
 
-def held_out_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
+def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = ()) -> torch.Tensor:
     """float32 [Hq]: per query head, the smallest (over row sets and batch) mean share of the
     held-out rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
-    log-sum-exp the kernels wrote (natural log; dense heads equal the dense value)."""
+    log-sum-exp the kernels wrote (natural log). ``exact_heads`` (dense, through SDPA: no lse)
+    count as 1."""
     worst = torch.ones(lse.shape[1], dtype=torch.float32, device=lse.device)
     for name in ctx.row_sets():
         pos, valid = ctx.check_rows[name]
@@ -39,6 +40,8 @@ def held_out_recall(lse: torch.Tensor, estimates, ctx) -> torch.Tensor:
         mean = kept.sum(-1) / weight.sum(-1).clamp(min=1)  # [B, H]
         has_rows = seen.any(-1)
         worst = torch.minimum(worst, torch.where(has_rows, mean, 1.0).min(0).values)
+    if exact_heads:
+        worst = worst.index_fill(0, device_list(exact_heads, worst.device), 1.0)
     return worst
 
 

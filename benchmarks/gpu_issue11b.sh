@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 11, second part, in two device calls (each under 10 min): `part=a` GPU tests, the op and
+# the whole-layer fidelity on the project's planted inputs with and without periodic same-patch
+# attention (where Grid is the point); `part=b` the independent families (mixed 128K+256K seeds 1,2;
+# video 128K seeds 3,4; 512K seed 1) and time to first token with default options on random weights.
+# Output: $OUT/run_$part.txt (table last) + JSON.
+set -u
+OUT=${OUT:-/tmp/out}
+part=${1:-a}
+exec > >(tee $OUT/run_$part.txt) 2>&1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+date -u
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+if [ "$part" = a ]; then
+  echo "--- gpu tests"
+  timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -4
+  for pf in 0 16; do
+    for layout in video mixed; do
+      timeout 120 python3 benchmarks/bench_prefill_op.py --layout $layout --periodic-frames $pf \
+        --out $OUT/op_${layout}_pf$pf.json 2>&1 | grep -v -i warn | tail -1
+    done
+    echo "--- fidelity video 128K periodic $pf"
+    timeout 150 python3 benchmarks/fidelity.py --layout video --tokens 131072 --no-flex --periodic-frames $pf 2>&1 \
+      | grep -v -i warn | tail -12
+  done
+  echo "=== table ==="
+  grep -E "passed|failed|^(video|mixed).*131072|ALL|whole op" $OUT/run_a.txt
+else
+  echo "--- families mixed 128K+256K seeds 1,2"
+  timeout 330 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072,262144 --seeds 1,2 \
+    --out $OUT/families_mixed.json 2>&1 | grep -v -i warn | tail -14
+  echo "--- families video 128K seeds 3,4"
+  timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 3,4 \
+    --out $OUT/families_video.json 2>&1 | grep -v -i warn | tail -14
+  echo "=== table ==="
+  grep -E "^layout=|^[a-z0-9-]+ +[0-9]+ +0\.[0-9]+" $OUT/run_b.txt | head -40
+fi
