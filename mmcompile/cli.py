@@ -8,7 +8,9 @@ import sys
 import torch
 
 COMMANDS = {"demo": "run the built-in demo (no downloads)",
-            "dump": "pictures of the per-head sparse masks the default policy picks on planted inputs"}
+            "dump": "pictures of the per-head sparse masks the default policy picks on planted inputs",
+            "search": "per-head pattern search: writes a plan file (mminference search --help)",
+            "plan": "mminference plan show PLAN.json [--picture map.png]: what a plan holds"}
 
 
 def main(argv=None) -> None:
@@ -25,6 +27,17 @@ def main(argv=None) -> None:
         from mmcompile import dump
 
         dump.main(argv[1:])
+        return
+    if argv[0] in ("search", "plan"):
+        from mmcompile.search import cli as search_cli
+
+        if argv[0] == "search":
+            search_cli.main(argv[1:])
+        elif argv[1:2] == ["show"]:
+            search_cli.show(argv[2:])
+        else:
+            print("usage: mminference plan show PLAN.json [--picture map.png]")
+            raise SystemExit(2)
         return
     from mmcompile import demo
 

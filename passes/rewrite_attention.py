@@ -43,11 +43,19 @@ def _fresh_value(node: fx.Node, old: fx.Node, site) -> None:
             node.meta[key] = value
 
 
+def _check_depth(gm: fx.GraphModule, plan) -> None:
+    from .model_depth import decoder_depth
+
+    plan.check_depth(decoder_depth(gm))
+
+
 def rewrite_attention(gm: fx.GraphModule, config) -> PassResult:
     st = state(gm)
     graph, op = gm.graph, torch.ops.mminference.prefill_attention.default
     rewritten, dead = 0, []
     plan = st.get("plan")
+    if plan is not None:
+        _check_depth(gm, plan)
     for site in st["sites"]:
         if site.status != "matched":
             continue

@@ -108,11 +108,25 @@ def test_the_backend_runs_the_plan_and_refuses_one_for_another_model(tmp_path):
     records = backend.report.runtime()["records"]
     assert [(r.layer, r.detail) for r in records] == [(0, "plan"), (1, "online")]
     assert records[0].patterns == (NARROW,) * 4 and (out - eager).abs().max() > 1e-4  # the window dropped keys
-    save_plan(Plan(ModelShape("qwen2", 2, 8, 2, 16), {}), path)
-    torch._dynamo.reset()
-    with pytest.raises(Exception, match="8 query / 2 KV heads"):
+    for other, message in ((ModelShape("qwen2", 2, 8, 2, 16), "8 query / 2 KV heads"),
+                           (ModelShape("qwen2", 28, 4, 2, 16), "made for qwen2 with 28 decoder layers; the model has 2")):
+        save_plan(Plan(other, {}), path)
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=message):  # Dynamo wraps the backend's PlanError
+            with torch.no_grad():
+                torch.compile(model, backend=MMInferenceBackend({"plan": str(path), "debug_uncompiled": True}))(input_ids=ids)
+
+
+def test_a_plan_for_a_deeper_model_is_refused_by_the_hf_attention(tmp_path):
+    import mmcompile.hf_attention as hf
+
+    model, path = tiny_lm(), tmp_path / "deep.json"
+    save_plan(Plan(ModelShape("qwen2", 28, 4, 2, 16), {}), path)
+    hf.register({"plan": str(path), "min_sparse_len": 16}, name="mminference-test-deep")
+    model.set_attn_implementation("mminference-test-deep")
+    with pytest.raises(PlanError, match="made for qwen2 with 28 decoder layers; the model has 2"):
         with torch.no_grad():
-            torch.compile(model, backend=MMInferenceBackend({"plan": str(path), "debug_uncompiled": True}))(input_ids=ids)
+            model(input_ids=torch.randint(0, 256, (1, 40)))
 
 
 @pytest.mark.interpreter

@@ -88,6 +88,12 @@ class Plan:
         if not 0 <= layer < m.layers:
             raise PlanError(f"attention layer {layer} is outside the plan's {m.layers} layers ({m.model_type})")
 
+    def check_depth(self, layers) -> None:
+        """Raise PlanError if the model has another number of decoder layers (None: unknown)."""
+        if layers is not None and int(layers) != self.model.layers:
+            raise PlanError(f"the plan was made for {self.model.model_type} with {self.model.layers} decoder layers; "
+                            f"the model has {int(layers)}")
+
     def to_json(self) -> dict:
         model = {**dataclasses.asdict(self.model), "fingerprint": self.model.fingerprint}
         body = {"version": PLAN_VERSION, "model": model,

@@ -1,0 +1,32 @@
+"""The candidate patterns the search prices (MMInference Table 4, in keys rather than a fixed
+FLOP target): A-shape windows, Vertical-Slash sizes, frame-stride Grids (inputs with video) and
+Dense, each named so its scores can be stored and read back by name."""
+
+from __future__ import annotations
+
+from mmcompile.patterns.specs import AShape, Dense, Grid, VerticalSlash
+
+A_SHAPE_LOCAL = (128, 256, 512, 1024, 2048, 4096, 8192)
+VS_SIZES = ((128, 4), (512, 8), (1000, 16), (1000, 32), (2000, 64), (4000, 128))
+GRID_LOCAL_FRAMES = (64, 128, 256)
+STATIC_BONUS = 1.2  # A-shape (no estimation, nothing to misjudge) unless another costs 1/1.2 of it
+MAX_COST = 0.8  # a candidate visiting 80% of the causal keys saves too little: Dense instead
+
+
+def candidate_name(pattern) -> str:
+    if isinstance(pattern, AShape):
+        return f"ashape:{pattern.sink}+{pattern.local}"
+    if isinstance(pattern, VerticalSlash):
+        return f"vs:{pattern.vertical}x{pattern.slash_blocks}"
+    if isinstance(pattern, Grid):
+        return f"grid:{pattern.stride_kind}/{pattern.local_frames}"
+    return type(pattern).__name__.lower()
+
+
+def candidates_for(has_video_frames: bool) -> list:
+    """Intra patterns to score, cheapest family sizes first; Dense last (always reaches the target)."""
+    out = [AShape(128, local) for local in A_SHAPE_LOCAL]
+    out += [VerticalSlash(c, b) for c, b in VS_SIZES]
+    if has_video_frames:
+        out += [Grid(stride_kind="frame", local_frames=f) for f in GRID_LOCAL_FRAMES]
+    return out + [Dense()]

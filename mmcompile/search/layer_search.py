@@ -1,0 +1,70 @@
+"""Search one layer: every candidate scored on sampled rows of each query modality, then per head
+and modality the cheapest candidate whose recall reaches the target (Dense when none does, or
+when the cheapest still visits ``MAX_COST`` of the causal keys; A-shape priced ``STATIC_BONUS``
+lower, as in the online policy).
+Deterministic for a seed (the sampled rows); the online estimation still runs when the plan is
+used (the plan fixes types and budgets, the input the lines)."""
+
+from __future__ import annotations
+
+import torch
+
+from mmcompile.patterns.fidelity import sample_rows
+from mmcompile.patterns.layer import Estimates, ForwardContext
+from mmcompile.patterns.layout import MODALITY_NAMES
+from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern
+
+from .candidates import MAX_COST, STATIC_BONUS, candidate_name, candidates_for
+from .score import dense_rows, score_candidate
+
+
+def _row_sets(ctx: ForwardContext, rows: torch.Tensor) -> dict:
+    """{name: bool [R]}: the sampled rows of each query modality ("*" for one modality)."""
+    names = ctx.row_sets()
+    if names == ["*"] or ctx.modality is None:
+        return {"*": torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)}
+    ids = {name: mid for mid, name in MODALITY_NAMES.items()}
+    mod = ctx.modality[0, rows]
+    return {name: mod == ids[name] for name in names if bool((mod == ids[name]).any())}
+
+
+def search_layer(q, k, v, ctx: ForwardContext, target: float = 0.95, rows: int = 256, seed: int = 0,
+                 scale: float | None = None):
+    """(one HeadPattern per query head, {head: {row set: {candidate: {recall, err, cost}}}})."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    sampled = sample_rows(ctx.n, rows, q.device, seed)
+    row_sets = _row_sets(ctx, sampled)
+    dense = dense_rows(q, k, v, sampled, scale)
+    estimates = Estimates(q, k, ctx, scale)
+    grid_ok = ctx.max_frame > 0 and (list(row_sets) == ["*"] and list(ctx.present) == ["video"]
+                                     or ctx.row_counts.get("video") is not None)
+    inter = "none" if list(row_sets) == ["*"] else "q-boundary"
+    scores = {h: {name: {} for name in row_sets} for h in range(q.shape[1])}
+    best = {name: [None] * q.shape[1] for name in row_sets}
+    for pattern in candidates_for(grid_ok):
+        if isinstance(pattern, Dense):
+            continue  # recall 1, error 0, cost 1: the fallback
+        head = HeadPattern(inter, tuple((name, _for_rows(pattern, name)) for name in row_sets))
+        result = score_candidate(q, k, v, ctx, head, dense, row_sets, scale, estimates)
+        for name in row_sets:
+            if isinstance(pattern, Grid) and name not in ("*", "video"):
+                continue
+            recall, err, cost = (t.tolist() for t in result[name])
+            for h in range(q.shape[1]):
+                scores[h][name][candidate_name(pattern)] = dict(recall=recall[h], err=err[h], cost=cost[h])
+                price = cost[h] / STATIC_BONUS if isinstance(pattern, AShape) else cost[h]
+                if recall[h] >= target and cost[h] < MAX_COST and (best[name][h] is None or price < best[name][h][1]):
+                    best[name][h] = (pattern, price)
+    patterns = []
+    for h in range(q.shape[1]):
+        picks = [(name, best[name][h][0] if best[name][h] else Dense()) for name in row_sets]
+        if all(isinstance(p, Dense) for _, p in picks):
+            patterns.append(HeadPattern("none", (("*", Dense()),)))
+        else:
+            patterns.append(HeadPattern(inter, tuple(picks)))
+    return patterns, scores
+
+
+def _for_rows(pattern, name: str):
+    """A Grid is scored on video rows only; other modalities' rows get a narrow A-shape meanwhile."""
+    return pattern if not isinstance(pattern, Grid) or name in ("*", "video") else AShape(128, 512)

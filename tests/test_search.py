@@ -1,0 +1,68 @@
+"""Offline pattern search (mmcompile/search): it recovers planted head types, writes a plan the
+backend loads, and captures a real model's q, k, v one layer at a time."""
+
+import pytest
+import torch
+
+from mmcompile.patterns import forward_context
+from mmcompile.patterns.planted import planted_qkv, standard_layout
+from mmcompile.patterns.specs import AShape, Dense, Grid, VerticalSlash
+from mmcompile.plans import ModelShape, load_plan
+from mmcompile.search import search_layer
+
+pytestmark = pytest.mark.interpreter
+
+KINDS = ["grid", "a-shape", "vertical-slash", "random", "grid", "a-shape", "vertical-slash", "boundary"]
+
+
+def recovered(kind, head) -> bool:
+    """The planted type, read off the searched HeadPattern."""
+    patterns = [p for _, p in head.intra]
+    if kind == "grid":
+        return isinstance(head.pattern_for("video"), Grid)
+    if kind == "a-shape":
+        return all(isinstance(p, AShape) for p in patterns)
+    if kind == "vertical-slash":
+        return any(isinstance(p, VerticalSlash) for p in patterns)
+    if kind == "random":
+        return patterns == [Dense()]
+    return head.inter == "q-boundary" and head.pattern_for("text") != head.pattern_for("video")  # boundary
+
+
+def test_search_recovers_the_planted_pattern_types_on_a_video_text_layout():
+    layout = standard_layout("video", 4096)
+    q, k, v, kinds = planted_qkv(layout, 8, 2, 64, kinds=KINDS, periodic_frames=16.0, seed=3)
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    patterns, scores = search_layer(q, k, v, ctx, target=0.95)
+    hits = [recovered(kind, head) for kind, head in zip(kinds, patterns)]
+    assert sum(hits) >= 0.9 * len(hits), list(zip(kinds, patterns))
+    chosen = scores[0]["video"]["grid:frame/64"]
+    assert set(chosen) == {"recall", "err", "cost"} and chosen["recall"] >= 0.95 and chosen["cost"] < 0.5
+
+
+def test_search_command_writes_a_plan_for_the_model_and_shows_it(tmp_path, capsys):
+    from mmcompile.cli import main
+    from mmcompile.demo_model import tiny_qwen2_5_vl
+
+    out, picture = tmp_path / "plan.json", tmp_path / "map.png"
+    main(["search", "demo", "--source", "planted", "--tokens", "2048", "--out", str(out)])
+    plan = load_plan(out, expect=ModelShape.of_config(tiny_qwen2_5_vl()[0].config))
+    assert sorted(plan.layers) == [0, 1] and plan.search["target_recall"] == 0.95
+    assert any(not isinstance(p, Dense) for heads in plan.layers.values() for h in heads for _, p in h.intra)
+    main(["plan", "show", str(out), "--picture", str(picture)])
+    text = capsys.readouterr().out
+    assert "plan for qwen2_5_vl: 2 layers, 4/2 heads" in text and picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_capture_searches_each_layer_of_a_model_forward(tmp_path):
+    """Random weights: no structure, so every head is Dense, but every layer was captured and
+    scored (q, k, v of the right shapes reached the search)."""
+    from mmcompile.cli import main
+
+    out = tmp_path / "plan.json"
+    main(["search", "demo", "--source", "model", "--tokens", "1024", "--out", str(out)])
+    plan = load_plan(out)
+    assert sorted(plan.layers) == [0, 1]
+    assert all(len(heads) == 4 for heads in plan.layers.values())
+    assert set(plan.scores[(1, 3)]) == {"text", "video"}  # the annotated layout reached the search
+    assert plan.scores[(1, 3)]["video"]["ashape:128+128"]["cost"] > 0
