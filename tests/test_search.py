@@ -45,7 +45,7 @@ def test_search_command_writes_a_plan_for_the_model_and_shows_it(tmp_path, capsy
     from mmcompile.demo_model import tiny_qwen2_5_vl
 
     out, picture = tmp_path / "plan.json", tmp_path / "map.png"
-    main(["search", "demo", "--source", "planted", "--tokens", "2048", "--out", str(out)])
+    main(["search", "demo", "--source", "planted", "--tokens", "1536", "--out", str(out)])
     plan = load_plan(out, expect=ModelShape.of_config(tiny_qwen2_5_vl()[0].config))
     assert sorted(plan.layers) == [0, 1] and plan.search["target_recall"] == 0.95
     assert any(not isinstance(p, Dense) for heads in plan.layers.values() for h in heads for _, p in h.intra)

@@ -18,22 +18,32 @@ from .candidates import MAX_COST, STATIC_BONUS, candidate_name, candidates_for
 from .score import dense_rows, score_candidate
 
 
-def _row_sets(ctx: ForwardContext, rows: torch.Tensor) -> dict:
-    """{name: bool [R]}: the sampled rows of each query modality ("*" for one modality)."""
+def sampled_rows(ctx: ForwardContext, count: int, seed: int):
+    """(rows int64 [R], {row set: bool [R]}): per query modality (or "*" for one) of sample 0, its
+    last 64 rows and random rows from the later half of its rows, ``count`` in all."""
     names = ctx.row_sets()
     if names == ["*"] or ctx.modality is None:
-        return {"*": torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)}
+        rows = sample_rows(ctx.n, count, ctx.frame_stride.device, seed)
+        return rows, {"*": torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)}
     ids = {name: mid for mid, name in MODALITY_NAMES.items()}
+    g = torch.Generator(device=ctx.modality.device).manual_seed(seed)
+    picked = []
+    for name in names:
+        own = (ctx.modality[0] == ids[name]).nonzero()[:, 0]
+        later = own[own.numel() // 2:]
+        extra = later[torch.randint(0, max(later.numel(), 1), (max(count // len(names) - 64, 0),), generator=g,
+                                    device=own.device)] if later.numel() else own[:0]
+        picked += [own[-64:], extra]
+    rows = torch.unique(torch.cat(picked))
     mod = ctx.modality[0, rows]
-    return {name: mod == ids[name] for name in names if bool((mod == ids[name]).any())}
+    return rows, {name: mod == ids[name] for name in names if bool((mod == ids[name]).any())}
 
 
 def search_layer(q, k, v, ctx: ForwardContext, target: float = 0.95, rows: int = 256, seed: int = 0,
                  scale: float | None = None):
     """(one HeadPattern per query head, {head: {row set: {candidate: {recall, err, cost}}}})."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    sampled = sample_rows(ctx.n, rows, q.device, seed)
-    row_sets = _row_sets(ctx, sampled)
+    sampled, row_sets = sampled_rows(ctx, rows, seed)
     dense = dense_rows(q, k, v, sampled, scale)
     estimates = Estimates(q, k, ctx, scale)
     grid_ok = ctx.max_frame > 0 and (list(row_sets) == ["*"] and list(ctx.present) == ["video"]
