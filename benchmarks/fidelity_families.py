@@ -35,7 +35,8 @@ def run_default_path(q, k, v, layout, options: dict):
     from mmcompile.patterns import forward_context, layer_attention
 
     ctx = forward_context(layout, q.shape[2], 1, q.device, *options["block"])
-    result = layer_attention(q, k, v, ctx, density=options["density"], recall=options["recall"] or None)
+    result = layer_attention(q, k, v, ctx, options.get("patterns"), density=options["density"],
+                             recall=options["recall"] or None)
     predicted = None if result.head_recall is None else result.head_recall.tolist()
     names = ["/".join(f"{m}:{type(p).__name__}" for m, p in pat.intra) for pat in result.patterns]
     return result.out, result.indexes, predicted, names, result.head_density.tolist()
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--recall", type=float, default=0.95, help="the op's recall target (0: no check)")
     ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--plan", default=None, help="a plan searched with `mminference search standard --source "
+                    "families`: family i runs the patterns of the plan's layer i (the online policy otherwise)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not cuda:
@@ -70,6 +73,8 @@ def main():
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
     options = dict(density=args.density, recall=args.recall, block=(128, 64) if cuda else (64, 64))
     from mmcompile.patterns.fidelity import sample_rows
+    from mmcompile.plans import load_plan
+    plan = load_plan(args.plan) if args.plan else None
     results, start = [], time.perf_counter()
     for n in (int(x) for x in args.tokens.split(",")):
         rows = sample_rows(n, args.rows, device)
@@ -77,6 +82,8 @@ def main():
             layout = family_layout(args.layout, n, seed)
             for fam in args.families.split(","):
                 q, k, v, kinds = family_qkv(fam, layout, heads_q, heads_kv, args.head_dim, device, dtype, seed)
+                if plan is not None:
+                    options["patterns"] = plan.layers[FAMILIES.index(fam)]
                 out, groups, predicted, names, density = run_default_path(q, k, v, layout, options)
                 recall, err = measure(q, k, v, out, groups, rows)
                 for h in range(heads_q):
@@ -86,7 +93,7 @@ def main():
                 del q, k, v, out, groups
     table = summarize(results)
     print(f"layout={args.layout} tokens={args.tokens} heads={args.heads} seeds={args.seeds} budget={args.density} "
-          f"recall target={args.recall or 'off'} "
+          f"recall target={args.recall or 'off'} plan={args.plan or 'online'} "
           f"device={device} torch={torch.__version__} ({time.perf_counter() - start:.0f} s)")
     print(f"{'family':22s} {'heads':>5s} {'recall':>7s} {'worst5%':>7s} {'rel err':>8s} {'density':>8s} "
           f"{'predict':>7s}  chosen")

@@ -232,8 +232,8 @@ def _line_sum(geo, phase, profile, frame_periods):
         gd = torch.ones(dist.shape, dtype=torch.float64, device=dist.device)
     else:
         b, s = profile
-        gd = torch.exp(sum(b * (torch.cos(2 * math.pi * torch.remainder(dist, int(p)).double() / int(p)) - 1)
-                           for p in frame_periods[s:]))
+        gd = torch.exp(sum((b * (torch.cos(2 * math.pi * torch.remainder(dist, int(p)).double() / int(p)) - 1)
+                            for p in frame_periods[s:]), torch.zeros(dist.shape, dtype=torch.float64, device=dist.device)))
     cum = gd.cumsum(0)
     after = geo["visual"] & (line_within > geo["within"])  # this frame's line key lies after row i
     s = cum[geo["frame"]] - after.double() * gd[0]
