@@ -2,7 +2,8 @@
 # Issue 11, second part, in two device calls (each under 10 min): `part=a` GPU tests, the op and
 # the whole-layer fidelity on the project's planted inputs with and without periodic same-patch
 # attention (where Grid is the point); `part=b` the independent families (mixed 128K+256K seeds 1,2;
-# video 128K seeds 3,4; 512K seed 1) and time to first token with default options on random weights.
+# video 128K seeds 3,4); `part=c` the plan search at the standard shape (32K) and that plan applied
+# at 128K; `part=e2e` time to first token with default options on random weights (128K, 256K).
 # Output: $OUT/run_$part.txt (table last) + JSON.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -26,6 +27,21 @@ if [ "$part" = a ]; then
   done
   echo "=== table ==="
   grep -E "passed|failed|^(video|mixed).*131072|ALL|whole op" $OUT/run_a.txt
+elif [ "$part" = c ]; then
+  echo "--- search: standard shape, 28 layers x 28 heads, families, 32K, seed 0"
+  /usr/bin/time -f "search wall %e s" timeout 420 python3 -m mmcompile.cli search standard --source families \
+    --tokens 32768 --layout mixed --out $OUT/plan_families.json 2>&1 | grep -v -i warn | tail -33
+  echo "--- families with that plan, mixed 128K seeds 1,2"
+  timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1,2 \
+    --plan $OUT/plan_families.json --out $OUT/families_plan.json 2>&1 | grep -v -i warn | tail -14
+  echo "=== table ==="
+  grep -E "search wall|^layout=|^[a-z0-9-]+ +[0-9]+ +0\.[0-9]+" $OUT/run_c.txt | head -40
+elif [ "$part" = e2e ]; then
+  echo "--- TTFT, random weights, default options, 28 layers"
+  for n in 131072 262144; do
+    timeout 280 python3 benchmarks/bench_e2e.py --tokens $n --local "" --default-options --no-inductor \
+      --no-force-dense --reps 1 --out $OUT/e2e_$n 2>&1 | grep -E "^\{'name'|sparse_calls"
+  done
 else
   echo "--- families mixed 128K+256K seeds 1,2"
   timeout 330 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072,262144 --seeds 1,2 \
