@@ -149,3 +149,23 @@ def test_block_sparse_index_is_top_k_pooled_blocks():
             for b in sorted(range(len(scores)), key=lambda b: -scores[b])[:top_k]:
                 brute[rows, b * BN:(b + 1) * BN] = True
         assert torch.equal(mask[0, h], brute & causal(n)), h
+
+
+def test_head_chunks_build_the_same_index():
+    """Bounded memory (1M tokens): heads built a chunk at a time give the index built at once, for
+    sets with columns, per-query-block blocks, full rows and an order."""
+    n, heads = 700, 5
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, heads, n, 16, generator=g), torch.randn(1, 1, n, 16, generator=g)
+    pos, valid = last_queries(None, n, 1)
+    lines = line_scores(q, k, pos, valid, 0.25)
+    vs = intra.vertical_slash_sets([VerticalSlash(40, 3)] * heads, lines, n, BM, BN)
+    order, grid = intra.grid_sets(Grid(hline=True, local_frames=40), lines.vertical,
+                                  torch.tensor([50], dtype=torch.int32), 50, n, BM, BN)
+    rows = torch.arange(-(-n // BM))[None] % 2 == 0
+    for entries, kw in (([(rows, vs), (~rows, intra.a_shape_sets([AShape(30, 60)] * heads, 1, n, BN, "cpu"))], {}),
+                        ([(None, grid)], dict(order=order))):
+        whole = build_index(entries, n, n, BM, BN, **kw)
+        chunked = build_index(entries, n, n, BM, BN, max_entries=1, **kw)  # one head per chunk
+        assert torch.equal(index_to_mask(chunked, n, n), index_to_mask(whole, n, n))
+        assert torch.equal(chunked.density(n), whole.density(n))

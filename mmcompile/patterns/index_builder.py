@@ -77,13 +77,58 @@ def stack_heads(per_head: list[BlockSets]) -> BlockSets:
     return BlockSets(cat("relative", FAR), cat("absolute", INVALID), cat("columns", INVALID), full)
 
 
+MAX_CANDIDATE_ENTRIES = 1 << 26  # per head chunk: the dedup's [B, H, M, K] int64 temporaries stay ~0.5 GiB each
+
+
 def build_index(sets_by_modality: list[tuple[torch.Tensor | None, BlockSets]], n_q: int, n_k: int,
-                block_m: int, block_n: int, order: torch.Tensor | None = None) -> SparseIndex:
+                block_m: int, block_n: int, order: torch.Tensor | None = None,
+                max_entries: int = MAX_CANDIDATE_ENTRIES) -> SparseIndex:
     """SparseIndex from block sets. Each entry is (rows_of_modality, sets): ``rows_of_modality`` is
     a bool [B, M] saying which query blocks hold rows of that modality (None: all blocks).
     ``order`` (int32 [B, H, N] or None) is shared by queries and keys; without it, blocks after a
     query block's diagonal are dropped (fully in the future). With an order and ``n_q`` < N the
-    queries are its first ``n_q`` slots: a launch over a subset of the rows."""
+    queries are its first ``n_q`` slots: a launch over a subset of the rows.
+
+    Heads are built in chunks of at most ``max_entries`` candidate entries (batch x heads x query
+    blocks x set width): at 1M tokens the sort-based dedup of all 28 heads at once would hold
+    several [B, H, M, K] int64 tensors of ~3 GiB each."""
+    first = sets_by_modality[0][1]
+    batch, heads = first.relative.shape[:2]
+    num_m = -(-n_q // block_m)
+    width = sum(s.relative.shape[-1] + s.absolute.shape[-1] for _, s in sets_by_modality)
+    if any(s.full_rows is not None for _, s in sets_by_modality):
+        width = max(width, -(-n_k // block_n))
+    per_head = max(batch * num_m * max(width, 1), 1)
+    chunk = max(1, max_entries // per_head)
+    if chunk >= heads:
+        return _build_index(sets_by_modality, n_q, n_k, block_m, block_n, order)
+    parts = [_build_index([(rows, _head_slice(sets, h, h + chunk)) for rows, sets in sets_by_modality], n_q, n_k,
+                          block_m, block_n, None if order is None else order[:, h:h + chunk])
+             for h in range(0, heads, chunk)]
+    return _concat_heads(parts)
+
+
+def _head_slice(sets: BlockSets, lo: int, hi: int) -> BlockSets:
+    pick = (lambda t: None if t is None else t[:, lo:hi])
+    return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows))
+
+
+def _concat_heads(parts: list[SparseIndex]) -> SparseIndex:
+    """One index from per-head-chunk indexes (lists padded to the widest chunk)."""
+    def cat(name, value):
+        tensors = [getattr(p, name) for p in parts]
+        if tensors[0] is None:
+            return None
+        if tensors[0].dim() == 4:
+            width = max(t.shape[-1] for t in tensors)
+            tensors = [pad_last(t, width, value) for t in tensors]
+        return torch.cat(tensors, dim=1).contiguous()
+    first = parts[0]
+    return SparseIndex(cat("block_count", 0), cat("block_offset", 0), cat("column_count", 0),
+                       cat("column_index", 0), first.block_m, first.block_n, cat("q_order", 0), cat("k_order", 0))
+
+
+def _build_index(sets_by_modality, n_q: int, n_k: int, block_m: int, block_n: int, order) -> SparseIndex:
     assert block_m % block_n == 0, "query blocks must be whole key blocks"
     ratio = block_m // block_n
     first = sets_by_modality[0][1]
