@@ -38,16 +38,19 @@ elif [ "$part" = c ]; then
   grep -E "search wall|^layout=|^[a-z0-9-]+ +[0-9]+ +0\.[0-9]+" $OUT/run_c.txt | head -40
 elif [ "$part" = e2e ]; then
   echo "--- TTFT, random weights, default options, 28 layers"
-  for n in 131072 262144; do
+  for n in ${E2E_TOKENS:-131072}; do
     timeout 280 python3 benchmarks/bench_e2e.py --tokens $n --local "" --default-options --no-inductor \
       --no-force-dense --reps 1 --out $OUT/e2e_$n 2>&1 | grep -E "^\{'name'|sparse_calls"
   done
 else
-  echo "--- families mixed 128K+256K seeds 1,2"
-  timeout 330 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072,262144 --seeds 1,2 \
+  echo "--- families mixed 128K seeds 1,2"
+  timeout 200 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1,2 \
     --out $OUT/families_mixed.json 2>&1 | grep -v -i warn | tail -14
-  echo "--- families video 128K seeds 3,4"
-  timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 3,4 \
+  echo "--- families mixed 256K seed 1"
+  timeout 160 python3 benchmarks/fidelity_families.py --layout mixed --tokens 262144 --seeds 1 \
+    --out $OUT/families_mixed_256k.json 2>&1 | grep -v -i warn | tail -14
+  echo "--- families video 128K seed 3"
+  timeout 120 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 3 \
     --out $OUT/families_video.json 2>&1 | grep -v -i warn | tail -14
   echo "=== table ==="
   grep -E "^layout=|^[a-z0-9-]+ +[0-9]+ +0\.[0-9]+" $OUT/run_b.txt | head -40
