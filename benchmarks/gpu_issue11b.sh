@@ -25,8 +25,12 @@ if [ "$part" = a ]; then
     timeout 150 python3 benchmarks/fidelity.py --layout video --tokens 131072 --no-flex --periodic-frames $pf 2>&1 \
       | grep -v -i warn | tail -12
   done
+  echo "--- profile 128K video"
+  timeout 90 python3 benchmarks/profile_index.py --tokens 131072 2>&1 | grep -E "^(part|wall|index|whole|GPU k| *[A-Za-z_]+ +[0-9]+ +[0-9.]+ +[0-9.]+$)" | tail -24
+  echo "--- index memory 1M"
+  timeout 100 python3 benchmarks/profile_index.py --tokens 1048576 2>&1 | grep -E "^(wall|index|whole)"
   echo "=== table ==="
-  grep -E "passed|failed|^(video|mixed).*131072|ALL|whole op" $OUT/run_a.txt
+  grep -E "passed|failed|^(video|mixed).*131072|ALL|whole op|policy|^wall|peak memory" $OUT/run_a.txt
 elif [ "$part" = c ]; then
   echo "--- search: standard shape, 28 layers x 28 heads, families, 32K, seed 0"
   /usr/bin/time -f "search wall %e s" timeout 420 python3 -m mmcompile.cli search standard --source families \

@@ -16,13 +16,15 @@ import os
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from mmcompile.patterns import estimate, forward_context, index_builder, intra, layer
+from mmcompile.patterns import estimate, forward_context, index_builder, intra, layer, policy
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 from mmcompile.patterns.policy import choose_patterns
 
 PARTS = [(estimate, "line_scores"), (estimate, "column_slash"), (intra, "vertical_slash_sets"),
          (intra, "a_shape_sets"), (intra, "grid_sets"), (index_builder, "_dedup_compact"),
-         (index_builder, "_columns"), (layer, "build_index"), (layer, "attend")]
+         (index_builder, "_columns"), (layer, "build_index"), (layer, "attend"), (policy, "_choose_one"),
+         (policy, "_a_shape"), (policy, "_vertical_slash"), (policy, "_grid"), (intra, "column_scores"),
+         (policy, "choose_with_fallbacks")]
 
 
 def _labelled(module, name):
@@ -56,6 +58,9 @@ def main():
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with record_function("part:WHOLE build_layer_indexes"):
             layer.build_layer_indexes(q, k, patterns, ctx)
+        torch.cuda.synchronize()
+        with record_function("part:WHOLE policy"):
+            policy.choose_with_fallbacks(q, k, ctx)
         torch.cuda.synchronize()
     events = prof.key_averages()
     print(events.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=50))
