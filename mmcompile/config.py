@@ -40,9 +40,10 @@ class BackendConfig:
     """Budget cap of the online policy: the fraction of the causal area a head's pattern may visit."""
 
     recall: float = 0.95
-    """The online policy's accuracy target: the share of each estimation row's attention mass a
-    head's built index must keep, measured on that index; a head that cannot reach it within the
-    ``density`` cap runs dense. 0 turns the check off."""
+    """The accuracy target: the share of the attention mass of held-out rows (rows of the same
+    modality the index was not built from) each head's launches must keep, measured on the kernel's
+    own result; a head that misses it is recomputed (a grid head with its best original-order
+    pattern, any other dense). 0 turns the check off."""
 
     sink: int = 128
     """``policy="a-shape"``: the first ``sink`` keys every query block sees (tokens)."""
@@ -65,12 +66,17 @@ class BackendConfig:
     force_dense: bool = False
     """Rewrite as usual but run every call dense (checks the rewrite itself against eager)."""
 
+    seq_chunk: int = 32768
+    """Tokens per piece in which the position-wise blocks (MLPs, RMS norms) of a prefill of at
+    least twice as many tokens run, bounding their memory by the piece (``passes.chunk_sequence``);
+    0 turns it off."""
+
     def __post_init__(self):
         if self.plan is not None:
             from mmcompile.plans import load_plan
 
             load_plan(self.plan)  # raises PlanError (a ValueError) naming what does not fit
-        for name in ("min_sparse_len", "sink", "local"):
+        for name in ("min_sparse_len", "sink", "local", "seq_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"option {name!r} must be a non-negative int, got {value!r}")

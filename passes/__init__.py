@@ -9,13 +9,14 @@ are erased.
 """
 
 from ._types import AttentionSite, PassResult, SkipKind, state
+from .chunk_sequence import chunk_sequence
 from .find_attention import find_attention
 from .modality_source import modality_source
 from .rewrite_attention import rewrite_attention
 
 # The pipeline, in order. The backend looks each name up in this module when it runs, so a test (or a
 # debugging session) can replace one pass with ``monkeypatch.setattr(mmcompile.passes, name, fn)``.
-PIPELINE = ("find_attention", "modality_source", "rewrite_attention")
+PIPELINE = ("find_attention", "modality_source", "rewrite_attention", "chunk_sequence")
 
 __all__ = ["AttentionSite", "PassResult", "SkipKind", "state", "PIPELINE",
-           "find_attention", "modality_source", "rewrite_attention"]
+           "find_attention", "modality_source", "rewrite_attention", "chunk_sequence"]

@@ -124,7 +124,7 @@ def test_dump_dir_writes_code_per_pass_and_the_report_table(tmp_path, report, mo
     (graph_dir,) = tmp_path.iterdir()
     names = sorted(p.name for p in graph_dir.iterdir())
     assert names == ["00_original.py", "01_after_find_attention.py", "02_after_modality_source.py",
-                     "03_after_rewrite_attention.py", "report.md"]
+                     "03_after_rewrite_attention.py", "04_after_chunk_sequence.py", "report.md"]
     def code(name):  # without the "# File: ..., code: ..." source comments
         text = (graph_dir / name).read_text()
         return "\n".join(line for line in text.splitlines() if not line.strip().startswith("#"))
@@ -139,7 +139,7 @@ def test_dump_dir_writes_code_per_pass_and_the_report_table(tmp_path, report, mo
     assert "| rewritten | hf_bool_mask | repeat_kv undone | at run time (annotation or published inputs; else text-only) |" in table
     assert artifacts == ["mminference_original", "mminference_after_find_attention",
                          "mminference_after_modality_source", "mminference_after_rewrite_attention",
-                         "mminference_report"]  # the same text goes to the structured trace (tlparse)
+                         "mminference_after_chunk_sequence", "mminference_report"]  # the same text goes to the structured trace (tlparse)
 
 
 def test_backend_object_keeps_its_own_report(report):
