@@ -91,8 +91,10 @@ def main():
         return run
 
     def record(name, fn, ref=None):
+        torch.cuda.reset_peak_memory_stats()
         out, first, samples = timed_call(fn, args.reps)
-        row = dict(name=name, first_call_s=first, samples_s=samples, median_s=sorted(samples)[len(samples) // 2])
+        row = dict(name=name, first_call_s=first, samples_s=samples, median_s=sorted(samples)[len(samples) // 2],
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30)
         if ref is not None:
             row["logits_rel_err_vs_eager"] = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
         results["runs"].append(row)
