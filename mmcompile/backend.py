@@ -127,9 +127,9 @@ def _rewrite(gm: fx.GraphModule, config: BackendConfig, graph: GraphReport, dump
         work = _copy(gm)
         passes.state(work)["op_options"] = config.runtime_options(graph.tag).op_kwargs()
         if config.plan is not None:
-            from mmcompile.plans import load_plan
+            from mmcompile.search.retarget import load_for_target
 
-            passes.state(work)["plan"] = load_plan(config.plan)
+            passes.state(work)["plan"] = load_for_target(config.plan, config.recall)
         dump.code("original", work)
         for stage in passes.PIPELINE:
             graph.passes.append(getattr(passes, stage)(work, config))

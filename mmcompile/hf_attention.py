@@ -43,9 +43,9 @@ def register(options: dict | None = None, name: str = NAME) -> RuntimeStats:
     options_ = config.runtime_options(tag)
     plan = None
     if config.plan is not None:
-        from mmcompile.plans import load_plan
+        from mmcompile.search.retarget import load_for_target
 
-        plan = load_plan(config.plan)
+        plan = load_for_target(config.plan, config.recall)
     counters = track(tag)
 
     def attention(module, query, key, value, attention_mask, dropout: float = 0.0,

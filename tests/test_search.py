@@ -49,6 +49,10 @@ def test_search_command_writes_a_plan_for_the_model_and_shows_it(tmp_path, capsy
     plan = load_plan(out, expect=ModelShape.of_config(tiny_qwen2_5_vl()[0].config))
     assert sorted(plan.layers) == [0, 1] and plan.search["target_recall"] == 0.95
     assert any(not isinstance(p, Dense) for heads in plan.layers.values() for h in heads for _, p in h.intra)
+    from mmcompile.search import retarget
+    assert retarget(plan, 0.95).layers == plan.layers  # the scores reproduce the search's own choice
+    strict = retarget(plan, 1.0)  # nothing sparse keeps every row's whole mass: all dense
+    assert all(h.intra == (("*", Dense()),) for heads in strict.layers.values() for h in heads)
     main(["plan", "show", str(out), "--picture", str(picture)])
     text = capsys.readouterr().out
     assert "plan for qwen2_5_vl: 2 layers, 4/2 heads" in text and picture.read_bytes()[:4] == b"\x89PNG"

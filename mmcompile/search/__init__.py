@@ -11,5 +11,6 @@ kept per head and query modality, written as a plan file (``mmcompile.plans``).
 
 from .candidates import candidates_for
 from .layer_search import search_layer
+from .retarget import retarget
 
-__all__ = ["candidates_for", "search_layer"]
+__all__ = ["candidates_for", "search_layer", "retarget"]
