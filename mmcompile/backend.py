@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
+from torch._dynamo.exc import RestartAnalysis
 
 from mmcompile.config import BackendConfig, config_from_options
 from mmcompile.report import GraphDump, GraphReport, Report, entries_from_sites, last_report
@@ -82,15 +83,24 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
 
     if config.debug_uncompiled:
         return _publishing_layout(gm, work.forward)
-    if work is gm:
-        return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
     try:
-        return _publishing_layout(gm, _inductor(work, example_inputs, mode))
-    except Exception as e:  # noqa: BLE001 - Inductor choked on our rewrite: compile the original
-        if config.strict:
+        if work is gm:
+            return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+        try:
+            return _publishing_layout(gm, _inductor(work, example_inputs, mode))
+        except RestartAnalysis:
             raise
-        _fall_back(graph, "inductor on the rewritten graph", e)
-        return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+        except Exception as e:  # noqa: BLE001 - Inductor choked on our rewrite: compile the original
+            if config.strict:
+                raise
+            _fall_back(graph, "inductor on the rewritten graph", e)
+            return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+    except RestartAnalysis:
+        # Dynamo's control flow, not a failure: with dynamic=True Inductor asks Dynamo to trace the
+        # frame again with the scale floats specialised (TensorifyScalarRestartAnalysis); the new
+        # trace comes back here as a new graph, so this attempt leaves the report.
+        report.graphs.remove(graph)
+        raise
 
 
 def _publishing_layout(gm: fx.GraphModule, compiled):
