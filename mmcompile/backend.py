@@ -27,6 +27,7 @@ from torch._dynamo.exc import RestartAnalysis
 
 from mmcompile.config import BackendConfig, config_from_options
 from mmcompile.report import GraphDump, GraphReport, Report, entries_from_sites, last_report
+from mmcompile.spelling import GENERATE_HINT, in_compiled_wrapper
 
 log = logging.getLogger(__name__)
 _serial = itertools.count()
@@ -80,6 +81,8 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
     dump.table(graph)
     log.info("mminference graph %s: %d attention nodes, %d rewritten", graph.compile_id,
              len(graph.entries), len(graph.rewritten))
+    if graph.rewritten and in_compiled_wrapper():
+        report.note(GENERATE_HINT)
 
     if config.debug_uncompiled:
         return _publishing_layout(gm, work.forward)
