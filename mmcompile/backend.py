@@ -109,7 +109,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
 def _publishing_layout(gm: fx.GraphModule, compiled):
     """Wrap the compiled graph so that, when its placeholders carry modality information
     (``modality_source.modality_inputs``: input_ids and its placeholder compares, mm_token_type_ids,
-    grids, video frames), each call publishes it for the rewritten attention of later graphs
+    grids, video frames, multimodal rotary positions), each call publishes it for the rewritten attention of later graphs
     (ARCHITECTURE "Where the modality layout comes from", source 2). The graph itself is not changed."""
     from mmcompile import annotate
     from mmcompile.passes.modality_source import modality_inputs
@@ -127,6 +127,8 @@ def _publishing_layout(gm: fx.GraphModule, compiled):
             annotate.publish_grid(kind, args[position], merge)
         if found.video_pixels is not None:
             annotate.publish_video_frames(args[found.video_pixels])
+        if found.mrope_positions is not None:
+            annotate.publish_mrope_positions(args[found.mrope_positions])
         return compiled(*args)
     return run
 
