@@ -83,6 +83,9 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
              len(graph.entries), len(graph.rewritten))
     if graph.rewritten and in_compiled_wrapper():
         report.note(GENERATE_HINT)
+    for entry in graph.skipped:
+        if entry.kind is not None and entry.kind.name == "GRAPH_VALUE":  # dynamic shapes we cannot rewrite
+            report.note(f"attention left as SDPA: {entry.reason} (the report lists each call)")
 
     if config.debug_uncompiled:
         return _publishing_layout(gm, work.forward)
