@@ -83,6 +83,12 @@ def publish_mrope_positions(position_ids: torch.Tensor) -> None:
         current_forward().publish(positions=position_ids)
 
 
+def publish_images(images: int, tokens: Optional[tuple] = None) -> None:
+    """LLaVA-style images, each one frame: how many, and how many tokens each when known."""
+    if images > 0:
+        current_forward().publish(images=(images, tokens))
+
+
 def published_layout() -> tuple:
     """(ModalityLayout or None, source, geometry) of what this forward's graphs published."""
     return current_forward().published_layout()

@@ -132,6 +132,10 @@ def _publishing_layout(gm: fx.GraphModule, compiled):
             annotate.publish_video_frames(args[found.video_pixels])
         if found.mrope_positions is not None:
             annotate.publish_mrope_positions(args[found.mrope_positions])
+        if found.image_pixels is not None:
+            annotate.publish_images(args[found.image_pixels].shape[0])
+        if found.image_features:
+            annotate.publish_images(len(found.image_features), tuple(args[i].shape[0] for i in found.image_features))
         return compiled(*args)
     return run
 

@@ -30,6 +30,7 @@ class PublishedInputs:
     grids: dict = dataclasses.field(default_factory=dict)  # modality id -> (grid_thw [n, 3], merge or None)
     video_frames: Optional[tuple] = None  # (videos, frames per video)
     positions: Optional[torch.Tensor] = None  # M-RoPE position_ids [3 or 4, B, N]: rows t, h, w last
+    images: Optional[tuple] = None  # LLaVA-style (images, tokens of each or None): an image is a frame
 
     def empty(self) -> bool:
         return self.input_ids is None and self.type_ids is None
@@ -81,6 +82,15 @@ def layout_from_published(p: PublishedInputs) -> tuple:
             notes.append(f"pixel_values_videos ({frames} frames)")
         else:  # LLaVA-OneVision: one newline token ends each video
             notes.append(f"none for video ({counts[VIDEO]} video tokens are not whole frames of {frames} per video)")
+    if p.images is not None and counts[IMAGE] and IMAGE not in grids:
+        images, tokens = p.images
+        per_image, rest = divmod(counts[IMAGE], images)
+        if rest == 0 and (tokens is None or set(tokens) == {per_image}):
+            side = math.isqrt(per_image)
+            frame_hw[IMAGE] = (side, side) if side * side == per_image else (1, per_image)
+            notes.append(f"{images} images of {per_image} tokens")
+        else:
+            notes.append(f"none for image ({counts[IMAGE]} image tokens are not {images} equal images)")
     try:
         layout = from_hf_inputs(mm_token_type_ids=modality, image_grid_thw=grids.get(IMAGE),
                                 video_grid_thw=grids.get(VIDEO), frame_hw=frame_hw)
