@@ -81,6 +81,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
     dump.table(graph)
     log.info("mminference graph %s: %d attention nodes, %d rewritten", graph.compile_id,
              len(graph.entries), len(graph.rewritten))
+    log.info("mminference: %s", report.summary())
     if graph.rewritten and in_compiled_wrapper():
         report.note(GENERATE_HINT)
     for entry in graph.skipped:
