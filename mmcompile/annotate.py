@@ -14,8 +14,8 @@ graph breaks without changing the model or recompiling.
 
 Without an annotation, the backend publishes what the graphs of the current forward see
 (``passes/modality_source.py::modality_inputs``: ``input_ids`` compared with placeholder token ids,
-``mm_token_type_ids``, ``*_grid_thw``, a 5-D ``pixel_values_videos``, M-RoPE ``position_ids``) into the forward's state
-(``mmcompile.runtime.forward_state``), which builds one ``ModalityLayout`` from it, once per forward.
+``mm_token_type_ids``, ``*_grid_thw``, a 5-D ``pixel_values_videos``, images, M-RoPE
+``position_ids``) into the forward's state (``mmcompile.runtime.forward_state``), which builds one ``ModalityLayout`` from it, once per forward.
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
 def _publishing_layout(gm: fx.GraphModule, compiled):
     """Wrap the compiled graph so that, when its placeholders carry modality information
     (``modality_source.modality_inputs``: input_ids and its placeholder compares, mm_token_type_ids,
-    grids, video frames, multimodal rotary positions), each call publishes it for the rewritten attention of later graphs
-    (ARCHITECTURE "Where the modality layout comes from", source 2). The graph itself is not changed."""
+    grids, video frames, images, multimodal rotary positions), each call publishes it for the
+    rewritten attention of later graphs (ARCHITECTURE "Where the modality layout comes from", source 2). The graph itself is not changed."""
     from mmcompile import annotate
     from mmcompile.passes.modality_source import modality_inputs
 
@@ -136,7 +136,8 @@ def _publishing_layout(gm: fx.GraphModule, compiled):
         if found.image_pixels is not None:
             annotate.publish_images(args[found.image_pixels].shape[0])
         if found.image_features:
-            annotate.publish_images(len(found.image_features), tuple(args[i].shape[0] for i in found.image_features))
+            tokens = tuple(args[i].shape[0] for i in found.image_features)
+            annotate.publish_images(len(tokens), tokens)
         return compiled(*args)
     return run
 

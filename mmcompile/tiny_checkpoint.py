@@ -17,7 +17,8 @@ import os
 import torch
 
 IMAGE_TOKEN, IMAGE_SIZE, PATCH = "<image>", 56, 14
-WORDS = "what moves in the video where does square go left right up down it a is".split() + [f"w{i}" for i in range(180)]
+WORDS = "what moves in the video where does square go left right up down it a is".split() + \
+    [f"w{i}" for i in range(180)]
 
 
 def local_tokenizer(special_tokens: list[str]):

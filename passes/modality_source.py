@@ -40,6 +40,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
+from ._fx import static_int
 from ._types import PassResult, state
 
 AT_RUN_TIME = "at run time (annotation or published inputs; else text-only)"
@@ -86,7 +87,7 @@ def modality_inputs(gm: fx.GraphModule) -> Optional[ModalityInputs]:
             found["grids"] += ((kind, pos, _merge_size(node)),)
         elif "pixel_values_videos" in name and _dim(node) == 5:
             found["video_pixels"] = pos
-        elif "position_ids" in name and _dim(node) == 3 and _fake_shape(node)[0] in (3, 4):
+        elif "position_ids" in name and _dim(node) == 3 and static_int(_fake_shape(node)[0]) in (3, 4):
             found["mrope_positions"] = pos
         elif "pixel_values" in name and _dim(node) == 4:
             found["image_pixels"] = pos
