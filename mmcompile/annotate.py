@@ -14,8 +14,8 @@ graph breaks without changing the model or recompiling.
 
 Without an annotation, the backend publishes what the graphs of the current forward see
 (``passes/modality_source.py::modality_inputs``: ``input_ids`` compared with placeholder token ids,
-``mm_token_type_ids``, ``*_grid_thw``, a 5-D ``pixel_values_videos``) into the forward's state
-(``mmcompile.runtime.forward_state``), which builds one ``ModalityLayout`` from it, once per forward.
+``mm_token_type_ids``, ``*_grid_thw``, a 5-D ``pixel_values_videos``, images, M-RoPE
+``position_ids``) into the forward's state (``mmcompile.runtime.forward_state``), which builds one ``ModalityLayout`` from it, once per forward.
 """
 
 from __future__ import annotations
@@ -75,6 +75,18 @@ def publish_video_frames(pixel_values_videos: torch.Tensor) -> None:
     """LLaVA-style ``pixel_values_videos`` [videos, frames, C, H, W]: frames per video."""
     if pixel_values_videos.dim() == 5:
         current_forward().publish(video_frames=tuple(pixel_values_videos.shape[:2]))
+
+
+def publish_mrope_positions(position_ids: torch.Tensor) -> None:
+    """Qwen-style multimodal rotary ``position_ids`` [3 or 4, B, N] (last three rows t, h, w)."""
+    if position_ids.dim() == 3 and position_ids.shape[0] in (3, 4):
+        current_forward().publish(positions=position_ids)
+
+
+def publish_images(images: int, tokens: Optional[tuple] = None) -> None:
+    """LLaVA-style images, each one frame: how many, and how many tokens each when known."""
+    if images > 0:
+        current_forward().publish(images=(images, tokens))
 
 
 def published_layout() -> tuple:

@@ -23,9 +23,11 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
+from torch._dynamo.exc import RestartAnalysis
 
 from mmcompile.config import BackendConfig, config_from_options
 from mmcompile.report import GraphDump, GraphReport, Report, entries_from_sites, last_report
+from mmcompile.spelling import GENERATE_HINT, in_compiled_wrapper
 
 log = logging.getLogger(__name__)
 _serial = itertools.count()
@@ -79,25 +81,40 @@ def compile_graph(gm: fx.GraphModule, example_inputs, config: BackendConfig, rep
     dump.table(graph)
     log.info("mminference graph %s: %d attention nodes, %d rewritten", graph.compile_id,
              len(graph.entries), len(graph.rewritten))
+    log.info("mminference: %s", report.summary())
+    if graph.rewritten and in_compiled_wrapper():
+        report.note(GENERATE_HINT)
+    for entry in graph.skipped:
+        if entry.kind is not None and entry.kind.name == "GRAPH_VALUE":  # dynamic shapes we cannot rewrite
+            report.note(f"attention left as SDPA: {entry.reason} (the report lists each call)")
 
     if config.debug_uncompiled:
         return _publishing_layout(gm, work.forward)
-    if work is gm:
-        return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
     try:
-        return _publishing_layout(gm, _inductor(work, example_inputs, mode))
-    except Exception as e:  # noqa: BLE001 - Inductor choked on our rewrite: compile the original
-        if config.strict:
+        if work is gm:
+            return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+        try:
+            return _publishing_layout(gm, _inductor(work, example_inputs, mode))
+        except RestartAnalysis:
             raise
-        _fall_back(graph, "inductor on the rewritten graph", e)
-        return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+        except Exception as e:  # noqa: BLE001 - Inductor choked on our rewrite: compile the original
+            if config.strict:
+                raise
+            _fall_back(graph, "inductor on the rewritten graph", e)
+            return _publishing_layout(gm, _inductor(gm, example_inputs, mode))
+    except RestartAnalysis:
+        # Dynamo's control flow, not a failure: with dynamic=True Inductor asks Dynamo to trace the
+        # frame again with the scale floats specialised (TensorifyScalarRestartAnalysis); the new
+        # trace comes back here as a new graph, so this attempt leaves the report.
+        report.graphs.remove(graph)
+        raise
 
 
 def _publishing_layout(gm: fx.GraphModule, compiled):
     """Wrap the compiled graph so that, when its placeholders carry modality information
     (``modality_source.modality_inputs``: input_ids and its placeholder compares, mm_token_type_ids,
-    grids, video frames), each call publishes it for the rewritten attention of later graphs
-    (ARCHITECTURE "Where the modality layout comes from", source 2). The graph itself is not changed."""
+    grids, video frames, images, multimodal rotary positions), each call publishes it for the
+    rewritten attention of later graphs (ARCHITECTURE "Where the modality layout comes from", source 2). The graph itself is not changed."""
     from mmcompile import annotate
     from mmcompile.passes.modality_source import modality_inputs
 
@@ -114,6 +131,13 @@ def _publishing_layout(gm: fx.GraphModule, compiled):
             annotate.publish_grid(kind, args[position], merge)
         if found.video_pixels is not None:
             annotate.publish_video_frames(args[found.video_pixels])
+        if found.mrope_positions is not None:
+            annotate.publish_mrope_positions(args[found.mrope_positions])
+        if found.image_pixels is not None:
+            annotate.publish_images(args[found.image_pixels].shape[0])
+        if found.image_features:
+            tokens = tuple(args[i].shape[0] for i in found.image_features)
+            annotate.publish_images(len(tokens), tokens)
         return compiled(*args)
     return run
 

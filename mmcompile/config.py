@@ -52,8 +52,9 @@ class BackendConfig:
     """``policy="a-shape"``: the local window before each query block's diagonal (tokens)."""
 
     dump_dir: Optional[str] = None
-    """Directory for per-graph dumps (code before/after each pass, the report table). Falls back to
-    the ``MMINFERENCE_DUMP_DIR`` environment variable; ``None`` writes nothing."""
+    """Directory for per-graph dumps (code before/after each pass, the report table) and, under
+    ``masks/``, a picture per sparse head of each layer of the last forward. Falls back to the
+    ``MMINFERENCE_DUMP_DIR`` environment variable; ``None`` writes nothing."""
 
     strict: bool = False
     """Re-raise an internal error of a pass instead of warning and compiling the unmodified graph,
@@ -96,7 +97,8 @@ class BackendConfig:
         """What every rewritten op of a graph compiled with this config receives as arguments."""
         return RuntimeOptions(min_sparse_len=self.min_sparse_len, policy=self.policy, density=self.density,
                               recall=self.recall, sink=self.sink, local=self.local,
-                              force_dense=self.force_dense, strict=self.strict, tag=tag)
+                              force_dense=self.force_dense, strict=self.strict, tag=tag,
+                              pictures=os.path.join(self.dump_dir, "masks") if self.dump_dir else "")
 
 
 def valid_keys() -> list[str]:

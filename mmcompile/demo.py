@@ -1,19 +1,22 @@
-"""Built-in demo: the sparse kernel on a synthetic video layout against dense attention, then a
-compiled transformers Qwen2.5-VL (``demo_model.py``).
+"""Built-in demo: the sparse kernel on a synthetic video layout against dense attention, then
+generate() of a transformers LLaVA checkpoint folder through the backend (``demo_model.py``).
 
 The layout is the standard one (BENCHMARKING.md): a text prefix, frames of ``frame`` tokens, a
 question. Q/K carry planted grid structure: one token per frame (the grid line at a fixed phase)
 attracts every query, plus a local preference, so dense attention is concentrated where the grid
 index looks. It prints the kernel's error against the reference of the same mask, the recall
 (dense attention mass inside the mask), the output error against dense attention, and on a GPU the
-times against SDPA flash and SDPA default (cuDNN). No downloads.
+times against SDPA flash and SDPA default (cuDNN). No downloads. Other libraries' warnings and
+progress bars are silenced here (the demo only), so its first screen is its own output.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+import warnings
 
 import torch
 
@@ -121,11 +124,38 @@ def main(argv=None) -> None:
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("no CUDA device: run with TRITON_INTERPRET=1 (the README's demo command does)")
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
-    run(args.tokens, heads_q, heads_kv, args.frame, args.local_blocks)
-    if not args.kernel_only:
-        from mmcompile import demo_model
+    with _quiet_libraries():
+        run(args.tokens, heads_q, heads_kv, args.frame, args.local_blocks)
+        if not args.kernel_only:
+            from mmcompile import demo_model
 
-        demo_model.run()
+            demo_model.run()
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Hide other libraries' warnings (transformers' config notes, Dynamo's graph-break reports,
+    progress bars) for the demo; mminference's own warnings still show."""
+    import logging
+
+    import transformers
+
+    loggers = {name: logging.getLogger(name).level for name in ("torch._dynamo", "torch._inductor")}
+    verbosity = transformers.logging.get_verbosity()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", message="mminference")
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+            transformers.logging.enable_progress_bar()
+            for name, level in loggers.items():
+                logging.getLogger(name).setLevel(level)
 
 
 if __name__ == "__main__":

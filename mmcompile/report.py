@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import warnings
 from typing import Optional
 
 from mmcompile.runtime import RuntimeStats
@@ -90,10 +91,38 @@ def entries_from_sites(sites) -> list:
 
 
 class Report(_EntryViews):
-    """Every graph the backend compiled (since the last reset) and the runtime counters of its ops."""
+    """Every graph the backend compiled (since the last reset), the runtime counters of its ops and
+    the notes the backend made for the user (each also warned once)."""
 
     def __init__(self):
         self.graphs: list[GraphReport] = []
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        """Record ``text`` and warn with it, the first time only."""
+        if text not in self.notes:
+            self.notes.append(text)
+            warnings.warn(f"mminference: {text}", UserWarning, stacklevel=2)
+
+    def summary(self) -> str:
+        """One line, before the table: how much of the attention the rewrite reached."""
+        if not self.graphs:
+            return ("0 graphs reached the mminference backend (nothing compiled since the last reset; "
+                    "for generate(): model.compile(backend='mminference'))")
+        from mmcompile.passes import SkipKind
+
+        # Bidirectional attention (vision towers) is not the rewrite's target: counted apart.
+        bidirectional = [e for e in self.skipped if e.kind is SkipKind.NON_CAUSAL]
+        found, rewritten = len(self.entries) - len(bidirectional), len(self.rewritten)
+        share = f"{100 * rewritten // found}%" if found else "n/a"
+        line = f"{found} attention calls, {rewritten} rewritten, {found - rewritten} left: {share}"
+        kinds = collections.Counter(e.kind.value if e.kind is not None else e.reason
+                                    for e in self.skipped if e.kind is not SkipKind.NON_CAUSAL)
+        if kinds:
+            line += " (left: " + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()) + ")"
+        if bidirectional:
+            line += f"; {len(bidirectional)} bidirectional (vision) calls left as they are"
+        return line
 
     @property
     def entries(self) -> list:
@@ -129,7 +158,9 @@ class Report(_EntryViews):
     def table(self) -> str:
         rt = self.runtime()
         density = "n/a" if rt["mean_sparse_density"] is None else f"{rt['mean_sparse_density']:.3f}"
-        lines = [f"## mminference report: {len(self.graphs)} graphs, {len(self.entries)} attention nodes, "
+        lines = [self.summary() + "\n",
+                 *(f"note: {text}\n" for text in self.notes),
+                 f"## mminference report: {len(self.graphs)} graphs, {len(self.entries)} attention nodes, "
                  f"{len(self.rewritten)} rewritten, {len(self.skipped)} skipped\n",
                  f"runtime: {rt['sparse_calls']} sparse calls (mean density {density}), "
                  f"{rt['dense_calls']} dense calls {_reasons(rt['reasons'])}\n"]
@@ -139,10 +170,6 @@ class Report(_EntryViews):
                   for source, geometry, tokens, stride in layouts]
         lines += [g.table() for g in self.graphs if g.entries or g.fallback]
         return "\n".join(lines)
-
-
-def _reasons(counter) -> dict:
-    return {reason.value: calls for reason, calls in counter.items()}
 
 
 def _reasons(counter) -> dict:

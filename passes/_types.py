@@ -56,7 +56,7 @@ class AttentionSite:
     q: Optional[fx.Node] = None
     k: Optional[fx.Node] = None  # K/V with the KV heads (repeat_kv undone)
     v: Optional[fx.Node] = None
-    scale: Optional[float] = None
+    scale: Any = None  # a float, or the node of a SymFloat (``dynamic=True``: see find_attention)
     key_padding: Optional[fx.Node] = None
     dead_candidates: list = dataclasses.field(default_factory=list)  # mask cone, repeat_kv nodes
     # Set by modality_source.

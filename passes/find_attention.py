@@ -43,9 +43,17 @@ def _guards(site: AttentionSite, args: dict) -> Optional[tuple]:
     dropout = args["dropout_p"]
     if isinstance(dropout, fx.Node) or dropout > 0:
         return SkipKind.DROPOUT, f"dropout_p={dropout} > 0 (training)"
-    if isinstance(args["is_causal"], fx.Node) or isinstance(args["scale"], fx.Node):
-        return SkipKind.GRAPH_VALUE, "is_causal or scale is a graph value, not a constant"
+    if isinstance(args["is_causal"], fx.Node):
+        return SkipKind.GRAPH_VALUE, "is_causal is a graph value, not a constant"
+    if isinstance(args["scale"], fx.Node) and not _is_scalar_float(args["scale"]):
+        return SkipKind.GRAPH_VALUE, "scale is a graph value that is not a Python float"
     return None
+
+
+def _is_scalar_float(node: fx.Node) -> bool:
+    """``dynamic=True`` makes a module's float attribute (HF's ``self.scaling``) a graph input read
+    with ``.item()``: a SymFloat the op takes as its ``scale`` argument, like a constant."""
+    return isinstance(fake(node), (float, torch.SymFloat))
 
 
 def _causal_form(site: AttentionSite, args: dict) -> Optional[tuple]:
@@ -106,7 +114,8 @@ def find_attention(gm: fx.GraphModule, config) -> PassResult:
         else:
             site.status = "matched"
             head_dim = site.head_dim
-            site.scale = float(args["scale"]) if args["scale"] is not None else head_dim ** -0.5
+            scale = args["scale"]
+            site.scale = head_dim ** -0.5 if scale is None else scale if isinstance(scale, fx.Node) else float(scale)
         sites.append(site)
     causal = [s for s in sites if s.status == "matched"]
     for ordinal, site in enumerate(causal):  # graphs without module paths: number causal calls

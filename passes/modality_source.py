@@ -20,7 +20,13 @@ What ``modality_inputs`` reads (placeholders by name; HF VLMs split these over s
     graphs; ``grid_thw`` of the vision tower is not told image from video and is not read), with
     the spatial merge size from the graph's ``grid_thw.prod(-1) // merge**2`` when present (else
     the op infers it from the token counts);
-  * a 5-D ``pixel_values_videos`` [videos, frames, C, H, W] (LLaVA-style): frames per video.
+  * a 5-D ``pixel_values_videos`` [videos, frames, C, H, W] (LLaVA-style): frames per video;
+  * LLaVA-style images, each one frame: a 4-D ``pixel_values`` [images, C, H, W] (how many), or the
+    per-image features ``generate()`` precomputes (``mm_encoder_outputs`` ``image_pooler_output_<i>``
+    [tokens, hidden]: how many tokens each);
+  * a 3-D ``position_ids`` [3 or 4, B, N] (Qwen's multimodal rotary ids, the last three rows t, h, w):
+    the frame geometry when no grid reaches the graphs (``generate()`` encodes the pixels eagerly
+    before the prefill and passes the language model precomputed positions, not the grids).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Optional
 import torch
 import torch.fx as fx
 
+from ._fx import static_int
 from ._types import PassResult, state
 
 AT_RUN_TIME = "at run time (annotation or published inputs; else text-only)"
@@ -58,6 +65,9 @@ class ModalityInputs:
     mm_token_type_ids: Optional[int] = None
     grids: tuple = ()  # ((modality id, position, merge size or None), ...) of *_grid_thw placeholders
     video_pixels: Optional[int] = None  # a 5-D pixel_values_videos
+    mrope_positions: Optional[int] = None  # a [3 or 4, B, N] position_ids
+    image_pixels: Optional[int] = None  # a 4-D pixel_values [images, C, H, W]
+    image_features: tuple = ()  # positions of the per-image [tokens, hidden] features
 
 
 def modality_inputs(gm: fx.GraphModule) -> Optional[ModalityInputs]:
@@ -77,12 +87,23 @@ def modality_inputs(gm: fx.GraphModule) -> Optional[ModalityInputs]:
             found["grids"] += ((kind, pos, _merge_size(node)),)
         elif "pixel_values_videos" in name and _dim(node) == 5:
             found["video_pixels"] = pos
+        elif "position_ids" in name and _dim(node) == 3 and static_int(_fake_shape(node)[0]) in (3, 4):
+            found["mrope_positions"] = pos
+        elif "pixel_values" in name and _dim(node) == 4:
+            found["image_pixels"] = pos
+        elif "image_pooler_output" in name and _dim(node) == 2:
+            found["image_features"] = found.get("image_features", ()) + (pos,)
     return ModalityInputs(**found) if found else None
 
 
 def _dim(node: fx.Node) -> Optional[int]:
+    shape = _fake_shape(node)
+    return None if shape is None else len(shape)
+
+
+def _fake_shape(node: fx.Node) -> Optional[tuple]:
     value = node.meta.get("example_value", node.meta.get("val"))
-    return value.dim() if isinstance(value, torch.Tensor) else None
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
 def _compared_tokens(ids: fx.Node) -> tuple:

@@ -66,7 +66,7 @@ def rewrite_attention(gm: fx.GraphModule, config) -> PassResult:
             options["plan"] = plan.op_arg(int(site.layer))
         with graph.inserting_before(old):
             new = graph.call_function(op, (site.q, site.k, site.v, site.modality, site.key_padding,
-                                           int(site.layer), float(site.scale)), options)
+                                           int(site.layer), site.scale), options)
         new.meta.update({k: old.meta[k] for k in _COPIED_META if k in old.meta})
         _fresh_value(new, old, site)
         old.replace_all_uses_with(new)

@@ -15,7 +15,7 @@ else
         # The +cpu build: from a local wheel folder if pip has one, else PyTorch's CPU index.
         pip_q "torch==2.13.0+cpu" || pip_q "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
     fi
-    pip_q triton==3.7.1 transformers==5.23.0 numpy networkx sympy pytest pytest-xdist==3.8.0
+    pip_q triton==3.7.1 transformers==5.23.0 numpy networkx sympy pillow pytest pytest-xdist==3.8.0
     pip_q --no-deps -e .
     $PYTHON -c "import torch, triton; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 fi

@@ -54,10 +54,14 @@ def test_dump_command_writes_pictures_and_table(tmp_path):
 
 
 def test_readme_demo_model_part_runs():
-    """The compiled Qwen2.5-VL part of ``scripts/demo`` (the README's demo command)."""
+    """The model part of ``scripts/demo`` (the README's demo command): a checkpoint folder, generate()."""
     import mmcompile.report as report
     from mmcompile import demo_model
+    from mmcompile.runtime import DenseReason
 
     demo_model.run()
-    records = report.last_report().runtime()["records"]
-    assert [(r.reason, r.detail) for r in records] == [(None, "a-shape")] * 2 and all(r.density < 1 for r in records)
+    records = report.last_report().runtime()["records"]  # the last run: the A-shape budget
+    sparse = [r for r in records if r.path == "sparse"]
+    assert [(r.reason, r.detail) for r in sparse] == [(None, "a-shape")] * 2 and all(r.density < 1 for r in sparse)
+    assert {r.reason for r in records if r.path == "dense"} == {DenseReason.DECODE_OR_CHUNK}
+    assert sparse[0].layout.geometry == f"{demo_model.FRAMES} images of 16 tokens"

@@ -24,3 +24,4 @@ def test_wheel_layout_and_entry_point(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[torch_dynamo_backends]" in text and "mminference = mmcompile.backend:mminference_backend" in text
+    assert "[torch.backends]" in text and "mminference_logs = mmcompile.torch_logs:register" in text

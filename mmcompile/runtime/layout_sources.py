@@ -2,7 +2,8 @@
 
 What the backend's graphs publish (``passes/modality_source.py::modality_inputs``): ``input_ids``
 with the placeholder token ids it is compared with, ``mm_token_type_ids``, ``*_grid_thw`` with the
-spatial merge size, a 5-D ``pixel_values_videos``. Host syncs happen here, once per forward.
+spatial merge size, a 5-D ``pixel_values_videos``, Qwen's M-RoPE ``position_ids`` (frame geometry
+where no grid is published). Host syncs happen here, once per forward.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class PublishedInputs:
     type_ids: Optional[torch.Tensor] = None
     grids: dict = dataclasses.field(default_factory=dict)  # modality id -> (grid_thw [n, 3], merge or None)
     video_frames: Optional[tuple] = None  # (videos, frames per video)
+    positions: Optional[torch.Tensor] = None  # M-RoPE position_ids [3 or 4, B, N]: rows t, h, w last
+    images: Optional[tuple] = None  # LLaVA-style (images, tokens of each or None): an image is a frame
 
     def empty(self) -> bool:
         return self.input_ids is None and self.type_ids is None
@@ -60,6 +63,15 @@ def layout_from_published(p: PublishedInputs) -> tuple:
             continue
         grids[kind] = grid.cpu() // torch.tensor([1, merge, merge])
         notes.append(f"{name}_grid_thw (merge {merge})")
+    for kind in (IMAGE, VIDEO):
+        if counts[kind] and kind not in grids and p.positions is not None:
+            name = MODALITY_NAMES[kind]
+            rows = _grids_from_positions(p.positions, modality, kind)
+            if rows is None:
+                notes.append(f"none for {name} (position_ids do not tile its token runs into frames)")
+            else:
+                grids[kind] = rows
+                notes.append(f"position_ids (M-RoPE) for {name}")
     frame_hw = {}
     if p.video_frames is not None and counts[VIDEO] and VIDEO not in grids:
         videos, frames = p.video_frames
@@ -70,6 +82,15 @@ def layout_from_published(p: PublishedInputs) -> tuple:
             notes.append(f"pixel_values_videos ({frames} frames)")
         else:  # LLaVA-OneVision: one newline token ends each video
             notes.append(f"none for video ({counts[VIDEO]} video tokens are not whole frames of {frames} per video)")
+    if p.images is not None and counts[IMAGE] and IMAGE not in grids:
+        images, tokens = p.images
+        per_image, rest = divmod(counts[IMAGE], images)
+        if rest == 0 and (tokens is None or set(tokens) == {per_image}):
+            side = math.isqrt(per_image)
+            frame_hw[IMAGE] = (side, side) if side * side == per_image else (1, per_image)
+            notes.append(f"{images} images of {per_image} tokens")
+        else:
+            notes.append(f"none for image ({counts[IMAGE]} image tokens are not {images} equal images)")
     try:
         layout = from_hf_inputs(mm_token_type_ids=modality, image_grid_thw=grids.get(IMAGE),
                                 video_grid_thw=grids.get(VIDEO), frame_hw=frame_hw)
@@ -77,6 +98,26 @@ def layout_from_published(p: PublishedInputs) -> tuple:
         log.warning("mminference: published frame geometry ignored: %s", e)
         return from_hf_inputs(mm_token_type_ids=modality), source, f"none ({e})"
     return layout, source, ", ".join(notes) or "none"
+
+
+def _grids_from_positions(positions: torch.Tensor, modality: torch.Tensor, kind: int) -> Optional[torch.Tensor]:
+    """[runs, 3] (frames, h, w in tokens) of each run of ``kind`` tokens, sample after sample, read
+    off the h and w rows of Qwen's rotary ids (a frame is h x w tokens; frames = run / (h * w)). The
+    t row is not counted: its values are times, which may repeat. None when a run is not whole frames."""
+    if positions.shape[1:] != modality.shape:
+        return None
+    h_ids, w_ids = positions[-2].cpu(), positions[-1].cpu()
+    runs = torch.nn.functional.pad((modality == kind).int().cpu(), (1, 1)).diff(dim=-1)
+    rows = []
+    for b in range(modality.shape[0]):
+        starts, ends = (runs[b] == 1).nonzero().flatten().tolist(), (runs[b] == -1).nonzero().flatten().tolist()
+        for start, end in zip(starts, ends):
+            h, w = h_ids[b, start:end].unique().numel(), w_ids[b, start:end].unique().numel()
+            frames, rest = divmod(end - start, h * w)
+            if rest:
+                return None
+            rows.append((frames, h, w))
+    return torch.tensor(rows, dtype=torch.long) if rows else None
 
 
 def _merge_from_counts(grid: torch.Tensor, tokens: int) -> Optional[int]:

@@ -36,6 +36,9 @@ class RuntimeOptions:
     policy's choice."""
     tag: str = ""
     """Routes this call's statistics (``stats_for(tag)``); changes no result."""
+    pictures: str = ""
+    """Directory for one picture per sparse head of each sparse call (``<dump_dir>/masks``), each
+    forward replacing the last; "" writes none. Changes no result."""
 
     def __post_init__(self):
         if self.policy not in POLICIES:

@@ -70,9 +70,22 @@ def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state)
         patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
     target = options.recall if (options.plan or options.policy == "online") and options.recall > 0 else None
     result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target)
+    if options.pictures:
+        _pictures(result.indexes, k.shape[2], options.pictures, layer)
     chooser = "plan" if options.plan else options.policy
     return result.out, CallRecord(layer, "sparse", None, chooser, q.shape[2], k.shape[2], result.head_density,
                                   summary, tuple(result.patterns), result.head_recall)
+
+
+def _pictures(indexes, n_k: int, folder: str, layer: int) -> None:
+    """The masks of this call, one PNG per sparse head; a folder that cannot be written is logged
+    once and never breaks the forward."""
+    from mmcompile.patterns.pictures import write_mask_pictures
+
+    try:
+        write_mask_pictures(indexes, n_k, folder, prefix=f"layer{layer:02d}")
+    except OSError as e:
+        _ONCE.log(log, logging.WARNING, ("pictures", folder), "mminference: no mask pictures in %s: %s", folder, e)
 
 
 def _record(options: RuntimeOptions, record: CallRecord) -> None:
