@@ -1,4 +1,4 @@
-"""The ``mminference`` command: ``mminference demo [options]`` and ``mminference dump [options]``."""
+"""The ``mminference`` command: ``mminference demo|dump|export [options]``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import torch
 
 COMMANDS = {"demo": "run the built-in demo (no downloads)",
-            "dump": "pictures of the per-head sparse masks the default policy picks on planted inputs"}
+            "dump": "pictures of the per-head sparse masks the default policy picks on planted inputs",
+            "export": "export a language model's prefill with sparse attention to a .pt2 (AOTInductor)"}
 
 
 def main(argv=None) -> None:
@@ -21,6 +22,11 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         # Kernels run in Triton's CPU interpreter; it must be chosen before any kernel is defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if argv[0] == "export":
+        from mmcompile.export import cli
+
+        cli.main(argv[1:])
+        return
     if argv[0] == "dump":
         from mmcompile import dump
 

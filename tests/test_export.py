@@ -150,3 +150,19 @@ def test_program_and_aoti_package_in_a_fresh_process_equal_the_compiled_path(vlm
     for name in ("program", "package"):
         for got, want in zip(there[name], compiled):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.interpreter
+def test_the_cli_writes_a_program_that_loads_and_runs(tmp_path):
+    from mmcompile.export import cli
+
+    out = tmp_path / "tiny.pt2"
+    cli.main(["--out", str(out), "--program", "--layers", "1", "--example-len", "64",
+              "--option", "min_sparse_len=16", "--option", "policy=a-shape", "--option", "sink=16",
+              "--option", "local=32"])
+    prefill = load_program(out)
+    embeds, mask, ids, _ = inputs(200)
+    with torch.no_grad():
+        hidden = prefill(embeds, mask, ids)
+    assert hidden.shape == embeds.shape
+    assert [(r.path, r.detail) for r in prefill.stats.records] == [("sparse", "a-shape")]
