@@ -47,8 +47,11 @@ def load_package(path, device_index: int = -1) -> LoadedPrefill:
     mminference ops, which the package calls through the dispatcher into this process's Python."""
     import mmcompile.ops  # noqa: F401  (the package calls the op by name; it must be registered)
 
-    runner = torch._inductor.aoti_load_package(os.fspath(path), device_index=device_index)
-    text = runner.get_metadata().get(META_FILE) if hasattr(runner, "get_metadata") else None
+    extra = {} if device_index == -1 else {"device_index": device_index}  # the default, in every torch
+    runner = torch._inductor.aoti_load_package(os.fspath(path), **extra)
+    if not hasattr(runner, "get_metadata"):
+        raise RuntimeError(f"torch {torch.__version__} cannot read the metadata of an AOTInductor package")
+    text = runner.get_metadata().get(META_FILE)
     if not text:
         raise ValueError(f"{path} is not an mminference package (no {META_FILE} in its metadata)")
     return LoadedPrefill(runner, read_metadata(text))
