@@ -7,7 +7,7 @@ Usage: python benchmarks/export_aoti.py --out $OUT/export.json [--smoke] [--laye
 
 The parent process builds the model (Qwen2-style, 28 query / 4 KV heads, head dim 128, hidden 3584,
 intermediate 18944, random weights, bf16), exports it with ``mmcompile.export.export_prefill``
-(dynamic length, ``mm_token_type_ids`` as an input), packages it with AOTInductor and records the
+(dynamic length, the layout with frame geometry as an input), packages it with AOTInductor and records the
 build times. A fresh process (``--child``; ``LD_PRELOAD`` of the system libstdc++, the
 ``aoti_load_package`` trap) loads the package, rebuilds the same weights from the seed for the
 compiled path, and per length: runs both on the same inputs (text prompt, video, question), compares
@@ -42,20 +42,31 @@ def settings(args) -> dict:
     device = dict(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32")
     if args.smoke:  # the interpreter is ~1000x slower than a GPU: shorter still on the CPU
         lengths = [1024, 2048, 3000] if args.device == "cuda" else [300, 448, 600]
-        return dict(device, preset="tiny", layers=2, lengths=lengths,
+        return dict(device, preset="tiny", layers=2, lengths=lengths, frame=[4, 4],
                     options=dict(min_sparse_len=256, policy=args.policy, sink=64, local=128))
     lengths = [int(x) for x in args.lengths.split(",")]
-    return dict(device, preset="standard", layers=args.layers, lengths=lengths,
+    return dict(device, preset="standard", layers=args.layers, lengths=lengths, frame=[16, 16],
                 options=dict(min_sparse_len=args.min_sparse_len, policy=args.policy, sink=128, local=args.local))
 
 
+def layout(cfg, n: int):
+    """Prompt, a video of whole frames (``cfg["frame"]`` tokens high and wide), question."""
+    from mmcompile.patterns import TEXT, VIDEO, from_segments
+
+    h, w = cfg["frame"]
+    prompt = min(PROMPT, n // 8)
+    video = (n - prompt - min(QUESTION, n // 4)) // (h * w) * (h * w)
+    return from_segments([[(TEXT, prompt), (VIDEO, video, h, w), (TEXT, n - prompt - video)]], device=cfg["device"])
+
+
 def inputs(cfg, n: int, hidden: int, seed: int = 0):
+    """inputs_embeds, attention_mask, the layout as a [1, n, 3] table (id, frame h, frame w)."""
+    from mmcompile.patterns.token_table import token_table
+
     device = cfg["device"]
     g = torch.Generator(device=device).manual_seed(seed + n)
     embeds = torch.randn(1, n, hidden, device=device, dtype=getattr(torch, cfg["dtype"]), generator=g) * 0.02
-    ids = torch.zeros(1, n, dtype=torch.int32, device=device)
-    ids[:, min(PROMPT, n // 8):n - min(QUESTION, n // 4)] = 2  # video
-    return embeds, torch.ones(1, n, dtype=torch.long, device=device), ids
+    return embeds, torch.ones(1, n, dtype=torch.long, device=device), token_table(layout(cfg, n))
 
 
 def model_of(cfg):
@@ -84,9 +95,9 @@ def build(args, cfg) -> dict:
     from mmcompile.export import export_prefill, package
 
     model = model_of(cfg)
-    embeds, _, ids = inputs(cfg, min(cfg["lengths"]), model.config.hidden_size)
+    embeds, _, table = inputs(cfg, min(cfg["lengths"]), model.config.hidden_size)
     start = time.perf_counter()
-    exported = export_prefill(model, embeds, ids, options=cfg["options"], max_len=max(cfg["lengths"]))
+    exported = export_prefill(model, embeds, table, options=cfg["options"], max_len=max(cfg["lengths"]))
     export_s = time.perf_counter() - start
     print(exported.report.table(), flush=True)
     start = time.perf_counter()
@@ -125,15 +136,16 @@ def child(args, cfg) -> dict:
     compiled = torch.compile(PrefillModule(model), backend="mminference", options=cfg["options"])
     rows = []
     for n in cfg["lengths"]:
-        embeds, mask, ids = inputs(cfg, n, model.config.hidden_size)
+        embeds, mask, table = inputs(cfg, n, model.config.hidden_size)
+        annotation = layout(cfg, n)
 
         def run_compiled():
-            with torch.no_grad(), mmcompile.annotate.modality(mm_token_type_ids=ids):
-                return compiled(embeds, mask, ids)
+            with torch.no_grad(), mmcompile.annotate.modality(layout=annotation):
+                return compiled(embeds, mask, table)
 
         def run_package():
             with torch.no_grad():
-                return prefill(embeds, mask, ids)
+                return prefill(embeds, mask, table)
 
         start = time.perf_counter()
         want = run_compiled()  # compiles at the first length and once more for a dynamic length
@@ -145,6 +157,7 @@ def child(args, cfg) -> dict:
         err = ((got.float() - want.float()).norm() / want.float().norm()).item()
         row = dict(tokens=n, first_compiled_call_s=compile_s, rel_err=err, max_abs_err=(got - want).abs().max().item(),
                    bitwise_equal=bool(torch.equal(got, want)), package_calls=[r.path for r in calls],
+                   layout=calls[0].layout.geometry if calls and calls[0].layout else None,
                    package_density=sum(r.density for r in calls) / len(calls) if calls else None)
         del got, want
         row["compiled_ms"] = time_ms(cfg, run_compiled)

@@ -15,23 +15,30 @@ import mmcompile.annotate
 from mmcompile.backend import MMInferenceBackend
 from mmcompile.export import (ExportError, PrefillModule, export_prefill, load_program, package, prefill_ops,
                               save_program)
+from mmcompile.patterns import TEXT as TEXT_ID, VIDEO as VIDEO_ID, from_segments
 from mmcompile.patterns.specs import AShape, HeadPattern
+from mmcompile.patterns.token_table import token_table
 from mmcompile.plans import ModelShape, Plan, save_plan
 from test_backend_models import TEXT, build
 
-LENGTHS = (300, 237)  # 237: not a multiple of any block
-VIDEO_START, TEXT_AFTER = 150, 10  # video tokens [150, n - 10): some in the last 128-row query block
+LENGTHS = (300, 236)  # 236: not a multiple of any block
+# Video tokens [150, n - 6), frames of 2 x 4 tokens, some in the last 128-row query block.
+VIDEO_START, TEXT_AFTER, FRAME = 150, 6, (2, 4)
 # Video rows and text rows attend with different windows (a plan, so random weights cannot make
 # the heads dense): a layout that did not reach the ops changes the result.
 BY_MODALITY = HeadPattern("q-boundary", (("text", AShape(sink=16, local=32)), ("video", AShape(sink=16, local=96))))
 
 
+def layout(n):
+    return from_segments([[(TEXT_ID, VIDEO_START), (VIDEO_ID, n - VIDEO_START - TEXT_AFTER, *FRAME),
+                           (TEXT_ID, TEXT_AFTER)]])
+
+
 def inputs(n, seed=0):
+    """(inputs_embeds, attention_mask, the layout as a [1, n, 3] table with frame geometry, positions)."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(1, n, dtype=torch.int32)
-    ids[:, VIDEO_START:n - TEXT_AFTER] = 2
-    return (torch.randn(1, n, TEXT["hidden_size"], generator=g), torch.ones(1, n, dtype=torch.long), ids,
-            torch.arange(n)[None, None].expand(3, 1, n))  # M-RoPE positions (t, h, w)
+    return (torch.randn(1, n, TEXT["hidden_size"], generator=g), torch.ones(1, n, dtype=torch.long),
+            token_table(layout(n)), torch.arange(n)[None, None].expand(3, 1, n))  # M-RoPE positions (t, h, w)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +51,15 @@ def vlm():
 def options(vlm, tmp_path_factory):
     path = tmp_path_factory.mktemp("plan") / "plan.json"
     heads = (BY_MODALITY,) * TEXT["num_attention_heads"]
-    save_plan(Plan(ModelShape.of_config(vlm.config), {layer: heads for layer in range(TEXT["num_hidden_layers"])}), path)
+    layers = {layer: heads for layer in range(TEXT["num_hidden_layers"])}
+    save_plan(Plan(ModelShape.of_config(vlm.config), layers), path)
     return {"min_sparse_len": 16, "recall": 0.0, "plan": str(path)}
 
 
 @pytest.fixture(scope="module")
 def exported(vlm, options):
-    embeds, _, ids, positions = inputs(LENGTHS[0])
-    return export_prefill(vlm, embeds, ids, position_ids=positions, options=options, max_len=4096)
+    embeds, _, table, positions = inputs(LENGTHS[0])
+    return export_prefill(vlm, embeds, table, position_ids=positions, options=options, max_len=4096)
 
 
 def op_arguments(node) -> dict:
@@ -64,9 +72,9 @@ def compiled_path(vlm, options, lengths):
     compiled = torch.compile(PrefillModule(vlm.get_decoder()), backend=backend)
     outs = []
     for n in lengths:
-        embeds, mask, ids, positions = inputs(n)
-        with torch.no_grad(), mmcompile.annotate.modality(mm_token_type_ids=ids):
-            outs.append(compiled(embeds, mask, ids, positions))
+        embeds, mask, table, positions = inputs(n)
+        with torch.no_grad(), mmcompile.annotate.modality(layout=layout(n)):
+            outs.append(compiled(embeds, mask, table, positions))
     return outs, backend.report
 
 
@@ -85,32 +93,34 @@ def test_program_keeps_the_ops_with_the_layout_input(exported):
 
 @pytest.mark.interpreter
 def test_the_layout_input_changes_the_result(exported):
-    embeds, mask, ids, positions = inputs(LENGTHS[0])
+    embeds, mask, table, positions = inputs(LENGTHS[0])
     prefill = exported.program.module()
     with torch.no_grad():
-        video = prefill(embeds, mask, ids, positions)
-        text = prefill(embeds, mask, torch.zeros_like(ids), positions)
+        video = prefill(embeds, mask, table, positions)
+        text = prefill(embeds, mask, torch.zeros_like(table), positions)
     assert (video - text).abs().max() > 1e-4
 
 
 def test_a_layout_that_does_not_match_the_length_is_rejected(exported, tmp_path):
-    embeds, mask, ids, positions = inputs(LENGTHS[0])
+    embeds, mask, table, positions = inputs(LENGTHS[0])
     save_program(exported, tmp_path / "prefill.pt2")
     prefill = load_program(tmp_path / "prefill.pt2")
-    with pytest.raises(ValueError, match=r"mm_token_type_ids must be \[batch, tokens\] = \[1, 300\]"):
-        prefill(embeds, mask, ids[:, :-1], positions)
+    with pytest.raises(ValueError, match=r"mm_token_type_ids must be \[batch, tokens, 3\].* = \[1, 300, 3\]"):
+        prefill(embeds, mask, table[:, :-1], positions)
+    with pytest.raises(ValueError, match=r"must be \[batch, tokens, 3\]"):
+        prefill(embeds, mask, table[..., 0], positions)  # ids without the geometry it was exported with
     with pytest.raises(ValueError, match="unknown modality ids"):
-        prefill(embeds, mask, ids + 7, positions)
+        prefill(embeds, mask, table + torch.tensor([7, 0, 0], dtype=table.dtype), positions)
     with pytest.raises(Exception, match="mm_token_type_ids"):  # the program itself guards the length too
-        exported.program.module()(embeds, mask, ids[:, :-1], positions)
+        exported.program.module()(embeds, mask, table[:, :-1], positions)
 
 
 def test_a_model_without_sdpa_is_not_exported_dense():
     model, _ = build("qwen2_vl")
     model.set_attn_implementation("eager")
-    embeds, _, ids, positions = inputs(64)
+    embeds, _, table, positions = inputs(LENGTHS[1])
     with pytest.raises(ExportError, match="no attention was rewritten"):
-        export_prefill(model, embeds, ids, position_ids=positions, max_len=4096)
+        export_prefill(model, embeds, table, position_ids=positions, max_len=4096)
 
 
 
@@ -133,7 +143,8 @@ def test_program_and_aoti_package_in_a_fresh_process_equal_the_compiled_path(vlm
             prefill = load({str(tmp_path)!r} + f"/{{name}}.pt2")
             with torch.no_grad():
                 outs[name] = [prefill(*torch.load({str(tmp_path)!r} + f"/inputs_{{n}}.pt")) for n in {LENGTHS!r}]
-            print(name, [(r.path, r.detail, r.layout.source, r.layout.tokens) for r in prefill.stats.records])
+            print(name, [(r.path, r.detail, r.layout.source, r.layout.geometry, r.layout.tokens, r.layout.frame_stride)
+                         for r in prefill.stats.records])
         torch.save(outs, {str(tmp_path / 'outs.pt')!r})
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -141,7 +152,8 @@ def test_program_and_aoti_package_in_a_fresh_process_equal_the_compiled_path(vlm
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
     assert "without mmcompile: True" in lines
-    records = [("sparse", "plan", "op argument", {"text": VIDEO_START + TEXT_AFTER, "video": n - VIDEO_START - TEXT_AFTER})
+    records = [("sparse", "plan", "op argument", "given",
+                {"text": VIDEO_START + TEXT_AFTER, "video": n - VIDEO_START - TEXT_AFTER}, (FRAME[0] * FRAME[1],))
                for n in LENGTHS for _ in range(TEXT["num_hidden_layers"])]
     assert lines[-2:] == [f"program {records}", f"package {records}"]
     there = torch.load(tmp_path / "outs.pt")
@@ -161,8 +173,8 @@ def test_the_cli_writes_a_program_that_loads_and_runs(tmp_path):
               "--option", "min_sparse_len=16", "--option", "policy=a-shape", "--option", "sink=16",
               "--option", "local=32"])
     prefill = load_program(out)
-    embeds, mask, ids, _ = inputs(200)
+    embeds, mask, table, _ = inputs(LENGTHS[1])
     with torch.no_grad():
-        hidden = prefill(embeds, mask, ids)
+        hidden = prefill(embeds, mask, table[..., 0])  # exported with [B, N] ids
     assert hidden.shape == embeds.shape
     assert [(r.path, r.detail) for r in prefill.stats.records] == [("sparse", "a-shape")]

@@ -14,6 +14,8 @@ import transformers
 
 import mmcompile.annotate
 from mmcompile.export import PrefillModule, export_prefill, package, preload_env
+from mmcompile.patterns import TEXT, VIDEO, from_segments
+from mmcompile.patterns.token_table import token_table
 
 pytestmark = pytest.mark.gpu
 
@@ -30,12 +32,15 @@ def decoder():
         return transformers.Qwen2Model(cfg).to(torch.bfloat16).eval()
 
 
+def layout(n):
+    """A video of 2 x 2-token frames between a prompt and a question."""
+    return from_segments([[(TEXT, 64), (VIDEO, n - 128, 2, 2), (TEXT, 64)]], device="cuda")
+
+
 def inputs(n, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    ids = torch.zeros(1, n, dtype=torch.int32, device="cuda")
-    ids[:, 64:n - 64] = 2  # video between a prompt and a question
     embeds = torch.randn(1, n, 512, device="cuda", dtype=torch.bfloat16, generator=g)
-    return embeds, torch.ones(1, n, dtype=torch.long, device="cuda"), ids
+    return embeds, torch.ones(1, n, dtype=torch.long, device="cuda"), token_table(layout(n))
 
 
 def rel_err(a, b):
@@ -44,8 +49,8 @@ def rel_err(a, b):
 
 def test_aoti_package_in_a_fresh_process_equals_the_compiled_path(tmp_path):
     model = decoder()
-    embeds, _, ids = inputs(LENGTHS[0])
-    exported = export_prefill(model, embeds, ids, options=OPTIONS, max_len=8192)
+    embeds, _, table = inputs(LENGTHS[0])
+    exported = export_prefill(model, embeds, table, options=OPTIONS, max_len=8192)
     package(exported, tmp_path / "prefill.pt2")
     for n in LENGTHS:
         torch.save(inputs(n), tmp_path / f"inputs_{n}.pt")
@@ -59,20 +64,20 @@ def test_aoti_package_in_a_fresh_process_equals_the_compiled_path(tmp_path):
                 outs.append(prefill(*torch.load({str(tmp_path)!r} + f"/inputs_{{n}}.pt")))
             torch.cuda.synchronize()
         torch.save(outs, {str(tmp_path / 'outs.pt')!r})
-        print([(r.path, r.layout.source) for r in prefill.stats.records])
+        print([(r.path, r.layout.source, r.layout.geometry) for r in prefill.stats.records])
         print(sum(1 for e in prof.events() if {KERNEL!r} in e.name))
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                          env=preload_env())
     assert run.returncode == 0, run.stderr[-3000:]
     records, launches = run.stdout.strip().splitlines()[-2:]
-    assert records == str([("sparse", "op argument")] * 2 * len(LENGTHS))
+    assert records == str([("sparse", "op argument", "given")] * 2 * len(LENGTHS))
     assert int(launches) >= 2 * len(LENGTHS)
     there = torch.load(tmp_path / "outs.pt")
     compiled = torch.compile(PrefillModule(model), backend="mminference", options=OPTIONS)
     for n, got in zip(LENGTHS, there):
-        embeds, mask, ids = inputs(n)
-        with torch.no_grad(), mmcompile.annotate.modality(mm_token_type_ids=ids):
-            want = compiled(embeds, mask, ids)
+        embeds, mask, table = inputs(n)
+        with torch.no_grad(), mmcompile.annotate.modality(layout=layout(n)):
+            want = compiled(embeds, mask, table)
         assert got.shape == want.shape
         assert rel_err(got, want) < 1e-2, (n, rel_err(got, want))

@@ -62,6 +62,7 @@ def export_prefill(model: torch.nn.Module, inputs_embeds: torch.Tensor, mm_token
                    tag: Optional[str] = None) -> ExportedPrefill:
     """Export the prefill of ``model``'s language model (a VLM, a causal LM or the decoder itself:
     ``get_decoder()``) for any sequence length in [min_len, max_len], with sparse attention.
+    ``mm_token_type_ids``: [B, N] modality ids, or [B, N, 3] with frame geometry (``signature.py``).
 
     The example inputs fix batch, hidden size, dtype and device, not the length. ``options`` are the
     backend's (``torch.compile(..., options=...)``): they become the ops' arguments. Raises
@@ -73,8 +74,8 @@ def export_prefill(model: torch.nn.Module, inputs_embeds: torch.Tensor, mm_token
     tag = tag or f"mminference-export-{uuid.uuid4().hex[:8]}"
     language_model = model.get_decoder() if hasattr(model, "get_decoder") else model
     if attention_mask is None:
-        attention_mask = torch.ones(mm_token_type_ids.shape, dtype=torch.long, device=inputs_embeds.device)
-    signature = PrefillSignature.of(inputs_embeds, position_ids)
+        attention_mask = torch.ones(mm_token_type_ids.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+    signature = PrefillSignature.of(inputs_embeds, mm_token_type_ids, position_ids)
     args = signature.arrange(inputs_embeds, attention_mask, mm_token_type_ids, position_ids)
     dynamic = signature.dynamic_shapes(min_len, max_len)
     module = PrefillModule(language_model).eval()

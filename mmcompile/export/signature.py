@@ -1,10 +1,12 @@
 """What an exported prefill takes and returns, and the checks a loaded one runs before each call.
 
-    (inputs_embeds [B, N, hidden], attention_mask [B, N], mm_token_type_ids [B, N][, position_ids [..., B, N]])
-        -> last hidden state [B, N, hidden]
+    (inputs_embeds [B, N, hidden], attention_mask [B, N], mm_token_type_ids [B, N] or [B, N, 3]
+     [, position_ids [..., B, N]])  ->  last hidden state [B, N, hidden]
 
-``mm_token_type_ids`` is the modality layout, explicit (HF's convention: 0 text, 1 image, 2 video,
-3 audio; -1 padding). The sequence length ``N`` is one dynamic dimension shared by every input.
+``mm_token_type_ids`` is the modality layout, explicit: ids per token (HF's convention: 0 text,
+1 image, 2 video, 3 audio; -1 padding), or with frame geometry, (id, frame height, frame width) per
+token (``mmcompile.patterns.token_table.token_table(layout)``). The sequence length ``N`` is one
+dynamic dimension shared by every input.
 ``attention_mask`` is HF's 2-D padding mask (ones for an unpadded prefill): with it transformers
 builds the causal mask the rewrite can prove and drop; without it, an exported HF model builds a
 packed-sequence mask from the positions that no rewrite can prove causal.
@@ -47,15 +49,18 @@ class PrefillSignature:
     dtype: str  # of inputs_embeds and the output, e.g. "torch.bfloat16"
     device: str  # device type the program was exported for: "cuda" | "cpu"
     position_dims: Optional[int] = None  # ndim of position_ids, None when it is not an input
+    layout_dims: int = 2  # of mm_token_type_ids: 2 (ids) or 3 (ids and frame geometry)
 
     @property
     def names(self) -> tuple:
         return BASE_INPUTS + (("position_ids",) if self.position_dims else ())
 
     @staticmethod
-    def of(inputs_embeds: torch.Tensor, position_ids: Optional[torch.Tensor]) -> "PrefillSignature":
+    def of(inputs_embeds: torch.Tensor, mm_token_type_ids: torch.Tensor,
+           position_ids: Optional[torch.Tensor]) -> "PrefillSignature":
         return PrefillSignature(inputs_embeds.shape[0], inputs_embeds.shape[2], str(inputs_embeds.dtype),
-                                inputs_embeds.device.type, None if position_ids is None else position_ids.dim())
+                                inputs_embeds.device.type, None if position_ids is None else position_ids.dim(),
+                                mm_token_type_ids.dim())
 
     def dynamic_shapes(self, min_len: int, max_len: int) -> dict:
         """One sequence dimension for every input (torch.export then requires them equal). The
@@ -79,21 +84,31 @@ class PrefillSignature:
             if t.device.type != self.device:
                 raise ValueError(f"{name} is on {t.device}, the prefill was exported for {self.device}")
         if inputs_embeds.dim() != 3 or tuple(inputs_embeds.shape[::2]) != (self.batch, self.hidden):
-            raise ValueError(f"inputs_embeds must be [{self.batch}, N, {self.hidden}], got {tuple(inputs_embeds.shape)}")
+            raise ValueError(f"inputs_embeds must be [{self.batch}, N, {self.hidden}], "
+                             f"got {tuple(inputs_embeds.shape)}")
         if str(inputs_embeds.dtype) != self.dtype:
             raise ValueError(f"inputs_embeds is {inputs_embeds.dtype}, the prefill was exported for {self.dtype}")
         n = inputs_embeds.shape[1]
-        for name, t in (("attention_mask", attention_mask), ("mm_token_type_ids", mm_token_type_ids)):
-            if tuple(t.shape) != (self.batch, n):
-                raise ValueError(f"{name} must be [batch, tokens] = [{self.batch}, {n}] like inputs_embeds, "
-                                 f"got {tuple(t.shape)}")
-        if mm_token_type_ids.is_floating_point() or mm_token_type_ids.dtype == torch.bool:
-            raise ValueError(f"mm_token_type_ids must be integer modality ids, got {mm_token_type_ids.dtype}")
-        unknown = ~torch.isin(mm_token_type_ids, torch.tensor(_MODALITY_IDS, device=mm_token_type_ids.device))
-        if bool(unknown.any()):  # one host sync per forward
-            raise ValueError(f"mm_token_type_ids holds unknown modality ids "
-                             f"{sorted(set(mm_token_type_ids[unknown].tolist()))[:8]}; known: {_MODALITY_IDS}")
+        if tuple(attention_mask.shape) != (self.batch, n):
+            raise ValueError(f"attention_mask must be [batch, tokens] = [{self.batch}, {n}] like inputs_embeds, "
+                             f"got {tuple(attention_mask.shape)}")
+        self._check_layout(mm_token_type_ids, n)
         if position_ids is not None and (position_ids.dim() != self.position_dims or position_ids.shape[-1] != n):
             raise ValueError(f"position_ids must be {self.position_dims}-D with {n} positions last, "
                              f"got {tuple(position_ids.shape)}")
         return args
+
+    def _check_layout(self, layout: torch.Tensor, n: int) -> None:
+        shape = (self.batch, n) + ((3,) if self.layout_dims == 3 else ())
+        if tuple(layout.shape) != shape:
+            what = "[batch, tokens]" if self.layout_dims == 2 else "[batch, tokens, 3] (id, frame h, frame w)"
+            raise ValueError(f"mm_token_type_ids must be {what} = {list(shape)} like inputs_embeds, "
+                             f"got {tuple(layout.shape)}")
+        if layout.is_floating_point() or layout.dtype == torch.bool:
+            raise ValueError(f"mm_token_type_ids must be integer modality ids, got {layout.dtype}")
+        ids = layout[..., 0] if self.layout_dims == 3 else layout
+        unknown = ~torch.isin(ids, torch.tensor(_MODALITY_IDS, device=ids.device))
+        bad_frames = self.layout_dims == 3 and bool((layout[..., 1:] < 0).any())
+        if bool(unknown.any()) or bad_frames:  # host syncs, once per forward
+            raise ValueError(f"mm_token_type_ids holds unknown modality ids {sorted(set(ids[unknown].tolist()))[:8]} "
+                             f"(known: {_MODALITY_IDS}) or negative frame sizes")
