@@ -21,7 +21,10 @@ the package and calls the op by name; the op's Python implementation launches th
 which Triton JIT-compiles (and caches) on the deployment GPU at first use.
 
 What the loading process needs: ``import mmcompile.ops`` (``load_program``/``load_package`` do it)
-with Triton installed; a process without it fails to run the package. No C++-only deployment.
+with Triton installed; without it ``aoti_load_package`` fails ("Could not find schema for
+mminference::prefill_attention"). No C++-only deployment. In exchange, the AOT traps of user
+kernels inside a package do not apply: no ``tl.constexpr`` is fed a traced length, no launch
+config is frozen at build time, no kernel capture depends on the Triton release.
 """
 
 from .load import LoadedPrefill, load_package, load_program

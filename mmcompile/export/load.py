@@ -17,7 +17,9 @@ from .signature import PrefillSignature
 
 class LoadedPrefill:
     """``prefill(inputs_embeds, attention_mask, mm_token_type_ids[, position_ids])`` -> hidden states.
-    ``stats`` counts the ops' sparse and dense calls (``mmcompile.runtime.RuntimeStats``)."""
+    ``stats`` counts the ops' sparse and dense calls (``mmcompile.runtime.RuntimeStats``), routed by
+    the tag baked into the ops: when one process loads the same export twice, the latest load's
+    ``stats`` receives them."""
 
     def __init__(self, run, metadata: dict):
         from mmcompile.runtime import track
