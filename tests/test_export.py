@@ -178,3 +178,14 @@ def test_the_cli_writes_a_program_that_loads_and_runs(tmp_path):
         hidden = prefill(embeds, mask, table[..., 0])  # exported with [B, N] ids
     assert hidden.shape == embeds.shape
     assert [(r.path, r.detail) for r in prefill.stats.records] == [("sparse", "a-shape")]
+
+
+def test_inputs_are_checked_against_the_export_and_made_contiguous(exported):
+    embeds, mask, table, positions = inputs(LENGTHS[0])
+    arrange = exported.signature.arrange
+    with pytest.raises(ValueError, match="position_ids is torch.int32, the prefill was exported for torch.int64"):
+        arrange(embeds, mask, table, positions.int())
+    with pytest.raises(ValueError, match="exported with position_ids"):
+        arrange(embeds, mask, table)
+    assert positions.stride(0) == 0  # a package reads its inputs with the example's strides
+    assert all(t.is_contiguous() for t in arrange(embeds, mask, table, positions))

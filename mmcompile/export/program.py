@@ -75,7 +75,7 @@ def export_prefill(model: torch.nn.Module, inputs_embeds: torch.Tensor, mm_token
     language_model = model.get_decoder() if hasattr(model, "get_decoder") else model
     if attention_mask is None:
         attention_mask = torch.ones(mm_token_type_ids.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-    signature = PrefillSignature.of(inputs_embeds, mm_token_type_ids, position_ids)
+    signature = PrefillSignature.of(inputs_embeds, attention_mask, mm_token_type_ids, position_ids)
     args = signature.arrange(inputs_embeds, attention_mask, mm_token_type_ids, position_ids)
     dynamic = signature.dynamic_shapes(min_len, max_len)
     module = PrefillModule(language_model).eval()

@@ -11,8 +11,11 @@ dynamic dimension shared by every input.
 builds the causal mask the rewrite can prove and drop; without it, an exported HF model builds a
 packed-sequence mask from the positions that no rewrite can prove causal.
 
-The checks exist because AOTInductor checks no input shape at run time (only with
-``AOTI_RUNTIME_CHECK_INPUTS=1``): a layout one token short would reach every layer's op.
+The checks exist because AOTInductor checks no input at run time (only with
+``AOTI_RUNTIME_CHECK_INPUTS=1``): a layout one token short would reach every layer's op, and a
+package reads its inputs with the dtypes and strides of the export's examples (an expanded
+``position_ids`` exported, a contiguous one given: every row read as the first). So inputs are
+checked against the recorded dtypes and made contiguous, at export and at every call.
 """
 
 from __future__ import annotations
@@ -46,21 +49,23 @@ class PrefillSignature:
 
     batch: int
     hidden: int
-    dtype: str  # of inputs_embeds and the output, e.g. "torch.bfloat16"
     device: str  # device type the program was exported for: "cuda" | "cpu"
     position_dims: Optional[int] = None  # ndim of position_ids, None when it is not an input
     layout_dims: int = 2  # of mm_token_type_ids: 2 (ids) or 3 (ids and frame geometry)
+    dtypes: tuple = ()  # of every input, in ``names`` order (inputs_embeds' is the output's)
 
     @property
     def names(self) -> tuple:
         return BASE_INPUTS + (("position_ids",) if self.position_dims else ())
 
     @staticmethod
-    def of(inputs_embeds: torch.Tensor, mm_token_type_ids: torch.Tensor,
+    def of(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
            position_ids: Optional[torch.Tensor]) -> "PrefillSignature":
-        return PrefillSignature(inputs_embeds.shape[0], inputs_embeds.shape[2], str(inputs_embeds.dtype),
-                                inputs_embeds.device.type, None if position_ids is None else position_ids.dim(),
-                                mm_token_type_ids.dim())
+        given = [t for t in (inputs_embeds, attention_mask, mm_token_type_ids, position_ids) if t is not None]
+        return PrefillSignature(batch=inputs_embeds.shape[0], hidden=inputs_embeds.shape[2],
+                                device=inputs_embeds.device.type,
+                                position_dims=None if position_ids is None else position_ids.dim(),
+                                layout_dims=mm_token_type_ids.dim(), dtypes=tuple(str(t.dtype) for t in given))
 
     def dynamic_shapes(self, min_len: int, max_len: int) -> dict:
         """One sequence dimension for every input (torch.export then requires them equal). The
@@ -73,7 +78,7 @@ class PrefillSignature:
         return shapes
 
     def arrange(self, inputs_embeds, attention_mask, mm_token_type_ids, position_ids=None) -> tuple:
-        """The positional inputs of the program, after checking them (ValueError naming the input)."""
+        """The positional inputs of the program, checked (ValueError naming the input), contiguous."""
         if (position_ids is not None) != bool(self.position_dims):
             raise ValueError("this prefill was exported " + ("with" if self.position_dims else "without") +
                              " position_ids")
@@ -83,11 +88,12 @@ class PrefillSignature:
                 raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
             if t.device.type != self.device:
                 raise ValueError(f"{name} is on {t.device}, the prefill was exported for {self.device}")
+        for name, t, dtype in zip(self.names, args, self.dtypes):
+            if str(t.dtype) != dtype:
+                raise ValueError(f"{name} is {t.dtype}, the prefill was exported for {dtype}")
         if inputs_embeds.dim() != 3 or tuple(inputs_embeds.shape[::2]) != (self.batch, self.hidden):
             raise ValueError(f"inputs_embeds must be [{self.batch}, N, {self.hidden}], "
                              f"got {tuple(inputs_embeds.shape)}")
-        if str(inputs_embeds.dtype) != self.dtype:
-            raise ValueError(f"inputs_embeds is {inputs_embeds.dtype}, the prefill was exported for {self.dtype}")
         n = inputs_embeds.shape[1]
         if tuple(attention_mask.shape) != (self.batch, n):
             raise ValueError(f"attention_mask must be [batch, tokens] = [{self.batch}, {n}] like inputs_embeds, "
@@ -96,7 +102,7 @@ class PrefillSignature:
         if position_ids is not None and (position_ids.dim() != self.position_dims or position_ids.shape[-1] != n):
             raise ValueError(f"position_ids must be {self.position_dims}-D with {n} positions last, "
                              f"got {tuple(position_ids.shape)}")
-        return args
+        return tuple(t.contiguous() for t in args)
 
     def _check_layout(self, layout: torch.Tensor, n: int) -> None:
         shape = (self.batch, n) + ((3,) if self.layout_dims == 3 else ())
