@@ -7,8 +7,8 @@ Usage: python benchmarks/export_aoti.py --out $OUT/export.json [--smoke] [--laye
 
 The parent process builds the model (Qwen2-style, 28 query / 4 KV heads, head dim 128, hidden 3584,
 intermediate 18944, random weights, bf16), exports it with ``mmcompile.export.export_prefill``
-(dynamic length, the layout with frame geometry as an input), packages it with AOTInductor and records the
-build times. A fresh process (``--child``; ``LD_PRELOAD`` of the system libstdc++, the
+(dynamic length; the layout, frame geometry included, as an input), packages it with AOTInductor
+and records the build times. A fresh process (``--child``; ``LD_PRELOAD`` of the system libstdc++, the
 ``aoti_load_package`` trap) loads the package, rebuilds the same weights from the seed for the
 compiled path, and per length: runs both on the same inputs (text prompt, video, question), compares
 the outputs, times both (CUDA events after warmup; ``common.timed``), and profiles one package call

@@ -26,7 +26,8 @@ class LoadedPrefill:
 
         self._run = run
         self.metadata = metadata
-        self.signature = PrefillSignature(**metadata["signature"])
+        signature = metadata["signature"]
+        self.signature = PrefillSignature(**dict(signature, dtypes=tuple(signature.get("dtypes", ()))))
         self.stats = track(metadata["tag"])  # kept alive here: the registry holds it weakly
 
     def __call__(self, inputs_embeds, attention_mask, mm_token_type_ids, position_ids=None):
