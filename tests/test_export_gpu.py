@@ -3,7 +3,6 @@ layout input, built here, loaded in a fresh process, run at three lengths (one o
 block multiple); it equals the ``torch.compile(backend="mminference")`` path and the profiler sees
 the sparse Triton kernel run inside it."""
 
-import os
 import subprocess
 import sys
 import textwrap
