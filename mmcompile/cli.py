@@ -1,4 +1,4 @@
-"""The ``mminference`` command: ``mminference demo [options]`` and ``mminference dump [options]``."""
+"""The ``mminference`` command: ``mminference demo|dump|search|plan|export [options]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 COMMANDS = {"demo": "run the built-in demo (no downloads)",
             "dump": "pictures of the per-head sparse masks the default policy picks on planted inputs",
             "search": "per-head pattern search: writes a plan file (mminference search --help)",
-            "plan": "mminference plan show PLAN.json [--picture map.png]: what a plan holds"}
+            "plan": "mminference plan show PLAN.json [--picture map.png]: what a plan holds",
+            "export": "export a language model's prefill with sparse attention to a .pt2 (AOTInductor)"}
 
 
 def main(argv=None) -> None:
@@ -23,6 +24,11 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         # Kernels run in Triton's CPU interpreter; it must be chosen before any kernel is defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    if argv[0] == "export":
+        from mmcompile.export import cli
+
+        cli.main(argv[1:])
+        return
     if argv[0] == "dump":
         from mmcompile import dump
 

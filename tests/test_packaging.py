@@ -16,7 +16,7 @@ def test_wheel_layout_and_entry_point(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("mmcompile/kernels/sparse_attention_fwd.py", "mmcompile/kernels/reference.py",
                    "mmcompile/passes/__init__.py", "mmcompile/ops/prefill.py", "mmcompile/runtime/prefill.py",
-                   "mmcompile/plans/schema.py",
+                   "mmcompile/plans/schema.py", "mmcompile/export/program.py",
                    "mmcompile/backend.py",
                    "mmcompile/patterns/policy.py", "mmcompile/distributed/attention.py"):
         assert module in names

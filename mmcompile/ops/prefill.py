@@ -9,7 +9,10 @@ any process (a cached compile, an exported program):
 
 Same result as ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=scale)``
 with the causal diagonal aligned bottom-right, on the blocks it computes (``mmcompile.runtime``
-decides dense or sparse per call and records why). ``key_padding_mask`` [B, >= Nk] (nonzero = keep):
+decides dense or sparse per call and records why). ``modality_ids``: [B, Nk] modality ids (HF's
+``mm_token_type_ids``), or [B, Nk, 3] (id, frame height, frame width) per token
+(``mmcompile.patterns.token_table``); None: the layout comes from the forward's state.
+``key_padding_mask`` [B, >= Nk] (nonzero = keep):
 when it masks something the call runs dense SDPA with exactly that mask. ``tag`` routes statistics.
 
 Gradients: a call whose inputs require grad runs dense, and its backward is SDPA's (recomputed);

@@ -94,8 +94,9 @@ class ForwardState:
         """(ModalityLayout or None, source, geometry) for one call, in order: the op's own
         ``modality_ids`` argument, the annotation, this forward's publication. A layout whose
         [batch, tokens] do not match the call is not used (text-only), with one warning."""
-        if modality_ids is not None:
-            layout, source, geometry = self._ids_layout(modality_ids), "op argument", "none"
+        if modality_ids is not None:  # [B, N] ids, or a [B, N, 3] table with frame geometry
+            geometry = "given" if modality_ids.dim() == 3 else "none"
+            layout, source = self._ids_layout(modality_ids), "op argument"
         elif self.annotation is not None:
             (layout, geometry), source = self.annotation, "annotation"
         else:
@@ -129,9 +130,11 @@ class ForwardState:
 
     def _ids_layout(self, ids: torch.Tensor):
         from mmcompile.patterns import from_hf_inputs
+        from mmcompile.patterns.token_table import from_token_table
 
         if not _same_tensor(self._ids, ids):
-            self._ids = (ids, _version(ids), from_hf_inputs(mm_token_type_ids=ids))
+            layout = from_token_table(ids) if ids.dim() == 3 else from_hf_inputs(mm_token_type_ids=ids)
+            self._ids = (ids, _version(ids), layout)
         return self._ids[2]
 
 
