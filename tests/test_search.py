@@ -42,11 +42,11 @@ def test_search_recovers_the_planted_pattern_types_on_a_video_text_layout():
 
 def test_search_command_writes_a_plan_for_the_model_and_shows_it(tmp_path, capsys):
     from mmcompile.cli import main
-    from mmcompile.demo_model import tiny_qwen2_5_vl
+    from mmcompile.search.cli import _config
 
     out, picture = tmp_path / "plan.json", tmp_path / "map.png"
-    main(["search", "demo", "--source", "planted", "--tokens", "1536", "--out", str(out)])
-    plan = load_plan(out, expect=ModelShape.of_config(tiny_qwen2_5_vl()[0].config))
+    main(["search", "tiny", "--source", "planted", "--tokens", "1536", "--out", str(out)])
+    plan = load_plan(out, expect=ModelShape.of_config(_config("tiny")))
     assert sorted(plan.layers) == [0, 1] and plan.search["target_recall"] == 0.95
     assert any(not isinstance(p, Dense) for heads in plan.layers.values() for h in heads for _, p in h.intra)
     from mmcompile.search import retarget
@@ -64,7 +64,7 @@ def test_capture_searches_each_layer_of_a_model_forward(tmp_path):
     from mmcompile.cli import main
 
     out = tmp_path / "plan.json"
-    main(["search", "demo", "--source", "model", "--tokens", "1024", "--out", str(out)])
+    main(["search", "tiny", "--source", "model", "--tokens", "1024", "--out", str(out)])
     plan = load_plan(out)
     assert sorted(plan.layers) == [0, 1]
     assert all(len(heads) == 4 for heads in plan.layers.values())

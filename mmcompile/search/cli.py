@@ -4,8 +4,8 @@
     mminference search path/to/checkpoint --tokens 32768 --out plan.json     # q, k, v captured
     mminference plan show plan.json [--picture map.png]
 
-MODEL: ``standard`` (the standard-shape Qwen2.5-VL language model of BENCHMARKING.md), ``demo``
-(the demo's tiny Qwen2.5-VL), a checkpoint directory or a ``config.json``. Sources of each layer's
+MODEL: ``standard`` (the standard-shape Qwen2.5-VL language model of BENCHMARKING.md), ``tiny``
+(a 2-layer Qwen2.5-VL, 4/2 heads), a checkpoint directory or a ``config.json``. Sources of each layer's
 q, k, v: ``model`` (a forward of the model on random embeddings with the ``--layout``
 annotated; weights from the directory when it has them, else random), ``planted`` (the project's
 planted generator, one seed per layer) or ``families`` (the independent families, one per layer
@@ -95,9 +95,12 @@ def _config(model: str):
     if model == "standard":
         return tf.Qwen2_5_VLConfig(text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                                                     num_attention_heads=28, num_key_value_heads=4))
-    if model == "demo":
-        from mmcompile.demo_model import tiny_qwen2_5_vl
-        return tiny_qwen2_5_vl()[0].config
+    if model == "tiny":
+        return tf.Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+                             rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 6, 6])),
+            vision_config=dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128))
     return tf.AutoConfig.from_pretrained(os.path.dirname(model) if model.endswith(".json") else model)
 
 
