@@ -24,7 +24,7 @@ def test_grid_heads_on_a_video_text_layout_get_grid_for_their_video_rows():
     """Planted grid heads with the same patch attended across frames (what Grid's order makes
     contiguous), text around the video: the video rows run Grid, the text rows their own pattern,
     the held-out recall meets the target, the unstructured head stays dense."""
-    layout = standard_layout("video", 4096)
+    layout = standard_layout("video", 3072)
     q, k, v, _ = planted_qkv(layout, 4, 1, 64, kinds=["grid", "grid", "a-shape", "random"], periodic_frames=16.0)
     ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
     result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
