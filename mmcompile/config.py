@@ -42,8 +42,8 @@ class BackendConfig:
     recall: float = 0.95
     """The accuracy target: the share of the attention mass of held-out rows (rows of the same
     modality the index was not built from) each head's launches must keep, measured on the kernel's
-    own result; a head that misses it is recomputed (a grid head with its best original-order
-    pattern, any other dense). 0 turns the check off."""
+    own result; a head that misses it is recomputed with its pattern grown to the ``density`` cap
+    (Grid replaced by its best original-order pattern), then dense. 0 turns the check off."""
 
     sink: int = 128
     """``policy="a-shape"``: the first ``sink`` keys every query block sees (tokens)."""

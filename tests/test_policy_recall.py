@@ -2,6 +2,8 @@
 layout, dense for heads the candidates cannot serve, and the output always the reference of what
 was launched."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -62,3 +64,22 @@ def test_structure_no_candidate_expresses_runs_dense():
     dense = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                              torch.ones(n, n, dtype=torch.bool).tril(), 0.125)[0]
     torch.testing.assert_close(result.out, dense.float(), atol=2e-5, rtol=2e-5)
+
+
+def test_a_head_that_misses_runs_its_fallback_before_dense(monkeypatch):
+    """The diagonal block alone misses the target on the held-out rows; the policy's
+    fallback (the same family at the cap) is measured next and kept when it reaches the target;
+    a head whose fallback misses too runs dense."""
+    import mmcompile.patterns.policy as policy
+    from mmcompile.patterns.specs import AShape
+
+    layout = standard_layout("video", 2048)
+    q, k, v, _ = planted_qkv(layout, 2, 1, 64, kinds=["a-shape", "random"], seed=1)
+    narrow, wide = HeadPattern("none", (("*", AShape(0, 0)),)), HeadPattern("none", (("*", AShape(128, 1024)),))
+    monkeypatch.setattr(policy, "choose_with_fallbacks", lambda *a, **kw: ([narrow, narrow], {0: wide, 1: wide}))
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    ctx = dataclasses.replace(ctx, modality=None, present={})  # one row set: both heads judged on all rows
+    result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
+    assert result.patterns[0] == wide and result.head_recall[0] >= 0.95
+    assert result.patterns[1].intra == (("*", Dense()),)
+    torch.testing.assert_close(result.out, reference(q, k, v, result.indexes, 0.125), atol=2e-5, rtol=2e-5)

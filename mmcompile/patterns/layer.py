@@ -112,8 +112,9 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
     shared by the choice and the index builders. ``recall``: a target; what each head's launches
     kept of the attention mass of held-out rows (not the estimation rows) is read off the kernel's
-    log-sum-exp (``verify.held_out_recall``); a grid head below the target is recomputed with its
-    best original-order pattern, and heads still below it dense."""
+    log-sum-exp (``verify.held_out_recall``); a head below the target is recomputed once with the
+    policy's fallback (its best original-order pattern grown to the density cap:
+    ``policy.choose_with_fallbacks``), and heads still below it dense."""
     from . import verify
     from .policy import choose_with_fallbacks  # the policy builds on this module
 
@@ -130,7 +131,7 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
         head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
         failing = (head_recall < recall).nonzero().flatten().tolist()  # one host sync
         retry = [h for h in failing if h in fallbacks]
-        if retry:  # grid heads that missed: their best original-order pattern, measured again
+        if retry:  # heads that missed: their fallback (grown to the cap, never Grid), measured again
             trial = tuple(fallbacks[h] if h in retry else HeadPattern() for h in range(len(patterns)))
             redo = [(ids, index) for ids, index in build_layer_indexes(q, k, trial, ctx, scale, estimates)
                     if index is not None]

@@ -118,6 +118,25 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
     return recall, cost, (at + 1) * block_n
 
 
+def _caps(ctx: ForwardContext, density: float) -> tuple[float, int]:
+    """(average keys per row, key blocks) a head may visit at the density cap."""
+    cap_keys = max(density * ctx.n / 2, 2 * ctx.block_n)
+    return cap_keys, max(min(int(cap_keys // ctx.block_n), -(-ctx.n // ctx.block_n)), 1)
+
+
+def _at_cap(pattern, ctx: ForwardContext, density: float):
+    """The same family grown to the density cap (what a head that missed the target tries before
+    dense): A-shape's window, VS's columns (the ladder's top under the cap) and slash blocks."""
+    cap_keys, cap_blocks = _caps(ctx, density)
+    if isinstance(pattern, AShape):
+        return AShape(pattern.sink, max(pattern.local, cap_blocks * ctx.block_n))
+    if isinstance(pattern, VerticalSlash):
+        columns = max([c for c in COLUMN_LADDER if c < cap_keys] or [COLUMN_LADDER[0]])
+        room = max(min(cap_blocks, int((cap_keys - columns) // ctx.block_n)), 1)
+        return VerticalSlash(max(pattern.vertical, columns), max(pattern.slash_blocks, room))
+    return pattern
+
+
 def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
                 target: float, grid: bool):
     """Per head: (predicted recall list, pattern list, original-order pattern list) for one query
@@ -125,8 +144,7 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
     lines = estimates.lines(modality, heads)
     vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
     n, block_n = ctx.n, ctx.block_n
-    cap_keys = max(density * n / 2, 2 * block_n)  # average keys per row at the density cap
-    cap_blocks = max(min(int(cap_keys // block_n), -(-n // block_n)), 1)
+    cap_keys, cap_blocks = _caps(ctx, density)
     diag = intra.diagonal_block_mass(slash, ctx.block_m)
     blocks = intra.relative_block_mass(slash, ctx.block_m, block_n)
     a_recall, a_cost, a_local = _a_shape(vertical, diag, blocks, cap_blocks, block_n, target)
@@ -169,8 +187,10 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
 def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
                           scale: float | None = None, estimates: Estimates | None = None,
                           target: float = TARGET) -> tuple[list[HeadPattern], dict]:
-    """``choose_patterns`` plus {head: its pattern without Grid} for the heads given a Grid: what
-    ``layer_attention`` runs when the built grid index misses the recall target."""
+    """``choose_patterns`` plus {head: its fallback}: what ``layer_attention`` runs for a head
+    whose launches miss the recall target on the held-out rows, before it runs dense. The
+    fallback is the head's best original-order pattern (VS or A-shape instead of Grid) grown to the
+    density cap (``_at_cap``); heads already there have none."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
     heads = list(range(q.shape[1]))
@@ -183,9 +203,11 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
             chosen.append(HeadPattern("none", (("*", Dense()),)))
             continue
         inter = "none" if modalities == ["*"] else "q-boundary"
-        chosen.append(HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities)))
-        if any(isinstance(picks[m][1][h], Grid) for m in modalities):
-            fallbacks[h] = HeadPattern(inter, tuple((m, picks[m][2][h]) for m in modalities))
+        head = HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities))
+        chosen.append(head)
+        grown = HeadPattern(inter, tuple((m, _at_cap(picks[m][2][h], ctx, density)) for m in modalities))
+        if grown != head:
+            fallbacks[h] = grown
     return chosen, fallbacks
 
 

@@ -24,8 +24,8 @@ class RuntimeOptions:
     """Budget cap of the online policy (fraction of the causal area)."""
     recall: float = 0.95
     """The attention-mass recall each head's launches must reach on held-out rows (measured on the
-    kernel's own result), else that head is recomputed (a grid head with its best original-order
-    pattern, then dense); 0 turns the check off."""
+    kernel's own result), else that head is recomputed with its pattern grown to the density cap
+    (Grid replaced by its best original-order pattern), then dense; 0 turns the check off."""
     sink: int = 128
     local: int = 4096
     force_dense: bool = False
