@@ -191,7 +191,8 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
     if pattern.hline:
         m_end = (torch.arange(-(-slots // block_m), device=device) + 1) * block_m
         full_rows = m_end[None, None, :] > band_start[..., None]
-    slots_of = order.long().argsort(dim=-1)  # inverse order: slot of each position
+    slots_of = torch.empty_like(order, dtype=torch.long).scatter_(  # inverse order (no second sort)
+        -1, order.long(), torch.arange(n, device=device).expand(batch, heads, n))
     columns = slots_of[..., :min(pattern.sink, n)] if pattern.sink else empty
     return order, BlockSets(relative, absolute, columns, full_rows)
 
