@@ -2,7 +2,6 @@
 backend loads, and captures a real model's q, k, v one layer at a time."""
 
 import pytest
-import torch
 
 from mmcompile.patterns import forward_context
 from mmcompile.patterns.planted import planted_qkv, standard_layout

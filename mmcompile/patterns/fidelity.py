@@ -73,7 +73,7 @@ def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.
 def head_fidelity(q, k, v, out, masks: torch.Tensor, rows: torch.Tensor, scale=None) -> dict:
     """Per query head metrics on ``rows``: q, k, v [1, H*, N, D], out [1, Hq, N, D] (sparse),
     masks bool [Hq, R, N]. Returns tensors [Hq] of recall, rel_err, cosine."""
-    heads_q, group = q.shape[1], q.shape[1] // k.shape[1]
+    group = q.shape[1] // k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qr = q[0, :, rows].float()
     kf = k[0].float().repeat_interleave(group, 0)

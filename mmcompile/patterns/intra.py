@@ -177,7 +177,6 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
         order, slots = _subset_grid_order(rows, stride, phase, n), row_count
         in_phase = rows[:, None, :] & ((torch.arange(n, device=device) - phase[..., None]) % stride[..., None] == 0)
         line_count = in_phase.sum(-1)
-    nkb = -(-n // block_n)
     band_start = slots - line_count  # first slot of the vertical-line band
     empty = torch.empty(batch, heads, 0, dtype=torch.long, device=device)
     absolute = empty
