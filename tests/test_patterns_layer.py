@@ -114,6 +114,10 @@ def test_q_boundary_grid_runs_on_its_video_rows_only():
                                             video_rows.expand(2, -1))
     masks = layer_row_masks(result.indexes, torch.arange(n), n, 4)
     assert torch.equal(masks[None], groups_to_mask(result.indexes, 4, n, n))  # harness and reference agree
+    for h in (0, 2):  # heads sharing one grid call keep their own windows: as if built alone
+        alone = [heads[h] if i == h else HeadPattern() for i in range(4)]
+        single = layer_attention(q, k, v, ctx, alone).indexes
+        assert torch.equal(groups_to_mask(single, 4, n, n)[0, h], masks[h])
     assert not masks[0, video_rows].equal(masks[1, video_rows])  # the grid rows are not the plain ones
     ref, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), masks[None], 32 ** -0.5)
     assert ((result.out - ref).norm() / ref.norm()) < 2e-5

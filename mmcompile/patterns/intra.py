@@ -148,7 +148,7 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
 
 
 def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n,
-              rows: torch.Tensor | None = None, row_count: int | None = None):
+              rows: torch.Tensor | None = None, row_count: int | None = None, local_frames=None):
     """vertical: fp32 [B, H, N] these heads' column scores (``LineScores.vertical``). Returns (order
     int32 [B, H, N], BlockSets in slot space). ``max_frame``: the largest frame stride of the batch
     as a Python int (known once per forward: no per-layer sync).
@@ -156,7 +156,10 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
     ``rows`` (bool [B, N], ``row_count`` True per sample): the grid covers only these queries (a
     Q-boundary head's video rows). They take the first ``row_count`` slots, residue-major; the other
     keys follow in original order (the sink among them, as columns), so the lines, the periodic
-    slashes and the horizontal band are the same blocks as in a video-only input."""
+    slashes and the horizontal band are the same blocks as in a video-only input.
+
+    ``local_frames`` (one int per head, on the host): heads whose patterns differ only there share
+    one call (one sort for all of them), each with its own periodic-slash window."""
     batch, heads = vertical.shape[:2]
     device = vertical.device
     if pattern.stride_kind == "frame":
@@ -185,7 +188,10 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
         absolute = torch.where(band >= (band_start // block_n)[..., None], band, INVALID)
     relative = empty
     if pattern.slash:
-        relative = torch.arange(-_ceil_div(pattern.local_frames, block_n), 0, device=device).expand(batch, heads, -1)
+        windows = [_ceil_div(f, block_n) for f in (local_frames or [pattern.local_frames] * heads)]
+        relative = torch.arange(-max(windows), 0, device=device)
+        relative = torch.where(relative[None, :] >= -device_list(windows, device)[:, None], relative, FAR)
+        relative = relative.expand(batch, heads, -1)
     full_rows = None
     if pattern.hline:
         m_end = (torch.arange(-(-slots // block_m), device=device) + 1) * block_m

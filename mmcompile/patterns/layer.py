@@ -341,12 +341,21 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     lines_of = rows or ("video" if "video" in ctx.last_rows else "*")
     mask = None if rows is None else ctx.rows_of(rows)
     slots = ctx.n if rows is None else ctx.row_counts[rows]
-    orders, parts = [], []
+    shared = defaultdict(list)  # patterns equal but for their window: one grid_sets call
     for head, ids in heads.items():
         pattern = next(p for _, p in head.intra if isinstance(p, Grid))
+        shared[dataclasses.replace(pattern, local_frames=0)] += [(h, pattern.local_frames) for h in ids]
+    orders, parts, placed = [], [], []
+    for pattern, members in shared.items():
+        ids = [h for h, _ in members]
         order, sets = intra.grid_sets(pattern, estimates.lines(lines_of, ids).vertical, ctx.frame_stride,
-                                      ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n, mask, slots)
+                                      ctx.max_frame, ctx.n, ctx.block_m, ctx.block_n, mask, slots,
+                                      local_frames=[f for _, f in members])
         orders.append(order)
         parts.append(sets)
-    return build_index([(None, stack_heads(parts))], slots, ctx.n, ctx.block_m, ctx.block_n,
-                       order=torch.cat(orders, dim=1).contiguous())
+        placed += ids
+    wanted = [h for ids in heads.values() for h in ids]  # the launch group's head order
+    back = device_list([placed.index(h) for h in wanted], estimates.q.device)
+    order = torch.cat(orders, dim=1).index_select(1, back).contiguous()
+    return build_index([(None, _heads_of(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
+                       order=order)
