@@ -6,13 +6,17 @@ head the cheapest (pattern, size) predicted to keep ``target`` of it within the 
   A-shape         128 sink keys plus the L key blocks nearest the diagonal, L = 1 .. cap;
   Vertical-Slash  C far columns (C on a ladder) plus the R key blocks before the diagonal with the
                   most diagonal mass (``intra.relative_block_mass``), R = 1 .. cap;
-  Grid            (one modality with a known frame stride) lines at the frame stride, at the cap.
+  Grid            (video rows with a known frame stride: a video-only input, or the video rows
+                  of a mixed one) the phase lines, the sink and the same patch in the L earlier
+                  frames the grid order's local blocks reach, L = 1 .. cap (``_grid``).
 Costs are keys per query row, so the choice spends only what a head needs: a local head takes a
 few blocks, not the whole budget. If no size reaches the target, the family with the best
 prediction at the cap wins; below ``min_recall`` the head stays Dense (unstructured heads are not
 worth the risk). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
 (it does not depend on the estimate). Columns are ranked as the builder ranks them
-(``intra.column_scores``); overlaps make predictions upper bounds.
+(``intra.column_scores``). These predictions only rank candidates: what a head really keeps is
+measured after the kernel on held-out rows (``verify``), and a head under the target then runs
+its fallback (``choose_with_fallbacks``: the same family grown to the cap, never Grid), then dense.
 """
 
 from __future__ import annotations
