@@ -6,6 +6,8 @@ positions) what every pattern needs: the mass per key column (vertical) and per 
 (slash). The softmax itself is never kept: it is built one KV head at a time and reduced at once,
 so memory stays at one KV group's [L, N] and each element is read twice (two matrix-vector
 products). ``last_query_probs`` is the plain reference of the same softmax, for tests.
+``held_out_queries`` and ``dense_row_lse`` give the rows (disjoint from the estimation rows) and
+dense log-sum-exp on which ``verify`` measures what a layer's launches really kept.
 """
 
 from __future__ import annotations
