@@ -5,9 +5,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 exec > >(tee $OUT/run.txt) 2>&1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-date -u
+source "$(dirname "$0")/gpu_env.sh"
 # Each tree as an importable folder (mmcompile/kernels, mmcompile/passes as the wheel lays them out),
 # so both run in this Python without installing either over the other.
 tree() {  # tree SRC DEST

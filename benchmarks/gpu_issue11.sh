@@ -6,9 +6,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 exec > >(tee $OUT/run.txt) 2>&1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-date -u
+source "$(dirname "$0")/gpu_env.sh"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
 for recall in 0.95; do
   for layout in video mixed; do

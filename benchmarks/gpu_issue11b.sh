@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# Issue 11, second part, in two device calls (each under 10 min): `part=a` GPU tests, the op and
+# Issue 11, second part, one device call per part (each under 10 min): `a` GPU tests, the op and
 # the whole-layer fidelity on the project's planted inputs with and without periodic same-patch
-# attention (where Grid is the point); `part=b` the independent families (mixed 128K+256K seeds 1,2;
-# video 128K seeds 3,4); `part=c` the plan search at the standard shape (32K) and that plan applied
-# at 128K; `part=e2e` time to first token with default options on random weights (128K, 256K).
+# attention (where Grid is the point), the index profile at 128K and 1M; `b` the independent
+# families (mixed 128K seeds 1,2; mixed 256K seed 1; video 128K seed 3); `c` the plan search at the
+# standard shape (32K) and that plan applied at 128K; `e2e` time to first token with default options
+# on random weights (E2E_TOKENS, default 131072).
 # Output: $OUT/run_$part.txt (table last) + JSON.
 set -u
 OUT=${OUT:-/tmp/out}
 part=${1:-a}
 exec > >(tee $OUT/run_$part.txt) 2>&1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-date -u
+source "$(dirname "$0")/gpu_env.sh"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
 if [ "$part" = a ]; then
   echo "--- gpu tests"

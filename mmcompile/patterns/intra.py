@@ -147,6 +147,17 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     return BlockSets(rel, torch.empty_like(columns[..., :0]), columns)
 
 
+def frame_phase(vertical: torch.Tensor, frame_stride: torch.Tensor, max_frame: int):
+    """(mass [B, H], phase int64 [B, H]): the heaviest position class modulo each sample's frame
+    stride in ``vertical`` [B, H, N] (column mass), and its mass: the grid's vertical lines, as the
+    policy prices them and ``grid_sets`` builds them."""
+    stride = frame_stride.clamp(min=1).long()
+    residue = torch.arange(vertical.shape[-1], device=vertical.device)[None, None, :] % stride[:, None, None]
+    mass = torch.zeros(*vertical.shape[:2], max(max_frame, 1), device=vertical.device)
+    mass.scatter_add_(2, residue.expand_as(vertical), vertical)
+    return mass.max(-1)
+
+
 def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: int, n, block_m, block_n,
               rows: torch.Tensor | None = None, row_count: int | None = None, local_frames=None):
     """vertical: fp32 [B, H, N] these heads' column scores (``LineScores.vertical``). Returns (order
@@ -163,12 +174,8 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
     batch, heads = vertical.shape[:2]
     device = vertical.device
     if pattern.stride_kind == "frame":
-        frame = frame_stride.clamp(min=1).long()
-        stride = frame[:, None].expand(batch, heads)
-        residue = torch.arange(n, device=device)[None, None, :] % stride[..., None]
-        mass = torch.zeros(batch, heads, max(max_frame, 1), device=device).scatter_add_(
-            2, residue, vertical)  # per-phase mass at the frame stride
-        phase = mass.argmax(-1)
+        stride = frame_stride.clamp(min=1).long()[:, None].expand(batch, heads)
+        _, phase = frame_phase(vertical, frame_stride, max_frame)
     else:
         # At least 8 periods: with fewer, one heavy key makes any long stride look like a grid.
         candidates = estimate.stride_candidates(max_frame, min(pattern.max_stride, n // 8))

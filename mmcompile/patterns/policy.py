@@ -65,7 +65,7 @@ def _vertical_slash(lines: LineScores, explained, cap_keys, cap_blocks, n, block
     slash_curve = intra.diagonal_block_mass(slash, block_m)[..., None] + blocks.gather(-1, order).cumsum(-1)
     best = None
     for c in ladder:
-        room = max(min(cap_blocks, int((cap_keys - c) // block_n)), 1)
+        room = _slash_room(c, cap_keys, cap_blocks, block_n)
         curve = (column_curve[..., min(c, n) - 1, None] + slash_curve[..., :room]).mean(0)
         at, recall = _first_reaching(curve, target)
         step = (recall, c + (at + 1) * block_n, torch.full_like(at, c), at + 1)
@@ -75,6 +75,11 @@ def _vertical_slash(lines: LineScores, explained, cap_keys, cap_blocks, n, block
         better = _better(step[0], step[1], best[0], best[1], target)
         best = tuple(torch.where(better, new, old) for new, old in zip(step, best))
     return best
+
+
+def _slash_room(columns: int, cap_keys: float, cap_blocks: int, block_n: int) -> int:
+    """Slash blocks left under the cap beside ``columns`` columns (at least one)."""
+    return max(min(cap_blocks, int((cap_keys - columns) // block_n)), 1)
 
 
 def _better(recall, cost, old_recall, old_cost, target):
@@ -98,12 +103,9 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
     stride = ctx.frame_stride.clamp(min=1).long()  # [B]
     device = vertical.device
     pos = torch.arange(ctx.n, device=device)
-    residue = pos[None, None, :] % stride[:, None, None]
-    per_phase = torch.zeros(*vertical.shape[:2], max(ctx.max_frame, 1), device=device)
-    per_phase.scatter_add_(2, residue.expand_as(vertical), vertical)
-    lines, phase = per_phase.max(-1)  # [B, H]
+    lines, phase = intra.frame_phase(vertical, ctx.frame_stride, ctx.max_frame)  # [B, H]
     sink = vertical[..., :GRID_SINK]
-    in_phase = residue[..., :GRID_SINK] == phase[..., None]
+    in_phase = (pos[:GRID_SINK][None, None, :] % stride[:, None, None]) == phase[..., None]
     sink_mass = (sink * ~in_phase).sum(-1)
     frames = -(-ctx.n // max(ctx.max_frame, 1))
     by_frame = torch.zeros(*vertical.shape[:2], frames + 1, device=device)  # slash mass at offset j * stride
@@ -136,7 +138,7 @@ def _at_cap(pattern, ctx: ForwardContext, density: float):
         return AShape(pattern.sink, max(pattern.local, cap_blocks * ctx.block_n))
     if isinstance(pattern, VerticalSlash):
         columns = max([c for c in COLUMN_LADDER if c < cap_keys] or [COLUMN_LADDER[0]])
-        room = max(min(cap_blocks, int((cap_keys - columns) // ctx.block_n)), 1)
+        room = _slash_room(columns, cap_keys, cap_blocks, ctx.block_n)
         return VerticalSlash(max(pattern.vertical, columns), max(pattern.slash_blocks, room))
     return pattern
 

@@ -4,12 +4,12 @@ Dense, each named so its scores can be stored and read back by name."""
 
 from __future__ import annotations
 
-from mmcompile.patterns.specs import AShape, Dense, Grid, VerticalSlash
+from mmcompile.patterns.policy import STATIC_BONUS  # A-shape is kept unless another costs 1/1.2 of it
+from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 A_SHAPE_LOCAL = (128, 256, 512, 1024, 2048, 4096, 8192)
 VS_SIZES = ((128, 4), (512, 8), (1000, 16), (1000, 32), (2000, 64), (4000, 128))
 GRID_LOCAL_FRAMES = (64, 128, 256)
-STATIC_BONUS = 1.2  # A-shape (no estimation, nothing to misjudge) unless another costs 1/1.2 of it
 MAX_COST = 0.8  # a candidate visiting 80% of the causal keys saves too little: Dense instead
 
 
@@ -30,3 +30,25 @@ def candidates_for(has_video_frames: bool) -> list:
     if has_video_frames:
         out += [Grid(stride_kind="frame", local_frames=f) for f in GRID_LOCAL_FRAMES]
     return out + [Dense()]
+
+
+def choose_from_scores(scores: dict, target: float) -> HeadPattern:
+    """One head's pattern from its scores ({row set: {candidate name: {recall, err, cost}}}): per
+    row set the cheapest candidate reaching ``target`` under ``MAX_COST`` (A-shape priced
+    ``STATIC_BONUS`` lower; ties go to the earlier candidate), Dense where none does. The search
+    and ``retarget`` both choose here."""
+    by_name = {candidate_name(p): p for p in candidates_for(True)}
+    picks = []
+    for rows, entries in scores.items():
+        best, price = Dense(), None
+        for name, entry in entries.items():
+            pattern = by_name.get(name)
+            if pattern is None or entry["recall"] < target or entry["cost"] >= MAX_COST:
+                continue
+            p = entry["cost"] / STATIC_BONUS if isinstance(pattern, AShape) else entry["cost"]
+            if price is None or p < price:
+                best, price = pattern, p
+        picks.append((rows, best))
+    if all(isinstance(p, Dense) for _, p in picks):
+        return HeadPattern("none", (("*", Dense()),))
+    return HeadPattern("none" if [r for r, _ in picks] == ["*"] else "q-boundary", tuple(picks))

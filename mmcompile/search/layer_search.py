@@ -1,7 +1,7 @@
 """Search one layer: every candidate scored on sampled rows of each query modality, then per head
-and modality the cheapest candidate whose recall reaches the target (Dense when none does, or
-when the cheapest still visits ``MAX_COST`` of the causal keys; A-shape priced ``STATIC_BONUS``
-lower, as in the online policy).
+and modality the cheapest candidate whose recall reaches the target (``candidates.
+choose_from_scores``: Dense when none does, or when the cheapest still visits ``MAX_COST`` of the
+causal keys; A-shape priced ``STATIC_BONUS`` lower, as in the online policy).
 Deterministic for a seed (the sampled rows); the online estimation still runs when the plan is
 used (the plan fixes types and budgets, the input the lines)."""
 
@@ -14,7 +14,7 @@ from mmcompile.patterns.layer import Estimates, ForwardContext
 from mmcompile.patterns.layout import MODALITY_NAMES
 from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern
 
-from .candidates import MAX_COST, STATIC_BONUS, candidate_name, candidates_for
+from .candidates import candidate_name, candidates_for, choose_from_scores
 from .score import dense_rows, score_candidate
 
 
@@ -50,7 +50,6 @@ def search_layer(q, k, v, ctx: ForwardContext, target: float = 0.95, rows: int =
                                      or ctx.row_counts.get("video") is not None)
     inter = "none" if list(row_sets) == ["*"] else "q-boundary"
     scores = {h: {name: {} for name in row_sets} for h in range(q.shape[1])}
-    best = {name: [None] * q.shape[1] for name in row_sets}
     for pattern in candidates_for(grid_ok):
         if isinstance(pattern, Dense):
             continue  # recall 1, error 0, cost 1: the fallback
@@ -62,17 +61,7 @@ def search_layer(q, k, v, ctx: ForwardContext, target: float = 0.95, rows: int =
             recall, err, cost = (t.tolist() for t in result[name])
             for h in range(q.shape[1]):
                 scores[h][name][candidate_name(pattern)] = dict(recall=recall[h], err=err[h], cost=cost[h])
-                price = cost[h] / STATIC_BONUS if isinstance(pattern, AShape) else cost[h]
-                if recall[h] >= target and cost[h] < MAX_COST and (best[name][h] is None or price < best[name][h][1]):
-                    best[name][h] = (pattern, price)
-    patterns = []
-    for h in range(q.shape[1]):
-        picks = [(name, best[name][h][0] if best[name][h] else Dense()) for name in row_sets]
-        if all(isinstance(p, Dense) for _, p in picks):
-            patterns.append(HeadPattern("none", (("*", Dense()),)))
-        else:
-            patterns.append(HeadPattern(inter, tuple(picks)))
-    return patterns, scores
+    return [choose_from_scores(scores[h], target) for h in range(q.shape[1])], scores
 
 
 def _for_rows(pattern, name: str):

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from mmcompile.patterns.specs import AShape, Dense, HeadPattern
 from mmcompile.plans import Plan
 
-from .candidates import MAX_COST, STATIC_BONUS, candidate_name, candidates_for
-
-_BY_NAME = {candidate_name(p): p for p in candidates_for(True)}
+from .candidates import choose_from_scores
 
 
 def retarget(plan: Plan, target: float) -> Plan:
@@ -20,27 +17,10 @@ def retarget(plan: Plan, target: float) -> Plan:
         chosen = []
         for h, head in enumerate(heads):
             scores = plan.scores.get((layer, h))
-            chosen.append(_rechoose(scores, target) if scores else head)
+            chosen.append(choose_from_scores(scores, target) if scores else head)
         layers[layer] = tuple(chosen)
     return dataclasses.replace(plan, layers=layers, search={**plan.search, "target_recall": target,
                                                             "retargeted_from": plan.search.get("target_recall")})
-
-
-def _rechoose(scores: dict, target: float) -> HeadPattern:
-    picks = []
-    for rows, by_name in scores.items():
-        best, price = Dense(), None
-        for name, entry in by_name.items():
-            pattern = _BY_NAME.get(name)
-            if pattern is None or entry["recall"] < target or entry["cost"] >= MAX_COST:
-                continue
-            p = entry["cost"] / STATIC_BONUS if isinstance(pattern, AShape) else entry["cost"]
-            if price is None or p < price:
-                best, price = pattern, p
-        picks.append((rows, best))
-    if all(isinstance(p, Dense) for _, p in picks):
-        return HeadPattern("none", (("*", Dense()),))
-    return HeadPattern("none" if [r for r, _ in picks] == ["*"] else "q-boundary", tuple(picks))
 
 
 def load_for_target(path, recall: float) -> Plan:
