@@ -10,7 +10,8 @@ if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 else
     [ -x .venv/bin/python ] || python3 -m venv .venv
     PYTHON=.venv/bin/python
-    pip_q() { $PYTHON -m pip install -q --disable-pip-version-check "$@"; }
+    # --no-compile: no bytecode for all of torch up front (25 s); Python compiles what it imports.
+    pip_q() { $PYTHON -m pip install -q --no-compile --disable-pip-version-check "$@"; }
     if ! $PYTHON -c "import torch, sys; sys.exit(0 if torch.__version__ == '2.13.0+cpu' else 1)" 2>/dev/null; then
         # The +cpu build: from a local wheel folder if pip has one, else PyTorch's CPU index.
         pip_q "torch==2.13.0+cpu" || pip_q "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
