@@ -74,7 +74,9 @@ _KIND = {
 _METHOD_KIND = {"to": "to", "expand": "expand", "new_ones": "new_ones", "unsqueeze": "unsqueeze",
                 "add": "add", "__and__": "and", "logical_and": "and", "bitwise_and": "and",
                 "contiguous": "same", "clone": "same", "bool": "to", "le": "le", "lt": "lt",
-                "ge": "ge", "gt": "gt"}
+                "ge": "ge", "gt": "gt",
+                # torch 2.11's Dynamo records operators on tensors as dunder methods (``x <= y``)
+                "__add__": "add", "__le__": "le", "__lt__": "lt", "__ge__": "ge", "__gt__": "gt"}
 
 
 def _dtype_of(node: fx.Node):

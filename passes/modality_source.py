@@ -22,8 +22,7 @@ What ``modality_inputs`` reads (placeholders by name; HF VLMs split these over s
     the op infers it from the token counts);
   * a 5-D ``pixel_values_videos`` [videos, frames, C, H, W] (LLaVA-style): frames per video;
   * LLaVA-style images, each one frame: a 4-D ``pixel_values`` [images, C, H, W] (how many), or the
-    per-image features ``generate()`` precomputes (``mm_encoder_outputs`` ``image_pooler_output_<i>``
-    [tokens, hidden]: how many tokens each);
+    per-image features ``generate()`` precomputes ([tokens, hidden] each: ``_image_features_name``);
   * a 3-D ``position_ids`` [3 or 4, B, N] (Qwen's multimodal rotary ids, the last three rows t, h, w):
     the frame geometry when no grid reaches the graphs (``generate()`` encodes the pixels eagerly
     before the prefill and passes the language model precomputed positions, not the grids).
@@ -91,9 +90,16 @@ def modality_inputs(gm: fx.GraphModule) -> Optional[ModalityInputs]:
             found["mrope_positions"] = pos
         elif "pixel_values" in name and _dim(node) == 4:
             found["image_pixels"] = pos
-        elif "image_pooler_output" in name and _dim(node) == 2:
+        elif _image_features_name(name) and _dim(node) == 2:
             found["image_features"] = found.get("image_features", ()) + (pos,)
     return ModalityInputs(**found) if found else None
+
+
+def _image_features_name(name: str) -> bool:
+    """Per-image features that ``generate()`` precomputed: ``mm_encoder_outputs`` ``image_pooler_output_<i>``
+    (transformers 5.23), or the vision tower's ``pooler_output`` tuple handed to the next graph,
+    ``stack0_pooler_output_<i>`` (5.17). Counted only against image tokens that have no grid."""
+    return "image_pooler_output" in name or ("video" not in name and re.search(r"pooler_output_\d+", name) is not None)
 
 
 def _dim(node: fx.Node) -> Optional[int]:
@@ -109,8 +115,10 @@ def _fake_shape(node: fx.Node) -> Optional[tuple]:
 def _compared_tokens(ids: fx.Node) -> tuple:
     roles: dict = {}
     for node in ids.users:
+        # torch 2.13's Dynamo records ``input_ids == 251`` as operator.eq, torch 2.11's as the
+        # method ``__eq__``.
         is_eq = (node.op == "call_function" and node.target in (operator.eq, torch.eq)) or \
-                (node.op == "call_method" and node.target == "eq")
+                (node.op == "call_method" and node.target in ("eq", "__eq__"))
         if is_eq and len(node.args) == 2 and node.args[0] is ids and isinstance(node.args[1], int):
             role = _role(node)
             token = node.args[1]

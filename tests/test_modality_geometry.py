@@ -197,6 +197,25 @@ def test_roles_from_names_then_default_and_mm_token_type_ids_input():
     assert "mm_token_type_ids" in names[found.mm_token_type_ids] and "input_ids" in names[found.input_ids]
 
 
+def test_torch_2_11_spellings_compare_as_a_method_and_features_as_stack_outputs():
+    """torch 2.11's Dynamo records ``input_ids == 5`` as the method ``__eq__``, and transformers 5.17's
+    generate() hands the per-image features to the next graph as ``stack0_pooler_output_<i>``."""
+    graph = torch.fx.Graph()
+    ids = graph.placeholder("l_input_ids_")
+    ids.meta["example_value"] = torch.zeros(1, 40, dtype=torch.long)
+    features = []
+    for i in range(2):
+        features.append(graph.placeholder(f"l_stack0_pooler_output_{i}_"))
+        features[-1].meta["example_value"] = torch.zeros(16, 8)
+    video = graph.placeholder("l_stack0_video_pooler_output_0_")  # video features are not images
+    video.meta["example_value"] = torch.zeros(16, 8)
+    special_image_mask = graph.create_node("call_method", "__eq__", (ids, 5), name="special_image_mask")
+    graph.output((special_image_mask, *features, video))
+    found = modality_inputs(torch.fx.GraphModule(torch.nn.Module(), graph))
+    assert found.tokens == ((5, IMAGE),)
+    assert found.image_features == (1, 2)
+
+
 # --- building the published layout ------------------------------------------------------------
 
 def _publish(ids, tokens, **kw):
