@@ -1,9 +1,12 @@
-"""A tiny LLaVA checkpoint folder, made locally: what a user downloads, in miniature, for tests and
-the demo (random weights; no hub, no downloads).
+"""Tiny checkpoint folders made locally, LLaVA and Qwen2.5-VL: what a user downloads, in miniature,
+for tests and the demo (random weights; no hub, no downloads).
 
     folder = save_tiny_llava(tmp_dir)                      # model + processor, via save_pretrained
     processor, model = load(folder)                        # AutoProcessor / AutoModelForImageTextToText
     inputs = processor(images=synthetic_frames(8), text=prompt(8, "what moves?"), return_tensors="pt")
+
+    folder = save_tiny_qwen2_5_vl(tmp_dir)                 # needs torchvision (video processor)
+    inputs = processor(videos=[synthetic_frames(8)], text=qwen_video_prompt("what moves"), return_tensors="pt")
 
 The tokenizer is a word-level ``tokenizers`` tokenizer built in code (a few English words, ``w0``..
 ``w179`` and the processor's ``<image>`` token). The image processor is the PIL one (no torchvision needed). Each
@@ -62,6 +65,50 @@ def save_tiny_llava(folder: str, seed: int = 0) -> str:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+QWEN_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def save_tiny_qwen2_5_vl(folder: str, seed: int = 0) -> str:
+    """Write a 2-layer Qwen2.5-VL (GQA 4/2, M-RoPE) and its processor: the PIL image processor and
+    Qwen2-VL's video processor. transformers' video processors import torchvision: without it this
+    raises ImportError (the LLaVA folder needs none)."""
+    import transformers as tf
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    tokenizer = local_tokenizer(list(QWEN_TOKENS))
+    pixels = dict(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE, patch_size=PATCH,
+                  merge_size=2, temporal_patch_size=2)
+    video_processor = Qwen2VLVideoProcessor(size={"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]},
+                                            patch_size=PATCH, merge_size=2, temporal_patch_size=2, do_sample_frames=False)
+    processor = tf.Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessorPil(**pixels), tokenizer=tokenizer,
+                                       video_processor=video_processor)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
+           zip(("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"), QWEN_TOKENS)}
+    config = tf.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id,
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[4, 6, 6])),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128,
+                           window_size=56, fullatt_block_indexes=[1], tokens_per_second=2, patch_size=PATCH,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        **ids)
+    torch.manual_seed(seed)
+    model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def qwen_video_prompt(question: str) -> str:
+    """Qwen's text for one video: the processor expands ``<|video_pad|>`` to the video's tokens."""
+    return "<|vision_start|><|video_pad|><|vision_end|> " + question
 
 
 def load(folder: str):

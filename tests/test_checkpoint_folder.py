@@ -66,3 +66,52 @@ def test_generate_from_the_folder_runs_the_sparse_prefill_with_frame_geometry(ge
     assert layout.segments == ((("image", 0, FRAMES * TOKENS_PER_FRAME, 4, 4),),)
     assert report.summary().endswith("0 left: 100%")
 
+
+
+# --- Qwen2.5-VL: a video through the processor (its video processor imports torchvision) -------
+
+QWEN_FRAMES = 8  # 4 temporal patches of 2 x 2 tokens (56 x 56 pixels, 14-pixel patches, merge 2)
+
+
+@pytest.fixture(scope="module")
+def qwen_folder(tmp_path_factory):
+    pytest.importorskip("torchvision", reason="transformers' video processors import torchvision")
+    return tiny.save_tiny_qwen2_5_vl(str(tmp_path_factory.mktemp("tiny_qwen2_5_vl")))
+
+
+def _qwen_inputs(processor):
+    return processor(videos=[tiny.synthetic_frames(QWEN_FRAMES)], text=tiny.qwen_video_prompt(QUESTION),
+                     return_tensors="pt")
+
+
+def test_the_qwen_folder_gives_video_tokens_and_grid(qwen_folder):
+    processor, model = tiny.load(qwen_folder)
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    inputs = _qwen_inputs(processor)
+    assert inputs["video_grid_thw"].tolist() == [[QWEN_FRAMES // 2, 4, 4]]
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == QWEN_FRAMES // 2 * 4
+
+
+@pytest.mark.gpu
+def test_generate_from_the_qwen_folder_runs_the_sparse_prefill_with_frame_geometry(qwen_folder):
+    """On the GPU: the CPU interpreter of triton 3.6 (the GPU machine's) cannot run the kernel."""
+    processor, model = tiny.load(qwen_folder)
+    model = model.cuda()
+    inputs = _qwen_inputs(processor).to("cuda")
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    torch._dynamo.reset()
+    report = mm_report.reset_report()
+    with forward_scope(ForwardState()):
+        model.compile(backend="mminference", options={**FULL_BUDGET, "debug_uncompiled": False})
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    torch._dynamo.reset()
+    assert torch.equal(out, expected)
+    runtime = report.runtime()
+    assert runtime["sparse_calls"] == LAYERS
+    layout = next(r.layout for r in runtime["records"] if r.path == "sparse")
+    assert layout.source == "input_ids placeholders"
+    start = int((inputs["input_ids"][0] == model.config.video_token_id).nonzero()[0])
+    assert layout.segments == ((("video", start, QWEN_FRAMES // 2 * 4, 2, 2),),), layout.geometry
