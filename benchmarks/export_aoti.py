@@ -1,9 +1,16 @@
 """AOT export on a GPU (issue 13): an AOTInductor package of the standard-shape language model with
 a video layout input, loaded in a fresh process, against ``torch.compile(backend="mminference")``.
 
-Usage: python benchmarks/export_aoti.py --out $OUT/export.json [--smoke] [--layers 4]
+Usage: python benchmarks/export_aoti.py --out DIR [--smoke] [--layers 4] [--export-only]
                                          [--lengths 32768,131072,262144] [--policy a-shape|online]
-       TRITON_INTERPRET=1 python benchmarks/export_aoti.py --smoke --device cpu   # a dry run, no GPU
+       python benchmarks/export_aoti.py --out DIR --device cpu --export-only --lengths 1024,4096   # CPU dry run
+       TRITON_INTERPRET=1 python benchmarks/export_aoti.py --out DIR --smoke --device cpu   # all of it, tiny
+
+Writes ``DIR/export_aoti.json`` (environment, settings, build and load times, one row per length)
+and ``DIR/export_aoti.txt`` (the same as a short table). The package goes to a temporary directory
+(``--package`` to keep it), removed at the end. On an H200 the default run takes about 3-4 minutes:
+export ~10 s, AOTInductor build ~1-2 min, then the fresh process (load, two compiles of the
+``torch.compile`` path, per length ~8 timed calls of each path, one profiled call).
 
 The parent process builds the model (Qwen2-style, 28 query / 4 KV heads, head dim 128, hidden 3584,
 intermediate 18944, random weights, bf16), exports it with ``mmcompile.export.export_prefill``
@@ -16,7 +23,9 @@ to show which kernels ran inside it (the sparse Triton kernel ``_sparse_attentio
 Random weights carry no attention structure, so the default policy is the fixed A-shape budget
 (``--policy online`` runs the recall-driven choice, which then keeps most heads dense).
 ``--smoke``: a tiny model and lengths, to check the pipeline in a minute (``--device cpu``: in the
-Triton interpreter, fp32, wall-clock timing; its numbers mean nothing).
+Triton interpreter, fp32, wall-clock timing; its numbers mean nothing). ``--export-only``: the
+export step alone (the real shapes, bf16: nothing runs), the check that tracing works on a stack
+before a GPU is spent on it.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
 
@@ -39,7 +50,8 @@ PROMPT, QUESTION = 256, 512  # text tokens before and after the video (at most n
 
 
 def settings(args) -> dict:
-    device = dict(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32")
+    runs = args.device == "cpu" and not args.export_only  # the interpreter's CPU kernels take fp32
+    device = dict(device=args.device, dtype="float32" if runs else "bfloat16")
     if args.smoke:  # the interpreter is ~1000x slower than a GPU: shorter still on the CPU
         lengths = [1024, 2048, 3000] if args.device == "cuda" else [300, 448, 600]
         return dict(device, preset="tiny", layers=2, lengths=lengths, frame=[4, 4],
@@ -92,18 +104,25 @@ def time_ms(cfg, fn) -> float:
 
 
 def build(args, cfg) -> dict:
-    from mmcompile.export import export_prefill, package
+    from mmcompile.export import export_prefill, package, prefill_ops
 
+    start = time.perf_counter()
     model = model_of(cfg)
     embeds, _, table = inputs(cfg, min(cfg["lengths"]), model.config.hidden_size)
+    model_s = time.perf_counter() - start
     start = time.perf_counter()
     exported = export_prefill(model, embeds, table, options=cfg["options"], max_len=max(cfg["lengths"]))
     export_s = time.perf_counter() - start
     print(exported.report.table(), flush=True)
+    ranges = [[int(r.lower), int(r.upper)] for r in exported.program.range_constraints.values()]
+    out = dict(model_s=model_s, export_s=export_s, rewritten_layers=len(exported.report.rewritten),
+               program_ops=len(prefill_ops(exported.program)), length_ranges=ranges)
+    if args.export_only:
+        return out
+    del model  # the program holds the weights; the fresh process builds its own
     start = time.perf_counter()
     package(exported, args.package)
-    return dict(export_s=export_s, package_s=time.perf_counter() - start,
-                package_mb=os.path.getsize(args.package) / 2**20, rewritten_layers=len(exported.report.rewritten))
+    return dict(out, package_s=time.perf_counter() - start, package_mb=os.path.getsize(args.package) / 2**20)
 
 
 def kernel_profile(cfg, fn) -> dict:
@@ -172,27 +191,47 @@ def child(args, cfg) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| tokens | compiled ms | package ms | package/compiled | rel err | paths | density | "
-             f"{KERNEL} launches (ms) |", "|---|---|---|---|---|---|---|---|"]
-    for r in results.get("runs", []):
+    """The text file: versions, build, one row per length, the busiest kernels of the longest."""
+    env, b = results["env"], results.get("build", {})
+    lines = [f"{env['gpu']}, driver {env['driver']}, torch {env['torch']}, triton {env['triton']}, {env['date']}",
+             f"{results['settings']['preset']} x {results['settings']['layers']} layers, "
+             f"{results['settings']['dtype']}, options {results['settings']['options']}"]
+    if b:
+        lines.append(f"export {b['export_s']:.1f} s ({b['program_ops']} ops of {b['rewritten_layers']} layers, "
+                     f"length range {b['length_ranges']})")
+    if "package_s" in b:
+        lines.append(f"AOTInductor package {b['package_s']:.1f} s, {b['package_mb']:.0f} MiB; "
+                     f"load in a fresh process {results.get('load_s', float('nan')):.1f} s")
+    lines += [results[key] for key in ("error", "child_error") if key in results]
+    runs = results.get("runs", [])
+    if runs:
+        lines += ["", "| tokens | compiled ms | package ms | package/compiled | rel err | paths | density | "
+                  f"{KERNEL} launches (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for r in runs:
         paths = ",".join(sorted(set(r["package_calls"])))
         density = "n/a" if r["package_density"] is None else f"{r['package_density']:.3f}"
         lines.append(f"| {r['tokens']} | {r['compiled_ms']:.1f} | {r['package_ms']:.1f} | "
                      f"{r['package_over_compiled']:.3f} | {r['rel_err']:.2e} | {paths} | {density} | "
                      f"{r['sparse_kernel_launches']} ({r['sparse_kernel_ms']:.1f}) |")
+    if runs:
+        lines += ["", f"busiest kernels of one package call at {runs[-1]['tokens']} tokens:"]
+        lines += [f"  {k['ms']:9.3f} ms  {k['calls']:4d}x  {k['name']}" for k in runs[-1]["top_kernels"]]
+    lines.append(f"total {results['wall_s']:.0f} s")
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "export.json"))
+    parser.add_argument("--out", default=os.environ.get("OUT", "."),
+                        help="directory for export_aoti.json and export_aoti.txt (default: $OUT, else .)")
     parser.add_argument("--smoke", action="store_true", help="tiny model and lengths")
+    parser.add_argument("--export-only", action="store_true", help="the export step alone: no package, no runs")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lengths", default="32768,131072,262144")
     parser.add_argument("--policy", choices=("a-shape", "online"), default="a-shape")
     parser.add_argument("--local", type=int, default=4096, help="A-shape local window (tokens)")
     parser.add_argument("--min-sparse-len", type=int, default=16384)
-    parser.add_argument("--package", default=None, help="where to write the .pt2 (default: a temporary dir)")
+    parser.add_argument("--package", default=None, help="where to write the .pt2 (default: a temporary dir, removed)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run this package
     parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
@@ -205,27 +244,42 @@ def main():
 
     from mmcompile.export import preload_env
 
+    start = time.perf_counter()
     results = dict(env=environment(), settings=cfg)
     print(results["env"], flush=True)
     tmp = tempfile.mkdtemp(prefix="mminference_export_")
     args.package = args.package or os.path.join(tmp, "prefill.pt2")
-    results["build"] = build(args, cfg)
-    print(results["build"], flush=True)
-    child_out = os.path.join(tmp, "child.json")
-    argv = [a for a in sys.argv[1:]] + ["--child", args.package, "--child-out", child_out]
-    run = subprocess.run([sys.executable, os.path.abspath(__file__)] + argv, env=preload_env())
-    if run.returncode != 0:
-        results["child_error"] = f"fresh process exited with {run.returncode}"
-    else:
-        with open(child_out) as f:
-            results.update(json.load(f))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    returncode = 0
+    try:
+        results["build"] = build(args, cfg)
+        print(results["build"], flush=True)
+        if not args.export_only:
+            child_out = os.path.join(tmp, "child.json")
+            argv = sys.argv[1:] + ["--child", args.package, "--child-out", child_out]
+            command = [sys.executable, os.path.abspath(__file__)] + argv
+            returncode = subprocess.run(command, env=preload_env()).returncode
+            if returncode != 0:
+                results["child_error"] = f"fresh process exited with {returncode}"
+            else:
+                with open(child_out) as f:
+                    results.update(json.load(f))
+    except Exception as e:  # noqa: BLE001 - recorded in the results, then the exit status says so
+        traceback.print_exc()
+        results["error"], returncode = f"build failed: {type(e).__name__}: {e}"[:4000], 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the package too, unless --package put it elsewhere
+    results["wall_s"] = time.perf_counter() - start
+    os.makedirs(args.out, exist_ok=True)
+    paths = [os.path.join(args.out, f"export_aoti.{ext}") for ext in ("json", "txt")]
+    with open(paths[0], "w") as f:
         json.dump(results, f, indent=1)
-    print(table(results))
-    print(f"wrote {args.out}")
-    if run.returncode != 0:
-        raise SystemExit(run.returncode)
+    text = table(results)
+    with open(paths[1], "w") as f:
+        f.write(text + "\n")
+    print(text)
+    print("wrote " + " and ".join(paths))
+    if returncode != 0:
+        raise SystemExit(returncode)
 
 
 if __name__ == "__main__":

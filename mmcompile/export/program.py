@@ -24,6 +24,7 @@ import torch.fx as fx
 
 from mmcompile.config import config_from_options
 
+from ._sym_minmax import provable_minmax_folded
 from .signature import PrefillModule, PrefillSignature
 
 FORMAT = 1  # of the "mminference.json" metadata stored with a program or package
@@ -79,15 +80,21 @@ def export_prefill(model: torch.nn.Module, inputs_embeds: torch.Tensor, mm_token
     args = signature.arrange(inputs_embeds, attention_mask, mm_token_type_ids, position_ids)
     dynamic = signature.dynamic_shapes(min_len, max_len)
     module = PrefillModule(language_model).eval()
-    with torch.no_grad():
-        traced = torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+    traced = _export(module, args, dynamic)
     gm = traced.module()  # a new module: rewriting it leaves ``traced`` as it was
     report = GraphReport(index=0, compile_id="export", tag=tag, stats=track(tag))
     _rewrite(gm, config, report, GraphDump(config.dump_dir, report))
-    with torch.no_grad():
-        program = torch.export.export(gm, args, dynamic_shapes=dynamic, strict=False)
+    program = _export(gm, args, dynamic)
     _check_ops_kept(program, len(report.rewritten))
     return ExportedPrefill(program, signature, tag, report)
+
+
+def _export(module: torch.nn.Module, args: tuple, dynamic: dict) -> torch.export.ExportedProgram:
+    """Non-strict ``torch.export`` with a dynamic length. Provable ``min``/``max`` of sizes are
+    folded while it traces: on torch 2.11, HF's ``repeat_kv`` reshape otherwise leaves the guard
+    ``min(D*seq, g*D*seq) == D*seq`` that fails the Dim (``_sym_minmax.py`` says how)."""
+    with torch.no_grad(), provable_minmax_folded():
+        return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
 
 
 def _config(options: Optional[dict]):
