@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issues 13-15 on the H200, one device call per part (each under 10 min):
+#   verify  GPU tests (export package, Qwen2.5-VL folder generate, row-subset launch, ...), the
+#           generate() check through Inductor, the op at 128K (video, mixed), the index profile at
+#           128K and the index memory at 1M;
+#   export  the AOT export benchmark (standard shape, 4 layers, 32K/128K/256K);
+#   long    bench_long.py at LONG_TOKENS (default 1048576): eager (OOM expected), the backend with
+#           the KV cache, the dense path on 1 and 2 layers (extrapolation).
+# Output: $OUT/run_$part.txt (table last) + JSON.
+set -u
+OUT=${OUT:-/tmp/out}
+part=${1:-verify}
+mkdir -p $OUT
+exec > >(tee $OUT/run_$part.txt) 2>&1
+source "$(dirname "$0")/gpu_env.sh"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+if [ "$part" = verify ]; then
+  echo "--- gpu tests"
+  timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider -x 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -6
+  echo "--- generate check"
+  timeout 100 python3 benchmarks/check_generate_gpu.py 2>&1 | grep -E "^(ok|FAIL|torch)"
+  for layout in video mixed; do
+    timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout --out $OUT/op_$layout.json 2>&1 \
+      | grep -v -i warn | tail -1
+  done
+  echo "--- profile 128K video"
+  timeout 60 python3 benchmarks/profile_index.py --tokens 131072 2>&1 | grep -E "^(wall|index|whole)"
+  echo "--- index memory 1M"
+  timeout 80 python3 benchmarks/profile_index.py --tokens 1048576 2>&1 | grep -E "^(wall|index|whole)"
+  echo "=== table ==="
+  grep -E "passed|failed|^(ok|FAIL)|^(video|mixed).*131072|^wall|peak memory" $OUT/run_verify.txt
+elif [ "$part" = export ]; then
+  /usr/bin/time -f "export_aoti wall %e s" timeout 560 python3 benchmarks/export_aoti.py --out $OUT 2>&1 \
+    | grep -v -i warn | tail -30
+else
+  timeout 560 python3 benchmarks/bench_long.py --tokens ${LONG_TOKENS:-1048576} --out $OUT 2>&1 | grep -v -i warn | tail -12
+fi
