@@ -16,7 +16,7 @@ source "$(dirname "$0")/gpu_env.sh"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
 if [ "$part" = verify ]; then
   echo "--- gpu tests"
-  timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider -x 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -6
+  timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -6
   echo "--- generate check"
   timeout 100 python3 benchmarks/check_generate_gpu.py 2>&1 | grep -E "^(ok|FAIL|torch)"
   for layout in video mixed; do
