@@ -63,15 +63,23 @@ def _seen(report):
     return records[0].layout
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl"])
-def test_qwen_image_and_video_labels_and_grid_geometry(name, report):
-    model, inputs = qwen_image_and_video(name)
+def _compiled(model, options=ONLINE):
+    """``torch.compile`` with the backend, recording ``modality_inputs`` of every graph it is given
+    (the graph side below) before the backend rewrites it: one compile serves both checks."""
+    from mmcompile.backend import mminference_backend
+
+    found = []
+
+    def backend(gm, example_inputs):
+        found.append(modality_inputs(gm))
+        return mminference_backend(gm, example_inputs, options=options)
+
+    return torch.compile(model, backend=backend), found
+
+
+def _check_qwen_geometry(model, inputs, seen, report):
     cfg, ids = model.config, inputs["input_ids"][0]
     merge = cfg.vision_config.spatial_merge_size
-    out = logits(torch.compile(model, backend="mminference", options=ONLINE), inputs)
-    assert torch.isfinite(out).all()
-
-    seen = _seen(report)
     assert seen.source == "input_ids placeholders"
     assert seen.geometry == f"image_grid_thw (merge {merge}), video_grid_thw (merge {merge})"
     image_at = int((ids == cfg.image_token_id).nonzero()[0])
@@ -84,11 +92,30 @@ def test_qwen_image_and_video_labels_and_grid_geometry(name, report):
     assert f"frame geometry: {seen.geometry}; tokens {seen.tokens}; frame stride {seen.frame_stride}" in report.table()
 
 
+def test_qwen2_5_vl_image_and_video_labels_grid_geometry_and_what_the_graphs_show(report):
+    """Qwen2.5-VL, no annotation: the labels and grids reach the op (Qwen2-VL: the test below). The
+    same compile shows the graph side: roles from the compares, merge from ``grid.prod(-1) // m**2``."""
+    model, inputs = qwen_image_and_video("qwen2_5_vl")
+    compiled, found = _compiled(model)
+    assert torch.isfinite(logits(compiled, inputs)).all()
+    _check_qwen_geometry(model, inputs, _seen(report), report)
+
+    found, cfg = [f for f in found if f is not None], model.config
+    assert {f.tokens for f in found if f.tokens} == {((cfg.image_token_id, IMAGE), (cfg.video_token_id, VIDEO))}
+    assert any(f.input_ids is not None and not f.tokens for f in found)  # the embedding: starts a forward
+    grids = {(kind, merge) for f in found for kind, _, merge in f.grids}
+    assert grids == {(IMAGE, 2), (VIDEO, 2)}  # from get_*_features' `grid.prod(-1) // merge**2`
+
+
 def test_llava_next_video_frames_from_pixel_values_videos(report):
     model, inputs = build("llava_next_video")
     frames = inputs["pixel_values_videos"].shape[1]
     video = int((inputs["input_ids"] == model.config.video_token_index).sum())
-    logits(torch.compile(model, backend="mminference", options=ONLINE), inputs)
+    compiled, found = _compiled(model)
+    logits(compiled, inputs)
+    found, cfg = [f for f in found if f is not None], model.config
+    assert {f.tokens for f in found if f.tokens} == {((cfg.image_token_index, IMAGE), (cfg.video_token_index, VIDEO))}
+    assert sum(f.video_pixels is not None for f in found) == 1
     seen = _seen(report)
     assert seen.source == "input_ids placeholders"
     assert seen.geometry == f"pixel_values_videos ({frames} frames)"
@@ -110,12 +137,25 @@ def test_llava_onevision_video_has_no_whole_frames(report):
     assert seen.geometry.startswith(f"none for video ({video} video tokens are not whole frames")
 
 
-def test_no_stale_layout_across_forwards(report):
-    """Each forward sees only its own inputs: video grids of one forward do not reach the next."""
+def test_each_forward_sees_only_its_own_layout(report, caplog):
+    """Qwen2-VL, one compile, five forwards: image + video (labels and grids, checked as for
+    Qwen2.5-VL); a same-length forward from ``inputs_embeds``, which publishes nothing (no layout
+    and a warning, not the last one); image only (the video grid of the first forward does not
+    reach it); text only; image + video again (publishing makes the layout fresh)."""
     model, both = qwen_image_and_video("qwen2_vl")
     compiled = torch.compile(model, backend="mminference", options=ONLINE)
-    logits(compiled, both)
-    assert _seen(report).tokens.keys() == {"text", "image", "video"}
+    assert torch.isfinite(logits(compiled, both)).all()
+    _check_qwen_geometry(model, both, _seen(report), report)
+
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(both["input_ids"])
+    report.reset_counters()
+    with caplog.at_level(logging.WARNING, logger="mmcompile.runtime.forward_state"):
+        logits(compiled, {"inputs_embeds": embeds})
+    records = report.runtime()["records"]
+    assert len(records) == LAYERS
+    assert {r.layout.source for r in records} == {"none (nothing published by this forward)"}
+    assert "published no modality inputs" in caplog.text
 
     cfg = model.config
     image_only = {k: v for k, v in both.items() if "video" not in k}
@@ -130,56 +170,12 @@ def test_no_stale_layout_across_forwards(report):
     logits(compiled, {"input_ids": both["input_ids"][:, :20]})  # text-only, right after
     assert {r.layout.source for r in report.runtime()["records"]} == {"none (text-only)"}
 
-
-def test_a_forward_from_inputs_embeds_does_not_reuse_the_previous_layout(report, caplog):
-    """A same-length forward that publishes nothing (inputs_embeds) gets no layout, not the last one."""
-    model, both = qwen_image_and_video("qwen2_vl")
-    compiled = torch.compile(model, backend="mminference", options=ONLINE)
+    report.reset_counters()
     logits(compiled, both)
-    assert _seen(report).tokens.keys() == {"text", "image", "video"}
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(both["input_ids"])
-    report.reset_counters()
-    with caplog.at_level(logging.WARNING, logger="mmcompile.runtime.forward_state"):
-        logits(compiled, {"inputs_embeds": embeds})
-    records = report.runtime()["records"]
-    assert len(records) == LAYERS
-    assert {r.layout.source for r in records} == {"none (nothing published by this forward)"}
-    assert "published no modality inputs" in caplog.text
-    report.reset_counters()
-    logits(compiled, both)  # publishing again makes the layout fresh
     assert _seen(report).tokens.keys() == {"text", "image", "video"}
 
 
 # --- the graph side: what modality_inputs reads from real Dynamo graphs -----------------------
-
-def _graphs(model, inputs):
-    graphs = []
-
-    def capture(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    logits(torch.compile(model, backend=capture), inputs)
-    return graphs
-
-
-def test_roles_merge_and_frames_read_from_the_real_graphs():
-    model, inputs = qwen_image_and_video("qwen2_5_vl")
-    found = [f for f in map(modality_inputs, _graphs(model, inputs)) if f is not None]
-    cfg = model.config
-    compares = {f.tokens for f in found if f.tokens}
-    assert compares == {((cfg.image_token_id, IMAGE), (cfg.video_token_id, VIDEO))}
-    assert any(f.input_ids is not None and not f.tokens for f in found)  # the embedding: starts a forward
-    grids = {(kind, merge) for f in found for kind, _, merge in f.grids}
-    assert grids == {(IMAGE, 2), (VIDEO, 2)}  # from get_*_features' `grid.prod(-1) // merge**2`
-
-    model, inputs = build("llava_next_video")
-    found = [f for f in map(modality_inputs, _graphs(model, inputs)) if f is not None]
-    cfg = model.config
-    assert {f.tokens for f in found if f.tokens} == {((cfg.image_token_index, IMAGE), (cfg.video_token_index, VIDEO))}
-    assert sum(f.video_pixels is not None for f in found) == 1
-
 
 def test_roles_from_names_then_default_and_mm_token_type_ids_input():
     def f(input_ids, mm_token_type_ids, x):
