@@ -24,7 +24,7 @@ from mmcompile.kernels import sparse_attention_forward
 
 from . import estimate, intra
 from .boundary2d import boundary2d_index, pair_pattern
-from .index_builder import BlockSets, build_index, device_list, empty_sets, stack_heads
+from .index_builder import BlockSets, build_index, device_list, empty_sets, head_slice, stack_heads
 from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
@@ -313,13 +313,8 @@ def _plain_index(head_ids: list[int], heads: Sequence[HeadPattern], estimates: E
             parts.append(_sets_for(kind, patterns, [head_ids[i] for i in positions], selector, estimates, ctx))
             placed += positions
         back = device_list(sorted(range(len(placed)), key=placed.__getitem__), estimates.q.device)
-        entries.append((None if selector == "*" else ctx.present[selector], _heads_of(stack_heads(parts), back)))
+        entries.append((None if selector == "*" else ctx.present[selector], head_slice(stack_heads(parts), back)))
     return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
-
-
-def _heads_of(sets: BlockSets, index: torch.Tensor) -> BlockSets:
-    pick = (lambda t: None if t is None else t.index_select(1, index))
-    return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows))
 
 
 def _grid_rows(head: HeadPattern, ctx: ForwardContext) -> str | None:
@@ -357,5 +352,5 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     wanted = [h for ids in heads.values() for h in ids]  # the launch group's head order
     back = device_list([placed.index(h) for h in wanted], estimates.q.device)
     order = torch.cat(orders, dim=1).index_select(1, back).contiguous()
-    return build_index([(None, _heads_of(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
+    return build_index([(None, head_slice(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
                        order=order)
