@@ -50,3 +50,26 @@ def test_compact_columns_of_later_query_blocks_equals_reference():
                                      span[:, :, first:], first, n, 64, 32, True)
     assert torch.equal(got_count.long(), ref_count[:, :, first:])
     assert torch.equal(ids.long(), ref_ids[:, :, first:])
+
+
+@pytest.mark.interpreter
+def test_index_built_through_the_kernel_equals_the_reference(monkeypatch):
+    """``build_index`` with the kernel writing into chunks of the index (heads and query blocks)
+    gives the index the PyTorch path builds."""
+    from mmcompile.patterns import AShape, VerticalSlash, index_columns, intra
+    from mmcompile.patterns.estimate import last_queries, line_scores
+    from mmcompile.patterns.index_builder import build_index
+
+    n, heads = 500, 3
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, heads, n, 16, generator=g), torch.randn(1, 1, n, 16, generator=g)
+    lines = line_scores(q, k, *last_queries(None, n, 1), 0.25)
+    rows = torch.arange(-(-n // 64))[None] % 2 == 0
+    entries = [(rows, intra.vertical_slash_sets([VerticalSlash(40, 3)] * heads, lines, n, 64, 32)),
+               (~rows, intra.a_shape_sets([AShape(30, 60)] * heads, 1, n, 32, "cpu"))]
+    reference = build_index(entries, n, n, 64, 32)
+    monkeypatch.setattr(index_columns, "triton_runs_on", lambda t, has_reference=False: True)
+    for max_entries in (10 ** 6, 20):  # all at once; a head and two query blocks per chunk
+        got = build_index(entries, n, n, 64, 32, max_entries=max_entries)
+        assert torch.equal(got.column_index, reference.column_index)
+        assert torch.equal(got.column_count, reference.column_count)

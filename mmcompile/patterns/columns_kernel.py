@@ -76,13 +76,14 @@ def _compact_columns_kernel(Values, Bits, Present, Blocks, BlockCount, Span, Out
 
 def compact_columns(values: torch.Tensor, bits: torch.Tensor, present: torch.Tensor, block_ids: torch.Tensor,
                     block_count: torch.Tensor, span: torch.Tensor, first_block: int, n_k: int, block_m: int,
-                    block_n: int, causal: bool):
+                    block_n: int, causal: bool, out: torch.Tensor | None = None, count: torch.Tensor | None = None):
     """values/bits int [B, H, K]: each head's sorted column set (-1 = gap) and the modality bits of
     each column; present int [B, M]: modality bits of each query block's rows; block_ids/block_count
     [B, H, M, KB]/[B, H, M]: sorted listed key blocks; span [B, H, M, 2]: the key slots [lo, hi) of
     each block's span. The M query blocks are ``first_block`` on. Returns
     (columns int32 [B, H, M, K] padded -1, count int32 [B, H, M]), as
-    ``index_columns.per_block_reference``."""
+    ``index_columns.per_block_reference``; ``out`` given (a view of the index being filled, rows
+    contiguous) and ``count`` (contiguous), written there."""
     batch, heads, width = values.shape
     num_m = present.shape[1]
     values = values.to(torch.int32).contiguous()
@@ -91,8 +92,10 @@ def compact_columns(values: torch.Tensor, bits: torch.Tensor, present: torch.Ten
     block_ids = block_ids.to(torch.int32).contiguous()
     block_count = block_count.to(torch.int32).contiguous()
     span = span.to(torch.int32).contiguous()
-    out = torch.empty(batch, heads, num_m, width, dtype=torch.int32, device=values.device)
-    count = torch.empty(batch, heads, num_m, dtype=torch.int32, device=values.device)
+    if out is None:
+        out = torch.empty(batch, heads, num_m, width, dtype=torch.int32, device=values.device)
+        count = torch.empty(batch, heads, num_m, dtype=torch.int32, device=values.device)
+    assert out.stride(-1) == 1 and count.is_contiguous(), "out: rows contiguous; count contiguous"
     _compact_columns_kernel[(num_m, batch * heads)](
         values, bits, present, block_ids, block_count, span, out, count,
         n_k, heads, width, first_block, values.stride(0), values.stride(1), present.stride(0),

@@ -212,10 +212,9 @@ def _fill(out, hs: slice, ms: slice, sets_by_modality, merged, present, shared_c
         out["column_count"][:, hs, ms] = index_columns.shared_counts(
             out["column_index"][:, hs], present[:, ms], block_ids, count, span, ms.start, block_m, block_n, n_k, ordered)
         return
-    col_ids, col_count = index_columns.per_block_columns(values, bits, present[:, ms], block_ids, count, span,
-                                                         ms.start, block_m, block_n, n_k, not ordered)
-    out["column_index"][:, hs, ms, :col_ids.shape[-1]] = col_ids.to(torch.int32)
-    out["column_count"][:, hs, ms] = col_count.to(torch.int32)
+    index_columns.per_block_columns(values, bits, present[:, ms], block_ids, count.to(torch.int32), span, ms.start,
+                                    block_m, block_n, n_k, not ordered, out["column_index"][:, hs, ms],
+                                    out["column_count"][:, hs, ms])
 
 
 def _dedup_compact(ids: torch.Tensor):

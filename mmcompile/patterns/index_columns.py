@@ -23,7 +23,7 @@ from mmcompile.kernels import triton_runs_on
 from .columns_kernel import compact_columns
 
 COLUMN_LIST_BYTES = 1 << 30  # per-block column lists of one launch up to this size; shared rows beyond
-REFERENCE_ENTRIES = 1 << 24  # query blocks x columns per step of the PyTorch reference (int64 temporaries)
+REFERENCE_ENTRIES = 1 << 22  # query blocks x columns per step of the PyTorch reference (int64 temporaries)
 
 
 def merge_column_sets(columns, batch, heads, device):
@@ -52,18 +52,23 @@ def present_bits(columns, batch, num_m, device) -> torch.Tensor:
 
 
 def per_block_columns(values, bits, present, block_ids, count, span, first_block: int, block_m, block_n,
-                      n_k, causal_slots):
+                      n_k, causal_slots, out: torch.Tensor, out_count: torch.Tensor) -> None:
     """Query blocks ``first_block`` .. + M of ``present`` [B, M] / ``block_ids`` [B, H, M, KB] (sorted,
-    -1 padded) / ``span`` [B, H, M, 2] (key slots): (columns [B, H, M, K] padded -1, count [B, H, M])."""
-    if triton_runs_on(values, has_reference=True):
-        return compact_columns(values, bits, present, block_ids, count, span, first_block, n_k,
-                               block_m, block_n, causal_slots)
+    -1 padded) / ``span`` [B, H, M, 2] (key slots): writes their columns (padded -1) into ``out``
+    int32 [B, H, M, K] and their counts into ``out_count`` int32 [B, H, M] (views of the index)."""
+    if triton_runs_on(values, has_reference=True):  # the lists in place, the counts (small) copied
+        got = compact_columns(values, bits, present, block_ids, count, span, first_block, n_k, block_m, block_n,
+                              causal_slots, out, torch.empty_like(count, dtype=torch.int32))[1]
+        out_count.copy_(got)
+        return
     num_m = present.shape[1]
     step = max(1, REFERENCE_ENTRIES // max(1, values.shape[0] * values.shape[1] * values.shape[-1]))
-    parts = [per_block_reference(values, bits, present[:, lo:lo + step], block_ids[:, :, lo:lo + step],
-                                 span[:, :, lo:lo + step], first_block + lo, block_m, block_n, n_k, causal_slots)
-             for lo in range(0, num_m, step)]
-    return torch.cat([p[0] for p in parts], 2), torch.cat([p[1] for p in parts], 2)
+    for lo in range(0, num_m, step):  # the reference's int64 temporaries, a few query blocks at a time
+        ids, got = per_block_reference(values, bits, present[:, lo:lo + step], block_ids[:, :, lo:lo + step],
+                                       span[:, :, lo:lo + step], first_block + lo, block_m, block_n, n_k,
+                                       causal_slots)
+        out[:, :, lo:lo + step] = ids
+        out_count[:, :, lo:lo + step] = got
 
 
 def per_block_reference(values, bits, present, block_ids, span, first_block, block_m, block_n, n_k,
