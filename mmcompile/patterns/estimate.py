@@ -121,7 +121,9 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
     slash = torch.empty_like(vertical)
     lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
-    chunk = min(group, line_scores_kernel.head_chunk(last, width))
+    # Per head the bf16 scores, their fp32 copy in the softmax, the probabilities and a copy of the
+    # skewed view: about four times the kernel path's probabilities, so a quarter of its chunk.
+    chunk = min(group, line_scores_kernel.head_chunk(last, 4 * width))
     chunks = [slice(h, min(h + chunk, (g + 1) * group)) for g in range(heads_kv)
               for h in range(g * group, (g + 1) * group, chunk)]
     for heads in chunks:  # heads of one KV group at a time: one [chunk, L, W] softmax
