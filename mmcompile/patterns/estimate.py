@@ -114,8 +114,7 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     heads_kv, last = k.shape[1], pos.shape[1]
     group = heads_q // heads_kv
     rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, last, d)) * scale
-    keys = torch.nn.functional.pad(k, (0, 0, 0, last)) if consecutive else k
-    width = keys.shape[2]
+    width = n + last if consecutive else n
     weight = valid.to(torch.float32)
     future = torch.arange(start, width, device=q.device)[None, None, :] > pos[:, :, None]  # [B, L, W - start]
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
@@ -126,10 +125,13 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     chunk = min(group, line_scores_kernel.head_chunk(last, 4 * width))
     chunks = [slice(h, min(h + chunk, (g + 1) * group)) for g in range(heads_kv)
               for h in range(g * group, (g + 1) * group, chunk)]
+    keys = None
     for heads in chunks:  # heads of one KV group at a time: one [chunk, L, W] softmax
         count, first = heads.stop - heads.start, heads.start
+        if first % group == 0:  # this group's keys (zero rows after them for the skew: a copy of one KV head)
+            keys = torch.nn.functional.pad(k[:, first // group], (0, 0, 0, last)) if consecutive else k[:, first // group]
         scores = torch.matmul(rows[:, heads].reshape(batch, count * last, d),
-                              keys[:, first // group].transpose(-1, -2)).view(batch, count, last, width)
+                              keys.transpose(-1, -2)).view(batch, count, last, width)
         scores[..., start:].masked_fill_(future[:, None], float("-inf"))
         if key_pad is not None:  # padding: all-masked rows become zeros
             scores[..., :n].masked_fill_(key_pad[:, None, None, :], float("-inf"))
