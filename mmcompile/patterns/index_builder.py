@@ -197,6 +197,7 @@ def _fill(out, hs: slice, ms: slice, sets_by_modality, merged, present, shared_c
     in_span = (cand >= span_from[..., None]) & (cand < span_to[..., None])  # the span visits those
     valid = (cand >= 0) & (cand < limit) & ~in_diag & ~in_span
     block_ids, count = _dedup_compact(torch.where(valid, cand, -1))
+    del ids, cand, in_diag, in_span, valid  # the column steps below hold their own temporaries
     out["block_count"][:, hs, ms] = count.to(torch.int32)
     out["block_offset"][:, hs, ms, :block_ids.shape[-1]] = (block_ids * block_n).clamp(min=0)
     # The span in key slots, up to the limit (empty: lo = hi).

@@ -131,13 +131,14 @@ def shared_counts(rows, present, block_ids, count, span, first_block: int, block
     starts = torch.stack([a for a, _, _ in pieces], -1)
     ends = torch.maximum(torch.stack([b for _, b, _ in pieces], -1), starts)
     sign = torch.tensor([s for _, _, s in pieces], device=rows.device)
+    base = present[:, None, :, None].expand(batch, heads, num_m, 1) * stride
+
+    def below(bounds):  # entries of each block's row below each bound ([B, H, M, X], in [0, n_k])
+        return torch.searchsorted(seq, (bounds.clamp(0, n_k) + base).flatten(2)).view(bounds.shape)
+
+    total = ((below(ends) - below(starts)) * sign).sum(-1)
     listed = torch.arange(block_ids.shape[-1], device=rows.device) < count[..., None]
     block_lo = torch.where(listed, block_ids.long() * block_n, 0)
-    block_hi = torch.where(listed, block_lo + block_n, 0)
-    bounds = torch.cat([starts, ends, block_lo, block_hi], -1).clamp(0, n_k)
-    base = present[:, None, :, None].expand(batch, heads, num_m, 1) * stride
-    below = torch.searchsorted(seq, (bounds + base).flatten(2)).view(bounds.shape)
-    p, kb = len(pieces), block_ids.shape[-1]
-    ranges = ((below[..., p:2 * p] - below[..., :p]) * sign).sum(-1)
-    covered = (below[..., 2 * p + kb:] - below[..., 2 * p:2 * p + kb]).sum(-1)
-    return (ranges - covered).to(torch.int32)
+    total -= below(block_lo + torch.where(listed, block_n, 0)).sum(-1)
+    total += below(block_lo).sum(-1)
+    return total.to(torch.int32)
