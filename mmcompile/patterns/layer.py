@@ -116,15 +116,9 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     policy's fallback (its best original-order pattern grown to the density cap:
     ``policy.choose_with_fallbacks``), and heads still below it dense."""
     from . import verify
-    from .policy import choose_with_fallbacks  # the policy builds on this module
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates = Estimates(q, k, ctx, scale)
-    fallbacks = {}
-    if patterns is None:
-        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates)
-    patterns = tuple(patterns)
-    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    estimates, patterns, fallbacks, indexes = prepare_layer(q, k, ctx, patterns, density=density, scale=scale)
     out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:
@@ -144,6 +138,22 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
             indexes, patterns = verify.demote(indexes, patterns, failing)
             head_recall = head_recall.index_fill(0, device_list(failing, q.device), 1.0)  # dense: exact
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
+
+
+def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
+                  density: float = 0.1, scale: float | None = None):
+    """What ``layer_attention`` does before the kernel: the estimate (``Estimates``, shared), the
+    head choice when ``patterns`` is None, and the indexes. Returns (estimates, patterns,
+    fallbacks {head: pattern}, indexes); ``benchmarks/index_memory.py`` measures exactly this."""
+    from .policy import choose_with_fallbacks  # the policy builds on this module
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    estimates = Estimates(q, k, ctx, scale)
+    fallbacks = {}
+    if patterns is None:
+        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates)
+    patterns = tuple(patterns)
+    return estimates, patterns, fallbacks, build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
 
 
 def _dense_heads(indexes) -> list[int]:
