@@ -20,13 +20,14 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from mmcompile.patterns import estimate, forward_context, index_builder, intra, layer, policy
+from mmcompile.patterns import estimate, forward_context, index_builder, index_columns, intra, layer, policy
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 from mmcompile.patterns.policy import choose_patterns
 
 PARTS = [(estimate, "line_scores"), (estimate, "column_slash"), (intra, "vertical_slash_sets"),
          (intra, "a_shape_sets"), (intra, "grid_sets"), (index_builder, "_dedup_compact"),
-         (index_builder, "_columns"), (layer, "build_index"), (layer, "attend"), (policy, "_choose_one"),
+         (index_builder, "_fill"), (index_columns, "per_block_columns"), (index_columns, "shared_counts"),
+         (layer, "build_index"), (layer, "attend"), (policy, "_choose_one"),
          (policy, "_a_shape"), (policy, "_vertical_slash"), (policy, "_grid"), (intra, "column_scores"),
          (policy, "choose_with_fallbacks")]
 

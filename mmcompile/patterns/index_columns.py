@@ -124,13 +124,13 @@ def shared_counts(rows, present, block_ids, count, span, first_block: int, block
     lo, hi = lo.expand(batch, heads, -1), hi.expand(batch, heads, -1)
     limit = torch.full_like(lo, n_k) if ordered else lo
     span_lo, span_hi = span[..., 0].long(), span[..., 1].long()
-    pieces = [(torch.zeros_like(lo), limit, 1), (span_lo, torch.minimum(span_hi, lo), -1),
-              (torch.maximum(span_lo, hi), span_hi, -1)]
+    pieces = [(torch.zeros_like(lo), limit), (span_lo, torch.minimum(span_hi, lo)), (torch.maximum(span_lo, hi), span_hi)]
     if ordered:
-        pieces.append((lo, hi, -1))
-    starts = torch.stack([a for a, _, _ in pieces], -1)
-    ends = torch.maximum(torch.stack([b for _, b, _ in pieces], -1), starts)
-    sign = torch.tensor([s for _, _, s in pieces], device=rows.device)
+        pieces.append((lo, hi))  # the diagonal block
+    starts = torch.stack([a for a, _ in pieces], -1)
+    ends = torch.maximum(torch.stack([b for _, b in pieces], -1), starts)
+    sign = torch.full((len(pieces),), -1, dtype=torch.long, device=rows.device)  # no host list: no copy, no sync
+    sign[0] = 1  # the visible keys; the rest are taken out
     base = present[:, None, :, None].expand(batch, heads, num_m, 1) * stride
 
     def below(bounds):  # entries of each block's row below each bound ([B, H, M, X], in [0, n_k])
