@@ -279,8 +279,7 @@ def shared_columns(index: SparseIndex, n_k: int, shift: int = 0):
     """For shared column rows: (entries int64 [B, H, M, C] of each query block's row, visited bool
     [B, H, M, C]: outside the diagonal block, the listed blocks and the span, inside ``[0, n_k)``
     and, without orders, before the diagonal). O(M C) memory: for checks and the reference."""
-    batch, heads, num_m = index.block_count.shape
-    width = index.column_index.shape[-1]
+    num_m, width = index.block_count.shape[2], index.column_index.shape[-1]
     entries = index.column_index.long().gather(2, index.column_row.long()[..., None].expand(-1, -1, -1, width))
     lo, hi = diagonal_slots(num_m, index.block_m, n_k, shift, entries.device)
     lo, hi = lo[:, None], hi[:, None]

@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from mmcompile.kernels import SparseIndex, triton_runs_on
+from mmcompile.kernels import SparseIndex
 
 from . import index_columns
 
