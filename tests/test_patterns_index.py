@@ -5,7 +5,9 @@ import torch
 from mmcompile.kernels import check_index, index_to_mask
 from mmcompile.patterns import AShape, Dense, Grid, VerticalSlash
 from mmcompile.patterns import intra
+from mmcompile.patterns.fidelity import index_row_mask
 from mmcompile.patterns.index_builder import build_index
+from mmcompile.patterns.pictures import block_map
 from mmcompile.patterns.estimate import column_slash, last_queries, last_query_probs, line_scores
 
 BM, BN = 64, 32
@@ -189,3 +191,6 @@ def test_chunks_and_shared_rows_build_the_same_index():
         check_index(shared, q, k)  # ascending rows and blocks, counts that match what is visited
         assert torch.equal(index_to_mask(shared, n, n), mask)
         assert torch.equal(shared.density(n), whole.density(n))
+        rows_to_check = torch.tensor([0, 63, 64, 300, 699])  # what the fidelity harness and the pictures read
+        assert torch.equal(index_row_mask(shared, rows_to_check, n), index_row_mask(whole, rows_to_check, n))
+        assert all(torch.equal(block_map(shared, n, h), block_map(whole, n, h)) for h in range(heads))
