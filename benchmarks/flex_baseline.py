@@ -20,7 +20,7 @@ import time
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from mmcompile.kernels import SparseIndex
+from mmcompile.kernels import SparseIndex, span_pieces
 
 _flex = torch.compile(flex_attention, dynamic=False)
 
@@ -38,7 +38,17 @@ def visited_block_table(index: SparseIndex, n_q: int, n_k: int) -> torch.Tensor:
     m = torch.arange(num_blocks, device=table.device)
     j = torch.arange(nkb, device=table.device)
     diag = (j[None, :] * bn < ((m + 1) * bm)[:, None]) & ((j[None, :] + 1) * bn > (m * bm)[:, None])
-    return table[..., :nkb] | diag
+    table = table[..., :nkb] | diag
+    if index.span is not None:  # the key blocks the span's stretches touch
+        for lo, hi in _stretches(index, n_k):
+            table |= (j * bn + bn > lo[..., None]) & (j * bn < hi[..., None])
+    return table
+
+
+def _stretches(index: SparseIndex, n_k: int):
+    """Batch 0's span stretches: [(lo, hi) int64 [H, M]] x 2 (``kernels.span_pieces``)."""
+    lo1, hi1, lo2, hi2 = (t[0] for t in span_pieces(index.span, index.block_m, n_k))
+    return [(lo1, hi1), (lo2, hi2)]
 
 
 def _slots_of(order: torch.Tensor | None, heads: int, n: int, device) -> torch.Tensor:
@@ -109,10 +119,18 @@ def _visited_bits(index: SparseIndex, n_k: int) -> torch.Tensor:
         edges = torch.zeros(num_blocks, words * 32 + 1, dtype=torch.int32, device=device)
         edges.scatter_add_(1, torch.where(listed, offsets, n_k), listed.int())
         edges.scatter_add_(1, torch.where(listed, (offsets + bn).clamp(max=n_k), n_k), -listed.int())
+        if index.span is not None:  # its stretches too
+            for lo, hi in ((lo[h], hi[h]) for lo, hi in _stretches(index, n_k)):
+                edges.scatter_add_(1, torch.where(hi > lo, lo, n_k)[:, None], torch.ones_like(edges[:, :1]))
+                edges.scatter_add_(1, torch.where(hi > lo, hi, n_k)[:, None], -torch.ones_like(edges[:, :1]))
         visit = edges.cumsum(1, dtype=torch.int32) > 0
         del edges
-        cols = index.column_index[0, h].long()
-        listed = torch.arange(cols.shape[-1], device=device) < index.column_count[0, h, :, None]
+        if index.column_row is None:
+            cols = index.column_index[0, h].long()
+            listed = torch.arange(cols.shape[-1], device=device) < index.column_count[0, h, :, None]
+        else:  # a shared row: keys its blocks or span hold are visited anyway, later ones are future
+            cols = index.column_index[0, h][index.column_row[0, h].long()].long()
+            listed = torch.ones_like(cols, dtype=torch.bool)
         listed &= (cols >= 0) & (cols < n_k)
         visit.scatter_(1, torch.where(listed, cols, words * 32), True)  # unlisted: the extra column
         visit = visit[:, :words * 32] | diag

@@ -1,4 +1,5 @@
-"""Small SparseIndex factories: full causal, A-shape, random, and a permuted grid.
+"""Small SparseIndex factories: full causal, A-shape, random (with spans and shared column rows), and a
+permuted grid.
 
 They exist for kernel tests, the kernel benchmark and the demo: static shapes with known density.
 The online, input-driven builders of the MMInference patterns live in ``mmcompile.patterns``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .sparse_index import SparseIndex
+from .sparse_index import SparseIndex, shared_columns
 
 
 def _diag_bounds(num_blocks: int, block_m: int, n_k: int, shift: int, device):
@@ -102,6 +103,34 @@ def random_index(batch, heads, n_q, n_k, density, max_columns=0, block_m=64, blo
         ccount = (top >= 0).sum(-1).to(torch.int32)
         cindex = cols.to(torch.int32).contiguous()
     return SparseIndex(count, offset, ccount, cindex, block_m, block_n, q_order, k_order)
+
+
+def random_span_index(batch, heads, n_q, n_k, density, columns=0, rows=3, block_m=64, block_n=64,
+                      q_order=None, k_order=None, generator=None, device=None):
+    """Random key blocks (as ``random_index``), a span per query block (a random stretch of key
+    slots, start and end off the block grid; the blocks it touches leave the list) and, with
+    ``columns`` > 0, ``rows`` shared column rows of up to ``columns`` random keys, each query block
+    reading a random one. Row entries may fall inside the block's diagonal, blocks or span (the
+    kernel skips those); ``column_count`` counts the others (a host sync: factories run once)."""
+    num_blocks, starts, lo, before = _key_block_grid(batch, heads, n_q, n_k, block_m, block_n, 0, device)
+    shape = (batch, heads, num_blocks)
+    ends = torch.sort(torch.randint(0, n_k + 1, shape + (2,), generator=generator, device=device), -1).values
+    span = ends.to(torch.int32).contiguous()
+    touched = (starts < span[..., 1:].long()) & (starts + block_n > span[..., :1].long())
+    keep = torch.rand(before.shape, generator=generator, device=device) < density
+    count, offset = blocks_from_selection(before & keep & ~touched, block_n)
+    if columns == 0:
+        ccount, cindex = _no_columns(count.shape, device)
+        return SparseIndex(count, offset, ccount, cindex, block_m, block_n, q_order, k_order, span)
+    picks = torch.rand(batch, heads, rows, n_k, generator=generator, device=device).topk(min(columns, n_k), -1).indices
+    length = torch.randint(0, picks.shape[-1] + 1, (batch, heads, rows, 1), generator=generator, device=device)
+    entries = torch.where(torch.arange(picks.shape[-1], device=device) < length, picks, n_k)
+    cindex = entries.sort(-1).values.to(torch.int32).contiguous()
+    column_row = torch.randint(0, rows, shape, generator=generator, device=device).to(torch.int32)
+    index = SparseIndex(count, offset, torch.zeros_like(count), cindex, block_m, block_n, q_order, k_order,
+                        span, column_row)
+    visited = shared_columns(index, n_k)[1].sum(-1).to(torch.int32)
+    return SparseIndex(count, offset, visited, cindex, block_m, block_n, q_order, k_order, span, column_row)
 
 
 def grid_order(n: int, stride, phase, device=None) -> torch.Tensor:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .sparse_index import SparseIndex, check_index, check_inputs
+from .sparse_index import SparseIndex, check_index, check_inputs, shared_columns, span_pieces
 
 
 def _slot_positions(order: torch.Tensor | None, batch: int, heads: int, n: int, device) -> torch.Tensor:
@@ -37,8 +37,18 @@ def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_o
     listed = torch.arange(index.block_offset.shape[-1], device=device) < index.block_count[..., None]
     spans = torch.where(listed[..., None] & (spans >= 0) & (spans < n_k), spans, trash)
     visits.scatter_add_(3, spans.flatten(3), torch.ones_like(spans.flatten(3), dtype=torch.int32))
-    cols = index.column_index.long()
-    listed = torch.arange(cols.shape[-1], device=device) < index.column_count[..., None]
+    if index.span is not None:  # +1 from each stretch's start, -1 from its end, summed along the keys
+        edges = torch.zeros_like(visits)
+        lo1, hi1, lo2, hi2 = span_pieces(index.span, bm, n_k, q_offset - k_offset)
+        for lo, hi in ((lo1, hi1), (lo2, hi2)):
+            edges.scatter_add_(3, torch.where(hi > lo, lo, trash)[..., None], torch.ones_like(edges[..., :1]))
+            edges.scatter_add_(3, torch.where(hi > lo, hi, trash)[..., None], -torch.ones_like(edges[..., :1]))
+        visits += edges.cumsum(3, dtype=torch.int32)
+    if index.column_row is None:
+        cols = index.column_index.long()
+        listed = torch.arange(cols.shape[-1], device=device) < index.column_count[..., None]
+    else:  # the entries of the block's shared row that its blocks and span do not visit already
+        cols, listed = shared_columns(index, n_k, q_offset - k_offset)
     cols = torch.where(listed & (cols >= 0) & (cols < n_k), cols, trash)
     visits.scatter_add_(3, cols, torch.ones_like(cols, dtype=torch.int32))
     visits = visits[..., :n_k]

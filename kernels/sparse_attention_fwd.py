@@ -32,6 +32,7 @@ from .placement import interpreting, triton_runs_on
 from .sparse_index import SparseIndex, check_index, check_inputs
 
 LOG2E = 1.4426950408889634
+FAR_SLOT = tl.constexpr(1 << 30)  # past every key slot, and far from int32 overflow when a block is added
 
 
 @triton.jit
@@ -82,6 +83,61 @@ def _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_abs, valid, needs_mask, qk_s
 
 
 @triton.jit
+def _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, hi, diag_lo, diag_hi, n_k, k_offset,
+                     k_base, v_base, k_order_row, stride_kn, stride_vn, offs_n, offs_d, qk_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HAS_K_ORDER: tl.constexpr,
+                     DOT_FP32: tl.constexpr):
+    """Key slots [start, start + BLOCK_N) below ``hi``, outside the diagonal block: a listed
+    block (``hi`` = n_k) or a tile of a span stretch."""
+    slots = start + offs_n
+    end = tl.minimum(hi, n_k)
+    valid = (slots >= 0) & (slots < end) & ((slots < diag_lo) | (slots >= diag_hi))
+    all_valid = (start >= 0) & (start + BLOCK_N <= end) & ((start + BLOCK_N <= diag_lo) | (start >= diag_hi))
+    k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
+    if HAS_K_ORDER:
+        k_last = tl.max(tl.where(valid, k_pos, 0), 0)
+    else:
+        k_last = start + BLOCK_N - 1
+    k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+    v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
+    needs_mask = (not all_valid) | (k_last + k_offset > q_min)
+    return _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_pos + k_offset, valid, needs_mask, qk_scale, DOT_FP32)
+
+
+@triton.jit
+def _outside_listed(slots, in_row, valid, p, start, block_row, num_blocks, BLOCK_N: tl.constexpr,
+                    FAR: tl.constexpr):
+    """Shared column rows: ``valid`` without the lanes inside a listed block. Both lists ascend,
+    so one walk serves the whole row: ``p``/``start`` (index and offset of the first block that may
+    still cover a column) only move forward; each tile tests the few blocks its columns
+    (``in_row``: the lanes holding row entries) span."""
+    first = tl.min(tl.where(in_row, slots, FAR), 0)
+    last = tl.max(tl.where(in_row, slots, -1), 0)
+    while start + BLOCK_N <= first:  # blocks wholly before this tile cover no later column
+        p += 1
+        start = tl.load(block_row + p, mask=p < num_blocks, other=FAR)
+    j = p
+    other = start
+    while other <= last:
+        valid = valid & ((slots < other) | (slots >= other + BLOCK_N))
+        j += 1
+        other = tl.load(block_row + j, mask=j < num_blocks, other=FAR)
+    return valid, p, start
+
+
+@triton.jit
+def _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base, k_order_row,
+                 stride_kn, stride_vn, offs_d, qk_scale,
+                 HEAD_DIM: tl.constexpr, HAS_K_ORDER: tl.constexpr, DOT_FP32: tl.constexpr):
+    """A tile of single key columns (gathered rows), masked by ``valid`` and causally."""
+    k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
+    k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+    v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
+    mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
+    return _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
+
+
+@triton.jit
 def _key_positions(k_order_row, slots, n_k, HAS_K_ORDER: tl.constexpr):
     """Original positions of key slots, clamped into [0, n_k) so that every K/V load is in bounds
     and needs no predicate; lanes outside the visited set are masked in the scores instead."""
@@ -106,7 +162,7 @@ def _load_rows(base, positions, stride_n, offs_d, valid, HEAD_DIM: tl.constexpr,
 @triton.jit
 def _sparse_attention_fwd(
     Q, K, V, Out, Lse,
-    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder, HeadIds,
+    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder, HeadIds, Span, ColumnRow,
     qk_scale, n_q, n_k, q_offset, k_offset, heads_run, group,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -118,9 +174,13 @@ def _sparse_attention_fwd(
     stride_cib, stride_cih, stride_cim,
     stride_qob, stride_qoh,
     stride_kob, stride_koh,
+    stride_sb, stride_sh, stride_sm,
+    stride_crb, stride_crh,
+    column_width,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr, HAS_Q_ORDER: tl.constexpr, HAS_K_ORDER: tl.constexpr,
-    HAS_HEAD_IDS: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_HEAD_IDS: tl.constexpr, DOT_FP32: tl.constexpr, HAS_SPAN: tl.constexpr,
+    SHARED_COLUMNS: tl.constexpr,
 ):
     # Longest (last) query blocks first: with causal work that shrinks the tail of the launch.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -185,34 +245,64 @@ def _sparse_attention_fwd(
         block_row = BlockOffset + b * stride_bob + h * stride_boh + start_m * stride_bom
         num_blocks = tl.load(BlockCount + count_off)
         for i in range(0, num_blocks):
-            start = tl.load(block_row + i)
-            slots = start + offs_n
-            valid = (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
-            all_valid = (start >= 0) & (start + BLOCK_N <= n_k) & \
-                ((start + BLOCK_N <= diag_lo) | (start >= diag_hi))
-            k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
-            if HAS_K_ORDER:
-                k_last = tl.max(tl.where(valid, k_pos, 0), 0)
-            else:
-                k_last = start + BLOCK_N - 1
-            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
-            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
-            needs_mask = (not all_valid) | (k_last + k_offset > q_min)
-            acc, m_i, l_i = _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_pos + k_offset, valid,
-                                           needs_mask, qk_scale, DOT_FP32)
+            acc, m_i, l_i = _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, tl.load(block_row + i), n_k,
+                                             diag_lo, diag_hi, n_k, k_offset, k_base, v_base, k_order_row,
+                                             stride_kn, stride_vn, offs_n, offs_d, qk_scale,
+                                             HEAD_DIM, BLOCK_N, HAS_K_ORDER, DOT_FP32)
 
-        # Single key columns from the list, gathered BLOCK_N at a time.
-        column_row = ColumnIndex + b * stride_cib + h * stride_cih + start_m * stride_cim
-        num_columns = tl.load(ColumnCount + count_off)
-        for c in range(0, num_columns, BLOCK_N):
-            listed = c + offs_n < num_columns
-            slots = tl.load(column_row + c + offs_n, mask=listed, other=-1)
-            valid = listed & (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
-            k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
-            k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
-            v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
-            mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
-            acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
+        span_lo = 0
+        span_hi = 0
+        if HAS_SPAN:  # a stretch of key slots: before the diagonal block, then after it
+            span_row = Span + b * stride_sb + h * stride_sh + start_m * stride_sm
+            span_lo = tl.maximum(tl.load(span_row), 0)
+            span_hi = tl.minimum(tl.load(span_row + 1), n_k)
+            for start in range(span_lo, tl.minimum(span_hi, diag_lo), BLOCK_N):
+                acc, m_i, l_i = _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, span_hi,
+                                                 diag_lo, diag_hi, n_k, k_offset, k_base, v_base, k_order_row,
+                                                 stride_kn, stride_vn, offs_n, offs_d, qk_scale,
+                                                 HEAD_DIM, BLOCK_N, HAS_K_ORDER, DOT_FP32)
+            for start in range(tl.maximum(span_lo, diag_hi), span_hi, BLOCK_N):
+                acc, m_i, l_i = _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, span_hi,
+                                                 diag_lo, diag_hi, n_k, k_offset, k_base, v_base, k_order_row,
+                                                 stride_kn, stride_vn, offs_n, offs_d, qk_scale,
+                                                 HEAD_DIM, BLOCK_N, HAS_K_ORDER, DOT_FP32)
+
+        # Single key columns, gathered BLOCK_N at a time: the block's own list (its count), or
+        # its shared row up to the end (up to the diagonal without orders: later keys are future).
+        if SHARED_COLUMNS:
+            row = tl.load(ColumnRow + b * stride_crb + h * stride_crh + start_m)
+            column_row = ColumnIndex + b * stride_cib + h * stride_cih + row.to(tl.int64) * stride_cim
+            if HAS_Q_ORDER or HAS_K_ORDER:
+                limit = n_k
+            else:
+                limit = diag_lo
+            p = 0
+            next_block = tl.load(block_row, mask=num_blocks > 0, other=FAR_SLOT)
+            c = 0
+            next_column = tl.load(column_row, mask=column_width > 0, other=FAR_SLOT)
+            while next_column < limit:
+                slots = tl.load(column_row + c + offs_n, mask=c + offs_n < column_width, other=FAR_SLOT)
+                in_row = (slots >= 0) & (slots < n_k)
+                valid = in_row & ((slots < diag_lo) | (slots >= diag_hi))
+                if HAS_SPAN:
+                    valid &= (slots < span_lo) | (slots >= span_hi)
+                valid, p, next_block = _outside_listed(slots, in_row, valid, p, next_block, block_row, num_blocks,
+                                                       BLOCK_N, FAR_SLOT)
+                acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base,
+                                             k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
+                                             HEAD_DIM, HAS_K_ORDER, DOT_FP32)
+                c += BLOCK_N
+                next_column = tl.load(column_row + c, mask=c < column_width, other=FAR_SLOT)
+        else:
+            column_row = ColumnIndex + b * stride_cib + h * stride_cih + start_m * stride_cim
+            num_columns = tl.load(ColumnCount + count_off)
+            for c in range(0, num_columns, BLOCK_N):
+                listed = c + offs_n < num_columns
+                slots = tl.load(column_row + c + offs_n, mask=listed, other=-1)
+                valid = listed & (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
+                acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base,
+                                             k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
+                                             HEAD_DIM, HAS_K_ORDER, DOT_FP32)
 
     # Rows that saw nothing keep acc = 0, l = 0: write 0 and lse = -inf instead of NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -256,17 +346,19 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
     batch, heads_q, n_q, head_dim = q.shape
     n_q = n_q if query_slots is None else query_slots  # the kernel's rows are slots
     heads_run = heads_q if head_ids is None else head_ids.shape[0]
-    block_count, block_offset, column_count, column_index = lists
+    block_count, block_offset, column_count, column_index, span, column_row = lists
     q_order, k_order = orders
-    dummy = block_count  # stands in for an absent order; never read (constexpr-guarded)
+    dummy = block_count  # stands in for an absent order, span or row map; never read (constexpr-guarded)
     qo = q_order if q_order is not None else dummy
     ko = k_order if k_order is not None else dummy
+    sp = span if span is not None else dummy[..., None]
+    cr = column_row if column_row is not None else dummy
     grid = (triton.cdiv(n_q, block_m), batch * heads_run)
     cfg = config or _launch_config(head_dim, block_m, block_n, q.dtype)
     _sparse_attention_fwd[grid](
         q, k, v, out, lse,
         block_count, block_offset, column_count, column_index, qo, ko,
-        head_ids if head_ids is not None else dummy,
+        head_ids if head_ids is not None else dummy, sp, cr,
         scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_run, heads_q // k.shape[1],
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -278,10 +370,14 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
         column_index.stride(0), column_index.stride(1), column_index.stride(2),
         qo.stride(0), qo.stride(1),
         ko.stride(0), ko.stride(1),
+        sp.stride(0), sp.stride(1), sp.stride(2),
+        cr.stride(0), cr.stride(1),
+        column_index.shape[-1],
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_M=block_m, BLOCK_N=block_n,
         IS_DENSE=is_dense, HAS_Q_ORDER=q_order is not None, HAS_K_ORDER=k_order is not None,
         HAS_HEAD_IDS=head_ids is not None, DOT_FP32=interpreting() and q.dtype != torch.float32,
+        HAS_SPAN=span is not None, SHARED_COLUMNS=column_row is not None,
         **cfg,
     )
     return out, lse
@@ -311,8 +407,9 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
         check_index(index, sub, k, check_values=check_values)
     else:
         check_index(index, q, k, check_values=check_values)
-    lists = (index.block_count, index.block_offset, index.column_count, index.column_index)
-    lists = tuple(t.contiguous() for t in lists)
+    lists = (index.block_count, index.block_offset, index.column_count, index.column_index, index.span,
+             index.column_row)
+    lists = tuple(None if t is None else t.contiguous() for t in lists)
     orders = tuple(o.contiguous() if o is not None else None for o in (index.q_order, index.k_order))
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders,
                 index.block_m, index.block_n, False, config, head_ids, index.query_slots(q.shape[2]))
@@ -327,6 +424,6 @@ def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: in
     out = new_out if out is None else out
     lse = new_lse if lse is None else lse
     no_lists = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device)
-    lists = (no_lists[..., 0], no_lists, no_lists[..., 0], no_lists)
+    lists = (no_lists[..., 0], no_lists, no_lists[..., 0], no_lists, None, None)
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, (None, None),
                 block_m, block_n, True, config, head_ids)

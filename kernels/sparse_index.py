@@ -14,10 +14,22 @@ Contract (shared by the Triton kernel and the PyTorch reference):
      ``[0, n_k)``. Always visited, so with a shared (or no) order every row keeps its own key;
   2. ``block_count`` key blocks: key slots ``[block_offset[i], block_offset[i] + block_n)``;
      offsets need not be multiples of ``block_n``;
-  3. ``column_count`` single key columns: key slots ``column_index[i]``.
+  3. optionally a **span** (``span[b, h, m] = (lo, hi)``): every key slot of ``[lo, hi)``, in tiles of
+     ``block_n`` from ``lo`` up to the diagonal block and from its end on (whole stretches such as
+     dense rows or a grid's line band, with no offset list: their capacity would be every key block);
+  4. single key columns: ``column_count`` key slots ``column_index[i]`` of the query block's own list
+     (row ``m`` of ``column_index`` [B, H, M, C]), or of a **shared row** (below).
   List entries that fall inside the diagonal block or outside ``[0, n_k)`` are ignored, so builders
-  may include the diagonal freely. Apart from that, list entries of one query block must be
-  distinct keys (the reference raises if a key is listed twice).
+  may include the diagonal freely. Apart from that, list entries, span and own columns of one query
+  block must be distinct keys (the reference raises if a key is listed twice).
+* Shared column rows (``column_row`` int32 [B, H, M]): query block ``m`` reads row
+  ``column_row[b, h, m]`` of ``column_index`` [B, H, R, C], ascending and padded at its end with
+  values ``>= n_k``, so that one row serves every query block of a modality (memory R x C instead of
+  M x C: 28 heads x 8192 query blocks x 16384 columns are 15 GB at 1M tokens). It visits the row's
+  entries outside its diagonal block, listed blocks and span (those keys are visited once, there)
+  and, without orders, before the diagonal block (later ones are all in the future). Block lists
+  must then be ascending by offset (the kernel walks both lists in step), and ``column_count`` is the
+  number of entries visited (``density`` reads it; the kernel reads the row itself).
 * Every visited pair is masked causally in original positions:
   ``k_order[k] + k_offset <= q_order[q] + q_offset``. A row with nothing visible outputs zeros and
   log-sum-exp ``-inf``: never NaN.
@@ -50,6 +62,8 @@ class SparseIndex:
     block_n: int
     q_order: torch.Tensor | None = None  # int32 [B, H, N_q]: original position of each query slot
     k_order: torch.Tensor | None = None  # int32 [B, H, N_k]: original position of each key slot
+    span: torch.Tensor | None = None  # int32 [B, H, M, 2]: key slots [lo, hi) visited whole
+    column_row: torch.Tensor | None = None  # int32 [B, H, M]: shared row of column_index read
 
     @property
     def num_query_blocks(self) -> int:
@@ -64,21 +78,45 @@ class SparseIndex:
         over the ``n (n + 1) / 2`` causal pairs. The one definition of density in mmcompile.
 
         Each query block counts its diagonal block's causal triangle, ``block_n`` keys per listed
-        block and one per listed column, for each of its rows. Exact when listed entries lie before
-        the diagonal block in original order (what the builders produce); with orders it counts
-        evaluated pairs, a few of which the causal test then drops. An index of a row subset counts
-        its own rows only (densities of a head's launches add up). Reads counts only: O(B H M),
-        on the index's device, no host sync."""
+        block and per tile of its span and one per listed column, for each of its rows. Exact when
+        listed entries lie before the diagonal block in original order (what the builders produce);
+        with orders it counts evaluated pairs, a few of which the causal test then drops. An index
+        of a row subset counts its own rows only (densities of a head's launches add up). Reads
+        counts only: O(B H M), on the index's device, no host sync."""
         m = torch.arange(self.num_query_blocks, device=self.block_count.device)
         rows = (self.query_slots(n) - m * self.block_m).clamp(min=0, max=self.block_m).to(torch.float64)
         listed = self.block_count.to(torch.float64) * self.block_n + self.column_count.to(torch.float64)
+        if self.span is not None:
+            listed = listed + span_tiles(self.span, self.block_m, self.block_n, n).to(torch.float64) * self.block_n
         pairs = (listed * rows).sum(-1) + (rows * (rows + 1) / 2).sum()
         return (pairs / (n * (n + 1) / 2)).to(torch.float32)
 
     def tensors(self) -> tuple:
         """The index as the flat argument tuple of the ``torch.ops.mminference`` ops."""
         return (self.block_count, self.block_offset, self.column_count, self.column_index,
-                self.q_order, self.k_order, self.block_m, self.block_n)
+                self.q_order, self.k_order, self.span, self.column_row, self.block_m, self.block_n)
+
+
+def diagonal_slots(num_blocks: int, block_m: int, n_k: int, shift: int, device):
+    """(lo, hi) int64 [M]: each query block's diagonal block in key slots, clipped to [0, n_k)
+    (``shift`` = q_offset - k_offset), as the kernel computes it."""
+    m = torch.arange(num_blocks, device=device)
+    return (m * block_m + shift).clamp(0, n_k), ((m + 1) * block_m + shift).clamp(0, n_k)
+
+
+def span_pieces(span: torch.Tensor, block_m: int, n_k: int, shift: int = 0):
+    """The two stretches of key slots the kernel walks for each span: ``[lo, min(hi, diag_lo))``
+    and ``[max(lo, diag_hi), hi)``, each clipped to ``[0, n_k)`` (int64 [B, H, M] bounds, lo1, hi1,
+    lo2, hi2; an empty stretch has hi <= lo)."""
+    diag_lo, diag_hi = diagonal_slots(span.shape[2], block_m, n_k, shift, span.device)
+    lo, hi = span[..., 0].long().clamp(0, n_k), span[..., 1].long().clamp(0, n_k)
+    return lo, torch.minimum(hi, diag_lo), torch.maximum(lo, diag_hi), hi
+
+
+def span_tiles(span: torch.Tensor, block_m: int, block_n: int, n_k: int, shift: int = 0) -> torch.Tensor:
+    """int64 [B, H, M]: tiles of ``block_n`` the kernel visits for each span."""
+    lo1, hi1, lo2, hi2 = span_pieces(span, block_m, n_k, shift)
+    return sum(torch.where(hi > lo, (hi - lo + block_n - 1) // block_n, 0) for lo, hi in ((lo1, hi1), (lo2, hi2)))
 
 
 def empty_lists(batch: int, heads: int, num_blocks: int, max_blocks: int, max_columns: int,
@@ -134,14 +172,21 @@ def check_index(index: SparseIndex, q: torch.Tensor, k: torch.Tensor, check_valu
         if tuple(t.shape) != expect:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect} "
                              f"(batch, query heads, ceil({slots} query slots / block_m={index.block_m}))")
-    for name in ("block_offset", "column_index"):
-        t = getattr(index, name)
-        if t.dim() != 4 or tuple(t.shape[:3]) != expect:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expect} + (capacity,)")
+    if index.block_offset.dim() != 4 or tuple(index.block_offset.shape[:3]) != expect:
+        raise ValueError(f"block_offset has shape {tuple(index.block_offset.shape)}, expected {expect} + (capacity,)")
+    rows = expect if index.column_row is None else expect[:2]
+    if index.column_index.dim() != 4 or tuple(index.column_index.shape[:len(rows)]) != rows:
+        raise ValueError(f"column_index has shape {tuple(index.column_index.shape)}, expected {rows} + "
+                         f"{'' if index.column_row is None else '(rows, '}(capacity,)")
+    if index.column_row is not None and tuple(index.column_row.shape) != expect:
+        raise ValueError(f"column_row has shape {tuple(index.column_row.shape)}, expected {expect}")
+    if index.span is not None and tuple(index.span.shape) != expect + (2,):
+        raise ValueError(f"span has shape {tuple(index.span.shape)}, expected {expect + (2,)}")
     for name, order, n in (("q_order", index.q_order, slots), ("k_order", index.k_order, n_k)):
         if order is not None and tuple(order.shape) != (batch, heads, n):
             raise ValueError(f"{name} has shape {tuple(order.shape)}, expected {(batch, heads, n)}")
-    for name in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order"):
+    for name in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order", "span",
+                 "column_row"):
         t = getattr(index, name)
         if t is None:
             continue
@@ -155,19 +200,29 @@ def check_index(index: SparseIndex, q: torch.Tensor, k: torch.Tensor, check_valu
 
 
 def _check_values(index: SparseIndex, n_q: int, n_k: int) -> None:
-    for name, count, cap in (("block_count", index.block_count, index.block_offset.shape[-1]),
-                             ("column_count", index.column_count, index.column_index.shape[-1])):
+    counts = [("block_count", index.block_count, index.block_offset.shape[-1])]
+    if index.column_row is None:
+        counts.append(("column_count", index.column_count, index.column_index.shape[-1]))
+    for name, count, cap in counts:
         if count.numel() and (int(count.min()) < 0 or int(count.max()) > cap):
             raise ValueError(f"{name} must lie in [0, {cap}], got [{int(count.min())}, {int(count.max())}]")
+    if index.span is not None:
+        span = index.span.long()
+        used = span[..., 1] > span[..., 0]
+        if bool((used & ((span[..., 0] < 0) | (span[..., 1] > n_k))).any()):
+            raise ValueError(f"span must lie in [0, {n_k}] where it is not empty")
+    if index.column_row is not None:
+        _check_shared_columns(index, n_k)
     slots = torch.arange(index.block_offset.shape[-1], device=index.block_offset.device)
     used = slots < index.block_count[..., None]
     offsets = index.block_offset[used]
     if offsets.numel() and (int(offsets.min()) < 0 or int(offsets.max()) >= n_k):
         raise ValueError(f"block_offset must lie in [0, {n_k}), got [{int(offsets.min())}, {int(offsets.max())}]")
-    slots = torch.arange(index.column_index.shape[-1], device=index.column_index.device)
-    columns = index.column_index[slots < index.column_count[..., None]]
-    if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= n_k):
-        raise ValueError(f"column_index must lie in [0, {n_k}), got [{int(columns.min())}, {int(columns.max())}]")
+    if index.column_row is None:
+        slots = torch.arange(index.column_index.shape[-1], device=index.column_index.device)
+        columns = index.column_index[slots < index.column_count[..., None]]
+        if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= n_k):
+            raise ValueError(f"column_index must lie in [0, {n_k}), got [{int(columns.min())}, {int(columns.max())}]")
     _check_distinct(index, n_k)
     if index.q_order is not None:
         values = index.q_order.sort(dim=-1).values.long()
@@ -196,16 +251,68 @@ def _check_distinct(index: SparseIndex, n_k: int) -> None:
 
     blocks = listed(index.block_offset, index.block_count)
     prev, nxt = blocks[..., :-1], blocks[..., 1:]
-    overlap = (nxt < big) & (nxt < prev + bn) & outside_diag(nxt, torch.minimum(prev + bn, nxt + bn))
-    columns = listed(index.column_index, index.column_count)
-    twice = (columns[..., 1:] < big) & (columns[..., 1:] == columns[..., :-1]) & \
-        outside_diag(columns[..., 1:], columns[..., 1:] + 1)
-    at = (torch.searchsorted(blocks.contiguous(), columns.contiguous(), right=True) - 1).clamp(min=0)
-    start = blocks.gather(-1, at)
-    inside = (columns < big) & (start <= columns) & (columns < start + bn) & outside_diag(columns, columns + 1)
-    for what, bad in (("overlapping key blocks", overlap), ("a key column twice", twice),
-                      ("a key column inside a listed key block", inside)):
+    found = [("overlapping key blocks",
+              (nxt < big) & (nxt < prev + bn) & outside_diag(nxt, torch.minimum(prev + bn, nxt + bn)))]
+    pieces = []
+    if index.span is not None:  # its stretches lie outside the diagonal block already
+        lo1, hi1, lo2, hi2 = span_pieces(index.span, index.block_m, n_k)
+        pieces = [(a[..., None], b[..., None]) for a, b in ((lo1, hi1), (lo2, hi2))]
+        found += [("a key block inside its span", (blocks < big) & (blocks < b) & (blocks + bn > a) & (b > a))
+                  for a, b in pieces]
+    if index.column_row is None:  # shared rows may hold such columns: the kernel skips them
+        columns = listed(index.column_index, index.column_count)
+        at = (torch.searchsorted(blocks.contiguous(), columns.contiguous(), right=True) - 1).clamp(min=0)
+        start = blocks.gather(-1, at)
+        found += [("a key column twice", (columns[..., 1:] < big) & (columns[..., 1:] == columns[..., :-1]) &
+                   outside_diag(columns[..., 1:], columns[..., 1:] + 1)),
+                  ("a key column inside a listed key block",
+                   (columns < big) & (start <= columns) & (columns < start + bn) & outside_diag(columns, columns + 1))]
+        found += [("a key column inside its span", (columns >= a) & (columns < b)) for a, b in pieces]
+    for what, bad in found:
         if bool(bad.any()):
             b, h, mb = bad.nonzero()[0, :3].tolist()
             raise ValueError(f"index lists {what} for batch {b}, head {h}, query block {mb}: "
                              "entries of one query block must be distinct keys")
+
+
+def shared_columns(index: SparseIndex, n_k: int, shift: int = 0):
+    """For shared column rows: (entries int64 [B, H, M, C] of each query block's row, visited bool
+    [B, H, M, C]: outside the diagonal block, the listed blocks and the span, inside ``[0, n_k)``
+    and, without orders, before the diagonal). O(M C) memory: for checks and the reference."""
+    num_m, width = index.block_count.shape[2], index.column_index.shape[-1]
+    entries = index.column_index.long().gather(2, index.column_row.long()[..., None].expand(-1, -1, -1, width))
+    lo, hi = diagonal_slots(num_m, index.block_m, n_k, shift, entries.device)
+    lo, hi = lo[:, None], hi[:, None]
+    visited = (entries >= 0) & (entries < n_k) & ((entries < lo) | (entries >= hi))
+    if index.q_order is None and index.k_order is None:
+        visited &= entries < lo
+    big = n_k + 4 * index.block_n
+    listed = torch.arange(index.block_offset.shape[-1], device=entries.device) < index.block_count[..., None]
+    starts = torch.where(listed, index.block_offset.long(), big).contiguous()
+    at = (torch.searchsorted(starts, entries.contiguous(), right=True) - 1).clamp(min=0)
+    first = starts.gather(-1, at)
+    visited &= ~((first <= entries) & (entries < first + index.block_n))
+    if index.span is not None:
+        lo1, hi1, lo2, hi2 = span_pieces(index.span, index.block_m, n_k, shift)
+        for a, b in ((lo1, hi1), (lo2, hi2)):
+            visited &= ~((entries >= a[..., None]) & (entries < b[..., None]))
+    return entries, visited
+
+
+def _check_shared_columns(index: SparseIndex, n_k: int) -> None:
+    rows = index.column_index.shape[2]
+    if index.column_row.numel() and (int(index.column_row.min()) < 0 or int(index.column_row.max()) >= rows):
+        raise ValueError(f"column_row must lie in [0, {rows})")
+    values = index.column_index.long()
+    if bool(((values[..., 1:] <= values[..., :-1]) & (values[..., :-1] < n_k)).any()) or bool((values < 0).any()):
+        raise ValueError(f"shared column rows must be ascending, distinct, in [0, {n_k}) and padded at their end "
+                         f"with values >= {n_k}")
+    listed = torch.arange(index.block_offset.shape[-1], device=values.device) < index.block_count[..., None]
+    offsets = index.block_offset.long()
+    if bool((listed[..., 1:] & (offsets[..., 1:] <= offsets[..., :-1])).any()):
+        raise ValueError("with shared column rows, each query block's block offsets must be ascending")
+    _, visited = shared_columns(index, n_k)
+    if not torch.equal(visited.sum(-1), index.column_count.long()):
+        raise ValueError("with shared column rows, column_count must count the row entries each query block "
+                         "visits (outside its diagonal block, listed blocks and span; before the diagonal "
+                         "without orders)")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from mmcompile.kernels import (SparseIndex, dense_attention_forward, dense_attention_reference,
                                sparse_attention_forward, sparse_attention_reference)
-from mmcompile.kernels.index_factories import a_shape_index, causal_index, grid_index, random_index
+from mmcompile.kernels.index_factories import a_shape_index, causal_index, grid_index, random_index, random_span_index
 
 pytestmark = pytest.mark.interpreter
 
@@ -191,3 +191,23 @@ def test_a_row_subset_launch_writes_only_its_rows():
     assert rel_err(out[:, :, others], ref_full[:, :, others]) < 2e-5
     alone, alone_lse = sparse_attention_forward(q, k, v, subset)  # new outputs: 0 and -inf elsewhere
     assert alone[:, :, others].eq(0).all() and alone_lse[:, :, others].eq(float("-inf")).all()
+
+
+@pytest.mark.parametrize("orders", ["none", "shared", "separate"])
+@pytest.mark.parametrize("n", [232, 700])
+def test_spans_and_shared_column_rows_match_reference(orders, n):
+    heads = 3
+    q, k, v = inputs(heads, 1, n, seed=n + len(orders))
+    g = torch.Generator().manual_seed(n)
+    q_order = k_order = None
+    if orders == "shared":
+        q_order = k_order = random_order(heads, n, 7)
+    elif orders == "separate":
+        q_order, k_order = random_order(heads, n, 8), random_order(heads, n, 9)
+    index = random_span_index(1, heads, n, n, 0.2, columns=60, rows=4, block_m=64, block_n=32,
+                              q_order=q_order, k_order=k_order, generator=g)
+    assert int(index.column_count.sum()) > 0 and int((index.span[..., 1] > index.span[..., 0]).sum()) > 0
+    assert_matches_reference(q, k, v, index)
+    no_columns = random_span_index(1, heads, n, n, 0.3, block_m=64, block_n=32, q_order=q_order, k_order=k_order,
+                                   generator=g)
+    assert_matches_reference(q, k, v, no_columns)

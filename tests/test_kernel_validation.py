@@ -135,3 +135,50 @@ def test_public_ops_refuse_a_meta_tensor_among_real_ones():
         sparse_attention_op(q, k.to("meta"), v, causal_index(1, 2, 130, 130))
     with pytest.raises(ValueError, match="one device"):
         torch.ops.mminference.dense_attention(q, k, v.to("meta"), 0.125, 0, 0)
+
+
+def test_spans_and_shared_rows_are_checked():
+    """Spans must not share keys with listed blocks or own columns; shared rows must ascend, their
+    blocks' lists too, and ``column_count`` must count what each block visits of its row."""
+    q, k, v = qkv(n=256, heads_q=1)
+    base = causal_index(1, 1, 256, 256)  # 4 query blocks of 64: every block before each diagonal
+    m = torch.arange(4, dtype=torch.int32)
+    span = torch.stack([m * 0 + 192, m * 0 + 256], -1)[None, None].contiguous()  # keys 192..255
+    rows = torch.tensor([[[[3, 70, 300]]]], dtype=torch.int32)  # one shared row (300: padding)
+    column_row = torch.zeros(1, 1, 4, dtype=torch.int32)
+    shared = replace(base, column_index=rows, column_row=column_row, column_count=torch.zeros_like(base.column_count))
+    cases = [
+        (replace(base, span=span[..., :1]), "span has shape"),
+        (replace(base, span=span + 100), r"span must lie in \[0, 256\]"),
+        (replace(base, span=torch.zeros_like(span) + torch.tensor([0, 64], dtype=torch.int32)), "block inside its span"),
+        (replace(shared, column_row=column_row[..., :2]), "column_row has shape"),
+        (replace(shared, column_row=column_row + 1), r"column_row must lie in \[0, 1\)"),
+        (replace(shared, column_index=rows.flip(-1).contiguous()), "must be ascending"),
+        (replace(shared, column_count=torch.ones_like(base.column_count)), "column_count must count"),
+        (replace(shared, block_offset=base.block_offset.flip(-1).contiguous(), column_count=torch.zeros_like(
+            base.column_count)), "block offsets must be ascending"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sparse_attention_reference(q, k, v, bad)
+    no_blocks = replace(shared, block_count=torch.zeros_like(base.block_count),
+                        column_count=torch.tensor([[[0, 1, 2, 2]]], dtype=torch.int32))
+    sparse_attention_reference(q, k, v, no_blocks)  # keys 3 and 70 where visible: valid
+    sparse_attention_reference(q, k, v, shared)  # the blocks visit both keys, so no block counts them
+
+
+def test_density_counts_spans_and_shared_rows_exactly():
+    """Aligned spans before the diagonal and shared rows: ``density`` equals the mask's pairs."""
+    from mmcompile.kernels.index_factories import random_span_index
+    from mmcompile.kernels.sparse_index import shared_columns
+
+    for n in (130, 300):
+        g = torch.Generator().manual_seed(n)
+        index = random_span_index(1, 2, n, n, 0.0, columns=40, rows=3, block_m=64, block_n=32, generator=g)
+        m = torch.arange(index.num_query_blocks)
+        first = (torch.rand(1, 2, m.numel(), generator=g) * (m * 2 + 1)).long() * 32  # aligned, before the diagonal
+        index = replace(index, span=torch.stack([first, (m * 64).expand_as(first)], -1).to(torch.int32).contiguous())
+        index = replace(index, column_count=shared_columns(index, n)[1].sum(-1).to(torch.int32))
+        mask = index_to_mask(index, n, n)
+        assert int(index.column_count.sum()) > 0
+        assert torch.allclose(index.density(n), mask.sum((-1, -2)).float() / (n * (n + 1) / 2))

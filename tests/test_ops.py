@@ -55,7 +55,7 @@ def test_op_survives_torch_export():
 
     class Layer(torch.nn.Module):
         def forward(self, q, k, v, bc, bo, cc, ci):
-            return torch.ops.mminference.sparse_attention_reference(q, k, v, bc, bo, cc, ci, None, None,
+            return torch.ops.mminference.sparse_attention_reference(q, k, v, bc, bo, cc, ci, None, None, None, None,
                                                                     64, 64, 0.125, 0, 0)[0]
 
     idx = index.tensors()[:4]

@@ -57,7 +57,8 @@ def test_line_scores_kernel_matches_pytorch_bf16(consecutive):
 
 def test_column_compaction_kernel_matches_reference():
     from mmcompile.patterns.columns_kernel import compact_columns
-    from mmcompile.patterns.index_builder import _columns_reference, _dedup_compact
+    from mmcompile.patterns.index_builder import _dedup_compact
+    from mmcompile.patterns.index_columns import per_block_reference
     g = torch.Generator(device="cuda").manual_seed(0)
     n, block_m, block_n = 65536, 128, 64
     num_m = n // block_m
@@ -66,9 +67,10 @@ def test_column_compaction_kernel_matches_reference():
     bits = torch.ones_like(values)
     present = torch.ones(1, num_m, dtype=torch.long, device="cuda")
     block_ids, count = _dedup_compact(torch.randint(-1, n // block_n, (1, 4, num_m, 40), device="cuda", generator=g))
-    ref = _columns_reference(values, bits, present, block_ids, torch.arange(num_m, device="cuda"), block_m,
-                             block_n, n, True)
-    ids, got = compact_columns(values, bits, present, block_ids, count, n, block_m, block_n, True)
+    lo = torch.randint(0, n, (1, 4, num_m, 1), device="cuda", generator=g)
+    span = torch.cat([lo, lo + 4096], -1)  # spans over the block lists and columns
+    ref = per_block_reference(values, bits, present, block_ids, span, 0, block_m, block_n, n, True)
+    ids, got = compact_columns(values, bits, present, block_ids, count, span, 0, n, block_m, block_n, True)
     assert torch.equal(got.long(), ref[1]) and torch.equal(ids.long(), ref[0])
 
 

@@ -2,10 +2,12 @@
 
 import torch
 
-from mmcompile.kernels import index_to_mask
-from mmcompile.patterns import AShape, Grid, VerticalSlash
+from mmcompile.kernels import check_index, index_to_mask
+from mmcompile.patterns import AShape, Dense, Grid, VerticalSlash
 from mmcompile.patterns import intra
+from mmcompile.patterns.fidelity import index_row_mask
 from mmcompile.patterns.index_builder import build_index
+from mmcompile.patterns.pictures import block_map
 from mmcompile.patterns.estimate import column_slash, last_queries, last_query_probs, line_scores
 
 BM, BN = 64, 32
@@ -151,21 +153,44 @@ def test_block_sparse_index_is_top_k_pooled_blocks():
         assert torch.equal(mask[0, h], brute & causal(n)), h
 
 
-def test_head_chunks_build_the_same_index():
-    """Bounded memory (1M tokens): heads built a chunk at a time give the index built at once, for
-    sets with columns, per-query-block blocks, full rows and an order."""
+def _tensors(index):
+    return [getattr(index, f) for f in ("block_count", "block_offset", "column_count", "column_index", "q_order",
+                                        "k_order", "span", "column_row")]
+
+
+def test_chunks_and_shared_rows_build_the_same_index():
+    """Bounded memory (1M tokens): an index built a chunk of heads, or of query blocks, at a time
+    equals the one built at once, tensor for tensor; shared column rows visit the same keys as
+    per-block lists (same mask, same density). Sets with columns of two modalities, a dense
+    modality (a span), per-query-block blocks, grid full rows and an order."""
     n, heads = 700, 5
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, heads, n, 16, generator=g), torch.randn(1, 1, n, 16, generator=g)
     pos, valid = last_queries(None, n, 1)
     lines = line_scores(q, k, pos, valid, 0.25)
     vs = intra.vertical_slash_sets([VerticalSlash(40, 3)] * heads, lines, n, BM, BN)
+    vs2 = intra.vertical_slash_sets([VerticalSlash(90, 5)] * heads, lines, n, BM, BN)
     order, grid = intra.grid_sets(Grid(hline=True, local_frames=40), lines.vertical,
                                   torch.tensor([50], dtype=torch.int32), 50, n, BM, BN)
-    rows = torch.arange(-(-n // BM))[None] % 2 == 0
-    for entries, kw in (([(rows, vs), (~rows, intra.a_shape_sets([AShape(30, 60)] * heads, 1, n, BN, "cpu"))], {}),
-                        ([(None, grid)], dict(order=order))):
+    rows = torch.arange(-(-n // BM))[None] % 3 == 0
+    third = torch.arange(-(-n // BM))[None] % 3 == 1
+    dense = intra.dense_sets([Dense()] * heads, 1, n, BN, "cpu")
+    cases = [([(rows, vs), (~rows, intra.a_shape_sets([AShape(30, 60)] * heads, 1, n, BN, "cpu"))], {}),
+             ([(rows, vs), (third, vs2), (~rows & ~third, dense)], {}),
+             ([(None, grid)], dict(order=order))]
+    for entries, kw in cases:
         whole = build_index(entries, n, n, BM, BN, **kw)
-        chunked = build_index(entries, n, n, BM, BN, max_entries=1, **kw)  # one head per chunk
-        assert torch.equal(index_to_mask(chunked, n, n), index_to_mask(whole, n, n))
-        assert torch.equal(chunked.density(n), whole.density(n))
+        mask = index_to_mask(whole, n, n)
+        for max_entries in (1, 3000):  # one head and one query block per chunk; a few query blocks
+            chunked = build_index(entries, n, n, BM, BN, max_entries=max_entries, **kw)
+            assert all(a is b or torch.equal(a, b) for a, b in zip(_tensors(chunked), _tensors(whole)))
+        shared = build_index(entries, n, n, BM, BN, shared_columns=True, **kw)
+        assert shared.column_row is not None and shared.column_index.shape[2] <= 1 << len(entries)
+        chunked = build_index(entries, n, n, BM, BN, shared_columns=True, max_entries=1, **kw)
+        assert all(a is b or torch.equal(a, b) for a, b in zip(_tensors(chunked), _tensors(shared)))
+        check_index(shared, q, k)  # ascending rows and blocks, counts that match what is visited
+        assert torch.equal(index_to_mask(shared, n, n), mask)
+        assert torch.equal(shared.density(n), whole.density(n))
+        rows_to_check = torch.tensor([0, 63, 64, 300, 699])  # what the fidelity harness and the pictures read
+        assert torch.equal(index_row_mask(shared, rows_to_check, n), index_row_mask(whole, rows_to_check, n))
+        assert all(torch.equal(block_map(shared, n, h), block_map(whole, n, h)) for h in range(heads))

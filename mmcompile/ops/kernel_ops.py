@@ -58,21 +58,23 @@ def sparse_attention(
     block_count: torch.Tensor, block_offset: torch.Tensor,
     column_count: torch.Tensor, column_index: torch.Tensor,
     q_order: Optional[torch.Tensor], k_order: Optional[torch.Tensor],
+    span: Optional[torch.Tensor], column_row: Optional[torch.Tensor],
     block_m: int, block_n: int, scale: float, q_offset: int, k_offset: int, check_index: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention over a SparseIndex; returns (out [B,Hq,Nq,D], lse [B,Hq,Nq] float32).
     ``check_index=False`` skips the content checks (host syncs) for indexes known valid."""
     index = SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n,
-                        q_order, k_order)
+                        q_order, k_order, span, column_row)
     if _use_reference(q):  # the reference checks inputs and index contents itself, always
         return sparse_attention_reference(q, k, v, index, scale, q_offset, k_offset)
     return sparse_attention_forward(q, k, v, index, scale, q_offset, k_offset, check_values=check_index)
 
 
 @sparse_attention.register_fake
-def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order,
+def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order, span, column_row,
       block_m, block_n, scale, q_offset, k_offset, check_index=True):
-    return _fake_outputs(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order)
+    return _fake_outputs(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order, span,
+                         column_row)
 
 
 @torch.library.custom_op("mminference::sparse_attention_reference", mutates_args=())
@@ -81,18 +83,20 @@ def sparse_attention_ref(
     block_count: torch.Tensor, block_offset: torch.Tensor,
     column_count: torch.Tensor, column_index: torch.Tensor,
     q_order: Optional[torch.Tensor], k_order: Optional[torch.Tensor],
+    span: Optional[torch.Tensor], column_row: Optional[torch.Tensor],
     block_m: int, block_n: int, scale: float, q_offset: int, k_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain-PyTorch reference of ``mminference::sparse_attention`` (its checks are always on)."""
     index = SparseIndex(block_count, block_offset, column_count, column_index, block_m, block_n,
-                        q_order, k_order)
+                        q_order, k_order, span, column_row)
     return sparse_attention_reference(q, k, v, index, scale, q_offset, k_offset)
 
 
 @sparse_attention_ref.register_fake
-def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order,
+def _(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order, span, column_row,
       block_m, block_n, scale, q_offset, k_offset):
-    return _fake_outputs(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order)
+    return _fake_outputs(q, k, v, block_count, block_offset, column_count, column_index, q_order, k_order, span,
+                         column_row)
 
 
 @torch.library.custom_op("mminference::dense_attention", mutates_args=())

@@ -4,8 +4,8 @@
 heads). ``line_scores`` reads off their float32 softmax over all keys (causal in original
 positions) what every pattern needs: the mass per key column (vertical) and per diagonal offset
 (slash). The softmax itself is never kept: it is built one KV head at a time and reduced at once,
-so memory stays at one KV group's [L, N] and each element is read twice (two matrix-vector
-products). ``last_query_probs`` is the plain reference of the same softmax, for tests.
+so memory stays at a few heads' [L, N] (``line_scores_kernel.MAX_PROBS_BYTES``) and each element
+is read twice (two matrix-vector products). ``last_query_probs`` is the plain reference of the same softmax, for tests.
 ``held_out_queries`` and ``dense_row_lse`` give the rows (disjoint from the estimation rows) and
 dense log-sum-exp on which ``verify`` measures what a layer's launches really kept.
 """
@@ -114,17 +114,24 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     heads_kv, last = k.shape[1], pos.shape[1]
     group = heads_q // heads_kv
     rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, last, d)) * scale
-    keys = torch.nn.functional.pad(k, (0, 0, 0, last)) if consecutive else k
-    width = keys.shape[2]
+    width = n + last if consecutive else n
     weight = valid.to(torch.float32)
     future = torch.arange(start, width, device=q.device)[None, None, :] > pos[:, :, None]  # [B, L, W - start]
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
     slash = torch.empty_like(vertical)
     lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
-    for g in range(heads_kv):  # one KV group at a time: memory is one [group, L, W] softmax
-        heads = slice(g * group, (g + 1) * group)
-        scores = torch.matmul(rows[:, heads].reshape(batch, group * last, d),
-                              keys[:, g].transpose(-1, -2)).view(batch, group, last, width)
+    # Per head the bf16 scores, their fp32 copy in the softmax, the probabilities and a copy of the
+    # skewed view: about four times the kernel path's probabilities, so a quarter of its chunk.
+    chunk = min(group, line_scores_kernel.head_chunk(last, 4 * width))
+    chunks = [slice(h, min(h + chunk, (g + 1) * group)) for g in range(heads_kv)
+              for h in range(g * group, (g + 1) * group, chunk)]
+    keys = None
+    for heads in chunks:  # heads of one KV group at a time: one [chunk, L, W] softmax
+        count, first = heads.stop - heads.start, heads.start
+        if first % group == 0:  # this group's keys (zero rows after them for the skew: a copy of one KV head)
+            keys = torch.nn.functional.pad(k[:, first // group], (0, 0, 0, last)) if consecutive else k[:, first // group]
+        scores = torch.matmul(rows[:, heads].reshape(batch, count * last, d),
+                              keys.transpose(-1, -2)).view(batch, count, last, width)
         scores[..., start:].masked_fill_(future[:, None], float("-inf"))
         if key_pad is not None:  # padding: all-masked rows become zeros
             scores[..., :n].masked_fill_(key_pad[:, None, None, :], float("-inf"))
@@ -148,8 +155,8 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive) -> LineSc
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
     slash = torch.empty_like(vertical)
     lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
-    chunk = line_scores_kernel.head_chunk(heads_q, heads_q // k.shape[1], last, width)
-    for first in range(0, heads_q, chunk):  # whole KV groups, bounded memory
+    chunk = line_scores_kernel.head_chunk(last, width)
+    for first in range(0, heads_q, chunk):  # bounded memory: ``MAX_PROBS_BYTES`` of probabilities
         heads = slice(first, min(heads_q, first + chunk))
         probs, lse[:, heads] = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical)
         slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive

@@ -3,12 +3,19 @@
 Every pattern is described by a few per-(batch, head) sets that do not depend on the query block:
   * ``relative``: key-block distances d to the diagonal (query block m visits block m*R + d, with
     R = block_m / block_n); slashes, local windows and periodic grid diagonals are such sets;
-  * ``absolute``: key-block ids visited by every query block (sinks, grid vertical-line bands);
+  * ``absolute``: key-block ids visited by every query block (sinks);
+  * ``span_from`` / ``span_to``: key blocks [from, to) all visited (to: FAR = up to the causal
+    limit); dense sets from 0, a grid's vertical-line band from its first block: the index's
+    ``span``, never a list as wide as the key blocks (N^2 / (block_m block_n) entries per head).
+    Spans of several entries on one query block merge into one (dense spans start at 0, grid
+    launches have one entry: they always overlap);
   * ``columns``: single key slots visited by every query block (vertical lines);
-  * ``full_rows``: query blocks that visit every key block (grid horizontal lines).
+  * ``full_rows``: query blocks that visit every key block (grid horizontal lines): a span from 0.
 Sets of several modalities are combined per query block by which modalities its rows hold
-(Q-boundary heads) before one sort-based dedup and a cumsum compaction. No Python loop over
-blocks or heads, no shape that depends on data: capacities come from the set widths.
+(Q-boundary heads) before one sort-based dedup and a cumsum compaction; columns become per-block
+lists or shared rows (``index_columns``). No Python loop over blocks or data, no shape that depends
+on data: capacities come from the set widths. Memory is bounded: the index is written into its
+final tensors chunk by chunk of heads and query blocks (``max_entries`` candidates per chunk).
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import functools
 
 import torch
 
-from mmcompile.kernels import SparseIndex, triton_runs_on
+from mmcompile.kernels import SparseIndex
 
-from .columns_kernel import compact_columns
+from . import index_columns
 
 INVALID = -1  # marks an unused entry in absolute / column sets
 FAR = 1 << 28  # relative distance that never lands on a key block: padding of relative sets
@@ -33,6 +40,8 @@ class BlockSets:
     absolute: torch.Tensor  # int64 [B, H, Ka] (or [B, H, M, Ka]: per query block), INVALID = unused
     columns: torch.Tensor  # int64 [B, H, Kc], INVALID = unused
     full_rows: torch.Tensor | None = None  # bool [B, H, M]
+    span_from: torch.Tensor | None = None  # int64 [B, H]: first key block of the span, FAR = none
+    span_to: torch.Tensor | None = None  # int64 [B, H]: key block after the span, FAR = the causal limit
 
 
 def device_list(values, device, dtype=torch.long) -> torch.Tensor:
@@ -70,103 +79,143 @@ def stack_heads(per_head: list[BlockSets]) -> BlockSets:
         rows = shaped[0]
         full = torch.cat([s.full_rows if s.full_rows is not None else
                           rows.new_zeros(rows.shape[0], s.relative.shape[1], rows.shape[2]) for s in per_head], dim=1)
+    def span(name):
+        if all(getattr(s, name) is None for s in per_head):
+            return None
+        return torch.cat([getattr(s, name) if getattr(s, name) is not None else
+                          torch.full(s.relative.shape[:2], FAR, dtype=torch.long, device=s.relative.device)
+                          for s in per_head], dim=1)
+    span_from, span_to = span("span_from"), span("span_to")
     if any(s.absolute.dim() == 4 for s in per_head):  # per-query-block sets: broadcast the others
         num_m = next(s.absolute.shape[2] for s in per_head if s.absolute.dim() == 4)
         per_head = [s if s.absolute.dim() == 4 else dataclasses.replace(
             s, absolute=s.absolute[:, :, None, :].expand(-1, -1, num_m, -1)) for s in per_head]
-    return BlockSets(cat("relative", FAR), cat("absolute", INVALID), cat("columns", INVALID), full)
+    return BlockSets(cat("relative", FAR), cat("absolute", INVALID), cat("columns", INVALID), full, span_from,
+                     span_to)
 
 
-MAX_CANDIDATE_ENTRIES = 1 << 26  # per head chunk: the dedup's [B, H, M, K] int64 temporaries stay ~0.5 GiB each
+def head_slice(sets: BlockSets, index) -> BlockSets:
+    """The sets of some heads: ``index`` a slice, or an int64 tensor of head positions."""
+    def pick(t):
+        if t is None:
+            return None
+        return t[:, index] if isinstance(index, slice) else t.index_select(1, index)
+    return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows),
+                     pick(sets.span_from), pick(sets.span_to))
+
+
+MAX_CANDIDATE_ENTRIES = 1 << 24  # per chunk (batch x heads x query blocks x set width): temporaries ~64-128 MiB each
 
 
 def build_index(sets_by_modality: list[tuple[torch.Tensor | None, BlockSets]], n_q: int, n_k: int,
                 block_m: int, block_n: int, order: torch.Tensor | None = None,
-                max_entries: int = MAX_CANDIDATE_ENTRIES) -> SparseIndex:
+                max_entries: int = MAX_CANDIDATE_ENTRIES, shared_columns: bool | None = None) -> SparseIndex:
     """SparseIndex from block sets. Each entry is (rows_of_modality, sets): ``rows_of_modality`` is
     a bool [B, M] saying which query blocks hold rows of that modality (None: all blocks).
     ``order`` (int32 [B, H, N] or None) is shared by queries and keys; without it, blocks after a
     query block's diagonal are dropped (fully in the future). With an order and ``n_q`` < N the
     queries are its first ``n_q`` slots: a launch over a subset of the rows.
 
-    Heads are built in chunks of at most ``max_entries`` candidate entries (batch x heads x query
-    blocks x set width): at 1M tokens the sort-based dedup of all 28 heads at once would hold
-    several [B, H, M, K] int64 tensors of ~3 GiB each."""
-    first = sets_by_modality[0][1]
-    batch, heads = first.relative.shape[:2]
-    num_m = -(-n_q // block_m)
-    width = sum(s.relative.shape[-1] + s.absolute.shape[-1] for _, s in sets_by_modality)
-    if any(s.full_rows is not None for _, s in sets_by_modality):
-        width = max(width, -(-n_k // block_n))
-    per_head = max(batch * num_m * max(width, 1), 1)
-    chunk = max(1, max_entries // per_head)
-    if chunk >= heads:
-        return _build_index(sets_by_modality, n_q, n_k, block_m, block_n, order)
-    parts = [_build_index([(rows, _head_slice(sets, h, h + chunk)) for rows, sets in sets_by_modality], n_q, n_k,
-                          block_m, block_n, None if order is None else order[:, h:h + chunk])
-             for h in range(0, heads, chunk)]
-    return _concat_heads(parts)
-
-
-def _head_slice(sets: BlockSets, lo: int, hi: int) -> BlockSets:
-    pick = (lambda t: None if t is None else t[:, lo:hi])
-    return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows))
-
-
-def _concat_heads(parts: list[SparseIndex]) -> SparseIndex:
-    """One index from per-head-chunk indexes (lists padded to the widest chunk)."""
-    def cat(name, value):
-        tensors = [getattr(p, name) for p in parts]
-        if tensors[0] is None:
-            return None
-        if tensors[0].dim() == 4:
-            width = max(t.shape[-1] for t in tensors)
-            tensors = [pad_last(t, width, value) for t in tensors]
-        return torch.cat(tensors, dim=1).contiguous()
-    first = parts[0]
-    return SparseIndex(cat("block_count", 0), cat("block_offset", 0), cat("column_count", 0),
-                       cat("column_index", 0), first.block_m, first.block_n, cat("q_order", 0), cat("k_order", 0))
-
-
-def _build_index(sets_by_modality, n_q: int, n_k: int, block_m: int, block_n: int, order) -> SparseIndex:
+    The output tensors are allocated once and filled chunk by chunk: heads, then query blocks, at
+    most ``max_entries`` candidates (batch x heads x query blocks x set width) per chunk, so the
+    sort-based dedup never holds more than a few such int32/int64 tensors (at 1M tokens with 28
+    heads all at once they were ~3 GiB each). ``shared_columns`` (default: when per-block column
+    lists would pass ``index_columns.COLUMN_LIST_BYTES``) stores columns as shared rows."""
     assert block_m % block_n == 0, "query blocks must be whole key blocks"
-    ratio = block_m // block_n
     first = sets_by_modality[0][1]
     batch, heads = first.relative.shape[:2]
     device = first.relative.device
     num_m = -(-n_q // block_m)
-    nkb = -(-n_k // block_n)
-    m = torch.arange(num_m, device=device)
-    diag = (m * ratio)[None, None, :, None]  # first key block of each query block's diagonal
-
-    ids, any_full = [], torch.zeros(batch, heads, num_m, dtype=torch.bool, device=device)
-    for rows, sets in sets_by_modality:
-        present = torch.ones(batch, num_m, dtype=torch.bool, device=device) if rows is None else rows
-        present = present[:, None, :, None]
-        rel = diag + sets.relative[:, :, None, :]
-        ab = sets.absolute if sets.absolute.dim() == 4 else sets.absolute[:, :, None, :]
-        ab = ab.expand(batch, heads, num_m, ab.shape[-1])
-        cand = torch.cat([rel, ab], dim=-1)
-        ids.append(torch.where(present & (cand >= 0), cand, -1))
-        if sets.full_rows is not None:
-            any_full |= sets.full_rows & present[..., 0]
-    cand = torch.cat(ids, dim=-1) if ids else torch.empty(batch, heads, num_m, 0, device=device, dtype=torch.long)
-    if any(sets.full_rows is not None for _, sets in sets_by_modality):  # capacity grows to every block
-        every = torch.arange(nkb, device=device).expand(batch, heads, num_m, nkb)
-        cand = pad_last(cand, nkb, -1)
-        cand = torch.where(any_full[..., None], pad_last(every, cand.shape[-1], -1), cand)
-    in_diag = (cand >= diag) & (cand < diag + ratio)
-    limit = nkb if order is not None else diag  # no order: a block after the diagonal is all future
-    valid = (cand >= 0) & (cand < limit) & ~in_diag
-    block_ids, count = _dedup_compact(torch.where(valid, cand, -1))
-
-    columns = [(rows, sets.columns) for rows, sets in sets_by_modality if sets.columns.shape[-1]]
-    col_index, col_count = _columns(columns, block_ids, count, m, block_m, block_n, n_k, order is None,
-                                    batch, heads, num_m, device)
+    width = max(sum(s.relative.shape[-1] + s.absolute.shape[-1] for _, s in sets_by_modality), 1)
+    columns = [(rows, s.columns) for rows, s in sets_by_modality if s.columns.shape[-1]]
+    col_width = max(sum(c.shape[-1] for _, c in columns), 1)
+    if shared_columns is None:
+        shared_columns = batch * heads * num_m * col_width * 4 > index_columns.COLUMN_LIST_BYTES
+    shared_columns = shared_columns and bool(columns)
+    with_span = any(s.span_from is not None or s.full_rows is not None for _, s in sets_by_modality)
+    i32 = dict(dtype=torch.int32, device=device)
+    out = dict(block_count=torch.zeros(batch, heads, num_m, **i32),
+               block_offset=torch.zeros(batch, heads, num_m, width, **i32),
+               column_count=torch.zeros(batch, heads, num_m, **i32),
+               span=torch.zeros(batch, heads, num_m, 2, **i32) if with_span else None)
+    merged = index_columns.merge_column_sets(columns, batch, heads, device) if columns else None
+    present = index_columns.present_bits(columns, batch, num_m, device) if columns else None
+    if shared_columns:
+        out["column_index"] = index_columns.shared_rows(*merged, len(columns), n_k)
+        out["column_row"] = present[:, None, :].expand(batch, heads, num_m).to(torch.int32).contiguous()
+    else:
+        out["column_index"] = torch.full((batch, heads, num_m, col_width), -1 if columns else 0, **i32)
+    per_head = batch * num_m * width * (3 if shared_columns else 1)  # shared counts search 2 bounds per block
+    head_step = max(1, min(heads, max_entries // per_head))
+    m_step = num_m if head_step < heads or per_head <= max_entries else max(1, max_entries * num_m // per_head)
+    for h in range(0, heads, head_step):
+        hs = slice(h, min(heads, h + head_step))
+        chunk_sets = [(rows, head_slice(sets, hs)) for rows, sets in sets_by_modality]
+        for m in range(0, num_m, m_step):
+            ms = slice(m, min(num_m, m + m_step))
+            _fill(out, hs, ms, chunk_sets, merged, present, shared_columns, n_k, block_m, block_n, order is not None)
     q_order = order if order is None or n_q == order.shape[-1] else order[..., :n_q].contiguous()
-    return SparseIndex(count.to(torch.int32), (block_ids * block_n).clamp(min=0).to(torch.int32).contiguous(),
-                       col_count.to(torch.int32), col_index.to(torch.int32).contiguous(), block_m, block_n,
-                       q_order, order)
+    return SparseIndex(out["block_count"], out["block_offset"], out["column_count"], out["column_index"], block_m,
+                       block_n, q_order, order, out["span"], out.get("column_row"))
+
+
+def _fill(out, hs: slice, ms: slice, sets_by_modality, merged, present, shared_columns, n_k, block_m, block_n,
+          ordered: bool) -> None:
+    """Writes heads ``hs`` x query blocks ``ms`` of every output tensor."""
+    ratio = block_m // block_n
+    first = sets_by_modality[0][1]
+    batch, heads = first.relative.shape[:2]
+    device = first.relative.device
+    nkb = -(-n_k // block_n)
+    m = torch.arange(ms.start, ms.stop, device=device, dtype=torch.int32)
+    diag = (m * ratio)[None, None, :, None]  # first key block of each query block's diagonal
+    shape = (batch, heads, m.numel())
+    ids = []
+    span_from = torch.full(shape, FAR, dtype=torch.int32, device=device)
+    span_to = torch.zeros(shape, dtype=torch.int32, device=device)
+    for rows, sets in sets_by_modality:
+        rows_here = torch.ones(batch, m.numel(), dtype=torch.bool, device=device) if rows is None else rows[:, ms]
+        present_here = rows_here[:, None, :, None]
+        rel = diag + sets.relative[:, :, None, :].to(torch.int32)
+        ab = sets.absolute[:, :, ms] if sets.absolute.dim() == 4 else sets.absolute[:, :, None, :]
+        ab = ab.to(torch.int32).expand(batch, heads, m.numel(), ab.shape[-1])
+        cand = torch.cat([rel, ab], dim=-1)
+        ids.append(torch.where(present_here & (cand >= 0), cand, -1))
+        here = present_here[..., 0]
+        if sets.span_from is not None:
+            to = sets.span_to if sets.span_to is not None else torch.full_like(sets.span_from, FAR)
+            here_span = here & (sets.span_from < FAR)[..., None]
+            span_from = torch.where(here_span, torch.minimum(span_from, sets.span_from[..., None].to(torch.int32)),
+                                    span_from)
+            span_to = torch.where(here_span, torch.maximum(span_to, to[..., None].to(torch.int32)), span_to)
+        if sets.full_rows is not None:
+            full = sets.full_rows[:, :, ms] & here
+            span_from, span_to = torch.where(full, 0, span_from), torch.where(full, FAR, span_to)
+    cand = torch.cat(ids, dim=-1)
+    in_diag = (cand >= diag) & (cand < diag + ratio)
+    limit = nkb if ordered else diag  # no order: a block after the diagonal is all future
+    in_span = (cand >= span_from[..., None]) & (cand < span_to[..., None])  # the span visits those
+    valid = (cand >= 0) & (cand < limit) & ~in_diag & ~in_span
+    block_ids, count = _dedup_compact(torch.where(valid, cand, -1))
+    del ids, cand, in_diag, in_span, valid  # the column steps below hold their own temporaries
+    out["block_count"][:, hs, ms] = count.to(torch.int32)
+    out["block_offset"][:, hs, ms, :block_ids.shape[-1]] = (block_ids * block_n).clamp(min=0)
+    # The span in key slots, up to the limit (empty: lo = hi).
+    hi = torch.full(shape, n_k, dtype=torch.long, device=device) if ordered else (m.long() * block_m).expand(shape)
+    hi = torch.minimum(span_to.long() * block_n, hi)
+    span = torch.stack([torch.minimum(span_from.long() * block_n, hi), hi], -1).to(torch.int32)
+    if out["span"] is not None:
+        out["span"][:, hs, ms] = span
+    if merged is None:
+        return
+    values, bits = (t[:, hs] for t in merged)
+    if shared_columns:
+        out["column_count"][:, hs, ms] = index_columns.shared_counts(
+            out["column_index"][:, hs], present[:, ms], block_ids, count, span, ms.start, block_m, block_n, n_k, ordered)
+        return
+    index_columns.per_block_columns(values, bits, present[:, ms], block_ids, count.to(torch.int32), span, ms.start,
+                                    block_m, block_n, n_k, not ordered, out["column_index"][:, hs, ms],
+                                    out["column_count"][:, hs, ms])
 
 
 def _dedup_compact(ids: torch.Tensor):
@@ -177,63 +226,4 @@ def _dedup_compact(ids: torch.Tensor):
     srt = torch.where(ids >= 0, ids, big).sort(dim=-1).values
     keep = srt != big
     keep[..., 1:] &= srt[..., 1:] != srt[..., :-1]
-    return _compact(srt, keep)
-
-
-def _compact(values: torch.Tensor, keep: torch.Tensor):
-    """Kept values moved to the front (order kept), rest -1; count per row. Cumsum + scatter."""
-    width = values.shape[-1]
-    pos = torch.where(keep, keep.long().cumsum(-1) - 1, width)
-    out = torch.full(values.shape[:-1] + (width + 1,), -1, dtype=values.dtype, device=values.device)
-    out.scatter_(-1, pos, torch.where(keep, values, -1))
-    return out[..., :width], keep.sum(-1)
-
-
-def _merge_column_sets(columns, batch, heads, device):
-    """Union of the modality column sets per (batch, head), sorted once: (values [B,H,K] with -1
-    unused, bits [B,H,K] saying which entries' modality lists each column)."""
-    values = torch.cat([c for _, c in columns], dim=-1)
-    bits = torch.cat([torch.full_like(c, 1 << i) for i, (_, c) in enumerate(columns)], dim=-1)
-    big = torch.iinfo(values.dtype).max
-    values, perm = torch.where(values >= 0, values, big).sort(dim=-1)
-    bits = bits.gather(-1, perm)
-    for _ in range(len(columns) - 1):  # a value listed by several entries: OR their bits into the first
-        same = values[..., :-1] == values[..., 1:]
-        bits[..., :-1] |= torch.where(same, bits[..., 1:], 0)
-    first = torch.ones_like(values, dtype=torch.bool)
-    first[..., 1:] = values[..., 1:] != values[..., :-1]
-    keep = first & (values != big)
-    return torch.where(keep, values, -1), torch.where(keep, bits, 0)
-
-
-def _columns(columns, block_ids, count, m, block_m, block_n, n_k, causal_slots, batch, heads, num_m, device):
-    """Per query block, the columns its rows see that no listed block covers: (ids [B,H,M,K], count).
-    Where Triton runs (``kernels.triton_runs_on``) one Triton kernel (``columns_kernel``); elsewhere
-    ``_columns_reference``."""
-    if not columns:
-        z = torch.zeros(batch, heads, num_m, 1, dtype=torch.long, device=device)
-        return z, z[..., 0]
-    values, bits = _merge_column_sets(columns, batch, heads, device)
-    present = torch.zeros(batch, num_m, dtype=torch.long, device=device)
-    for i, (rows, _) in enumerate(columns):
-        present |= (torch.ones_like(present, dtype=torch.bool) if rows is None else rows).long() << i
-    if triton_runs_on(values, has_reference=True):
-        return compact_columns(values, bits, present, block_ids, count, n_k, block_m, block_n, causal_slots)
-    return _columns_reference(values, bits, present, block_ids, m, block_m, block_n, n_k, causal_slots)
-
-
-def _columns_reference(values, bits, present, block_ids, m, block_m, block_n, n_k, causal_slots):
-    """Plain PyTorch of ``columns_kernel.compact_columns`` (same output)."""
-    c = values[:, :, None, :]  # [B, H, 1, K], sorted: broadcast over query blocks
-    lo = (m * block_m)[None, None, :, None]
-    valid = (c >= 0) & (c < n_k) & ~((c >= lo) & (c < lo + block_m))
-    valid &= (bits[:, :, None, :] & present[:, None, :, None]) != 0
-    if causal_slots:
-        valid &= c < lo
-    # Drop columns already inside a listed block (the kernel would count them twice).
-    sorted_blocks = torch.where(block_ids >= 0, block_ids, torch.iinfo(block_ids.dtype).max).contiguous()
-    cb = torch.where(valid, c // block_n, -1)
-    at = torch.searchsorted(sorted_blocks, cb.contiguous()).clamp(max=sorted_blocks.shape[-1] - 1)
-    valid &= sorted_blocks.gather(-1, at) != cb
-    # Sorted and unique already: compaction keeps the order, no sort per query block.
-    return _compact(c.expand_as(valid), valid)
+    return index_columns.compact(srt, keep)

@@ -54,9 +54,9 @@ def dense_sets(patterns: list[Dense], batch, n, block_n, device) -> BlockSets:
 
 @functools.lru_cache(maxsize=64)
 def _dense_sets(heads, batch, n, block_n, device) -> BlockSets:
-    every = torch.arange(-(-n // block_n), device=device)
     empty = torch.empty(batch, heads, 0, dtype=torch.long, device=device)
-    return BlockSets(empty, every.expand(batch, heads, -1), empty.clone())
+    return BlockSets(empty, empty.clone(), empty.clone(),
+                     span_from=torch.zeros(batch, heads, dtype=torch.long, device=device))  # every causal block
 
 
 def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torch.Tensor:
@@ -189,10 +189,8 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
         line_count = in_phase.sum(-1)
     band_start = slots - line_count  # first slot of the vertical-line band
     empty = torch.empty(batch, heads, 0, dtype=torch.long, device=device)
-    absolute = empty
-    if pattern.vline:
-        band = torch.arange(_ceil_div(slots, block_n), device=device).expand(batch, heads, -1)
-        absolute = torch.where(band >= (band_start // block_n)[..., None], band, INVALID)
+    band = band_start // block_n if pattern.vline else None  # the band's key blocks: a span to the rows' end
+    band_end = None if band is None or rows is None else torch.full_like(band, _ceil_div(slots, block_n))
     relative = empty
     if pattern.slash:
         windows = [_ceil_div(f, block_n) for f in (local_frames or [pattern.local_frames] * heads)]
@@ -206,7 +204,7 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
     slots_of = torch.empty_like(order, dtype=torch.long).scatter_(  # inverse order (no second sort)
         -1, order.long(), torch.arange(n, device=device).expand(batch, heads, n))
     columns = slots_of[..., :min(pattern.sink, n)] if pattern.sink else empty
-    return order, BlockSets(relative, absolute, columns, full_rows)
+    return order, BlockSets(relative, empty, columns, full_rows, band, band_end)
 
 
 def _subset_grid_order(rows, stride, phase, n):

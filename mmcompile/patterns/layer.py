@@ -24,7 +24,7 @@ from mmcompile.kernels import sparse_attention_forward
 
 from . import estimate, intra
 from .boundary2d import boundary2d_index, pair_pattern
-from .index_builder import BlockSets, build_index, device_list, empty_sets, stack_heads
+from .index_builder import BlockSets, build_index, device_list, empty_sets, head_slice, stack_heads
 from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
@@ -116,15 +116,9 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     policy's fallback (its best original-order pattern grown to the density cap:
     ``policy.choose_with_fallbacks``), and heads still below it dense."""
     from . import verify
-    from .policy import choose_with_fallbacks  # the policy builds on this module
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates = Estimates(q, k, ctx, scale)
-    fallbacks = {}
-    if patterns is None:
-        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates)
-    patterns = tuple(patterns)
-    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    estimates, patterns, fallbacks, indexes = prepare_layer(q, k, ctx, patterns, density=density, scale=scale)
     out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:
@@ -144,6 +138,22 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
             indexes, patterns = verify.demote(indexes, patterns, failing)
             head_recall = head_recall.index_fill(0, device_list(failing, q.device), 1.0)  # dense: exact
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
+
+
+def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
+                  density: float = 0.1, scale: float | None = None):
+    """What ``layer_attention`` does before the kernel: the estimate (``Estimates``, shared), the
+    head choice when ``patterns`` is None, and the indexes. Returns (estimates, patterns,
+    fallbacks {head: pattern}, indexes); ``benchmarks/index_memory.py`` measures exactly this."""
+    from .policy import choose_with_fallbacks  # the policy builds on this module
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    estimates = Estimates(q, k, ctx, scale)
+    fallbacks = {}
+    if patterns is None:
+        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates)
+    patterns = tuple(patterns)
+    return estimates, patterns, fallbacks, build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
 
 
 def _dense_heads(indexes) -> list[int]:
@@ -313,13 +323,8 @@ def _plain_index(head_ids: list[int], heads: Sequence[HeadPattern], estimates: E
             parts.append(_sets_for(kind, patterns, [head_ids[i] for i in positions], selector, estimates, ctx))
             placed += positions
         back = device_list(sorted(range(len(placed)), key=placed.__getitem__), estimates.q.device)
-        entries.append((None if selector == "*" else ctx.present[selector], _heads_of(stack_heads(parts), back)))
+        entries.append((None if selector == "*" else ctx.present[selector], head_slice(stack_heads(parts), back)))
     return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
-
-
-def _heads_of(sets: BlockSets, index: torch.Tensor) -> BlockSets:
-    pick = (lambda t: None if t is None else t.index_select(1, index))
-    return BlockSets(pick(sets.relative), pick(sets.absolute), pick(sets.columns), pick(sets.full_rows))
 
 
 def _grid_rows(head: HeadPattern, ctx: ForwardContext) -> str | None:
@@ -357,5 +362,5 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     wanted = [h for ids in heads.values() for h in ids]  # the launch group's head order
     back = device_list([placed.index(h) for h in wanted], estimates.q.device)
     order = torch.cat(orders, dim=1).index_select(1, back).contiguous()
-    return build_index([(None, _heads_of(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
+    return build_index([(None, head_slice(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
                        order=order)

@@ -19,7 +19,7 @@ from mmcompile.kernels import interpreting
 
 SPLIT = 4096  # keys per pass-1 program
 BLOCK_K = 128  # key tile
-MAX_PROBS_BYTES = 1 << 31  # heads are processed in chunks whose probabilities fit in this
+MAX_PROBS_BYTES = 1 << 29  # heads are processed in chunks whose probabilities fit in this (2 heads at 1M)
 
 
 @triton.jit
@@ -166,8 +166,7 @@ def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int
     return probs, lse.view(batch, count, rows_pad)[..., :rows]
 
 
-def head_chunk(heads_q: int, group: int, rows: int, width: int) -> int:
-    """Query heads per chunk (whole KV groups) so that one chunk's probabilities stay under
-    ``MAX_PROBS_BYTES``."""
-    per_group = group * rows * width * 4
-    return group * max(1, MAX_PROBS_BYTES // per_group)
+def head_chunk(rows: int, width: int) -> int:
+    """Query heads per chunk whose probabilities ([rows, width] fp32 each) fit in
+    ``MAX_PROBS_BYTES`` (at least one; a chunk may split a KV group: heads read their KV head)."""
+    return max(1, MAX_PROBS_BYTES // (rows * width * 4))

@@ -13,7 +13,7 @@ import zlib
 
 import torch
 
-from mmcompile.kernels import SparseIndex
+from mmcompile.kernels import SparseIndex, span_pieces
 
 LISTED, DIAGONAL, COLUMN = 255, 160, 90
 
@@ -25,13 +25,26 @@ def block_map(index: SparseIndex, n_k: int, head: int, batch: int = 0) -> torch.
     picture = torch.zeros(num_m, nkb + 1, dtype=torch.uint8)
     m = torch.arange(num_m)
     counts = index.block_count[batch, head].cpu().long()
-    cols = index.column_index[batch, head].cpu().long()
-    col_listed = torch.arange(cols.shape[-1]) < index.column_count[batch, head].cpu().long()[:, None]
-    picture.scatter_(1, torch.where(col_listed, cols // bn, nkb).clamp(0, nkb), COLUMN)
+    if index.column_row is None:
+        cols = index.column_index[batch, head].cpu().long()
+        col_listed = torch.arange(cols.shape[-1]) < index.column_count[batch, head].cpu().long()[:, None]
+        picture.scatter_(1, torch.where(col_listed, cols // bn, nkb).clamp(0, nkb), COLUMN)
+    else:  # per shared row the key blocks of its columns, then each query block's row
+        rows = index.column_index[batch, head].cpu().long()
+        by_row = torch.zeros(rows.shape[0], nkb + 1, dtype=torch.uint8)
+        by_row.scatter_(1, torch.where(rows < n_k, rows // bn, nkb).clamp(0, nkb), COLUMN)
+        picture = by_row[index.column_row[batch, head].cpu().long()]
+        if index.k_order is None:  # without an order, later keys are future: never visited
+            picture[torch.arange(nkb + 1)[None, :] * bn >= (m * bm)[:, None]] = 0
     offsets = index.block_offset[batch, head].cpu().long()
     listed = torch.arange(offsets.shape[-1]) < counts[:, None]
     for part in (offsets // bn, (offsets + bn - 1) // bn):  # an unaligned block touches two
         picture.scatter_(1, torch.where(listed, part, nkb).clamp(0, nkb), LISTED)
+    if index.span is not None:  # the key blocks its span touches, outside the diagonal block
+        lo1, hi1, lo2, hi2 = (t[batch, head].cpu() for t in span_pieces(index.span, bm, n_k))
+        key = torch.arange(nkb + 1)[None, :] * bn
+        for lo, hi in ((lo1, hi1), (lo2, hi2)):
+            picture[(key + bn > lo[:, None]) & (key < hi[:, None])] = LISTED
     diag = torch.arange(nkb)[None, :]
     in_diag = (diag >= (m * bm // bn)[:, None]) & (diag < -(-((m + 1) * bm) // bn)[:, None])
     picture[:, :nkb][in_diag] = DIAGONAL

@@ -45,7 +45,8 @@ def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = 
     return worst
 
 
-_INDEX_TENSORS = ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order")
+_INDEX_TENSORS = ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order", "span",
+                  "column_row")
 
 
 def _index_heads(index: SparseIndex, positions: torch.Tensor) -> SparseIndex:
