@@ -58,13 +58,7 @@ def save_tiny_llava(folder: str, seed: int = 0) -> str:
                            projection_dim=64),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_feature_layer=-2,
         vision_feature_select_strategy="default")
-    torch.manual_seed(seed)
-    model = tf.LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(folder, tf.LlavaForConditionalGeneration, config, processor, seed)
 
 
 QWEN_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -97,18 +91,24 @@ def save_tiny_qwen2_5_vl(folder: str, seed: int = 0) -> str:
                            window_size=56, fullatt_block_indexes=[1], tokens_per_second=2, patch_size=PATCH,
                            spatial_merge_size=2, temporal_patch_size=2),
         **ids)
-    torch.manual_seed(seed)
-    model = tf.Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    os.makedirs(folder, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return _save(folder, tf.Qwen2_5_VLForConditionalGeneration, config, processor, seed)
 
 
 def qwen_video_prompt(question: str) -> str:
     """Qwen's text for one video: the processor expands ``<|video_pad|>`` to the video's tokens."""
     return "<|vision_start|><|video_pad|><|vision_end|> " + question
+
+
+def _save(folder: str, model_class, config, processor, seed: int) -> str:
+    """Random weights from ``seed``, greedy generation padded with the tokenizer's pad token, model
+    and processor written with ``save_pretrained``."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 def load(folder: str):
