@@ -32,34 +32,34 @@ from bench_e2e import build_model  # noqa: E402
 from common import environment  # noqa: E402
 
 
-def prefill(module, lm_head, embeds, position_ids):
-    """One prefill with the cache kept until it returns: (last-token logits, seconds)."""
+def prefill(module, lm_head, embeds, position_ids) -> float:
+    """Seconds of one prefill and its last-token logits, the cache kept until it returns."""
     torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
         out = module(inputs_embeds=embeds, position_ids=position_ids, use_cache=True)
-        logits = lm_head(out.last_hidden_state[:, -1:])
+        lm_head(out.last_hidden_state[:, -1:])
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     del out
-    return logits, seconds
+    return seconds
 
 
 def run(name, module, lm_head, embeds, position_ids, reps):
-    """{name, first_call_s, seconds (median of reps), peak_gib} or {name, error} on OOM."""
+    """{name, first_call_s, seconds (median of reps), peak_gib} or {name, error, peak_gib} on OOM."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        logits, first = prefill(module, lm_head, embeds, position_ids)
-        samples = [prefill(module, lm_head, embeds, position_ids)[1] for _ in range(reps)]
+        first = prefill(module, lm_head, embeds, position_ids)
+        samples = [prefill(module, lm_head, embeds, position_ids) for _ in range(reps)]
     except torch.cuda.OutOfMemoryError as e:
         gc.collect()
         torch.cuda.empty_cache()
         return dict(name=name, error=f"out of memory: {str(e).splitlines()[0][:160]}",
-                    peak_gib=torch.cuda.max_memory_allocated() / 2**30), None
+                    peak_gib=torch.cuda.max_memory_allocated() / 2**30)
     samples = samples or [first]
     return dict(name=name, first_call_s=first, seconds=sorted(samples)[len(samples) // 2],
-                peak_gib=torch.cuda.max_memory_allocated() / 2**30), logits
+                peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
 def main():
@@ -92,9 +92,9 @@ def main():
     model = build_model(args.layers)
     lm, head = model.model.language_model, model.lm_head
     if not args.no_eager:
-        keep(run(f"eager HF SDPA, {args.layers} layers", lm, head, embeds, position_ids, args.reps)[0])
+        keep(run(f"eager HF SDPA, {args.layers} layers", lm, head, embeds, position_ids, args.reps))
     options = dict(policy="a-shape", sink=128, local=args.local, min_sparse_len=16384)
-    row, _ = run(f"mminference a-shape sink 128 + local {args.local}, {args.layers} layers",
+    row = run(f"mminference a-shape sink 128 + local {args.local}, {args.layers} layers",
                  torch.compile(lm, backend="mminference", options=options), head, embeds, position_ids, args.reps)
     stats = report.last_report().graphs[-1].stats if report.last_report().graphs else None
     if stats is not None:
@@ -110,7 +110,7 @@ def main():
     for layers in (int(x) for x in args.dense_layers.split(",") if x):
         small = build_model(layers)
         compiled = torch.compile(small.model.language_model, backend="mminference", options=dict(force_dense=True))
-        row, _ = run(f"mminference force_dense, {layers} layers", compiled, small.lm_head, embeds, position_ids,
+        row = run(f"mminference force_dense, {layers} layers", compiled, small.lm_head, embeds, position_ids,
                      args.reps)
         keep(row)
         if "seconds" in row:

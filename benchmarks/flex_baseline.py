@@ -20,7 +20,7 @@ import time
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from mmcompile.kernels import SparseIndex, span_pieces
+from mmcompile.kernels import SparseIndex, block_columns, span_stretches
 
 _flex = torch.compile(flex_attention, dynamic=False)
 
@@ -46,9 +46,8 @@ def visited_block_table(index: SparseIndex, n_q: int, n_k: int) -> torch.Tensor:
 
 
 def _stretches(index: SparseIndex, n_k: int):
-    """Batch 0's span stretches: [(lo, hi) int64 [H, M]] x 2 (``kernels.span_pieces``)."""
-    lo1, hi1, lo2, hi2 = (t[0] for t in span_pieces(index.span, index.block_m, n_k))
-    return [(lo1, hi1), (lo2, hi2)]
+    """Batch 0's span stretches: [(lo, hi) int64 [H, M]] x 2 (``kernels.span_stretches``)."""
+    return [(lo[0], hi[0]) for lo, hi in span_stretches(index.span, index.block_m, n_k)]
 
 
 def _slots_of(order: torch.Tensor | None, heads: int, n: int, device) -> torch.Tensor:
@@ -125,12 +124,7 @@ def _visited_bits(index: SparseIndex, n_k: int) -> torch.Tensor:
                 edges.scatter_add_(1, torch.where(hi > lo, hi, n_k)[:, None], -torch.ones_like(edges[:, :1]))
         visit = edges.cumsum(1, dtype=torch.int32) > 0
         del edges
-        if index.column_row is None:
-            cols = index.column_index[0, h].long()
-            listed = torch.arange(cols.shape[-1], device=device) < index.column_count[0, h, :, None]
-        else:  # a shared row: keys its blocks or span hold are visited anyway, later ones are future
-            cols = index.column_index[0, h][index.column_row[0, h].long()].long()
-            listed = torch.ones_like(cols, dtype=torch.bool)
+        cols, listed = block_columns(index, 0, h)
         listed &= (cols >= 0) & (cols < n_k)
         visit.scatter_(1, torch.where(listed, cols, words * 32), True)  # unlisted: the extra column
         visit = visit[:, :words * 32] | diag

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .sparse_index import SparseIndex, check_index, check_inputs, shared_columns, span_pieces
+from .sparse_index import SparseIndex, check_index, check_inputs, shared_columns, span_stretches
 
 
 def _slot_positions(order: torch.Tensor | None, batch: int, heads: int, n: int, device) -> torch.Tensor:
@@ -39,8 +39,7 @@ def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_o
     visits.scatter_add_(3, spans.flatten(3), torch.ones_like(spans.flatten(3), dtype=torch.int32))
     if index.span is not None:  # +1 from each stretch's start, -1 from its end, summed along the keys
         edges = torch.zeros_like(visits)
-        lo1, hi1, lo2, hi2 = span_pieces(index.span, bm, n_k, q_offset - k_offset)
-        for lo, hi in ((lo1, hi1), (lo2, hi2)):
+        for lo, hi in span_stretches(index.span, bm, n_k, q_offset - k_offset):
             edges.scatter_add_(3, torch.where(hi > lo, lo, trash)[..., None], torch.ones_like(edges[..., :1]))
             edges.scatter_add_(3, torch.where(hi > lo, hi, trash)[..., None], -torch.ones_like(edges[..., :1]))
         visits += edges.cumsum(3, dtype=torch.int32)

@@ -104,19 +104,32 @@ def diagonal_slots(num_blocks: int, block_m: int, n_k: int, shift: int, device):
     return (m * block_m + shift).clamp(0, n_k), ((m + 1) * block_m + shift).clamp(0, n_k)
 
 
-def span_pieces(span: torch.Tensor, block_m: int, n_k: int, shift: int = 0):
-    """The two stretches of key slots the kernel walks for each span: ``[lo, min(hi, diag_lo))``
-    and ``[max(lo, diag_hi), hi)``, each clipped to ``[0, n_k)`` (int64 [B, H, M] bounds, lo1, hi1,
-    lo2, hi2; an empty stretch has hi <= lo)."""
+def span_stretches(span: torch.Tensor, block_m: int, n_k: int, shift: int = 0):
+    """The two stretches of key slots the kernel walks for each span, ``((lo, min(hi, diag_lo)),
+    (max(lo, diag_hi), hi))``, each clipped to ``[0, n_k)`` (int64 [B, H, M] bounds; an empty
+    stretch has hi <= lo)."""
     diag_lo, diag_hi = diagonal_slots(span.shape[2], block_m, n_k, shift, span.device)
     lo, hi = span[..., 0].long().clamp(0, n_k), span[..., 1].long().clamp(0, n_k)
-    return lo, torch.minimum(hi, diag_lo), torch.maximum(lo, diag_hi), hi
+    return (lo, torch.minimum(hi, diag_lo)), (torch.maximum(lo, diag_hi), hi)
+
+
+def block_columns(index: SparseIndex, batch: int, heads, blocks=slice(None)):
+    """(columns int64 [..., C], listed bool [..., C]) that query blocks ``blocks`` of ``heads`` read:
+    their own list (its first ``column_count`` entries), or their shared row (every entry; the
+    kernel skips those that the block's diagonal, listed blocks or span visit anyway, and without
+    orders the later ones fail the causal test). For readers of an index: masks, pictures, flex."""
+    if index.column_row is None:
+        cols = index.column_index[batch][heads, blocks].long()
+        count = index.column_count[batch][heads, blocks]
+        return cols, torch.arange(cols.shape[-1], device=cols.device) < count[..., None]
+    cols = index.column_index[batch][heads, index.column_row[batch][heads, blocks].long()].long()
+    return cols, torch.ones_like(cols, dtype=torch.bool)
 
 
 def span_tiles(span: torch.Tensor, block_m: int, block_n: int, n_k: int, shift: int = 0) -> torch.Tensor:
     """int64 [B, H, M]: tiles of ``block_n`` the kernel visits for each span."""
-    lo1, hi1, lo2, hi2 = span_pieces(span, block_m, n_k, shift)
-    return sum(torch.where(hi > lo, (hi - lo + block_n - 1) // block_n, 0) for lo, hi in ((lo1, hi1), (lo2, hi2)))
+    return sum(torch.where(hi > lo, (hi - lo + block_n - 1) // block_n, 0)
+               for lo, hi in span_stretches(span, block_m, n_k, shift))
 
 
 def empty_lists(batch: int, heads: int, num_blocks: int, max_blocks: int, max_columns: int,
@@ -255,8 +268,7 @@ def _check_distinct(index: SparseIndex, n_k: int) -> None:
               (nxt < big) & (nxt < prev + bn) & outside_diag(nxt, torch.minimum(prev + bn, nxt + bn)))]
     pieces = []
     if index.span is not None:  # its stretches lie outside the diagonal block already
-        lo1, hi1, lo2, hi2 = span_pieces(index.span, index.block_m, n_k)
-        pieces = [(a[..., None], b[..., None]) for a, b in ((lo1, hi1), (lo2, hi2))]
+        pieces = [(a[..., None], b[..., None]) for a, b in span_stretches(index.span, index.block_m, n_k)]
         found += [("a key block inside its span", (blocks < big) & (blocks < b) & (blocks + bn > a) & (b > a))
                   for a, b in pieces]
     if index.column_row is None:  # shared rows may hold such columns: the kernel skips them
@@ -293,8 +305,7 @@ def shared_columns(index: SparseIndex, n_k: int, shift: int = 0):
     first = starts.gather(-1, at)
     visited &= ~((first <= entries) & (entries < first + index.block_n))
     if index.span is not None:
-        lo1, hi1, lo2, hi2 = span_pieces(index.span, index.block_m, n_k, shift)
-        for a, b in ((lo1, hi1), (lo2, hi2)):
+        for a, b in span_stretches(index.span, index.block_m, n_k, shift):
             visited &= ~((entries >= a[..., None]) & (entries < b[..., None]))
     return entries, visited
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mmcompile.kernels import SparseIndex, span_pieces
+from mmcompile.kernels import SparseIndex, block_columns, span_stretches
 
 
 def _row_slots(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Tensor:
@@ -42,28 +42,17 @@ def index_row_mask(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Te
     spans = torch.where(listed[..., None] & (spans < n_k), spans, n_k).flatten(2)
     hit = torch.zeros(heads, rows.shape[0], n_k + 1, dtype=torch.bool, device=device)
     hit.scatter_(2, spans, True)
-    if index.column_row is None:
-        cols = index.column_index[0][h, m].long()
-        col_listed = torch.arange(cols.shape[-1], device=device) < index.column_count[0][h, m][..., None]
-    else:  # a shared row: entries its blocks or span hold are visited anyway, later ones fail the causal test
-        cols = index.column_index[0][h, index.column_row[0][h, m].long()].long()
-        col_listed = torch.ones_like(cols, dtype=torch.bool)
+    cols, col_listed = block_columns(index, 0, h, m)
     hit.scatter_(2, torch.where(col_listed & (cols >= 0) & (cols < n_k), cols, n_k), True)
     visit |= hit[..., :n_k]
     if index.span is not None:
-        for lo, hi in _span_stretches(index, h, m, n_k):
-            visit |= (key_slots >= lo[..., None]) & (key_slots < hi[..., None])
+        for lo, hi in span_stretches(index.span, index.block_m, n_k):
+            visit |= (key_slots >= lo[0][h, m][..., None]) & (key_slots < hi[0][h, m][..., None])
     if index.k_order is not None:  # slots -> original key positions
         by_pos = torch.zeros_like(visit)
         by_pos.scatter_(2, index.k_order[0].long()[:, None, :].expand_as(visit), visit)
         visit = by_pos
     return visit & (key_slots[None, None, :] <= rows[None, :, None]) & computed[..., None]
-
-
-def _span_stretches(index: SparseIndex, h, m, n_k: int):
-    """The span's stretches ([lo, hi) in key slots, [H, R] each) of query blocks ``m`` [H, R]."""
-    lo1, hi1, lo2, hi2 = span_pieces(index.span, index.block_m, n_k)
-    return [(lo[0][h, m], hi[0][h, m]) for lo, hi in ((lo1, hi1), (lo2, hi2))]
 
 
 def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import zlib
 
 import torch
 
-from mmcompile.kernels import SparseIndex, span_pieces
+from mmcompile.kernels import SparseIndex, span_stretches
 
 LISTED, DIAGONAL, COLUMN = 255, 160, 90
 
@@ -41,9 +41,9 @@ def block_map(index: SparseIndex, n_k: int, head: int, batch: int = 0) -> torch.
     for part in (offsets // bn, (offsets + bn - 1) // bn):  # an unaligned block touches two
         picture.scatter_(1, torch.where(listed, part, nkb).clamp(0, nkb), LISTED)
     if index.span is not None:  # the key blocks its span touches, outside the diagonal block
-        lo1, hi1, lo2, hi2 = (t[batch, head].cpu() for t in span_pieces(index.span, bm, n_k))
         key = torch.arange(nkb + 1)[None, :] * bn
-        for lo, hi in ((lo1, hi1), (lo2, hi2)):
+        for lo, hi in span_stretches(index.span, bm, n_k):
+            lo, hi = lo[batch, head].cpu(), hi[batch, head].cpu()
             picture[(key + bn > lo[:, None]) & (key < hi[:, None])] = LISTED
     diag = torch.arange(nkb)[None, :]
     in_diag = (diag >= (m * bm // bn)[:, None]) & (diag < -(-((m + 1) * bm) // bn)[:, None])
