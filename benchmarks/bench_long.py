@@ -1,7 +1,7 @@
 """Time to first token at 512K-1M tokens with the KV cache kept (what ``generate`` needs), issue 14.
 
 Usage: python benchmarks/bench_long.py --tokens 1048576 [--layers 28] [--local 16384] [--no-eager]
-                                      [--dense-layers 1,2] [--out DIR]
+                                      [--eager-reps 0] [--seq-chunk 65536] [--dense-layers 1,2] [--out DIR]
 
 The standard-shape language model (``bench_e2e.build_model``, random weights, bf16, batch 1) is fed
 ``inputs_embeds`` with ``use_cache=True``; the prefill's DynamicCache stays alive until the time is
@@ -12,7 +12,11 @@ taken, so peak memory includes it. Runs, each with its peak memory:
   * the backend's dense path (``force_dense``: SDPA attention, the chunked MLP) on ``--dense-layers``
     layers: the per-layer slope and intercept extrapolate a dense prefill of ``--layers`` layers
     where eager does not fit ("extrapolated" in the output).
-One call per run after the first (the first includes compilation). Prints one dict per run and a
+One call per run after the first (the first includes compilation); ``--eager-reps 0`` times eager's
+first call (nothing to compile: a 28-layer eager prefill at 512K takes minutes). ``--seq-chunk``:
+the backend's ``seq_chunk`` option; the chunking pass unrolls N / seq_chunk pieces per MLP and
+norm, and Inductor's compile time grows with that count (about 14 s per piece of a 28-layer model
+on the H200: 64K pieces at 1M keep the compile near 4 minutes). Prints one dict per run and a
 table last; writes DIR/bench_long_<tokens>.json.
 """
 
@@ -68,6 +72,8 @@ def main():
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--local", type=int, default=16384)
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--eager-reps", type=int, default=None, help="reps of the eager run (default: --reps)")
+    parser.add_argument("--seq-chunk", type=int, default=32768, help="the backend's seq_chunk option")
     parser.add_argument("--no-eager", action="store_true")
     parser.add_argument("--dense-layers", default="1,2", help="layer counts of the dense runs ('' skips them)")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
@@ -92,8 +98,9 @@ def main():
     model = build_model(args.layers)
     lm, head = model.model.language_model, model.lm_head
     if not args.no_eager:
-        keep(run(f"eager HF SDPA, {args.layers} layers", lm, head, embeds, position_ids, args.reps))
-    options = dict(policy="a-shape", sink=128, local=args.local, min_sparse_len=16384)
+        eager_reps = args.reps if args.eager_reps is None else args.eager_reps
+        keep(run(f"eager HF SDPA, {args.layers} layers", lm, head, embeds, position_ids, eager_reps))
+    options = dict(policy="a-shape", sink=128, local=args.local, min_sparse_len=16384, seq_chunk=args.seq_chunk)
     row = run(f"mminference a-shape sink 128 + local {args.local}, {args.layers} layers",
                  torch.compile(lm, backend="mminference", options=options), head, embeds, position_ids, args.reps)
     stats = report.last_report().graphs[-1].stats if report.last_report().graphs else None
@@ -109,7 +116,8 @@ def main():
     dense = {}
     for layers in (int(x) for x in args.dense_layers.split(",") if x):
         small = build_model(layers)
-        compiled = torch.compile(small.model.language_model, backend="mminference", options=dict(force_dense=True))
+        compiled = torch.compile(small.model.language_model, backend="mminference",
+                                 options=dict(force_dense=True, seq_chunk=args.seq_chunk))
         row = run(f"mminference force_dense, {layers} layers", compiled, small.lm_head, embeds, position_ids,
                      args.reps)
         keep(row)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issues 11, 12 and 14 on the H200, one device call per part (each under 10 min):
+#   long N   bench_long.py at N tokens (default 1048576): eager (OOM expected at 1M), the backend with
+#            the KV cache at a fixed A-shape budget, the dense path on 1 and 2 layers (extrapolation);
+#            at 512K eager is timed once (--eager-reps 0) and the dense extrapolation is skipped.
+#   verify   GPU kernel and patterns tests; the op at 128K (video, mixed); a plan searched at 32K on
+#            the families (other seed) applied at 128K with online sizes and as searched, beside the
+#            online policy; the families at 512K and 1M (128 rows); exactness at 1M on a slice.
+# Output: $OUT/run_<part>.txt (table last) + JSON.
+set -u
+OUT=${OUT:-/tmp/out}
+part=${1:-verify}
+mkdir -p $OUT
+exec > >(tee $OUT/run_$part.txt) 2>&1
+source "$(dirname "$0")/gpu_env.sh"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+export PYTHONUNBUFFERED=1
+quiet() { grep -v -i -E "warn|^ *$"; }
+if [ "$part" = long ]; then
+  tokens=${2:-1048576}
+  if [ "$tokens" -ge 1000000 ]; then
+    timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --seq-chunk 65536 --out $OUT 2>&1 | quiet | tail -14
+  else
+    timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --eager-reps 0 --dense-layers "" \
+      --out $OUT 2>&1 | quiet | tail -10
+  fi
+elif [ "$part" = verify ]; then
+  echo "--- gpu kernel and patterns tests"
+  timeout 150 python3 -m pytest -q -m gpu tests/test_kernel_gpu.py tests/test_patterns_gpu.py -p no:cacheprovider 2>&1 \
+    | grep -E "passed|failed|FAILED|Error" | tail -6
+  for layout in video mixed; do
+    timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout --out $OUT/op_$layout.json 2>&1 | quiet | tail -1
+  done
+  echo "--- plan searched at 32K (mixed, seed 0), applied at 128K (seed 1)"
+  timeout 120 mminference search standard --source families --tokens 32768 --layout mixed \
+    --out $OUT/plan_families_32k.json 2>&1 | quiet | tail -4
+  for sizes in online plan; do
+    timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 \
+      --plan $OUT/plan_families_32k.json --plan-sizes $sizes --out $OUT/families_plan_$sizes.json 2>&1 | quiet | tail -14
+  done
+  timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 \
+    --out $OUT/families_online.json 2>&1 | quiet | tail -14
+  echo "--- families at 512K and 1M (online, 128 rows)"
+  timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 524288,1048576 --seeds 1 --rows 128 \
+    --out $OUT/families_long.json 2>&1 | quiet | tail -14
+  echo "--- exactness at 1M on a slice"
+  timeout 60 python3 benchmarks/long_exactness.py --tokens 1048576 --out $OUT 2>&1 | quiet | tail -4
+  echo "=== table ==="
+  grep -E "passed|failed|131072 28/4|^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+|rows \|" $OUT/run_verify.txt
+fi
