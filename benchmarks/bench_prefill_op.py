@@ -55,8 +55,13 @@ def main():
     parser.add_argument("--recall", type=float, default=0.95, help="the op's recall target (this checkout only)")
     parser.add_argument("--periodic-frames", type=float, default=0.0,
                         help="planted grid heads also attend to the same patch in earlier frames (what Grid is for)")
+    parser.add_argument("--probs-mib", type=int, default=0,
+                        help="A/B of the estimation's head chunks: line_scores_kernel.MAX_PROBS_BYTES in MiB (0: as is)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    if args.probs_mib:
+        from mmcompile.patterns import line_scores_kernel
+        line_scores_kernel.MAX_PROBS_BYTES = args.probs_mib << 20
     from mmcompile.annotate import modality
     from mmcompile.patterns.fidelity import sample_rows
     from mmcompile.patterns.planted import planted_qkv, standard_layout
@@ -85,7 +90,9 @@ def main():
     kinds = collections.Counter("/".join(f"{m}:{type(p).__name__}" for m, p in head.intra)
                                 for head in getattr(record, "patterns", None) or ())
     result["patterns"] = dict(kinds)
+    result["probs_mib"] = args.probs_mib or None
     print(f"{args.layout}{' periodic ' + str(args.periodic_frames) if args.periodic_frames else ''} {args.tokens} "
+          f"{'probs ' + str(args.probs_mib) + ' MiB ' if args.probs_mib else ''}"
           f"{args.heads} recall target {args.recall}: op {op['ms']:.2f} ms ({record.path}, density "
           f"{record.density:.3f}, rel err {err:.4f}) | cuDNN {cudnn['ms']:.2f} ms (x{cudnn['ms'] / op['ms']:.2f}) | "
           f"flash {flash['ms']:.2f} ms (x{flash['ms'] / op['ms']:.2f}) | {dict(kinds)}")
