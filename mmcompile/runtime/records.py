@@ -19,6 +19,7 @@ class DenseReason(enum.Enum):
     NO_KERNEL = "no kernel here"  # plain CPU without TRITON_INTERPRET, or a dtype/head dim the kernels lack
     REQUIRES_GRAD = "requires grad"  # the sparse path has no gradient: dense, differentiable
     SPARSE_FAILED = "sparse path failed"  # an error in estimation/policy/index/kernel: logged, run dense
+    NON_FINITE = "non-finite q/k/v"  # NaN or inf: dense propagates it to every later row, a sparse index would not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +35,9 @@ class LayoutSummary:
 
 @dataclasses.dataclass(frozen=True)
 class CallRecord:
-    """One call of the op. ``reason`` is None for a sparse call; ``detail`` says more (the policy of
-    a sparse call, the error of a failed one)."""
+    """One call of the op. ``reason`` is None for a sparse call; ``detail`` says more (what chose a
+    sparse call's patterns: the policy, "plan", or "plan types, online sizes"; the error of a
+    failed one)."""
 
     layer: int
     path: str  # "sparse" | "dense"
