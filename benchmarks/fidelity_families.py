@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/fidelity_families.py [--tokens 131072,524288] [--seeds 1,2,3,4]
            [--families grid-all,...] [--layout mixed] [--heads 28/4] [--density 0.1] [--out results.json]
+           [--plan plan.json [--plan-sizes online|plan]]
 
 For each family x seed x length: ``mmcompile.patterns.families`` builds Q/K/V whose dense attention
 shows that family's structure with per-head random parameters; the default path (online policy,
@@ -30,13 +31,17 @@ from mmcompile.patterns.families import FAMILIES, LAYOUTS, family_layout, family
 def run_default_path(q, k, v, layout, options: dict):
     """The project's default path on one input: (out [1, Hq, N, D], groups, predicted [Hq],
     chosen pattern names [Hq], density [Hq]). ``groups``: [(head ids, SparseIndex or None for dense)].
-    ``options``: density (cap), recall (target, 0: no check), block (query, key tile). The only
-    function that knows the project's API (``layer_attention``, the op's composition)."""
+    ``options``: density (cap), recall (target, 0: no check), block (query, key tile), plan (a
+    plan layer's head patterns, or absent) and plan_sizes ("online": the plan's types sized for
+    this input, as the op's default; "plan": the patterns as searched). The only function that
+    knows the project's API (``layer_attention``, the op's composition)."""
     from mmcompile.patterns import forward_context, layer_attention
 
     ctx = forward_context(layout, q.shape[2], 1, q.device, *options["block"])
-    result = layer_attention(q, k, v, ctx, options.get("patterns"), density=options["density"],
-                             recall=options["recall"] or None)
+    planned = options.get("plan")
+    sized = options.get("plan_sizes", "online") == "online"
+    result = layer_attention(q, k, v, ctx, None if sized else planned, density=options["density"],
+                             recall=options["recall"] or None, families=planned if sized else None)
     predicted = None if result.head_recall is None else result.head_recall.tolist()
     names = ["/".join(f"{m}:{type(p).__name__}" for m, p in pat.intra) for pat in result.patterns]
     return result.out, result.indexes, predicted, names, result.head_density.tolist()
@@ -64,6 +69,9 @@ def main():
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--plan", default=None, help="a plan searched with `mminference search standard --source "
                     "families`: family i runs the patterns of the plan's layer i (the online policy otherwise)")
+    ap.add_argument("--plan-sizes", default="online", choices=("online", "plan"),
+                    help="online: the plan fixes each head's pattern type, the input its size (the op's "
+                    "default); plan: the plan's patterns as searched, budgets included")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not cuda:
@@ -71,7 +79,8 @@ def main():
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)  # bf16 tl.dot is wrong in the interpreter
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
-    options = dict(density=args.density, recall=args.recall, block=(128, 64) if cuda else (64, 64))
+    options = dict(density=args.density, recall=args.recall, block=(128, 64) if cuda else (64, 64),
+                   plan_sizes=args.plan_sizes)
     from mmcompile.patterns.fidelity import sample_rows
     from mmcompile.plans import load_plan
     plan = load_plan(args.plan) if args.plan else None
@@ -83,7 +92,7 @@ def main():
             for fam in args.families.split(","):
                 q, k, v, kinds = family_qkv(fam, layout, heads_q, heads_kv, args.head_dim, device, dtype, seed)
                 if plan is not None:
-                    options["patterns"] = plan.layers[FAMILIES.index(fam)]
+                    options["plan"] = plan.layers[FAMILIES.index(fam)]
                 out, groups, predicted, names, density = run_default_path(q, k, v, layout, options)
                 recall, err = measure(q, k, v, out, groups, rows)
                 for h in range(heads_q):
@@ -94,6 +103,7 @@ def main():
     table = summarize(results)
     print(f"layout={args.layout} tokens={args.tokens} heads={args.heads} seeds={args.seeds} budget={args.density} "
           f"recall target={args.recall or 'off'} plan={args.plan or 'online'} "
+          f"{f'plan_sizes={args.plan_sizes} ' if args.plan else ''}"
           f"device={device} torch={torch.__version__} ({time.perf_counter() - start:.0f} s)")
     print(f"{'family':22s} {'heads':>5s} {'recall':>7s} {'worst5%':>7s} {'rel err':>8s} {'density':>8s} "
           f"{'predict':>7s}  chosen")

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
-from mmcompile.runtime.options import POLICIES, RuntimeOptions
+from mmcompile.runtime.options import PLAN_SIZES, POLICIES, RuntimeOptions
 
 DUMP_DIR_ENV = "MMINFERENCE_DUMP_DIR"
 
@@ -44,6 +44,11 @@ class BackendConfig:
     modality the index was not built from) each head's launches must keep, measured on the kernel's
     own result; a head that misses it is recomputed with its pattern grown to the ``density`` cap
     (Grid replaced by its best original-order pattern), then dense. 0 turns the check off."""
+
+    plan_sizes: str = "online"
+    """With a ``plan``: ``"online"`` (the plan fixes each head's pattern type per query modality, the
+    online policy sizes it for the input at hand: budgets searched at 32K are too small at 128K) or
+    ``"plan"`` (the plan's patterns as searched, budgets included)."""
 
     sink: int = 128
     """``policy="a-shape"``: the first ``sink`` keys every query block sees (tokens)."""
@@ -83,6 +88,8 @@ class BackendConfig:
                 raise ValueError(f"option {name!r} must be a non-negative int, got {value!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"option 'policy' must be one of {POLICIES}, got {self.policy!r}")
+        if self.plan_sizes not in PLAN_SIZES:
+            raise ValueError(f"option 'plan_sizes' must be one of {PLAN_SIZES}, got {self.plan_sizes!r}")
         if isinstance(self.density, bool) or not isinstance(self.density, (int, float)) or not 0 < self.density <= 1:
             raise ValueError(f"option 'density' must be a number in (0, 1], got {self.density!r}")
         for name in ("strict", "debug_uncompiled", "force_dense"):
@@ -96,7 +103,7 @@ class BackendConfig:
     def runtime_options(self, tag: str = "") -> RuntimeOptions:
         """What every rewritten op of a graph compiled with this config receives as arguments."""
         return RuntimeOptions(min_sparse_len=self.min_sparse_len, policy=self.policy, density=self.density,
-                              recall=self.recall, sink=self.sink, local=self.local,
+                              recall=self.recall, plan_sizes=self.plan_sizes, sink=self.sink, local=self.local,
                               force_dense=self.force_dense, strict=self.strict, tag=tag,
                               pictures=os.path.join(self.dump_dir, "masks") if self.dump_dir else "")
 

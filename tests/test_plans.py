@@ -101,7 +101,8 @@ def test_the_backend_runs_the_plan_and_refuses_one_for_another_model(tmp_path):
     assert ModelShape.of_config(model.config) == SHAPE
     path = tmp_path / "plan.json"
     save_plan(plan({0: (NARROW,) * 4}), path)  # layer 1 left to the online policy
-    backend = MMInferenceBackend({"plan": str(path), "min_sparse_len": 16, "recall": 0.0, "debug_uncompiled": True})
+    backend = MMInferenceBackend({"plan": str(path), "plan_sizes": "plan", "min_sparse_len": 16, "recall": 0.0,
+                                  "debug_uncompiled": True})  # the plan's budgets as searched
     with torch.no_grad():
         out = torch.compile(model, backend=backend)(input_ids=ids).logits
         eager = model(input_ids=ids).logits
@@ -138,7 +139,7 @@ def test_the_op_runs_the_patterns_of_its_plan_argument():
     q, k, v = torch.randn(1, 4, 600, 16, generator=g), torch.randn(1, 2, 600, 16, generator=g), \
         torch.randn(1, 2, 600, 16, generator=g)
     out = torch.ops.mminference.prefill_attention(q, k, v, None, None, 0, 0.25, min_sparse_len=16, recall=0.0,
-                                                  plan=layer_arg((NARROW,) * 4), tag="test-plan-arg")
+                                                  plan=layer_arg((NARROW,) * 4), plan_sizes="plan", tag="test-plan-arg")
     expected = layer_attention(q, k, v, forward_context(None, 600, 1, "cpu"), (NARROW,) * 4, scale=0.25).out
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     assert stats.records[-1].patterns == (NARROW,) * 4 and stats.records[-1].detail == "plan"

@@ -5,7 +5,8 @@ any process (a cached compile, an exported program):
     prefill_attention(q [B,Hq,Nq,D], k [B,Hkv,Nk,D], v [B,Hkv,Nk,D], modality_ids: Tensor?,
                       key_padding_mask: Tensor?, layer: int, scale: float,
                       min_sparse_len=32768, policy="online", density=0.1, recall=0.95, sink=128, local=4096,
-                      force_dense=False, strict=False, plan="", tag="", pictures="") -> [B,Hq,Nq,D] (contiguous)
+                      force_dense=False, strict=False, plan="", plan_sizes="online", tag="", pictures="")
+                      -> [B,Hq,Nq,D] (contiguous)
 
 Same result as ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=scale)``
 with the causal diagonal aligned bottom-right, on the blocks it computes (``mmcompile.runtime``
@@ -39,18 +40,18 @@ def prefill_attention(
     modality_ids: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], layer: int, scale: float,
     min_sparse_len: int = _DEFAULTS.min_sparse_len, policy: str = _DEFAULTS.policy,
     density: float = _DEFAULTS.density, recall: float = _DEFAULTS.recall, sink: int = _DEFAULTS.sink,
-    local: int = _DEFAULTS.local, force_dense: bool = False, strict: bool = False, plan: str = "", tag: str = "",
-    pictures: str = "",
+    local: int = _DEFAULTS.local, force_dense: bool = False, strict: bool = False, plan: str = "",
+    plan_sizes: str = _DEFAULTS.plan_sizes, tag: str = "", pictures: str = "",
 ) -> torch.Tensor:
     """Causal (bottom-right) GQA attention of a rewritten layer; dense or sparse per its options."""
-    options = RuntimeOptions(min_sparse_len, policy, density, recall, sink, local, force_dense, strict, plan, tag,
-                             pictures)
+    options = RuntimeOptions(min_sparse_len, policy, density, recall, sink, local, force_dense, strict, plan,
+                             plan_sizes, tag, pictures)
     return run_prefill(q, k, v, modality_ids, key_padding_mask, layer, scale, options)
 
 
 @prefill_attention.register_fake
 def _(q, k, v, modality_ids, key_padding_mask, layer, scale, min_sparse_len=0, policy="", density=0.0,
-      recall=0.0, sink=0, local=0, force_dense=False, strict=False, plan="", tag="", pictures=""):
+      recall=0.0, sink=0, local=0, force_dense=False, strict=False, plan="", plan_sizes="", tag="", pictures=""):
     check_one_device(q, k, v, modality_ids, key_padding_mask)
     # Contiguous, like the real output (Inductor asserts on a stride mismatch).
     return q.new_empty(q.shape)
@@ -70,7 +71,7 @@ def _backward(ctx, grad):
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad))
     dq, dk, dv = (next(grads) if t.requires_grad else None for t in inputs)
-    return (dq, dk, dv) + (None,) * 15
+    return (dq, dk, dv) + (None,) * 16  # one per other input of the op
 
 
 prefill_attention.register_autograd(_backward, setup_context=_setup_context)

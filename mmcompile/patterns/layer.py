@@ -105,7 +105,8 @@ class LayerResult:
 
 
 def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
-                    density: float = 0.1, scale: float | None = None, recall: float | None = None) -> LayerResult:
+                    density: float = 0.1, scale: float | None = None, recall: float | None = None,
+                    families: Sequence[HeadPattern] | None = None) -> LayerResult:
     """Sparse causal attention of one layer: estimate -> choose -> index -> attend (-> verify), the
     only place these are composed (the op, the distributed path, the CLI and the benchmarks call it).
     ``patterns``: one per query head (a plan's, a fixed policy's), or None for the online choice
@@ -114,11 +115,13 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     kept of the attention mass of held-out rows (not the estimation rows) is read off the kernel's
     log-sum-exp (``verify.held_out_recall``); a head below the target is recomputed once with the
     policy's fallback (its best original-order pattern grown to the density cap:
-    ``policy.choose_with_fallbacks``), and heads still below it dense."""
+    ``policy.choose_with_fallbacks``), and heads still below it dense. ``families``: one pattern per
+    query head (a plan's) whose types, not sizes, the online choice keeps (``patterns`` must be None)."""
     from . import verify
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates, patterns, fallbacks, indexes = prepare_layer(q, k, ctx, patterns, density=density, scale=scale)
+    estimates, patterns, fallbacks, indexes = prepare_layer(q, k, ctx, patterns, density=density, scale=scale,
+                                                            families=families)
     out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:
@@ -141,17 +144,21 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
 
 
 def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
-                  density: float = 0.1, scale: float | None = None):
+                  density: float = 0.1, scale: float | None = None, families: Sequence[HeadPattern] | None = None):
     """What ``layer_attention`` does before the kernel: the estimate (``Estimates``, shared), the
-    head choice when ``patterns`` is None, and the indexes. Returns (estimates, patterns,
-    fallbacks {head: pattern}, indexes); ``benchmarks/index_memory.py`` measures exactly this."""
+    head choice when ``patterns`` is None (restricted to the types of ``families`` when given),
+    and the indexes. Returns (estimates, patterns, fallbacks {head: pattern}, indexes);
+    ``benchmarks/index_memory.py`` measures exactly this."""
     from .policy import choose_with_fallbacks  # the policy builds on this module
 
+    if patterns is not None and families is not None:
+        raise ValueError("give fixed head patterns (patterns=) or the families to size (families=), not both")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = Estimates(q, k, ctx, scale)
     fallbacks = {}
     if patterns is None:
-        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates)
+        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates,
+                                                    families=families)
     patterns = tuple(patterns)
     return estimates, patterns, fallbacks, build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
 

@@ -17,14 +17,21 @@ worth the risk). A-shape wins unless another family is cheaper by more than ``ST
 (``intra.column_scores``). These predictions only rank candidates: what a head really keeps is
 measured after the kernel on held-out rows (``verify``), and a head under the target then runs
 its fallback (``choose_with_fallbacks``: the same family grown to the cap, never Grid), then dense.
+
+With a plan (``families``: one HeadPattern per head) the plan fixes each head's family per query
+modality and the policy only sizes it for the input at hand (``_choose_sized``): budgets searched
+at a calibration length are too small at four times that length, types carry over.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 
 from . import intra
 from .estimate import LineScores
+from .index_builder import device_list
 from .layer import Estimates, ForwardContext
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
@@ -33,6 +40,8 @@ COLUMN_LADDER = (32, 128, 512, 2048, 8192)  # VS column counts tried (the cap tr
 STATIC_BONUS = 1.2  # A-shape is kept unless another family costs 1/1.2 of it or less
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
 GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
+FAMILIES = (AShape, VerticalSlash, Grid, Dense)  # what a plan may fix; a family's code is its index
+EITHER = -1  # family code: A-shape or VS, whichever is better (a plan's Grid the input cannot run)
 
 
 def _first_reaching(curve: torch.Tensor, target: float):
@@ -169,52 +178,150 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
         recall, names = torch.where(take_grid, g_recall, recall), torch.where(take_grid, 2, names)
     table = torch.stack([recall, names.float(), plain_names.float(), a_local.float(), v_cols.float(),
                          v_blocks.float(), g_local.float()], -1).tolist()  # the one host sync
-    def pattern(kind, local, cols, blks, frames):
-        return (AShape(SINK, int(local)), VerticalSlash(int(cols), int(blks)),
-                Grid(stride_kind="frame", local_frames=int(frames), sink=GRID_SINK))[int(kind)]
-    return ([r[0] for r in table], [pattern(r[1], *r[3:]) for r in table],
-            [pattern(r[2], *r[3:]) for r in table])
+    return ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
+            [_pattern(r[2], *r[3:]) for r in table])
+
+
+def _pattern(kind, local, cols, blks, frames):
+    """The pattern of family code ``kind`` (index in ``FAMILIES``) with its chosen size."""
+    return (AShape(SINK, int(local)), VerticalSlash(int(cols), int(blks)),
+            Grid(stride_kind="frame", local_frames=int(frames), sink=GRID_SINK), Dense())[int(kind)]
+
+
+def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
+                  target: float, codes: list[int]):
+    """``_choose_one`` with each head's family fixed (``codes``: per head its index in ``FAMILIES``,
+    or ``EITHER``): the cheapest size of that family predicted to reach ``target`` under the cap,
+    from the same curves. A family's curves are computed only for the heads that need them (the
+    VS ladder is the policy's most expensive part, Grid's curve the next): A-shape and VS for
+    their own heads, for ``EITHER`` heads and for Grid heads (whose fallback is, as online, their
+    best original-order pattern), Grid for Grid heads; a Dense head needs none (recall 1)."""
+    device, size = estimates.q.device, len(heads)
+    cap_keys, cap_blocks = _caps(ctx, density)
+    a_recall, a_cost, a_local, v_recall, v_cost, v_cols, v_blocks, g_recall, g_local = (
+        torch.zeros(size, device=device) for _ in range(9))
+    def wanted(*kinds):
+        return [i for i, c in enumerate(codes) if c in kinds]
+    def put(into, values, at):
+        for dst, src in zip(into, values):
+            dst.index_copy_(0, device_list(at, device), src.float())
+    a_at, v_at, g_at = wanted(0, 2, EITHER), wanted(1, 2, EITHER), wanted(2)
+    if a_at:
+        lines = estimates.lines(modality, [heads[i] for i in a_at])
+        slash = lines.slash / lines.rows
+        put((a_recall, a_cost, a_local),
+            _a_shape(lines.vertical / lines.rows, intra.diagonal_block_mass(slash, ctx.block_m),
+                     intra.relative_block_mass(slash, ctx.block_m, ctx.block_n), cap_blocks, ctx.block_n, target),
+            a_at)
+    if v_at:
+        ids = [heads[i] for i in v_at]
+        lines = estimates.lines(modality, ids)
+        put((v_recall, v_cost, v_cols, v_blocks),
+            _vertical_slash(lines, estimates.explained_by(lines, ids), cap_keys, cap_blocks, ctx.n, ctx.block_m,
+                            ctx.block_n, target), v_at)
+    if g_at:
+        lines = estimates.lines(modality, [heads[i] for i in g_at])
+        rows_in = ctx.row_counts.get(modality) if modality != "*" else ctx.n
+        recall, _, local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, rows_in or ctx.n,
+                                 cap_keys, target)
+        put((g_recall, g_local), (recall, local), g_at)
+    code = device_list(codes, device)
+    take_vs = _better(v_recall, v_cost, a_recall, a_cost / STATIC_BONUS, target).long()
+    plain = torch.where((code == 0) | (code == 1) | (code == 3), code, take_vs)  # Grid, EITHER: the better
+    names = torch.where(code == 2, 2, plain)
+    recall = torch.stack([a_recall, v_recall, g_recall, torch.ones_like(a_recall)], -1).gather(-1, names[:, None])[:, 0]
+    table = torch.stack([recall, names.float(), plain.float(), a_local, v_cols, v_blocks, g_local],
+                        -1).tolist()  # the one host sync
+    return ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
+            [_pattern(r[2], *r[3:]) for r in table])
 
 
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
                     scale: float | None = None, estimates: Estimates | None = None,
-                    target: float = TARGET) -> list[HeadPattern]:
+                    target: float = TARGET, families: Sequence[HeadPattern] | None = None) -> list[HeadPattern]:
     """One HeadPattern per query head for this input (one host sync per query modality).
 
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
     queries are estimated from their own last queries and get their own pattern (Q-Boundary).
     Video rows with a known frame stride also weigh Grid (in a Q-boundary head it covers the
     video rows alone: ``layer._grid_rows``). ``density`` caps each head's cost (keys per row
-    over the causal area).
+    over the causal area). ``families``: a plan's patterns, whose types (not sizes) each head
+    keeps (``choose_with_fallbacks``).
     """
-    return choose_with_fallbacks(q, k, ctx, density, min_recall, scale, estimates, target)[0]
+    return choose_with_fallbacks(q, k, ctx, density, min_recall, scale, estimates, target, families)[0]
 
 
 def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
                           scale: float | None = None, estimates: Estimates | None = None,
-                          target: float = TARGET) -> tuple[list[HeadPattern], dict]:
+                          target: float = TARGET, families: Sequence[HeadPattern] | None = None,
+                          ) -> tuple[list[HeadPattern], dict]:
     """``choose_patterns`` plus {head: its fallback}: what ``layer_attention`` runs for a head
     whose launches miss the recall target on the held-out rows, before it runs dense. The
     fallback is the head's best original-order pattern (VS or A-shape instead of Grid) grown to the
-    density cap (``_at_cap``); heads already there have none."""
+    density cap (``_at_cap``); heads already there have none.
+
+    ``families`` (one HeadPattern per query head, a plan's): per head and query modality of this
+    input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
+    weighed, sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
+    runs Dense, a Dense row set stays Dense. A Grid where this input cannot run Grid (no frame
+    stride, or rows ``_weighs_grid`` refuses) becomes the better of A-shape and VS, as online. A
+    head the policy cannot size (2d-boundary, BlockSparse) runs the plan's pattern as it is, with
+    no fallback. None: the online choice among all families.
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
     heads = list(range(q.shape[1]))
     modalities = ctx.row_sets()
-    picks = {m: _choose_one(estimates, m, heads, ctx, density, target, _weighs_grid(m, modalities, ctx))
-             for m in modalities}
+    if families is None:
+        picks = {m: _choose_one(estimates, m, heads, ctx, density, target, _weighs_grid(m, modalities, ctx))
+                 for m in modalities}
+        kept = {}
+    else:
+        if len(families) != len(heads):
+            raise ValueError(f"{len(families)} plan head patterns for {len(heads)} query heads")
+        kept = {h: head for h, head in enumerate(families) if not _sizable(head)}
+        picks = {m: _choose_sized(estimates, m, heads, ctx, density, target,
+                                  [FAMILIES.index(Dense) if h in kept else
+                                   _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
+                                   for h in heads])
+                 for m in modalities}
     chosen, fallbacks = [], {}
     for h in heads:
+        if h in kept:
+            chosen.append(kept[h])
+            continue
         if min(picks[m][0][h] for m in modalities) < min_recall:
             chosen.append(HeadPattern("none", (("*", Dense()),)))
             continue
         inter = "none" if modalities == ["*"] else "q-boundary"
         head = HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities))
+        if all(isinstance(p, Dense) for _, p in head.intra):  # a plan's dense head (online never picks Dense)
+            chosen.append(HeadPattern("none", (("*", Dense()),)))
+            continue
         chosen.append(head)
         grown = HeadPattern(inter, tuple((m, _at_cap(picks[m][2][h], ctx, density)) for m in modalities))
         if grown != head:
             fallbacks[h] = grown
     return chosen, fallbacks
+
+
+def _plan_pattern(head: HeadPattern, rows: str):
+    """A plan head's pattern for one row set of this input: ``pattern_for`` (the modality's, else
+    "*", else Dense); for "*" (an input of one modality) as the index builder reads a fixed head
+    (``layer._selectors``): its "*" pattern, else its first."""
+    return dict(head.intra).get("*", head.intra[0][1]) if rows == "*" else head.pattern_for(rows)
+
+
+def _sizable(head: HeadPattern) -> bool:
+    """Whether the policy can size every pattern of a plan head (its families are in ``FAMILIES``)."""
+    return head.inter != "2d-boundary" and all(type(p) in FAMILIES for _, p in head.intra)
+
+
+def _family_code(pattern, grid: bool) -> int:
+    """The family a row set may take: the index of the pattern's type in ``FAMILIES``, ``EITHER``
+    for a Grid these rows cannot run."""
+    code = FAMILIES.index(type(pattern))
+    return EITHER if isinstance(pattern, Grid) and not grid else code
 
 
 def _weighs_grid(rows: str, modalities: list[str], ctx: ForwardContext) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 POLICIES = ("online", "a-shape")
+PLAN_SIZES = ("online", "plan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,10 @@ class RuntimeOptions:
     plan: str = ""
     """This layer's head patterns from a plan file (``mmcompile.plans.layer_arg``), or "" for the
     policy's choice."""
+    plan_sizes: str = "online"
+    """With a ``plan``: ``"online"``, the plan fixes each head's pattern type per query modality and
+    the online policy sizes it for this input (budgets searched at a calibration length fall short
+    at several times that length); ``"plan"``, the plan's patterns run as searched, sizes included."""
     tag: str = ""
     """Routes this call's statistics (``stats_for(tag)``); changes no result."""
     pictures: str = ""
@@ -43,6 +48,8 @@ class RuntimeOptions:
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"mminference policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.plan_sizes not in PLAN_SIZES:
+            raise ValueError(f"mminference plan_sizes must be one of {PLAN_SIZES}, got {self.plan_sizes!r}")
         if not 0 < self.density <= 1:
             raise ValueError(f"mminference density must lie in (0, 1], got {self.density!r}")
         if not 0 <= self.recall <= 1:

@@ -58,21 +58,26 @@ def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state)
 
     layout, source, geometry = state.layout_for_call(q, modality_ids, layer)
     ctx, summary = state.context(q, layout, source, geometry, DEFAULT_BLOCK)
-    patterns = None  # the online choice, per head and query modality
+    patterns = families = None  # the online choice, per head and query modality
+    chooser = options.policy
     if options.plan:
         from mmcompile.plans import patterns_from_arg
 
-        patterns = patterns_from_arg(options.plan)
-        if len(patterns) != q.shape[1]:
-            raise ValueError(f"the plan gives {len(patterns)} head patterns for layer {layer}'s "
+        planned = patterns_from_arg(options.plan)
+        if len(planned) != q.shape[1]:
+            raise ValueError(f"the plan gives {len(planned)} head patterns for layer {layer}'s "
                              f"{q.shape[1]} query heads")
+        if options.plan_sizes == "online":  # the plan's types, sized for this input
+            families, chooser = planned, "plan types, online sizes"
+        else:
+            patterns, chooser = planned, "plan"
     elif options.policy == "a-shape":
         patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
     target = options.recall if (options.plan or options.policy == "online") and options.recall > 0 else None
-    result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target)
+    result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target,
+                             families=families)
     if options.pictures:
         _pictures(result.indexes, k.shape[2], options.pictures, layer)
-    chooser = "plan" if options.plan else options.policy
     return result.out, CallRecord(layer, "sparse", None, chooser, q.shape[2], k.shape[2], result.head_density,
                                   summary, tuple(result.patterns), result.head_recall)
 

@@ -3,7 +3,9 @@ and modality the cheapest candidate whose recall reaches the target (``candidate
 choose_from_scores``: Dense when none does, or when the cheapest still visits ``MAX_COST`` of the
 causal keys; A-shape priced ``STATIC_BONUS`` lower, as in the online policy).
 Deterministic for a seed (the sampled rows); the online estimation still runs when the plan is
-used (the plan fixes types and budgets, the input the lines)."""
+used: by default the plan fixes each head's types and the online policy sizes them for the input
+(budgets found at the calibration length fall short at several times it); with the run-time
+option ``plan_sizes="plan"`` the plan fixes types and budgets, the input the lines."""
 
 from __future__ import annotations
 

@@ -1,0 +1,134 @@
+"""Plans that transfer across lengths (issue 12): the plan fixes each head's pattern type per query
+modality, the online policy sizes it for the input at hand (``plan_sizes="online"``, the default),
+against the plan's budgets as searched (``plan_sizes="plan"``)."""
+
+import pytest
+import torch
+
+import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
+from mmcompile.config import config_from_options
+from mmcompile.patterns import forward_context, layer_attention
+from mmcompile.patterns.families import family_layout, family_qkv
+from mmcompile.patterns.planted import planted_qkv, standard_layout
+from mmcompile.patterns.policy import choose_with_fallbacks
+from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
+from mmcompile.plans import layer_arg
+from mmcompile.runtime import RuntimeOptions, track
+from mmcompile.search import search_layer
+
+BLOCK = (128, 64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # small ops: two OpenMP threads on a shared 2-core machine are much slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def types(head: HeadPattern) -> list:
+    return [(m, type(p)) for m, p in head.intra]
+
+
+def family_heads(n: int):
+    """A sink-local head and a slash-bands head (one KV head each) of the planted families at ``n``
+    tokens: seed 1 draws wider bands at 3072 than at 1024 (``families._behaviour``), as a model's
+    heads reach farther in a longer prompt."""
+    layout = family_layout("video", n, 1, frame_tokens=(64, 256))
+    local = family_qkv("sink-local", layout, 2, 1, 64, seed=1)
+    bands = family_qkv("slash-bands", layout, 2, 1, 64, seed=1)
+    q = torch.cat([local[0][:, :1], bands[0][:, 1:]], 1)
+    k, v = (torch.cat([local[i], bands[i]], 1) for i in (1, 2))
+    return layout, q, k, v
+
+
+@pytest.mark.interpreter
+def test_a_plan_searched_short_keeps_its_types_and_meets_the_target_three_times_longer():
+    layout, q, k, v = family_heads(1024)
+    plan, _ = search_layer(q, k, v, forward_context(layout, 1024, 1, "cpu", *BLOCK), target=0.95)
+    assert [types(h) for h in plan] == [[("text", AShape), ("video", AShape)],
+                                        [("text", VerticalSlash), ("video", VerticalSlash)]], plan
+    layout, q, k, v = family_heads(3072)
+    ctx = forward_context(layout, 3072, 1, "cpu", *BLOCK)
+    sized = layer_attention(q, k, v, ctx, density=0.2, recall=0.95, families=plan)
+    searched = layer_attention(q, k, v, ctx, plan, density=0.2, recall=0.95)
+    assert [types(h) for h in sized.patterns] == [types(h) for h in plan]  # no head ran dense
+    assert sized.patterns != tuple(plan)  # sized for this input, not the plan's budgets
+    assert (sized.head_recall >= 0.95).all(), sized.head_recall
+    assert any(types(h) == [("*", Dense)] for h in searched.patterns)  # a budget from 1024 misses: dense
+    assert float(sized.head_density.sum()) <= float(searched.head_density.sum()), \
+        (sized.head_density, searched.head_density)
+
+
+def planted_video(n=3072, layout_kind="video"):
+    layout = standard_layout(layout_kind, n)
+    q, k, _, _ = planted_qkv(layout, 8, 2, 64, periodic_frames=16.0, seed=3)
+    return q, k, forward_context(layout, n, 1, "cpu", 64, 64)
+
+
+def only(family) -> list:
+    return [HeadPattern("none", (("*", family()),))] * 8
+
+
+@pytest.mark.parametrize("family", [AShape, VerticalSlash])
+def test_a_restriction_to_one_family_chooses_only_it(family):
+    q, k, ctx = planted_video()
+    online, _ = choose_with_fallbacks(q, k, ctx, 0.1)
+    restricted, _ = choose_with_fallbacks(q, k, ctx, 0.1, families=only(family))
+    for head in restricted:
+        assert types(head) == [("*", Dense)] or all(isinstance(p, family) for _, p in head.intra), head
+    changed = [h for h, (a, b) in enumerate(zip(online, restricted))
+               if any(not isinstance(p, family) for _, p in a.intra) and types(b) != [("*", Dense)]]
+    assert changed, online  # some head the online policy gave another family now runs this one
+
+
+def test_grid_restriction_on_video_rows_and_where_the_input_cannot_run_it():
+    """Video rows with a frame stride take the plan's Grid; text rows (no frames) take the better of
+    A-shape and VS, which is what the online policy gives rows that cannot weigh Grid; a Dense in the
+    plan stays Dense."""
+    q, k, ctx = planted_video()
+    chosen, _ = choose_with_fallbacks(q, k, ctx, 0.1, families=only(Grid)[:7] + only(Dense)[:1])
+    sparse = [h for h in chosen[:7] if types(h) != [("*", Dense)]]
+    assert sparse and all(isinstance(h.pattern_for("video"), Grid) for h in sparse), chosen
+    assert all(isinstance(h.pattern_for("text"), (AShape, VerticalSlash)) for h in sparse)
+    assert chosen[7] == HeadPattern("none", (("*", Dense()),))
+    flat = forward_context(None, ctx.n, 1, "cpu", 64, 64)  # no layout: no frame stride
+    assert choose_with_fallbacks(q, k, flat, 0.1, families=only(Grid)) == choose_with_fallbacks(q, k, flat, 0.1)
+
+
+@pytest.mark.parametrize("layout_kind", ["video", "text"])
+def test_the_online_types_as_a_plan_give_the_online_choice_and_fallbacks(layout_kind):
+    """Regression guard of both paths: sizing each head within the family the online policy chose
+    reproduces the online sizes and fallbacks exactly (the same curves), and no restriction is the
+    online choice."""
+    q, k, ctx = planted_video(layout_kind=layout_kind)
+    online = choose_with_fallbacks(q, k, ctx, 0.1)
+    assert choose_with_fallbacks(q, k, ctx, 0.1, families=None) == online
+    assert len({t for h in online[0] for _, p in h.intra for t in [type(p)]}) >= 2  # several families at stake
+    assert choose_with_fallbacks(q, k, ctx, 0.1, families=online[0]) == online
+
+
+def test_plan_sizes_is_validated_and_travels_to_the_op():
+    with pytest.raises(ValueError, match=r"plan_sizes must be one of \('online', 'plan'\), got 'searched'"):
+        RuntimeOptions(plan_sizes="searched")
+    with pytest.raises(ValueError, match=r"'plan_sizes' must be one of \('online', 'plan'\)"):
+        config_from_options({"plan_sizes": "searched"})
+    assert RuntimeOptions().plan_sizes == "online"
+    assert config_from_options({"plan_sizes": "plan"}).runtime_options().op_kwargs()["plan_sizes"] == "plan"
+    assert "str plan_sizes=\"online\"" in str(torch.ops.mminference.prefill_attention.default._schema)
+
+
+@pytest.mark.interpreter
+def test_the_op_sizes_the_plan_types_online_or_runs_them_as_searched():
+    layout = family_layout("video", 1024, 1, frame_tokens=(64, 256))
+    q, k, v, _ = family_qkv("sink-local", layout, 2, 1, 64, seed=1)
+    narrow = HeadPattern("none", (("*", AShape(sink=16, local=64)),))
+    stats = track("test-plan-sizes")
+    for sizes in ("plan", "online"):
+        torch.ops.mminference.prefill_attention(q, k, v, None, None, 0, 0.125, min_sparse_len=16, recall=0.0,
+                                                plan=layer_arg((narrow,) * 2), plan_sizes=sizes, tag="test-plan-sizes")
+    as_searched, sized = list(stats.records)[-2:]
+    assert (as_searched.detail, sized.detail) == ("plan", "plan types, online sizes")
+    assert as_searched.patterns == (narrow,) * 2
+    assert all(types(h) == [("*", AShape)] and h.intra[0][1].sink == 128 for h in sized.patterns), sized.patterns
