@@ -5,8 +5,10 @@
 #            at 512K eager is timed once (--eager-reps 0) and the dense extrapolation is skipped.
 #   verify   the op at 128K (video, mixed), estimation in 512 MiB head chunks (as is) against 1 GiB
 #            (one chunk at 128K), alternating; a plan searched at 32K on the families (seed 0)
-#            applied at 128K (seed 1) with online sizes, beside the online policy; the families at
-#            512K and 1M (128 rows); exactness at 1M on a slice. (No kernel changed: no GPU tests.)
+#            applied at 128K (seed 1) with online sizes (the online policy's numbers on the same input:
+#            results/issue14_h200_index_families_mixed.json); the families at 512K and 1M (128 rows);
+#            a profile of the online op at 128K; exactness at 1M on a slice. (No kernel changed: no
+#            GPU tests.)
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -26,22 +28,23 @@ if [ "$part" = long ]; then
       --out $OUT 2>&1 | quiet | tail -10
   fi
 elif [ "$part" = verify ]; then
-  for layout in video mixed video mixed; do
+  for layout in video mixed; do
     for mib in 512 1024; do
       timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout --probs-mib $mib \
         --out $OUT/op_${layout}_$mib.json 2>&1 | quiet | tail -1
     done
   done
   echo "--- plan searched at 32K (mixed, seed 0), applied at 128K (seed 1)"
-  timeout 120 mminference search standard --source families --tokens 32768 --layout mixed \
+  timeout 120 mminference search standard --source families --tokens 32768 --layout mixed --layers 11 \
     --out $OUT/plan_families_32k.json 2>&1 | quiet | tail -4
   timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 \
     --plan $OUT/plan_families_32k.json --plan-sizes online --out $OUT/families_plan_online.json 2>&1 | quiet | tail -14
-  timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 \
-    --out $OUT/families_online.json 2>&1 | quiet | tail -14
   echo "--- families at 512K and 1M (online, 128 rows)"
   timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 524288,1048576 --seeds 1 --rows 128 \
     --out $OUT/families_long.json 2>&1 | quiet | tail -14
+  echo "--- profile 128K video (host and GPU time per part)"
+  timeout 60 python3 benchmarks/profile_index.py --tokens 131072 2>&1 | quiet > $OUT/profile_128k.txt
+  grep -A40 "^part " $OUT/profile_128k.txt
   echo "--- exactness at 1M on a slice"
   timeout 60 python3 benchmarks/long_exactness.py --tokens 1048576 --out $OUT 2>&1 | quiet | tail -4
   echo "=== table ==="

@@ -20,7 +20,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from mmcompile.patterns import estimate, forward_context, index_builder, index_columns, intra, layer, policy
+from mmcompile.patterns import estimate, forward_context, index_builder, index_columns, intra, layer, policy, verify
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 from mmcompile.patterns.policy import choose_patterns
 
@@ -29,7 +29,8 @@ PARTS = [(estimate, "line_scores"), (estimate, "column_slash"), (intra, "vertica
          (index_builder, "_fill"), (index_columns, "per_block_columns"), (index_columns, "shared_counts"),
          (layer, "build_index"), (layer, "attend"), (policy, "_choose_one"),
          (policy, "_a_shape"), (policy, "_vertical_slash"), (policy, "_grid"), (intra, "column_scores"),
-         (policy, "choose_with_fallbacks")]
+         (policy, "choose_with_fallbacks"), (estimate, "dense_row_lse"), (verify, "held_out_recall"),
+         (layer, "_sdpa_heads")]
 
 
 def _labelled(module, name):
@@ -91,8 +92,12 @@ def _profile(q, k, v, ctx, patterns):
         with record_function("part:WHOLE policy"):
             policy.choose_with_fallbacks(q, k, ctx)
         torch.cuda.synchronize()
+        with record_function("part:WHOLE layer_attention, online, recall 0.95 (as the op runs it)"):
+            layer.layer_attention(q, k, v, ctx, recall=0.95)
+        torch.cuda.synchronize()
     events = prof.key_averages()
-    print(events.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=50))
+    print(events.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=50))
+    print(events.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=50))
     launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
     print(f"GPU kernels launched: {launches}")
     print(f"{'part':40s} {'calls':>6s} {'CPU ms':>8s} {'GPU ms':>8s}")

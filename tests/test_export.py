@@ -53,7 +53,7 @@ def options(vlm, tmp_path_factory):
     heads = (BY_MODALITY,) * TEXT["num_attention_heads"]
     layers = {layer: heads for layer in range(TEXT["num_hidden_layers"])}
     save_plan(Plan(ModelShape.of_config(vlm.config), layers), path)
-    return {"min_sparse_len": 16, "recall": 0.0, "plan": str(path)}
+    return {"min_sparse_len": 16, "recall": 0.0, "plan": str(path), "plan_sizes": "plan"}  # as written
 
 
 @pytest.fixture(scope="module")

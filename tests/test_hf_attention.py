@@ -99,7 +99,8 @@ def test_a_plan_reaches_each_layer_and_one_for_another_model_is_refused(tmp_path
     narrow = HeadPattern("none", (("*", AShape(sink=16, local=64)),))
     path = tmp_path / "plan.json"
     save_plan(Plan(shape, {1: (narrow,) * shape.heads_q}), path)
-    stats = hf_attention.register({"plan": str(path), "min_sparse_len": 16, "recall": 0.0}, name="mminference-plan")
+    stats = hf_attention.register({"plan": str(path), "plan_sizes": "plan", "min_sparse_len": 16,
+                                    "recall": 0.0}, name="mminference-plan")
     model.set_attn_implementation("mminference-plan")
     logits(model, torch.randint(0, 128, (1, 600)))
     assert [(r.layer, r.detail) for r in stats.records] == [(0, "online"), (1, "plan")]
