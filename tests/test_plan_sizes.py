@@ -86,13 +86,16 @@ def test_a_restriction_to_one_family_chooses_only_it(family):
 def test_grid_restriction_on_video_rows_and_where_the_input_cannot_run_it():
     """Video rows with a frame stride take the plan's Grid; text rows (no frames) take the better of
     A-shape and VS, which is what the online policy gives rows that cannot weigh Grid; a Dense in the
-    plan stays Dense."""
+    plan (no candidate reached the target at the search's length) gets the online choice."""
     q, k, ctx = planted_video()
-    chosen, _ = choose_with_fallbacks(q, k, ctx, 0.1, families=only(Grid)[:7] + only(Dense)[:1])
+    online, online_fallbacks = choose_with_fallbacks(q, k, ctx, 0.1)
+    chosen, fallbacks = choose_with_fallbacks(q, k, ctx, 0.1, families=only(Grid)[:7] + only(Dense)[:1])
     sparse = [h for h in chosen[:7] if types(h) != [("*", Dense)]]
     assert sparse and all(isinstance(h.pattern_for("video"), Grid) for h in sparse), chosen
     assert all(isinstance(h.pattern_for("text"), (AShape, VerticalSlash)) for h in sparse)
-    assert chosen[7] == HeadPattern("none", (("*", Dense()),))
+    assert types(online[7]) != [("*", Dense)] and chosen[7] == online[7]
+    assert fallbacks.get(7) == online_fallbacks.get(7)
+    assert choose_with_fallbacks(q, k, ctx, 0.1, families=only(Dense)) == (online, online_fallbacks)
     flat = forward_context(None, ctx.n, 1, "cpu", 64, 64)  # no layout: no frame stride
     assert choose_with_fallbacks(q, k, flat, 0.1, families=only(Grid)) == choose_with_fallbacks(q, k, flat, 0.1)
 

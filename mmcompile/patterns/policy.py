@@ -263,7 +263,11 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     ``families`` (one HeadPattern per query head, a plan's): per head and query modality of this
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
     weighed, sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
-    runs Dense, a Dense row set stays Dense. A Grid where this input cannot run Grid (no frame
+    runs Dense. A plan's Dense row set gets the online choice among all families: the search
+    writes Dense where no candidate reached the target at the calibration length, and heads that
+    need most of a 32K prompt often need far less of a 128K one (planted families at 128K, H100: with
+    the plan's Dense kept, 59 of 308 heads ran dense against the online policy's 47; the held-out
+    check still sends a head dense that misses). A Grid where this input cannot run Grid (no frame
     stride, or rows ``_weighs_grid`` refuses) becomes the better of A-shape and VS, as online. A
     head the policy cannot size (2d-boundary, BlockSparse) runs the plan's pattern as it is, with
     no fallback. None: the online choice among all families.
@@ -285,6 +289,13 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
                                    _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
                                    for h in heads])
                  for m in modalities}
+        for m in modalities:  # a plan's Dense is a budget outcome at its length, not a type: chosen online
+            free = [h for h in heads if h not in kept and isinstance(_plan_pattern(families[h], m), Dense)]
+            if free:
+                online = _choose_one(estimates, m, free, ctx, density, target, _weighs_grid(m, modalities, ctx))
+                for i, h in enumerate(free):
+                    for column, values in zip(picks[m], online):
+                        column[h] = values[i]
     chosen, fallbacks = [], {}
     for h in heads:
         if h in kept:
@@ -295,9 +306,6 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
             continue
         inter = "none" if modalities == ["*"] else "q-boundary"
         head = HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities))
-        if all(isinstance(p, Dense) for _, p in head.intra):  # a plan's dense head (online never picks Dense)
-            chosen.append(HeadPattern("none", (("*", Dense()),)))
-            continue
         chosen.append(head)
         grown = HeadPattern(inter, tuple((m, _at_cap(picks[m][2][h], ctx, density)) for m in modalities))
         if grown != head:
