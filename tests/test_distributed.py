@@ -48,6 +48,9 @@ def _worker(rank, world, tmp):
         for name, plan in (("plan", PLAN), ("online", None)):
             results["ulysses", name] = ulysses_attention(*seq, ctx, plan, density=DENSITY, return_patterns=True)
             results["tp", name] = tensor_parallel_attention(*heads, ctx, plan, density=DENSITY, return_patterns=True)
+        op_like = dict(density=DENSITY, recall=0.95, plan_sizes="online", return_patterns=True)  # the op's defaults
+        results["ulysses", "sized"] = ulysses_attention(*seq, ctx, PLAN, **op_like)
+        results["tp", "sized"] = tensor_parallel_attention(*heads, ctx, PLAN, **op_like)
         results["gathered"] = gather_patterns(results["ulysses", "online"][1])
         results["errors"] = _collective_errors(q, k, v, ctx, seq)
         torch.save(results, os.path.join(tmp, f"rank{rank}.pt"))
@@ -79,8 +82,11 @@ def test_head_parallel_equals_single_process(world, tmp_path):
     q, k, v, ctx = _inputs()
     online = choose_patterns(q, k, ctx, density=DENSITY)
     assert len({str(p) for p in online}) >= 3, "the online case must mix patterns to test the per-rank choice"
+    sized = layer_attention(q, k, v, ctx, density=DENSITY, recall=0.95, families=PLAN)
     expected = {"plan": (layer_attention(q, k, v, ctx, PLAN).out, PLAN),
-                "online": (layer_attention(q, k, v, ctx, online).out, online)}
+                "online": (layer_attention(q, k, v, ctx, online).out, online),
+                "sized": (sized.out, list(sized.patterns))}
+    assert expected["sized"][1] != PLAN  # the plan's types, sized for this input and checked
     mp.spawn(_worker, args=(world, str(tmp_path)), nprocs=world)
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
