@@ -2,12 +2,14 @@
 SDPA, NaN for NaN. A sparse index that skips a NaN key would give later rows finite numbers that no
 dense model produces."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
-from mmcompile.runtime import DenseReason, track
+from mmcompile.runtime import DenseReason, prefill, track
 from mmcompile.runtime.decision import all_finite
 
 
@@ -19,7 +21,7 @@ def _qkv(n=600, seed=0):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("where,value", [("k", float("nan")), ("v", float("inf")), ("q", float("nan")),
                                          ("k", float("-inf"))])
-def test_a_non_finite_input_runs_dense_and_equals_sdpa(where, value):
+def test_a_non_finite_input_runs_dense_and_equals_sdpa(where, value, caplog):
     q, k, v = _qkv()
     {"q": q, "k": k, "v": v}[where][0, 0, 300, 5] = value
     stats = track(f"nonfinite-{where}")
@@ -30,6 +32,10 @@ def test_a_non_finite_input_runs_dense_and_equals_sdpa(where, value):
     assert (record.path, record.reason) == ("dense", DenseReason.NON_FINITE)
     assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
     torch.testing.assert_close(out.nan_to_num(0), ref.nan_to_num(0))
+    prefill.reset_logged()  # logged once per process: this call logs it again
+    with caplog.at_level(logging.WARNING, logger="mmcompile.runtime.prefill"):
+        torch.ops.mminference.prefill_attention(q, k, v, None, None, 3, 0.125, min_sparse_len=64)
+    assert any("NaN or inf in the q/k/v of layer 3" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.interpreter

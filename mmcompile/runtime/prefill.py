@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 _ONCE = Once()
 
 
+def reset_logged() -> None:
+    """Forget which fallbacks were logged, so the next one of each kind is logged again (the log
+    is once per kind per process otherwise)."""
+    _ONCE.reset()
+
+
 def run_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modality_ids: Optional[torch.Tensor],
                 key_padding_mask: Optional[torch.Tensor], layer: int, scale: float,
                 options: RuntimeOptions) -> torch.Tensor:
@@ -45,6 +51,9 @@ def run_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modality_ids:
             _ONCE.log(log, logging.WARNING, type(e).__name__,
                       "mminference: sparse attention of layer %s failed (%s); running it dense "
                       "(options={'strict': True} re-raises)", layer, detail, exc_info=True)
+    if reason is DenseReason.NON_FINITE:
+        _ONCE.log(log, logging.WARNING, reason, "mminference: NaN or inf in the q/k/v of layer %s; running it "
+                  "dense, as SDPA would (a sparse index would leave some later rows finite)", layer)
     if reason is DenseReason.KEY_PADDING:
         out = dense_padded(q, k, v, scale, key_padding_mask)
     else:
