@@ -72,18 +72,23 @@ def _vertical_slash(lines: LineScores, explained, cap_keys, cap_blocks, n, block
     priority[..., :forced] += 2.0  # forced blocks come first (masses are at most 1)
     order = priority.argsort(-1, descending=True)[..., :cap_blocks]
     slash_curve = intra.diagonal_block_mass(slash, block_m)[..., None] + blocks.gather(-1, order).cumsum(-1)
-    best = None
-    for c in ladder:
-        room = _slash_room(c, cap_keys, cap_blocks, block_n)
-        curve = (column_curve[..., min(c, n) - 1, None] + slash_curve[..., :room]).mean(0)
-        at, recall = _first_reaching(curve, target)
-        step = (recall, c + (at + 1) * block_n, torch.full_like(at, c), at + 1)
-        if best is None:
-            best = step
-            continue
-        better = _better(step[0], step[1], best[0], best[1], target)
-        best = tuple(torch.where(better, new, old) for new, old in zip(step, best))
-    return best
+    # Every ladder step at once: [H, steps, room] curves, each step's tail past its room masked off.
+    rooms = [min(_slash_room(c, cap_keys, cap_blocks, block_n), slash_curve.shape[-1]) for c in ladder]
+    device = slash_curve.device
+    sizes, room = device_list(ladder, device), device_list(rooms, device)
+    width = torch.arange(max(rooms), device=device)
+    curves = (column_curve.index_select(-1, sizes.clamp(max=n) - 1)[..., None]
+              + slash_curve[..., None, :max(rooms)]).mean(0)
+    reach = (curves >= target) & (width < room[:, None])
+    at = torch.where(reach.any(-1), reach.float().argmax(-1), room - 1)  # as _first_reaching, per step
+    recall = curves.gather(-1, at[..., None])[..., 0]  # [H, steps]
+    cost = sizes + (at + 1) * block_n
+    # _better over the steps in ladder order: the first cheapest step reaching the target, else
+    # the first with the highest recall.
+    reached = recall >= target
+    pick = torch.where(reached.any(-1), torch.where(reached, cost.float(), float("inf")).argmin(-1),
+                       recall.argmax(-1))[:, None]
+    return recall.gather(-1, pick)[:, 0], cost.gather(-1, pick)[:, 0], sizes[pick[:, 0]], at.gather(-1, pick)[:, 0] + 1
 
 
 def _slash_room(columns: int, cap_keys: float, cap_blocks: int, block_n: int) -> int:
