@@ -3,7 +3,8 @@
 #   long N   bench_long.py at N tokens (default 1048576): eager (OOM expected at 1M), the backend with
 #            the KV cache at a fixed A-shape budget, the dense path on 1 and 2 layers (extrapolation);
 #            at 512K eager is timed once (--eager-reps 0) and the dense extrapolation is skipped.
-#   plans    PLAN=file: the plan applied with online sizes at 128K and 256K (seed 1), the online
+#   plans    OLD=tree: the op at 128K on that tree and this one, alternating; PLAN=file: the plan
+#            applied with online sizes at 128K and 256K (seed 1), the online
 #            policy at 256K; the families at 512K and 1M (online, 128 rows).
 #   verify   the op at 128K (video, mixed), estimation in 512 MiB head chunks (as is) against 1 GiB
 #            (one chunk at 128K), alternating; a plan searched at 32K on the families (seed 0)
@@ -29,7 +30,19 @@ if [ "$part" = long ]; then
     timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --eager-reps 0 --dense-layers "" \
       --out $OUT 2>&1 | quiet | tail -10
   fi
-elif [ "$part" = plans ]; then  # PLAN=<a plan searched at 32K, as verify writes it>
+elif [ "$part" = plans ]; then  # PLAN=<a plan searched at 32K, as verify writes it>; OLD=<tree to A/B>
+  if [ -n "${OLD:-}" ]; then  # each tree importable as the wheel lays it out (gpu_issue10.sh)
+    mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
+      && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
+      && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
+    for layout in video mixed; do
+      for which in old new; do
+        echo -n "$which "
+        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
+          --out $OUT/op_${layout}_$which.json 2>&1 | quiet | tail -1
+      done
+    done
+  fi
   for tokens in 131072 262144; do
     timeout 120 python3 benchmarks/fidelity_families.py --layout mixed --tokens $tokens --seeds 1 \
       --plan $PLAN --plan-sizes online --out $OUT/families_plan_online_$tokens.json 2>&1 | quiet | tail -14
@@ -40,7 +53,7 @@ elif [ "$part" = plans ]; then  # PLAN=<a plan searched at 32K, as verify writes
   timeout 240 python3 benchmarks/fidelity_families.py --layout mixed --tokens 524288,1048576 --seeds 1 --rows 128 \
     --out $OUT/families_long.json 2>&1 | quiet | tail -14
   echo "=== table ==="
-  grep -E "^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_plans.txt
+  grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_plans.txt
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do
