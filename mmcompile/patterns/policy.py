@@ -268,11 +268,13 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     ``families`` (one HeadPattern per query head, a plan's): per head and query modality of this
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
     weighed, sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
-    runs Dense. A plan's Dense row set gets the online choice among all families: the search
-    writes Dense where no candidate reached the target at the calibration length, and heads that
-    need most of a 32K prompt often need far less of a 128K one (planted families at 128K, H100: with
-    the plan's Dense kept, 59 of 308 heads ran dense against the online policy's 47; the held-out
-    check still sends a head dense that misses). A Grid where this input cannot run Grid (no frame
+    runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
+    at the cap, or whose plan says Dense, gets the online choice among all families (as good a prediction or
+    better): a type searched at 32K need not fit a 128K prompt, and the search writes Dense where no
+    candidate reached the target at its length while heads that need most of a 32K prompt often
+    need far less of a 128K one (planted families at 128K, H100: with the plan's Dense kept, 59 of
+    308 heads ran dense against the online policy's 47). The held-out check still sends a head
+    dense that misses. A Grid where this input cannot run Grid (no frame
     stride, or rows ``_weighs_grid`` refuses) becomes the better of A-shape and VS, as online. A
     head the policy cannot size (2d-boundary, BlockSparse) runs the plan's pattern as it is, with
     no fallback. None: the online choice among all families.
@@ -294,8 +296,9 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
                                    _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
                                    for h in heads])
                  for m in modalities}
-        for m in modalities:  # a plan's Dense is a budget outcome at its length, not a type: chosen online
-            free = [h for h in heads if h not in kept and isinstance(_plan_pattern(families[h], m), Dense)]
+        for m in modalities:  # a plan's Dense, or a family short of the target at this length: chosen online
+            free = [h for h in heads
+                    if h not in kept and _replan(_plan_pattern(families[h], m), picks[m][0][h], target)]
             if free:
                 online = _choose_one(estimates, m, free, ctx, density, target, _weighs_grid(m, modalities, ctx))
                 for i, h in enumerate(free):
@@ -316,6 +319,14 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
         if grown != head:
             fallbacks[h] = grown
     return chosen, fallbacks
+
+
+def _replan(pattern, predicted: float, target: float) -> bool:
+    """Whether a plan's row set gets the online choice instead of its family: Dense, or an A-shape
+    or VS predicted short of the target at the cap. A plan's Grid is kept: the search measured it
+    on the built index, while ``_grid``'s estimate is a lower bound that can sit far under it
+    (0.15-0.45 predicted for video rows measured at 0.996, sink-local family at 2K tokens)."""
+    return isinstance(pattern, Dense) or (isinstance(pattern, (AShape, VerticalSlash)) and predicted < target)
 
 
 def _plan_pattern(head: HeadPattern, rows: str):
