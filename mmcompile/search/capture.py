@@ -18,8 +18,10 @@ NAME = "mminference-capture"
 @contextlib.contextmanager
 def capturing(model, on_layer):
     """Within the block, ``model``'s attention calls ``on_layer(layer, q, k, v, scale)`` (q [B, Hq,
-    N, D], k/v [B, Hkv, N, D], after RoPE) before SDPA. The model's attention implementation is
-    restored afterwards."""
+    N, D], k/v [B, Hkv, N, D], after RoPE) before SDPA. Only the language model's attention is
+    replaced: a VLM's vision tower keeps its own (its calls are no decoder layer: no ``layer_idx``,
+    another length), so ``model(**processor_inputs)`` searches the decoder layers alone. The
+    implementation is restored afterwards."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -34,11 +36,18 @@ def capturing(model, on_layer):
     AttentionInterface.register(NAME, attention)
     language = _language_config(model)
     before = getattr(language, "_attn_implementation", None) or "sdpa"
-    model.set_attn_implementation(NAME)
+    model.set_attn_implementation(_for_language(model, NAME))
     try:
         yield
     finally:
-        model.set_attn_implementation(before)
+        model.set_attn_implementation(_for_language(model, before))
+
+
+def _for_language(model, implementation: str):
+    """``set_attn_implementation``'s argument that reaches the language model only: keyed by its
+    sub-config in a VLM, the whole model otherwise."""
+    vlm = "text_config" in getattr(model.config, "sub_configs", {})
+    return {"text_config": implementation} if vlm else implementation
 
 
 def _language_config(model):

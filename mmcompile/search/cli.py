@@ -6,10 +6,13 @@
 
 MODEL: ``standard`` (the standard-shape Qwen2.5-VL language model of BENCHMARKING.md), ``tiny``
 (a 2-layer Qwen2.5-VL, 4/2 heads), a checkpoint directory or a ``config.json``. Sources of each layer's
-q, k, v: ``model`` (a forward of the model on random embeddings with the ``--layout``
-annotated; weights from the directory when it has them, else random), ``planted`` (the project's
-planted generator, one seed per layer) or ``families`` (the independent families, one per layer
-in turn). A progress bar with the time left, then the summary table.
+q, k, v: ``model`` (a forward of the model; weights from the directory when it has them, else
+random: a directory with a processor that takes images or video gives the inputs, synthetic media
+and a prompt of about ``--tokens`` tokens through the whole VLM, the layout read off them and
+``--layout`` unused (``calibration.py``); otherwise the language model on random embeddings with
+the ``--layout`` annotated), ``planted`` (the project's planted generator, one seed per layer) or
+``families`` (the independent families, one per layer in turn). The plan's calibration record says
+which inputs ran (``inputs``). A progress bar with the time left, then the summary table.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main(argv) -> None:
     from .show import summary_lines
     save_plan(plan, args.out)
     print("\n".join(summary_lines(plan)))
+    print(f"calibration inputs: {plan.calibration[0]['inputs']}")
     print(f"wrote {args.out}")
 
 
@@ -69,14 +73,19 @@ def run_search(args):
     config = _config(args.model)
     shape = ModelShape.of_config(config)
     layers = min(shape.layers, args.layers or shape.layers)
-    layout = _layout(args.layout, args.tokens, args.source, args.seed)
+    calibration, inputs = None, f"{args.source} q, k, v"
+    if args.source == "model":
+        from .calibration import processor_calibration
+        calibration, why_not = processor_calibration(args.model, args.tokens, args.seed)
+        inputs = calibration.description if calibration else f"random embeddings ({why_not})"
+    layout = calibration.layout if calibration else _layout(args.layout, args.tokens, args.source, args.seed)
     bar = tqdm(total=layers, desc="search", unit="layer")
     block = (128, 64) if device == "cuda" else (64, 64)
     builder = PlanBuilder(shape, layout, args.recall, args.rows, args.seed, progress=lambda _: bar.update(1),
                           block=block)
     start = time.perf_counter()
     if args.source == "model":
-        _search_model(args.model, config, layout, layers, builder, device)
+        _search_model(args.model, config, layout, layers, builder, device, calibration)
     else:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         for layer in range(layers):
@@ -84,9 +93,9 @@ def run_search(args):
             builder.on_layer(layer, q, k, v, shape.head_dim ** -0.5)
             del q, k, v
     bar.close()
-    calibration = [dict(source=args.source, tokens=layout.length, layout=args.layout, seed=args.seed,
-                        seconds=round(time.perf_counter() - start, 1))]
-    return builder.plan(calibration)
+    record = dict(source=args.source, tokens=layout.length, layout="from the inputs" if calibration else args.layout,
+                  inputs=inputs, seed=args.seed, seconds=round(time.perf_counter() - start, 1))
+    return builder.plan([record])
 
 
 def _config(model: str):
@@ -124,8 +133,10 @@ def _planted(source, layer, layout, shape, device, dtype, seed):
     return q, k, v
 
 
-def _search_model(model_arg, config, layout, layers, builder, device):
-    """One forward of the language model on random embeddings, each layer searched as it runs."""
+def _search_model(model_arg, config, layout, layers, builder, device, calibration=None):
+    """One forward, each layer searched as it runs: of the whole VLM on the processor's inputs
+    (``calibration``, whose layout the builder has), else of the language model on random
+    embeddings with ``layout`` annotated."""
     import transformers as tf
 
     from mmcompile.annotate import modality as annotated
@@ -139,6 +150,10 @@ def _search_model(model_arg, config, layout, layers, builder, device):
         model = (tf.AutoModelForImageTextToText.from_pretrained(model_arg, config=config, dtype=dtype)
                  if weights else tf.AutoModelForImageTextToText.from_config(config, dtype=dtype))
     model.eval()
+    if calibration is not None:
+        with torch.no_grad(), capturing(model, builder.on_layer):
+            model(**calibration.inputs.to(device=device, dtype=dtype), use_cache=False)
+        return
     lm = model.model.language_model if hasattr(model.model, "language_model") else model.model
     n = layout.length
     embeds = torch.randn(1, n, text.hidden_size, device=device, dtype=dtype,
