@@ -13,6 +13,7 @@ dense log-sum-exp on which ``verify`` measures what a layer's launches really ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -47,9 +48,10 @@ class LineScores:
         pick = (lambda t: t.index_select(1, index))
         return dataclasses.replace(self, vertical=pick(self.vertical), slash=pick(self.slash), lse=pick(self.lse))
 
-    @property
+    @functools.cached_property
     def rows(self) -> torch.Tensor:
-        """fp32 [B, 1, 1]: valid rows per sample (at least 1), to turn sums into per-row means."""
+        """fp32 [B, 1, 1]: valid rows per sample (at least 1), to turn sums into per-row means.
+        Computed once per instance: the policy reads it a dozen times a layer."""
         return self.valid.sum(-1).clamp(min=1)[:, None, None].float()
 
 

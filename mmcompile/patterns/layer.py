@@ -47,12 +47,14 @@ class ForwardContext:
     row_counts: dict = dataclasses.field(default_factory=dict)  # modality name -> rows per sample (int), when equal
     check_rows: dict = dataclasses.field(default_factory=dict)  # as last_rows: held-out rows (pos, valid)
 
+    def equal_rows(self, name: str) -> bool:
+        """Whether every sample has as many rows of modality ``name`` (a launch over one modality's
+        rows lists the same number of slots per sample)."""
+        return self.modality is not None and self.row_counts.get(name) is not None
+
     def rows_of(self, name: str) -> torch.Tensor | None:
-        """bool [B, N]: the rows of modality ``name``, when every sample has as many (a launch over
-        one modality's rows lists the same number of slots per sample); else None."""
-        if self.modality is None or self.row_counts.get(name) is None:
-            return None
-        return self.modality == _modality_id(name)
+        """bool [B, N]: the rows of modality ``name`` when ``equal_rows(name)``; else None."""
+        return self.modality == _modality_id(name) if self.equal_rows(name) else None
 
     def row_sets(self) -> list[str]:
         """The estimation-row sets the policy chooses from and a layer is judged on: each query
@@ -340,7 +342,7 @@ def _grid_rows(head: HeadPattern, ctx: ForwardContext) -> str | None:
     if head.inter != "q-boundary" or len(ctx.present) < 2:
         return None
     names = [m for m, p in head.intra if isinstance(p, Grid) and m in ctx.present]
-    if len(names) != 1 or ctx.rows_of(names[0]) is None:
+    if len(names) != 1 or not ctx.equal_rows(names[0]):
         return None  # several grid modalities, or unequal row counts across the batch: all rows
     return names[0]
 
