@@ -85,8 +85,8 @@ def mminference_attention(module, query, key, value, attention_mask, dropout: fl
     layer = -1 if layer is None else int(layer)
     op_kwargs = _options.op_kwargs()
     if _plan is not None:  # a plan for another model raises here, naming the mismatch
-        _plan.check_fits(layer, query.shape[1], key.shape[1], query.shape[-1])
+        fitted = _plan.for_call(layer, query.shape[1], key.shape[1], query.shape[-1])  # a rank's slice under TP
         _plan.check_depth(getattr(getattr(module, "config", None), "num_hidden_layers", None))
-        op_kwargs["plan"] = _plan.op_arg(layer)
+        op_kwargs["plan"] = fitted.op_arg(layer)
     out = torch.ops.mminference.prefill_attention(query, key, value, None, None, layer, float(scale), **op_kwargs)
     return out.transpose(1, 2).contiguous(), None

@@ -62,8 +62,8 @@ def rewrite_attention(gm: fx.GraphModule, config) -> PassResult:
         old = site.node
         options = dict(st["op_options"])
         if plan is not None:  # a plan for another model raises here, naming the mismatch
-            plan.check_fits(int(site.layer), int(site.heads_q), int(site.heads_kv), int(site.head_dim))
-            options["plan"] = plan.op_arg(int(site.layer))
+            fitted = plan.for_call(int(site.layer), int(site.heads_q), int(site.heads_kv), int(site.head_dim))
+            options["plan"] = fitted.op_arg(int(site.layer))  # this rank's heads under tensor parallelism
         with graph.inserting_before(old):
             new = graph.call_function(op, (site.q, site.k, site.v, site.modality, site.key_padding,
                                            int(site.layer), site.scale), options)

@@ -88,6 +88,13 @@ class Plan:
         if not 0 <= layer < m.layers:
             raise PlanError(f"attention layer {layer} is outside the plan's {m.layers} layers ({m.model_type})")
 
+    def for_call(self, layer: int, heads_q: int, heads_kv: int, head_dim: int, rank_world=None) -> "Plan":
+        """The plan one rewritten attention call runs: this one, or this rank's slice of it under
+        tensor parallelism (``ranks.plan_for_call``); PlanError when neither fits."""
+        from .ranks import plan_for_call
+
+        return plan_for_call(self, layer, heads_q, heads_kv, head_dim, rank_world)
+
     def check_depth(self, layers) -> None:
         """Raise PlanError if the model has another number of decoder layers (None: unknown)."""
         if layers is not None and int(layers) != self.model.layers:
