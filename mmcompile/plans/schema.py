@@ -11,7 +11,7 @@ model it is applied to. Every error names what does not fit.
      "content_hash": "<sha256 of everything above>"}
 
 ``scores`` keeps each candidate's recall and cost at several budgets, so a recall target can be
-chosen when loading; nothing reads them yet (the search that writes them is issue 12's).
+chosen when loading (``mmcompile.search.retarget``).
 """
 
 from __future__ import annotations
