@@ -38,3 +38,21 @@ def test_off_or_short_prefills_stay_whole(model, options):
     out, ref, result = run(model, 1536, options)
     assert not result.changed
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_a_32k_prefill_in_chunks_through_inductor_equals_eager(model):
+    """Issue 14's bar at its length: 32K tokens, pieces of 8K, compiled by Inductor on the GPU."""
+    torch._dynamo.reset()
+    gpu = model.to("cuda")
+    backend = MMInferenceBackend({"force_dense": True, "seq_chunk": 8192})
+    ids = torch.randint(0, 256, (1, 32768), generator=torch.Generator().manual_seed(0)).cuda()
+    try:
+        with torch.no_grad():
+            out = torch.compile(gpu, backend=backend)(input_ids=ids, logits_to_keep=64).logits
+            ref = gpu(input_ids=ids, logits_to_keep=64).logits
+    finally:
+        model.to("cpu")
+    (result,) = [p for p in backend.report.graphs[0].passes if p.name == "chunk_sequence"]
+    assert result.counts["chunked_blocks"] == 7
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
