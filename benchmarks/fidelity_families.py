@@ -36,12 +36,11 @@ def run_default_path(q, k, v, layout, options: dict):
     this input, as the op's default; "plan": the patterns as searched). The only function that
     knows the project's API (``layer_attention``, the op's composition)."""
     from mmcompile.patterns import forward_context, layer_attention
+    from mmcompile.patterns.layer import plan_keywords
 
     ctx = forward_context(layout, q.shape[2], 1, q.device, *options["block"])
-    planned = options.get("plan")
-    sized = options.get("plan_sizes", "online") == "online"
-    result = layer_attention(q, k, v, ctx, None if sized else planned, density=options["density"],
-                             recall=options["recall"] or None, families=planned if sized else None)
+    result = layer_attention(q, k, v, ctx, density=options["density"], recall=options["recall"] or None,
+                             **plan_keywords(options.get("plan"), options.get("plan_sizes", "online")))
     predicted = None if result.head_recall is None else result.head_recall.tolist()
     names = ["/".join(f"{m}:{type(p).__name__}" for m, p in pat.intra) for pat in result.patterns]
     return result.out, result.indexes, predicted, names, result.head_density.tolist()

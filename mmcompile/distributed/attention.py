@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from mmcompile.patterns.layer import ForwardContext, layer_attention
+from mmcompile.patterns.layer import ForwardContext, layer_attention, plan_keywords
 from mmcompile.patterns.specs import HeadPattern
 
 from .comm import heads_to_seq, rank_world, seq_to_heads
@@ -27,11 +27,8 @@ def rank_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern]
     the op's options of those names mean ("online": the patterns' types, sized for this input); the
     defaults keep ``layer_attention``'s (no check, patterns as given), the op's are 0.95 and
     "online"."""
-    if plan_sizes not in ("online", "plan"):
-        raise ValueError(f"plan_sizes must be 'online' or 'plan', got {plan_sizes!r}")
-    sized = patterns is not None and plan_sizes == "online"
-    result = layer_attention(q, k, v, ctx, None if sized else patterns, density=density, scale=scale, recall=recall,
-                             families=patterns if sized else None)
+    result = layer_attention(q, k, v, ctx, density=density, scale=scale, recall=recall,
+                             **plan_keywords(patterns, plan_sizes))
     return result.out, list(result.patterns)
 
 

@@ -29,6 +29,7 @@ from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
 DEFAULT_BLOCK = (128, 64)  # query x key tile of sparse indexes: fastest on the H100 (BENCHMARKS.md)
+PLAN_SIZES = ("online", "plan")  # how a plan's head patterns run: types sized for the input, or as searched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,15 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
             indexes, patterns = verify.demote(indexes, patterns, failing)
             head_recall = head_recall.index_fill(0, device_list(failing, q.device), 1.0)  # dense: exact
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
+
+
+def plan_keywords(plan: Sequence[HeadPattern] | None, plan_sizes: str) -> dict:
+    """``layer_attention``'s keywords for a plan's head patterns (one per query head; None: the
+    online choice): ``plan_sizes="online"`` keeps their types and sizes them for this input
+    (``families``), ``"plan"`` runs them as searched (``patterns``)."""
+    if plan_sizes not in PLAN_SIZES:
+        raise ValueError(f"plan_sizes must be one of {PLAN_SIZES}, got {plan_sizes!r}")
+    return {"families": plan} if plan_sizes == "online" else {"patterns": plan}
 
 
 def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,

@@ -138,6 +138,11 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
     return recall, cost, (at + 1) * block_n
 
 
+def _row_count(ctx: ForwardContext, modality: str) -> int:
+    """Rows per sample of a row set ("*": all; N when the batch's counts differ), as Grid prices them."""
+    return (ctx.row_counts.get(modality) if modality != "*" else None) or ctx.n
+
+
 def _caps(ctx: ForwardContext, density: float) -> tuple[float, int]:
     """(average keys per row, key blocks) a head may visit at the density cap."""
     cap_keys = max(density * ctx.n / 2, 2 * ctx.block_n)
@@ -177,8 +182,7 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
     plain_names = names
     g_local = torch.zeros_like(a_local)
     if grid:
-        rows_in = ctx.row_counts.get(modality) if modality != "*" else ctx.n
-        g_recall, g_cost, g_local = _grid(vertical, slash, ctx, rows_in or ctx.n, cap_keys, target)
+        g_recall, g_cost, g_local = _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target)
         take_grid = _better(g_recall, g_cost, recall, torch.where(take_vs, v_cost.float(), a_cost), target)
         recall, names = torch.where(take_grid, g_recall, recall), torch.where(take_grid, 2, names)
     table = torch.stack([recall, names.float(), plain_names.float(), a_local.float(), v_cols.float(),
@@ -226,9 +230,8 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
                             ctx.block_n, target), v_at)
     if g_at:
         lines = estimates.lines(modality, [heads[i] for i in g_at])
-        rows_in = ctx.row_counts.get(modality) if modality != "*" else ctx.n
-        recall, _, local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, rows_in or ctx.n,
-                                 cap_keys, target)
+        recall, _, local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
+                                 _row_count(ctx, modality), cap_keys, target)
         put((g_recall, g_local), (recall, local), g_at)
     code = device_list(codes, device)
     take_vs = _better(v_recall, v_cost, a_recall, a_cost / STATIC_BONUS, target).long()
@@ -269,12 +272,12 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
     weighed, sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
     runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
-    at the cap, or whose plan says Dense, gets the online choice among all families (as good a prediction or
-    better): a type searched at 32K need not fit a 128K prompt, and the search writes Dense where no
-    candidate reached the target at its length while heads that need most of a 32K prompt often
-    need far less of a 128K one (planted families at 128K, H100: with the plan's Dense kept, 59 of
-    308 heads ran dense against the online policy's 47). The held-out check still sends a head
-    dense that misses. A Grid where this input cannot run Grid (no frame
+    at the cap, or whose plan says Dense, gets the online choice among all families (``_replan``;
+    as good a prediction or better): a type searched at 32K need not fit a 128K prompt, and the
+    search writes Dense where no candidate reached the target at its length while heads that need
+    most of a 32K prompt often need far less of a 128K one (planted families at 128K, H100: with
+    the plan's Dense kept, 59 of 308 heads ran dense against the online policy's 47). The held-out
+    check still sends a head dense that misses. A Grid where this input cannot run Grid (no frame
     stride, or rows ``_weighs_grid`` refuses) becomes the better of A-shape and VS, as online. A
     head the policy cannot size (2d-boundary, BlockSparse) runs the plan's pattern as it is, with
     no fallback. None: the online choice among all families.

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmcompile.patterns.layer import PLAN_SIZES
+
 POLICIES = ("online", "a-shape")
-PLAN_SIZES = ("online", "plan")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,10 +64,11 @@ def run_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, modality_ids:
 
 def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state):
     from mmcompile.patterns import DEFAULT_BLOCK, AShape, HeadPattern, layer_attention
+    from mmcompile.patterns.layer import plan_keywords
 
     layout, source, geometry = state.layout_for_call(q, modality_ids, layer)
     ctx, summary = state.context(q, layout, source, geometry, DEFAULT_BLOCK)
-    patterns = families = None  # the online choice, per head and query modality
+    chosen = {}  # the online choice, per head and query modality
     chooser = options.policy
     if options.plan:
         from mmcompile.plans import patterns_from_arg
@@ -76,15 +77,12 @@ def _sparse(q, k, v, modality_ids, layer, scale, options: RuntimeOptions, state)
         if len(planned) != q.shape[1]:
             raise ValueError(f"the plan gives {len(planned)} head patterns for layer {layer}'s "
                              f"{q.shape[1]} query heads")
-        if options.plan_sizes == "online":  # the plan's types, sized for this input
-            families, chooser = planned, "plan types, online sizes"
-        else:
-            patterns, chooser = planned, "plan"
+        chosen = plan_keywords(planned, options.plan_sizes)
+        chooser = "plan types, online sizes" if options.plan_sizes == "online" else "plan"
     elif options.policy == "a-shape":
-        patterns = [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]
+        chosen = {"patterns": [HeadPattern("none", (("*", AShape(options.sink, options.local)),))] * q.shape[1]}
     target = options.recall if (options.plan or options.policy == "online") and options.recall > 0 else None
-    result = layer_attention(q, k, v, ctx, patterns, density=options.density, scale=scale, recall=target,
-                             families=families)
+    result = layer_attention(q, k, v, ctx, density=options.density, scale=scale, recall=target, **chosen)
     if options.pictures:
         _pictures(result.indexes, k.shape[2], options.pictures, layer)
     return result.out, CallRecord(layer, "sparse", None, chooser, q.shape[2], k.shape[2], result.head_density,
