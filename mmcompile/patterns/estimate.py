@@ -44,8 +44,7 @@ class LineScores:
     def heads(self, ids: list[int]) -> "LineScores":
         if ids == list(range(self.vertical.shape[1])):
             return self
-        index = device_list(ids, self.vertical.device)  # a list index would copy it synchronously
-        pick = (lambda t: t.index_select(1, index))
+        pick = functools.partial(select_heads, ids=ids)
         return dataclasses.replace(self, vertical=pick(self.vertical), slash=pick(self.slash), lse=pick(self.lse))
 
     @functools.cached_property
@@ -53,6 +52,13 @@ class LineScores:
         """fp32 [B, 1, 1]: valid rows per sample (at least 1), to turn sums into per-row means.
         Computed once per instance: the policy reads it a dozen times a layer."""
         return self.valid.sum(-1).clamp(min=1)[:, None, None].float()
+
+
+def select_heads(t: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """``t`` [B, H, ...] restricted to heads ``ids`` (itself when they are all its heads, in order)."""
+    if ids == list(range(t.shape[1])):
+        return t
+    return t.index_select(1, device_list(ids, t.device))  # a list index would copy it synchronously
 
 
 def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,

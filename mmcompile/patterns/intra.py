@@ -126,15 +126,16 @@ def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
 
 
 def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScores, n, block_m, block_n,
-                        explained=None) -> BlockSets:
+                        explained=None, ranking: torch.Tensor | None = None) -> BlockSets:
     """One VS pattern per head (sizes may differ), from these heads' last-query line scores. The
     first 30 columns and the blocks holding the first 100 diagonals are always taken (MInference).
     ``explained(columns)`` -> [B, H, N]: the slash mass those columns account for
-    (``estimate.column_slash``); it is removed before blocks are ranked."""
+    (``estimate.column_slash``); it is removed before blocks are ranked. ``ranking``: these heads'
+    ``column_scores`` when already computed (``layer.Estimates.column_ranking``)."""
     device = lines.vertical.device
     want_list = [min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns]
     want_cols = device_list(want_list, device)
-    columns = column_scores(lines, n).topk(max(want_list), dim=-1).indices
+    columns = (column_scores(lines, n) if ranking is None else ranking).topk(max(want_list), dim=-1).indices
     columns = torch.where(torch.arange(columns.shape[-1], device=device) < want_cols[:, None], columns, INVALID)
     slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
     mass = relative_block_mass(slash, block_m, block_n)

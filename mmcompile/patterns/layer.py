@@ -279,6 +279,15 @@ class Estimates:
                                                          self.ctx.key_pad, start, consecutive)
         return self._cache[modality].heads(head_ids)
 
+    def column_ranking(self, modality: str, head_ids: list[int]) -> torch.Tensor:
+        """fp32 [B, H, N]: ``intra.column_scores`` of these heads' lines, computed once per layer
+        and modality for all heads: the policy and the VS builder rank the same columns (~18 ops
+        a call, per head and elementwise, so a slice of it is what a call on the slice returns)."""
+        key = ("columns", modality)
+        if key not in self._cache:
+            self._cache[key] = intra.column_scores(self.lines(modality, list(range(self.q.shape[1]))), self.ctx.n)
+        return estimate.select_heads(self._cache[key], head_ids)
+
     def held_out_lse(self, rows: str) -> torch.Tensor:
         """fp32 [B, Hq, L]: dense log-sum-exp of the held-out rows of ``rows`` (``ctx.check_rows``)."""
         key = ("held-out", rows)
@@ -315,7 +324,8 @@ def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: For
     if kind is VerticalSlash:
         lines = estimates.lines(selector, head_ids)
         return intra.vertical_slash_sets(patterns, lines, n, ctx.block_m, ctx.block_n,
-                                         explained=estimates.explained_by(lines, head_ids))
+                                         explained=estimates.explained_by(lines, head_ids),
+                                         ranking=estimates.column_ranking(selector, head_ids))
     if kind is BlockSparse:
         if len(set(patterns)) > 1:
             return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])

@@ -58,12 +58,13 @@ def _a_shape(vertical, diag, blocks, cap_blocks, block_n, target):
     return recall, SINK + local, local
 
 
-def _vertical_slash(lines: LineScores, explained, cap_keys, cap_blocks, n, block_m, block_n, target):
+def _vertical_slash(lines: LineScores, ranking, explained, cap_keys, cap_blocks, n, block_m, block_n, target):
     """Per head: (recall, cost, columns, blocks) of the cheapest ladder step reaching the target.
-    Columns are ranked as the builder ranks them; blocks by the slash mass the top columns of the
-    ladder do not account for (as the builder does for its own columns)."""
+    Columns are ranked as the builder ranks them (``ranking``: ``intra.column_scores`` of ``lines``);
+    blocks by the slash mass the top columns of the ladder do not account for (as the builder does
+    for its own columns)."""
     ladder = [c for c in COLUMN_LADDER if c < cap_keys] or [COLUMN_LADDER[0]]
-    top = intra.column_scores(lines, n).topk(min(ladder[-1], n), -1).indices
+    top = ranking.topk(min(ladder[-1], n), -1).indices
     column_curve = (lines.vertical.gather(-1, top) / lines.rows).cumsum(-1)  # [B, H, C]
     slash = (lines.slash - explained(top)).clamp(min=0) / lines.rows
     blocks = intra.relative_block_mass(slash, block_m, block_n)
@@ -99,8 +100,8 @@ def _slash_room(columns: int, cap_keys: float, cap_blocks: int, block_n: int) ->
 def _better(recall, cost, old_recall, old_cost, target):
     """Reaching the target beats not reaching it; among those that reach it the cheaper wins;
     among those that do not, the higher recall."""
-    reach, old_reach = recall >= target, old_recall >= target
-    return (reach & ~old_reach) | (reach & old_reach & (cost < old_cost)) | (~reach & ~old_reach & (recall > old_recall))
+    reach, old_reach = recall >= target, old_recall >= target  # one nested where: 7 ops, not 14
+    return torch.where(reach == old_reach, torch.where(reach, cost < old_cost, recall > old_recall), reach)
 
 
 def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
@@ -173,12 +174,13 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
     diag = intra.diagonal_block_mass(slash, ctx.block_m)
     blocks = intra.relative_block_mass(slash, ctx.block_m, block_n)
     a_recall, a_cost, a_local = _a_shape(vertical, diag, blocks, cap_blocks, block_n, target)
-    v_recall, v_cost, v_cols, v_blocks = _vertical_slash(lines, estimates.explained_by(lines, heads), cap_keys,
+    v_recall, v_cost, v_cols, v_blocks = _vertical_slash(lines, estimates.column_ranking(modality, heads),
+                                                         estimates.explained_by(lines, heads), cap_keys,
                                                          cap_blocks, n, ctx.block_m, block_n, target)
     a_cost = a_cost.float() / STATIC_BONUS
     take_vs = _better(v_recall, v_cost.float(), a_recall, a_cost, target)
     recall = torch.where(take_vs, v_recall, a_recall)
-    names = torch.where(take_vs, 1, 0)
+    names = take_vs.long()  # family code: 0 A-shape, 1 VS
     plain_names = names
     g_local = torch.zeros_like(a_local)
     if grid:
@@ -226,8 +228,8 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
         ids = [heads[i] for i in v_at]
         lines = estimates.lines(modality, ids)
         put((v_recall, v_cost, v_cols, v_blocks),
-            _vertical_slash(lines, estimates.explained_by(lines, ids), cap_keys, cap_blocks, ctx.n, ctx.block_m,
-                            ctx.block_n, target), v_at)
+            _vertical_slash(lines, estimates.column_ranking(modality, ids), estimates.explained_by(lines, ids),
+                            cap_keys, cap_blocks, ctx.n, ctx.block_m, ctx.block_n, target), v_at)
     if g_at:
         lines = estimates.lines(modality, [heads[i] for i in g_at])
         recall, _, local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
