@@ -133,7 +133,7 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     chunk = min(group, line_scores_kernel.head_chunk(last, 4 * width))
     chunks = [slice(h, min(h + chunk, (g + 1) * group)) for g in range(heads_kv)
               for h in range(g * group, (g + 1) * group, chunk)]
-    keys = None
+    keys, skew = None, _skew_keys(pos[:, 0], n) if consecutive else None
     for heads in chunks:  # heads of one KV group at a time: one [chunk, L, W] softmax
         count, first = heads.stop - heads.start, heads.start
         if first % group == 0:  # this group's keys (zero rows after them for the skew: a copy of one KV head)
@@ -150,7 +150,7 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
         # p >= 1/N there, so lse = s_max - log p_max is exact to fp32 rounding.
         lse[:, heads] = scores.amax(-1).float() - probs.amax(-1).log()
         vertical[:, heads] = torch.matmul(weight[:, None, None, :], probs)[:, :, 0, :n]
-        slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive
+        slash[:, heads] = (_slash_skewed(probs, skew, weight, n) if consecutive
                            else _slash_gathered(probs, pos, weight))
     return LineScores(vertical, slash, pos, valid, lse)
 
@@ -161,15 +161,19 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive) -> LineSc
     width = n + last if consecutive else n  # zero pad columns for the skewed view
     weight = valid.to(torch.float32)
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
-    slash = torch.empty_like(vertical)
-    lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
+    slash, lse = [], []  # per chunk; one chunk (up to ~64K tokens with 64 rows) needs no copy
+    skew = _skew_keys(pos[:, 0], n) if consecutive else None
     chunk = line_scores_kernel.head_chunk(last, width)
     for first in range(0, heads_q, chunk):  # bounded memory: ``MAX_PROBS_BYTES`` of probabilities
         heads = slice(first, min(heads_q, first + chunk))
-        probs, lse[:, heads] = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical)
-        slash[:, heads] = (_slash_skewed(probs, pos[:, 0], weight, n) if consecutive
-                           else _slash_gathered(probs, pos, weight))
-    return LineScores(vertical, slash, pos, valid, lse)
+        probs, chunk_lse = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical)
+        lse.append(chunk_lse)
+        slash.append(_slash_skewed(probs, skew, weight, n) if consecutive else _slash_gathered(probs, pos, weight))
+    return LineScores(vertical, _cat_heads(slash), pos, valid, _cat_heads(lse))
+
+
+def _cat_heads(chunks: list[torch.Tensor]) -> torch.Tensor:
+    return chunks[0].contiguous() if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 def dense_row_lse(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,
@@ -201,11 +205,11 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     be chosen for what columns do not already cover (the sink, above all)."""
     batch, _, n, d = q.shape
     group = q.shape[1] // k.shape[1]
-    heads = device_list(head_ids, q.device)
     last = lines.pos.shape[1]  # the rows of all heads first (small), then the heads: q itself is never copied
-    rows = q.gather(2, lines.pos[:, None, :, None].expand(batch, q.shape[1], last, d)).index_select(1, heads)
+    rows = select_heads(q.gather(2, lines.pos[:, None, :, None].expand(batch, q.shape[1], last, d)), head_ids)
     # Key rows picked straight from K viewed as [B, Hkv * N, D]: no per-query-head copy of K.
-    flat = (heads // group)[None, :, None] * n + columns.clamp(min=0)  # [B, H, C]
+    kv_start = device_list([h // group * n for h in head_ids], q.device)  # each head's KV head's first row
+    flat = kv_start[None, :, None] + columns.clamp(min=0)  # [B, H, C]
     keys = k.reshape(batch, -1, d).gather(1, flat.flatten(1)[..., None].expand(-1, -1, d)).view(*columns.shape, d)
     scores = torch.matmul(rows, keys.transpose(-1, -2)).float() * scale  # [B, H, L, C]
     offsets = lines.pos[:, None, :, None] - columns[:, :, None, :]
@@ -215,17 +219,24 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     return out.scatter_add_(2, torch.where(keep, offsets, 0).flatten(2), probs.flatten(2))
 
 
-def _slash_skewed(probs, first, weight, n):
-    """probs [B, G, L, N + L] with zero pad columns, row l at position first - l. The view
-    skew[c, l] = probs[l, c - l] (row stride W - 1) lands on pad zeros when c < l; summing it over
-    l gives the mass per key c of row 0's diagonal, i.e. offset first - c."""
+def _skew_keys(first, n):
+    """(key int64 [B, 1, N] of each offset o for row 0 at ``first``, clamped at 0; bool [B, 1, N]:
+    offsets reaching before key 0): what ``_slash_skewed`` reads, the same for every head chunk."""
+    key = first[:, None] - torch.arange(n, device=first.device)[None, :]
+    return key.clamp(min=0)[:, None, :], (key < 0)[:, None, :]
+
+
+def _slash_skewed(probs, skew_keys, weight, n):
+    """probs [B, G, L, N + L] with zero pad columns, row l at position first - l (``skew_keys``:
+    ``_skew_keys(first, n)``). The view skew[c, l] = probs[l, c - l] (row stride W - 1) lands on pad
+    zeros when c < l; summing it over l gives the mass per key c of row 0's diagonal, i.e. offset
+    first - c."""
     batch, group, last, width = probs.shape
     skew = probs.as_strided((batch, group, n, last), (group * last * width, last * width, 1, width - 1),
                             probs.storage_offset())
     by_key = torch.matmul(skew, weight[:, None, :, None])[..., 0]  # [B, G, n]
-    key = first[:, None] - torch.arange(n, device=probs.device)[None, :]  # key of offset o for row 0
-    out = by_key.gather(2, key.clamp(min=0)[:, None, :].expand(batch, group, n))
-    return out.masked_fill_((key < 0)[:, None, :], 0.0)
+    key, before = skew_keys
+    return by_key.gather(2, key.expand(batch, group, n)).masked_fill_(before, 0.0)
 
 
 def _slash_gathered(probs, pos, weight):

@@ -69,6 +69,8 @@ def pad_last(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
 
 def stack_heads(per_head: list[BlockSets]) -> BlockSets:
     """Concatenate sets of head groups along the head dim, padding widths to match."""
+    if len(per_head) == 1:  # one group: its sets as they are (never modified later)
+        return per_head[0]
     def cat(name, value):
         parts = [getattr(s, name) for s in per_head]
         width = max(p.shape[-1] for p in parts)
@@ -170,35 +172,16 @@ def _fill(out, hs: slice, ms: slice, sets_by_modality, merged, present, shared_c
     m = torch.arange(ms.start, ms.stop, device=device, dtype=torch.int32)
     diag = (m * ratio)[None, None, :, None]  # first key block of each query block's diagonal
     shape = (batch, heads, m.numel())
-    ids = []
-    span_from = torch.full(shape, FAR, dtype=torch.int32, device=device)
-    span_to = torch.zeros(shape, dtype=torch.int32, device=device)
-    for rows, sets in sets_by_modality:
-        rows_here = torch.ones(batch, m.numel(), dtype=torch.bool, device=device) if rows is None else rows[:, ms]
-        present_here = rows_here[:, None, :, None]
-        rel = diag + sets.relative[:, :, None, :].to(torch.int32)
-        ab = sets.absolute[:, :, ms] if sets.absolute.dim() == 4 else sets.absolute[:, :, None, :]
-        ab = ab.to(torch.int32).expand(batch, heads, m.numel(), ab.shape[-1])
-        cand = torch.cat([rel, ab], dim=-1)
-        ids.append(torch.where(present_here & (cand >= 0), cand, -1))
-        here = present_here[..., 0]
-        if sets.span_from is not None:
-            to = sets.span_to if sets.span_to is not None else torch.full_like(sets.span_from, FAR)
-            here_span = here & (sets.span_from < FAR)[..., None]
-            span_from = torch.where(here_span, torch.minimum(span_from, sets.span_from[..., None].to(torch.int32)),
-                                    span_from)
-            span_to = torch.where(here_span, torch.maximum(span_to, to[..., None].to(torch.int32)), span_to)
-        if sets.full_rows is not None:
-            full = sets.full_rows[:, :, ms] & here
-            span_from, span_to = torch.where(full, 0, span_from), torch.where(full, FAR, span_to)
-    cand = torch.cat(ids, dim=-1)
-    in_diag = (cand >= diag) & (cand < diag + ratio)
-    limit = nkb if ordered else diag  # no order: a block after the diagonal is all future
-    in_span = (cand >= span_from[..., None]) & (cand < span_to[..., None])  # the span visits those
-    valid = (cand >= 0) & (cand < limit) & ~in_diag & ~in_span
+    span_from, span_to = _spans(sets_by_modality, ms, shape, device)
+    cand = torch.cat([_candidates(rows, sets, ms, diag) for rows, sets in sets_by_modality], dim=-1)
+    # No order: a block at or after the diagonal is the diagonal block or all future, so one bound.
+    valid = (cand >= 0) & ((cand < diag) if not ordered else
+                           (cand < nkb) & ((cand < diag) | (cand >= diag + ratio)))
+    if any(s.span_from is not None or s.full_rows is not None for _, s in sets_by_modality):
+        valid &= (cand < span_from[..., None]) | (cand >= span_to[..., None])  # the span visits those
     block_ids, count = _dedup_compact(torch.where(valid, cand, -1))
-    del ids, cand, in_diag, in_span, valid  # the column steps below hold their own temporaries
-    out["block_count"][:, hs, ms] = count.to(torch.int32)
+    del cand, valid  # the column steps below hold their own temporaries
+    out["block_count"][:, hs, ms] = count  # (copy_ casts to int32)
     out["block_offset"][:, hs, ms, :block_ids.shape[-1]] = (block_ids * block_n).clamp(min=0)
     # The span in key slots, up to the limit (empty: lo = hi).
     hi = torch.full(shape, n_k, dtype=torch.long, device=device) if ordered else (m.long() * block_m).expand(shape)
@@ -216,6 +199,42 @@ def _fill(out, hs: slice, ms: slice, sets_by_modality, merged, present, shared_c
     index_columns.per_block_columns(values, bits, present[:, ms], block_ids, count.to(torch.int32), span, ms.start,
                                     block_m, block_n, n_k, not ordered, out["column_index"][:, hs, ms],
                                     out["column_count"][:, hs, ms])
+
+
+def _candidates(rows, sets: BlockSets, ms: slice, diag: torch.Tensor) -> torch.Tensor:
+    """int32 [B, H, M, Kr + Ka]: key blocks the relative and absolute sets name for query blocks
+    ``ms`` (``diag``: their diagonals' first key blocks), -1 where the blocks hold no rows of the
+    entry's modality (``rows``; None: all). Negative ids are dropped by the caller anyway."""
+    batch, heads = sets.relative.shape[:2]
+    rel = diag + sets.relative[:, :, None, :].to(torch.int32)
+    if sets.absolute.shape[-1]:  # (most patterns have none: no cast and cat of an empty set)
+        ab = sets.absolute[:, :, ms] if sets.absolute.dim() == 4 else sets.absolute[:, :, None, :]
+        ab = ab.to(torch.int32).expand(batch, heads, diag.shape[2], ab.shape[-1])
+        rel = torch.cat([rel, ab], dim=-1)
+    return rel if rows is None else torch.where(rows[:, None, ms, None], rel, -1)
+
+
+def _spans(sets_by_modality, ms: slice, shape, device):
+    """int32 [B, H, M] each: the key blocks [from, to) the entries' spans and full rows visit
+    whole in query blocks ``ms`` (an entry's only where the blocks hold its modality's rows);
+    from FAR, to 0 where none."""
+    span_from = torch.full(shape, FAR, dtype=torch.int32, device=device)
+    span_to = torch.zeros(shape, dtype=torch.int32, device=device)
+    for rows, sets in sets_by_modality:
+        if sets.span_from is None and sets.full_rows is None:
+            continue
+        here = torch.ones(shape[0], shape[2], dtype=torch.bool, device=device) if rows is None else rows[:, ms]
+        here = here[:, None, :]
+        if sets.span_from is not None:
+            to = sets.span_to if sets.span_to is not None else torch.full_like(sets.span_from, FAR)
+            here_span = here & (sets.span_from < FAR)[..., None]
+            span_from = torch.where(here_span, torch.minimum(span_from, sets.span_from[..., None].to(torch.int32)),
+                                    span_from)
+            span_to = torch.where(here_span, torch.maximum(span_to, to[..., None].to(torch.int32)), span_to)
+        if sets.full_rows is not None:
+            full = sets.full_rows[:, :, ms] & here
+            span_from, span_to = torch.where(full, 0, span_from), torch.where(full, FAR, span_to)
+    return span_from, span_to
 
 
 def _dedup_compact(ids: torch.Tensor):

@@ -47,7 +47,7 @@ def present_bits(columns, batch, num_m, device) -> torch.Tensor:
     """int64 [B, M]: bit i set where query block m holds rows of the i-th column entry's modality."""
     present = torch.zeros(batch, num_m, dtype=torch.long, device=device)
     for i, (rows, _) in enumerate(columns):
-        present |= (torch.ones_like(present, dtype=torch.bool) if rows is None else rows).long() << i
+        present |= (1 << i) if rows is None else rows.long() << i
     return present
 
 

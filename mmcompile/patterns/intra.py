@@ -132,20 +132,25 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     ``explained(columns)`` -> [B, H, N]: the slash mass those columns account for
     (``estimate.column_slash``); it is removed before blocks are ranked. ``ranking``: these heads'
     ``column_scores`` when already computed (``layer.Estimates.column_ranking``)."""
-    device = lines.vertical.device
     want_list = [min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns]
-    want_cols = device_list(want_list, device)
     columns = (column_scores(lines, n) if ranking is None else ranking).topk(max(want_list), dim=-1).indices
-    columns = torch.where(torch.arange(columns.shape[-1], device=device) < want_cols[:, None], columns, INVALID)
+    columns = _first_per_head(columns, want_list, INVALID)
     slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
     mass = relative_block_mass(slash, block_m, block_n)
     forced = _ceil_div(FORCED_LOCAL_DIAGONALS, block_n)  # row r' = 0 reaches offset 100 in block t = ceil(100 / BN)
     mass[..., :forced] = float("inf")
     blocks_list = [min(mass.shape[-1], max(p.slash_blocks, forced)) for p in patterns]
-    want_blocks = device_list(blocks_list, device)
-    blocks = mass.topk(max(blocks_list), dim=-1).indices + 1  # t: blocks before the diagonal
-    rel = torch.where(torch.arange(blocks.shape[-1], device=device) < want_blocks[:, None], -blocks, FAR)
-    return BlockSets(rel, torch.empty_like(columns[..., :0]), columns)
+    blocks = mass.topk(max(blocks_list), dim=-1).indices  # t - 1: blocks before the diagonal
+    return BlockSets(_first_per_head(-1 - blocks, blocks_list, FAR), torch.empty_like(columns[..., :0]), columns)
+
+
+def _first_per_head(t: torch.Tensor, counts: list[int], pad: int) -> torch.Tensor:
+    """``t`` [B, H, K] with entries from ``counts[h]`` on set to ``pad`` (heads of one call may
+    want different sizes); ``t`` itself when every head wants all K (no mask to build)."""
+    if all(c == t.shape[-1] for c in counts):
+        return t
+    keep = torch.arange(t.shape[-1], device=t.device) < device_list(counts, t.device)[:, None]
+    return torch.where(keep, t, pad)
 
 
 def frame_phase(vertical: torch.Tensor, frame_stride: torch.Tensor, max_frame: int):

@@ -351,8 +351,8 @@ def _plain_index(head_ids: list[int], heads: Sequence[HeadPattern], estimates: E
             patterns = [selectors_of[i].get(selector) for i in positions]
             parts.append(_sets_for(kind, patterns, [head_ids[i] for i in positions], selector, estimates, ctx))
             placed += positions
-        back = device_list(sorted(range(len(placed)), key=placed.__getitem__), estimates.q.device)
-        entries.append((None if selector == "*" else ctx.present[selector], head_slice(stack_heads(parts), back)))
+        back = sorted(range(len(placed)), key=placed.__getitem__)
+        entries.append((None if selector == "*" else ctx.present[selector], _in_order(stack_heads(parts), back)))
     return build_index(entries, ctx.n, ctx.n, ctx.block_m, ctx.block_n)
 
 
@@ -389,7 +389,17 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
         parts.append(sets)
         placed += ids
     wanted = [h for ids in heads.values() for h in ids]  # the launch group's head order
-    back = device_list([placed.index(h) for h in wanted], estimates.q.device)
-    order = torch.cat(orders, dim=1).index_select(1, back).contiguous()
-    return build_index([(None, head_slice(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
-                       order=order)
+    back = [placed.index(h) for h in wanted]
+    order = orders[0] if len(orders) == 1 else torch.cat(orders, dim=1)
+    if back != list(range(len(back))):
+        order = order.index_select(1, device_list(back, order.device))
+    return build_index([(None, _in_order(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
+                       order=order.contiguous())
+
+
+def _in_order(sets: BlockSets, back: list[int]) -> BlockSets:
+    """``sets`` of heads built group by group, put back in the launch's head order (``back``: the
+    position of each launch head among them); as they are when already in order (no copies)."""
+    if back == list(range(len(back))):
+        return sets
+    return head_slice(sets, device_list(back, sets.relative.device))

@@ -78,10 +78,11 @@ def _vertical_slash(lines: LineScores, ranking, explained, cap_keys, cap_blocks,
     device = slash_curve.device
     sizes, room = device_list(ladder, device), device_list(rooms, device)
     width = torch.arange(max(rooms), device=device)
-    curves = (column_curve.index_select(-1, sizes.clamp(max=n) - 1)[..., None]
+    curves = (column_curve.index_select(-1, device_list([min(c, n) - 1 for c in ladder], device))[..., None]
               + slash_curve[..., None, :max(rooms)]).mean(0)
     reach = (curves >= target) & (width < room[:, None])
-    at = torch.where(reach.any(-1), reach.float().argmax(-1), room - 1)  # as _first_reaching, per step
+    last = device_list([r - 1 for r in rooms], device)
+    at = torch.where(reach.any(-1), reach.float().argmax(-1), last)  # as _first_reaching, per step
     recall = curves.gather(-1, at[..., None])[..., 0]  # [H, steps]
     cost = sizes + (at + 1) * block_n
     # _better over the steps in ladder order: the first cheapest step reaching the target, else
