@@ -1,7 +1,6 @@
 """Benchmark and check the sparse-attention kernel on a GPU (issue 2).
 
 Usage: python benchmarks/bench_kernel.py [--out DIR] [--sweep] [--skip-flex] [--lengths 32768,131072]
-       python benchmarks/bench_kernel.py --grid-copies --block 128,64   (grid vs A-shape TFLOP/s only)
 
 Checks bf16 error against a float32 reference next to SDPA's bf16 error, then times, on random
 inputs of the standard shape (28 query / 4 key-value heads, D=128, bf16; 1M with 2 heads):
@@ -153,23 +152,6 @@ def probe_sparse(results: list, n: int) -> None:
                                 density=density(idx, n), ms=t["ms"], tflops_computed=tflops(tiles_flops, t["ms"])))
 
 
-def grid_copies(results: list, n: int, block) -> None:
-    """Issue 11's grid bar: the grid path's TFLOP/s on computed blocks against A-shape's at equal
-    density, with gathered addressing and with slot-order copies (the copies' time included)."""
-    q, k, v = make_inputs(n, 28, 4)
-    for target in (0.05, 0.1, 0.2):
-        cases = [("a-shape", pattern_index("a-shape", target, n, 28, *block), None)]
-        grid = pattern_index("grid", target, n, 28, *block)
-        cases += [("grid-gathered", grid, False), ("grid-slot-copies", grid, True)]
-        for name, index, copies in cases:
-            t = timed(lambda: sparse_attention_forward(q, k, v, index, slot_copies=copies))
-            tiles_flops = 4.0 * computed_tiles(index, n, n) * index.block_m * index.block_n * 128
-            results.append(dict(section="grid-copies", n=n, pattern=name, target=target, density=density(index, n),
-                                ms=t["ms"], tflops_computed=tflops(tiles_flops, t["ms"])))
-        del grid
-        torch.cuda.empty_cache()
-
-
 def bench_length(results: list, n: int, heads_q: int, heads_kv: int, densities, skip_flex: bool,
                  block: tuple[int, int]) -> None:
     q, k, v = make_inputs(n, heads_q, heads_kv)
@@ -243,8 +225,6 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="tile sizes and gather cost at 128K")
     parser.add_argument("--million", action="store_true", help="also 1M tokens with 2 heads")
     parser.add_argument("--block", default="64,64", help="index block_m,block_n of the sparse cases")
-    parser.add_argument("--grid-copies", action="store_true", help="only: grid (gathered / slot copies) "
-                        "against A-shape TFLOP/s at 128K, and the accuracy check")
     args = parser.parse_args()
     block = tuple(int(x) for x in args.block.split(","))
     env = environment()
@@ -254,9 +234,6 @@ def main() -> None:
     if args.sweep:
         sections += [(f"sweep {n}", lambda n=n: sweep_dense(results, n)) for n in (32768, 131072)]
         sections.append(("sweep sparse", lambda: sweep_sparse(results, 131072)))
-    if args.grid_copies:
-        sections.append(("grid copies", lambda: grid_copies(results, 131072, block)))
-        args.lengths = ""
     if args.probe:
         sections.append(("probe", lambda: probe_sparse(results, 131072)))
     for n in (int(x) for x in args.lengths.split(",") if x):

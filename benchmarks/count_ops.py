@@ -6,7 +6,9 @@ to cut, and it can be counted on any machine.
 Usage: python benchmarks/count_ops.py [--tokens 16384] [--layout video|mixed] [--top 25]
 
 Counts ATen ops (view ops apart: they launch no kernel) under a ``TorchDispatchMode`` during one
-``layer.prepare_layer`` on the planted input, after a warm call. On a CPU the estimation and column
+``layer.prepare_layer`` on the planted input, after a warm call, and the host syncs among them
+(``.item()``, ``nonzero``, copies to the host; on a CPU a ``.tolist()`` issues no op: run it on a
+GPU to count those). On a CPU the estimation and column
 compaction take their PyTorch paths (``kernels.placement``), which issue more ops than the GPU's
 Triton kernels; the policy and index builders are the same code on both.
 """
@@ -31,6 +33,7 @@ class OpCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.by_function = collections.Counter()
+        self.syncs = collections.Counter()
         self.views = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -39,8 +42,22 @@ class OpCounter(TorchDispatchMode):
         else:
             frame = next((f for f in reversed(traceback.extract_stack()[:-1])
                           if f"{os.sep}mmcompile{os.sep}" in f.filename), None)
-            self.by_function[f"{os.path.basename(frame.filename)}:{frame.name}" if frame else "?"] += 1
+            where = f"{os.path.basename(frame.filename)}:{frame.name}" if frame else "?"
+            self.by_function[where] += 1
+            if _syncs(func, args, kwargs or {}):
+                self.syncs[where] += 1
         return func(*args, **(kwargs or {}))
+
+
+def _syncs(func, args, kwargs) -> bool:
+    """Whether an op makes the host wait for the device: a scalar read, a data-dependent shape,
+    or a copy from a device tensor to the host."""
+    name = func.overloadpacket.__name__
+    if name in ("_local_scalar_dense", "nonzero", "equal", "is_nonzero"):
+        return True
+    if name == "_to_copy":
+        return args[0].device.type != "cpu" and str(kwargs.get("device")) == "cpu"
+    return name == "copy_" and args[0].device.type == "cpu" and args[1].device.type != "cpu"
 
 
 def main():
@@ -61,7 +78,7 @@ def main():
         layer.prepare_layer(q, k, ctx)
     total = sum(counter.by_function.values())
     print(f"prepare_layer ({args.layout}, {args.tokens} tokens, 28/4 heads, {device}): {total} ops, "
-          f"{counter.views} view ops")
+          f"{counter.views} view ops, {sum(counter.syncs.values())} host syncs {dict(counter.syncs)}")
     for name, count in counter.by_function.most_common(args.top):
         print(f"{count:6d}  {name}")
 

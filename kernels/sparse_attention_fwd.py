@@ -29,7 +29,6 @@ import triton
 import triton.language as tl
 
 from .placement import interpreting, triton_runs_on
-from .slot_copies import copy_to_slots, has_orders, head_chunks, index_heads
 from .sparse_index import SparseIndex, check_index, check_inputs
 
 LOG2E = 1.4426950408889634
@@ -87,7 +86,7 @@ def _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_abs, valid, needs_mask, qk_s
 def _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, hi, diag_lo, diag_hi, n_k, k_offset,
                      k_base, v_base, k_order_row, stride_kn, stride_vn, offs_n, offs_d, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HAS_K_ORDER: tl.constexpr,
-                     K_IN_SLOTS: tl.constexpr, DOT_FP32: tl.constexpr):
+                     DOT_FP32: tl.constexpr):
     """Key slots [start, start + BLOCK_N) below ``hi``, outside the diagonal block: a listed
     block (``hi`` = n_k) or a tile of a span stretch."""
     slots = start + offs_n
@@ -99,9 +98,8 @@ def _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, hi, diag_lo, diag_hi
         k_last = tl.max(tl.where(valid, k_pos, 0), 0)
     else:
         k_last = start + BLOCK_N - 1
-    rows = _key_rows(k_pos, slots, n_k, K_IN_SLOTS)
-    k = _load_rows(k_base, rows, stride_kn, offs_d, valid, HEAD_DIM, False)
-    v = _load_rows(v_base, rows, stride_vn, offs_d, valid, HEAD_DIM, False)
+    k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+    v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
     needs_mask = (not all_valid) | (k_last + k_offset > q_min)
     return _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_pos + k_offset, valid, needs_mask, qk_scale, DOT_FP32)
 
@@ -130,13 +128,11 @@ def _outside_listed(slots, in_row, valid, p, start, block_row, num_blocks, BLOCK
 @triton.jit
 def _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base, k_order_row,
                  stride_kn, stride_vn, offs_d, qk_scale,
-                 HEAD_DIM: tl.constexpr, HAS_K_ORDER: tl.constexpr, K_IN_SLOTS: tl.constexpr,
-                 DOT_FP32: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, HAS_K_ORDER: tl.constexpr, DOT_FP32: tl.constexpr):
     """A tile of single key columns (gathered rows), masked by ``valid`` and causally."""
     k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
-    rows = _key_rows(k_pos, slots, n_k, K_IN_SLOTS)
-    k = _load_rows(k_base, rows, stride_kn, offs_d, valid, HEAD_DIM, False)
-    v = _load_rows(v_base, rows, stride_vn, offs_d, valid, HEAD_DIM, False)
+    k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+    v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
     mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
     return _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
 
@@ -150,17 +146,6 @@ def _key_positions(k_order_row, slots, n_k, HAS_K_ORDER: tl.constexpr):
         return tl.load(k_order_row + safe)
     else:
         return safe
-
-
-@triton.jit
-def _key_rows(k_pos, slots, n_k, K_IN_SLOTS: tl.constexpr):
-    """Rows of K/V to load: the slots themselves when K/V were copied into key-slot order (the
-    addresses then do not wait for the order's load, and consecutive slots are consecutive rows),
-    else the original positions."""
-    if K_IN_SLOTS:
-        return tl.minimum(tl.maximum(slots, 0), n_k - 1)
-    else:
-        return k_pos
 
 
 @triton.jit
@@ -195,7 +180,7 @@ def _sparse_attention_fwd(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr, HAS_Q_ORDER: tl.constexpr, HAS_K_ORDER: tl.constexpr,
     HAS_HEAD_IDS: tl.constexpr, DOT_FP32: tl.constexpr, HAS_SPAN: tl.constexpr,
-    SHARED_COLUMNS: tl.constexpr, Q_IN_SLOTS: tl.constexpr, K_IN_SLOTS: tl.constexpr,
+    SHARED_COLUMNS: tl.constexpr,
 ):
     # Longest (last) query blocks first: with causal work that shrinks the tail of the launch.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -217,14 +202,9 @@ def _sparse_attention_fwd(
         q_pos = tl.load(QOrder + b * stride_qob + h * stride_qoh + q_slots, mask=q_valid, other=0)
     else:
         q_pos = q_slots
-    if Q_IN_SLOTS:  # Q holds the launch's heads in query-slot order
-        q = _load_rows(Q + b * stride_qb + h * stride_qh, q_slots, stride_qn, offs_d, q_valid, HEAD_DIM, True)
-    else:
-        q = _load_rows(Q + b * stride_qb + h_q * stride_qh, q_pos, stride_qn, offs_d, q_valid, HEAD_DIM, True)
+    q = _load_rows(Q + b * stride_qb + h_q * stride_qh, q_pos, stride_qn, offs_d, q_valid, HEAD_DIM, True)
     q_abs = q_pos + q_offset
 
-    if K_IN_SLOTS:  # K/V hold one copy per head of the launch, in that head's key-slot order
-        h_kv = h
     k_base = K + b * stride_kb + h_kv * stride_kh
     v_base = V + b * stride_vb + h_kv * stride_vh
     k_order_row = KOrder + b * stride_kob + h * stride_koh
@@ -252,9 +232,8 @@ def _sparse_attention_fwd(
         slots = start + offs_n
         valid = slots < diag_hi
         k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
-        rows = _key_rows(k_pos, slots, n_k, K_IN_SLOTS)
-        k = _load_rows(k_base, rows, stride_kn, offs_d, valid, HEAD_DIM, False)
-        v = _load_rows(v_base, rows, stride_vn, offs_d, valid, HEAD_DIM, False)
+        k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
+        v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
         mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
         acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
 
@@ -269,7 +248,7 @@ def _sparse_attention_fwd(
             acc, m_i, l_i = _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, tl.load(block_row + i), n_k,
                                              diag_lo, diag_hi, n_k, k_offset, k_base, v_base, k_order_row,
                                              stride_kn, stride_vn, offs_n, offs_d, qk_scale,
-                                             HEAD_DIM, BLOCK_N, HAS_K_ORDER, K_IN_SLOTS, DOT_FP32)
+                                             HEAD_DIM, BLOCK_N, HAS_K_ORDER, DOT_FP32)
 
         span_lo = 0
         span_hi = 0
@@ -281,12 +260,12 @@ def _sparse_attention_fwd(
                 acc, m_i, l_i = _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, span_hi,
                                                  diag_lo, diag_hi, n_k, k_offset, k_base, v_base, k_order_row,
                                                  stride_kn, stride_vn, offs_n, offs_d, qk_scale,
-                                                 HEAD_DIM, BLOCK_N, HAS_K_ORDER, K_IN_SLOTS, DOT_FP32)
+                                                 HEAD_DIM, BLOCK_N, HAS_K_ORDER, DOT_FP32)
             for start in range(tl.maximum(span_lo, diag_hi), span_hi, BLOCK_N):
                 acc, m_i, l_i = _contiguous_tile(acc, m_i, l_i, q, q_abs, q_min, start, span_hi,
                                                  diag_lo, diag_hi, n_k, k_offset, k_base, v_base, k_order_row,
                                                  stride_kn, stride_vn, offs_n, offs_d, qk_scale,
-                                                 HEAD_DIM, BLOCK_N, HAS_K_ORDER, K_IN_SLOTS, DOT_FP32)
+                                                 HEAD_DIM, BLOCK_N, HAS_K_ORDER, DOT_FP32)
 
         # Single key columns, gathered BLOCK_N at a time: the block's own list (its count), or
         # its shared row up to the end (up to the diagonal without orders: later keys are future).
@@ -311,7 +290,7 @@ def _sparse_attention_fwd(
                                                        BLOCK_N, FAR_SLOT)
                 acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base,
                                              k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
-                                             HEAD_DIM, HAS_K_ORDER, K_IN_SLOTS, DOT_FP32)
+                                             HEAD_DIM, HAS_K_ORDER, DOT_FP32)
                 c += BLOCK_N
                 next_column = tl.load(column_row + c, mask=c < column_width, other=FAR_SLOT)
         else:
@@ -323,7 +302,7 @@ def _sparse_attention_fwd(
                 valid = listed & (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
                 acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base,
                                              k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
-                                             HEAD_DIM, HAS_K_ORDER, K_IN_SLOTS, DOT_FP32)
+                                             HEAD_DIM, HAS_K_ORDER, DOT_FP32)
 
     # Rows that saw nothing keep acc = 0, l = 0: write 0 and lse = -inf instead of NaN.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -344,9 +323,6 @@ def _launch_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype
     return dict(num_warps=warps, num_stages=stages)
 
 
-# Ordered indexes run on slot-order copies of q/k/v (measured on the H100: BENCHMARKS.md).
-SLOT_COPIES = True
-
 # Dense-path tiles: 128 x 128 measured fastest on the H100 (515 vs 482 TFLOP/s for 128 x 64 at 128K).
 DENSE_BLOCK_M, DENSE_BLOCK_N = 128, 128
 
@@ -366,11 +342,10 @@ def _prepare(q, k, v, scale):
 
 
 def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, block_n, is_dense,
-         config=None, head_ids=None, query_slots=None, group=None, in_slots=(False, False)):
+         config=None, head_ids=None, query_slots=None):
     batch, heads_q, n_q, head_dim = q.shape
     n_q = n_q if query_slots is None else query_slots  # the kernel's rows are slots
     heads_run = heads_q if head_ids is None else head_ids.shape[0]
-    group = heads_q // k.shape[1] if group is None else group
     block_count, block_offset, column_count, column_index, span, column_row = lists
     q_order, k_order = orders
     dummy = block_count  # stands in for an absent order, span or row map; never read (constexpr-guarded)
@@ -384,7 +359,7 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
         q, k, v, out, lse,
         block_count, block_offset, column_count, column_index, qo, ko,
         head_ids if head_ids is not None else dummy, sp, cr,
-        scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_run, group,
+        scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_run, heads_q // k.shape[1],
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -403,39 +378,14 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
         IS_DENSE=is_dense, HAS_Q_ORDER=q_order is not None, HAS_K_ORDER=k_order is not None,
         HAS_HEAD_IDS=head_ids is not None, DOT_FP32=interpreting() and q.dtype != torch.float32,
         HAS_SPAN=span is not None, SHARED_COLUMNS=column_row is not None,
-        Q_IN_SLOTS=in_slots[0], K_IN_SLOTS=in_slots[1],
         **cfg,
     )
     return out, lse
 
 
-def _index_args(index: SparseIndex):
-    """The index's lists and orders as the launch takes them (contiguous)."""
-    lists = (index.block_count, index.block_offset, index.column_count, index.column_index, index.span,
-             index.column_row)
-    orders = (index.q_order, index.k_order)
-    return (tuple(None if t is None else t.contiguous() for t in lists),
-            tuple(None if t is None else t.contiguous() for t in orders))
-
-
-def _run_in_slots(q, k, v, out, lse, scale, q_offset, k_offset, index, config, head_ids):
-    """An ordered index's launch on copies of q/k/v in slot order (``slot_copies.py``), in
-    chunks of heads whose copies fit a bounded budget."""
-    heads_q = q.shape[1]
-    ids = head_ids if head_ids is not None else torch.arange(heads_q, dtype=torch.int32, device=q.device)
-    slots = index.query_slots(q.shape[2])
-    for lo, hi in head_chunks(ids.shape[0], slots, k.shape[2], q):
-        part = index if (lo, hi) == (0, ids.shape[0]) else index_heads(index, lo, hi)
-        copies = copy_to_slots(q, k, v, part, ids[lo:hi], heads_q // k.shape[1])
-        lists, orders = _index_args(part)
-        _run(*copies, out, lse, scale, q_offset, k_offset, lists, orders, index.block_m, index.block_n, False,
-             config, ids[lo:hi], slots, heads_q // k.shape[1], (part.q_order is not None, part.k_order is not None))
-    return out, lse
-
-
 def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: int = 0,
                              k_offset: int = 0, check_values: bool = False, config=None,
-                             head_ids=None, out=None, lse=None, slot_copies: bool | None = None):
+                             head_ids=None, out=None, lse=None):
     """Causal attention of q [B, Hq, Nq, D] over k, v [B, Hkv, Nk, D] restricted to ``index``.
 
     Returns (out [B, Hq, Nq, D] in q's dtype, lse [B, Hq, Nq] float32, natural log).
@@ -443,8 +393,6 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
     ``head_ids`` (int32 [Hs]) runs only those query heads, with an index of Hs heads, writing into
     ``out``/``lse`` (given, or new): one launch per pattern group of a layer. An index whose
     ``q_order`` lists a subset of rows writes only those (new outputs: 0 and -inf elsewhere).
-    ``slot_copies``: with orders, run on copies of q/k/v in slot order instead of gathered
-    addressing (``slot_copies.py``); default ``SLOT_COPIES``. Equal results either way.
     """
     q, k, v, scale, new_out, new_lse = _prepare(q, k, v, scale)
     if index.query_slots(q.shape[2]) < q.shape[2]:  # rows the launch does not list: 0 and -inf
@@ -459,9 +407,10 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
         check_index(index, sub, k, check_values=check_values)
     else:
         check_index(index, q, k, check_values=check_values)
-    if (SLOT_COPIES if slot_copies is None else slot_copies) and has_orders(index):
-        return _run_in_slots(q, k, v, out, lse, scale, q_offset, k_offset, index, config, head_ids)
-    lists, orders = _index_args(index)
+    lists = (index.block_count, index.block_offset, index.column_count, index.column_index, index.span,
+             index.column_row)
+    lists = tuple(None if t is None else t.contiguous() for t in lists)
+    orders = tuple(o.contiguous() if o is not None else None for o in (index.q_order, index.k_order))
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders,
                 index.block_m, index.block_n, False, config, head_ids, index.query_slots(q.shape[2]))
 

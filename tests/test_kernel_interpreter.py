@@ -211,28 +211,3 @@ def test_spans_and_shared_column_rows_match_reference(orders, n):
     no_columns = random_span_index(1, heads, n, n, 0.3, block_m=64, block_n=32, q_order=q_order, k_order=k_order,
                                    generator=g)
     assert_matches_reference(q, k, v, no_columns)
-
-
-@pytest.mark.parametrize("copy_bytes", [None, 1])
-def test_slot_copies_equal_gathered_addressing(monkeypatch, copy_bytes):
-    """Ordered indexes on slot-order copies of q/k/v (the default) give what gathered addressing
-    gives, for a head subset of a GQA layer with a row-subset q_order, spans and shared column
-    rows; ``copy_bytes=1`` forces one head per chunk."""
-    import mmcompile.kernels.slot_copies as slot_copies
-
-    if copy_bytes is not None:
-        monkeypatch.setattr(slot_copies, "COPY_BYTES", copy_bytes)
-    n, heads = 300, 3
-    q, k, v = inputs(6, 2, n, seed=37)
-    g = torch.Generator().manual_seed(11)
-    rows = torch.randperm(n, generator=g)[:200].sort().values
-    q_order = torch.stack([rows[torch.randperm(200, generator=g)] for _ in range(heads)])[None].to(torch.int32)
-    index = random_span_index(1, heads, 200, n, 0.3, columns=40, rows=3, block_m=64, block_n=32,
-                              q_order=q_order, k_order=random_order(heads, n, 12), generator=g)
-    ids = torch.tensor([5, 0, 3], dtype=torch.int32)
-    results = [sparse_attention_forward(q, k, v, index, head_ids=ids, check_values=True, slot_copies=copies)
-               for copies in (False, True)]
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
-    ref, _ = sparse_attention_reference(q[:, [5, 0, 3]], k.repeat_interleave(3, 1)[:, [5, 0, 3]],
-                                        v.repeat_interleave(3, 1)[:, [5, 0, 3]], index)
-    assert rel_err(results[1][0][:, [5, 0, 3]][:, :, rows], ref[:, :, rows]) < 2e-5
