@@ -2,7 +2,7 @@
 against SDPA flash and SDPA default (cuDNN) in the same process, on planted-structure inputs.
 
 Usage: python benchmarks/bench_prefill_op.py [--tokens 131072] [--layout video|mixed] [--heads 28/4]
-                                             [--gathered] [--plan PLAN.json [--plan-sizes online|plan]]
+                                             [--plan PLAN.json [--plan-sizes online|plan]]
                                              [--out benchmarks/results/prefill_op.json]
 
 Runs with whichever mmcompile is importable: this checkout's ``torch.ops.mminference.prefill_attention``
@@ -63,16 +63,11 @@ def main():
                         help="planted grid heads also attend to the same patch in earlier frames (what Grid is for)")
     parser.add_argument("--probs-mib", type=int, default=0,
                         help="A/B of the estimation's head chunks: line_scores_kernel.MAX_PROBS_BYTES in MiB (0: as is)")
-    parser.add_argument("--gathered", action="store_true",
-                        help="A/B: ordered (grid) launches by gathered addressing instead of slot-order copies")
     parser.add_argument("--plan", default="", help="a plan file (its layer 0 serves the call: `mminference search "
                         "standard --source planted --layers 1 --seed 1`)")
     parser.add_argument("--plan-sizes", default="online", choices=("online", "plan"))
     parser.add_argument("--out", default="")
     args = parser.parse_args()
-    if args.gathered:
-        from mmcompile.kernels import sparse_attention_fwd
-        sparse_attention_fwd.SLOT_COPIES = False
     if args.probs_mib:
         from mmcompile.patterns import line_scores_kernel
         line_scores_kernel.MAX_PROBS_BYTES = args.probs_mib << 20
@@ -104,11 +99,11 @@ def main():
     kinds = collections.Counter("/".join(f"{m}:{type(p).__name__}" for m, p in head.intra)
                                 for head in getattr(record, "patterns", None) or ())
     result["patterns"] = dict(kinds)
-    result.update(probs_mib=args.probs_mib or None, gathered=args.gathered, plan=args.plan or None,
+    result.update(probs_mib=args.probs_mib or None, plan=args.plan or None,
                   plan_sizes=args.plan_sizes if args.plan else None)
     print(f"{args.layout}{' periodic ' + str(args.periodic_frames) if args.periodic_frames else ''} {args.tokens} "
           f"{'probs ' + str(args.probs_mib) + ' MiB ' if args.probs_mib else ''}"
-          f"{'gathered ' if args.gathered else ''}{'plan ' + args.plan_sizes + ' ' if args.plan else ''}"
+          f"{'plan ' + args.plan_sizes + ' ' if args.plan else ''}"
           f"{args.heads} recall target {args.recall}: op {op['ms']:.2f} ms ({record.path}, density "
           f"{record.density:.3f}, rel err {err:.4f}) | cuDNN {cudnn['ms']:.2f} ms (x{cudnn['ms'] / op['ms']:.2f}) | "
           f"flash {flash['ms']:.2f} ms (x{flash['ms'] / op['ms']:.2f}) | {dict(kinds)}")

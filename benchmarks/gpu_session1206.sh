@@ -12,6 +12,12 @@
 #            results/issue14_h200_index_families_mixed.json); the families at 512K and 1M (128 rows);
 #            a profile of the online op at 128K; exactness at 1M on a slice. (No kernel changed: no
 #            GPU tests.)
+#   kernel   (ran at 2900303, whose slot-order copies of q/k/v lost to gathered addressing and were
+#            reverted: BENCHMARKS.md) grid against A-shape TFLOP/s at 128K, the op both ways, a plan
+#            searched at 32K applied at 128K, the GPU tests of the kernel, patterns and chunking.
+#   planop   the op at 128K (video, video with periodic frames) without and with a plan searched at
+#            32K on planted video (seed 1, layer 0; PLAN= to reuse one), twice, alternating.
+#   op       OLD=tree: the op at 128K on that tree and this one, alternating (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -54,6 +60,35 @@ elif [ "$part" = plans ]; then  # PLAN=<a plan searched at 32K, as verify writes
     --out $OUT/families_long.json 2>&1 | quiet | tail -14
   echo "=== table ==="
   grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_plans.txt
+elif [ "$part" = planop ]; then  # PLAN=<plan file>, or searched here (planted video, seed 1, 32K, layer 0)
+  if [ -z "${PLAN:-}" ]; then
+    PLAN=$OUT/plan_planted_32k.json
+    timeout 90 mminference search standard --source planted --layout video --tokens 32768 --layers 1 --seed 1 \
+      --out $PLAN 2>&1 | quiet | tail -3
+  fi
+  for rep in 1 2; do
+    for args in "--layout video" "--layout video --periodic-frames 16"; do
+      timeout 60 python3 benchmarks/bench_prefill_op.py $args 2>&1 | quiet | tail -1
+      timeout 60 python3 benchmarks/bench_prefill_op.py $args --plan $PLAN 2>&1 | quiet | tail -1
+    done
+  done
+  echo "=== table ==="
+  grep -E "131072 .*op [0-9]" $OUT/run_planop.txt
+elif [ "$part" = op ]; then
+  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
+    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
+    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
+  for rep in 1 2; do
+    for layout in video mixed; do
+      for which in old new; do
+        echo -n "$which "
+        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
+          --out $OUT/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
+      done
+    done
+  done
+  echo "=== table ==="
+  grep -E "^(old|new) " $OUT/run_op.txt
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do

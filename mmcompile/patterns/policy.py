@@ -164,34 +164,56 @@ def _at_cap(pattern, ctx: ForwardContext, density: float):
     return pattern
 
 
+def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
+            target: float, grid: bool) -> dict:
+    """Per head, each family's cheapest size predicted to reach ``target`` under the cap, with its
+    predicted recall and cost (keys per row): A-shape, VS, and Grid when ``grid``. Tensors [heads]."""
+    lines = estimates.lines(modality, heads)
+    vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
+    cap_keys, cap_blocks = _caps(ctx, density)
+    diag = intra.diagonal_block_mass(slash, ctx.block_m)
+    blocks = intra.relative_block_mass(slash, ctx.block_m, ctx.block_n)
+    c = dict(zip(("a_recall", "a_cost", "a_local"), _a_shape(vertical, diag, blocks, cap_blocks, ctx.block_n, target)))
+    c.update(zip(("v_recall", "v_cost", "v_cols", "v_blocks"),
+                 _vertical_slash(lines, estimates.column_ranking(modality, heads), estimates.explained_by(lines, heads),
+                                 cap_keys, cap_blocks, ctx.n, ctx.block_m, ctx.block_n, target)))
+    c["a_cost"] = c["a_cost"].float() / STATIC_BONUS
+    c["v_cost"] = c["v_cost"].float()
+    if grid:
+        c.update(zip(("g_recall", "g_cost", "g_local"),
+                     _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target)))
+    return c
+
+
+def _online_pick(c: dict, target: float):
+    """(recall, family code, original-order family code) per head: the better of A-shape and VS,
+    then Grid where it was weighed and is better still."""
+    plain = _better(c["v_recall"], c["v_cost"], c["a_recall"], c["a_cost"], target).long()  # 0 A-shape, 1 VS
+    recall = torch.where(plain == 1, c["v_recall"], c["a_recall"])
+    names = plain
+    if "g_recall" in c:
+        take_grid = _better(c["g_recall"], c["g_cost"], recall, torch.where(plain == 1, c["v_cost"], c["a_cost"]),
+                            target)
+        recall, names = torch.where(take_grid, c["g_recall"], recall), torch.where(take_grid, 2, names)
+    return recall, names, plain
+
+
+def _table(recall, names, plain, c: dict):
+    """(predicted recall list, pattern list, original-order pattern list) of the heads: the one
+    host sync of a row set's choice."""
+    g_local = c.get("g_local", torch.zeros_like(c["a_local"]))
+    table = torch.stack([recall, names.float(), plain.float(), c["a_local"].float(), c["v_cols"].float(),
+                         c["v_blocks"].float(), g_local.float()], -1).tolist()
+    return ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
+            [_pattern(r[2], *r[3:]) for r in table])
+
+
 def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
                 target: float, grid: bool):
     """Per head: (predicted recall list, pattern list, original-order pattern list) for one query
     modality's rows; the last is the best pattern other than Grid (the fallback of a grid head)."""
-    lines = estimates.lines(modality, heads)
-    vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
-    n, block_n = ctx.n, ctx.block_n
-    cap_keys, cap_blocks = _caps(ctx, density)
-    diag = intra.diagonal_block_mass(slash, ctx.block_m)
-    blocks = intra.relative_block_mass(slash, ctx.block_m, block_n)
-    a_recall, a_cost, a_local = _a_shape(vertical, diag, blocks, cap_blocks, block_n, target)
-    v_recall, v_cost, v_cols, v_blocks = _vertical_slash(lines, estimates.column_ranking(modality, heads),
-                                                         estimates.explained_by(lines, heads), cap_keys,
-                                                         cap_blocks, n, ctx.block_m, block_n, target)
-    a_cost = a_cost.float() / STATIC_BONUS
-    take_vs = _better(v_recall, v_cost.float(), a_recall, a_cost, target)
-    recall = torch.where(take_vs, v_recall, a_recall)
-    names = take_vs.long()  # family code: 0 A-shape, 1 VS
-    plain_names = names
-    g_local = torch.zeros_like(a_local)
-    if grid:
-        g_recall, g_cost, g_local = _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target)
-        take_grid = _better(g_recall, g_cost, recall, torch.where(take_vs, v_cost.float(), a_cost), target)
-        recall, names = torch.where(take_grid, g_recall, recall), torch.where(take_grid, 2, names)
-    table = torch.stack([recall, names.float(), plain_names.float(), a_local.float(), v_cols.float(),
-                         v_blocks.float(), g_local.float()], -1).tolist()  # the one host sync
-    return ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
-            [_pattern(r[2], *r[3:]) for r in table])
+    c = _curves(estimates, modality, heads, ctx, density, target, grid)
+    return _table(*_online_pick(c, target), c)
 
 
 def _pattern(kind, local, cols, blks, frames):
@@ -201,50 +223,28 @@ def _pattern(kind, local, cols, blks, frames):
 
 
 def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
-                  target: float, codes: list[int]):
-    """``_choose_one`` with each head's family fixed (``codes``: per head its index in ``FAMILIES``,
-    or ``EITHER``): the cheapest size of that family predicted to reach ``target`` under the cap,
-    from the same curves. A family's curves are computed only for the heads that need them (the
-    VS ladder is the policy's most expensive part, Grid's curve the next): A-shape and VS for
-    their own heads, for ``EITHER`` heads and for Grid heads (whose fallback is, as online, their
-    best original-order pattern), Grid for Grid heads; a Dense head needs none (recall 1)."""
-    device, size = estimates.q.device, len(heads)
-    cap_keys, cap_blocks = _caps(ctx, density)
-    a_recall, a_cost, a_local, v_recall, v_cost, v_cols, v_blocks, g_recall, g_local = (
-        torch.zeros(size, device=device) for _ in range(9))
-    def wanted(*kinds):
-        return [i for i, c in enumerate(codes) if c in kinds]
-    def put(into, values, at):
-        for dst, src in zip(into, values):
-            dst.index_copy_(0, device_list(at, device), src.float())
-    a_at, v_at, g_at = wanted(0, 2, EITHER), wanted(1, 2, EITHER), wanted(2)
-    if a_at:
-        lines = estimates.lines(modality, [heads[i] for i in a_at])
-        slash = lines.slash / lines.rows
-        put((a_recall, a_cost, a_local),
-            _a_shape(lines.vertical / lines.rows, intra.diagonal_block_mass(slash, ctx.block_m),
-                     intra.relative_block_mass(slash, ctx.block_m, ctx.block_n), cap_blocks, ctx.block_n, target),
-            a_at)
-    if v_at:
-        ids = [heads[i] for i in v_at]
-        lines = estimates.lines(modality, ids)
-        put((v_recall, v_cost, v_cols, v_blocks),
-            _vertical_slash(lines, estimates.column_ranking(modality, ids), estimates.explained_by(lines, ids),
-                            cap_keys, cap_blocks, ctx.n, ctx.block_m, ctx.block_n, target), v_at)
-    if g_at:
-        lines = estimates.lines(modality, [heads[i] for i in g_at])
-        recall, _, local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
-                                 _row_count(ctx, modality), cap_keys, target)
-        put((g_recall, g_local), (recall, local), g_at)
-    code = device_list(codes, device)
-    take_vs = _better(v_recall, v_cost, a_recall, a_cost / STATIC_BONUS, target).long()
-    plain = torch.where((code == 0) | (code == 1) | (code == 3), code, take_vs)  # Grid, EITHER: the better
+                  target: float, codes: list[int], grid: bool, replannable: list[bool]):
+    """``_choose_one`` with each head's family fixed by a plan (``codes``: per head its index in
+    ``FAMILIES``, or ``EITHER``): the cheapest size of that family predicted to reach ``target``
+    under the cap. A ``replannable`` head whose plan says Dense, or whose A-shape or VS is
+    predicted short of the target even at the cap, gets the online choice. A plan's Grid is kept:
+    the search measured it on the built index, while ``_grid``'s estimate is a lower bound that can
+    sit far under it (0.15-0.45 predicted for video rows measured at 0.996). Both choices come from
+    one set of curves and one host sync, so a plan costs what the online policy costs (a second
+    pass for the re-chosen heads made the op 1.4-1.7x slower at 128K on the H100)."""
+    c = _curves(estimates, modality, heads, ctx, density, target, grid)
+    online_recall, online_names, online_plain = _online_pick(c, target)
+    code = device_list(codes, estimates.q.device).long()
+    either = _better(c["v_recall"], c["v_cost"], c["a_recall"], c["a_cost"], target).long()
+    plain = torch.where((code == 0) | (code == 1) | (code == 3), code, either)  # Grid, EITHER: the better
     names = torch.where(code == 2, 2, plain)
-    recall = torch.stack([a_recall, v_recall, g_recall, torch.ones_like(a_recall)], -1).gather(-1, names[:, None])[:, 0]
-    table = torch.stack([recall, names.float(), plain.float(), a_local, v_cols, v_blocks, g_local],
-                        -1).tolist()  # the one host sync
-    return ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
-            [_pattern(r[2], *r[3:]) for r in table])
+    curves = [c["a_recall"], c["v_recall"], c.get("g_recall", torch.zeros_like(c["a_recall"])),
+              torch.ones_like(c["a_recall"])]
+    recall = torch.stack(curves, -1).gather(-1, names[:, None])[:, 0]
+    short = ((code == 0) | (code == 1)) & (recall < target)
+    replan = ((code == 3) | short) & device_list(replannable, code.device).bool()
+    return _table(torch.where(replan, online_recall, recall), torch.where(replan, online_names, names),
+                  torch.where(replan, online_plain, plain), c)
 
 
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
@@ -275,8 +275,8 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
     weighed, sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
     runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
-    at the cap, or whose plan says Dense, gets the online choice among all families (``_replan``;
-    as good a prediction or better): a type searched at 32K need not fit a 128K prompt, and the
+    at the cap, or whose plan says Dense, gets the online choice among all families (as good a
+    prediction or better; ``_choose_sized``): a type searched at 32K need not fit a 128K prompt, and the
     search writes Dense where no candidate reached the target at its length while heads that need
     most of a 32K prompt often need far less of a 128K one (planted families at 128K, H100: with
     the plan's Dense kept, 59 of 308 heads ran dense against the online policy's 47). The held-out
@@ -300,16 +300,8 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
         picks = {m: _choose_sized(estimates, m, heads, ctx, density, target,
                                   [FAMILIES.index(Dense) if h in kept else
                                    _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
-                                   for h in heads])
+                                   for h in heads], _weighs_grid(m, modalities, ctx), [h not in kept for h in heads])
                  for m in modalities}
-        for m in modalities:  # a plan's Dense, or a family short of the target at this length: chosen online
-            free = [h for h in heads
-                    if h not in kept and _replan(_plan_pattern(families[h], m), picks[m][0][h], target)]
-            if free:
-                online = _choose_one(estimates, m, free, ctx, density, target, _weighs_grid(m, modalities, ctx))
-                for i, h in enumerate(free):
-                    for column, values in zip(picks[m], online):
-                        column[h] = values[i]
     chosen, fallbacks = [], {}
     for h in heads:
         if h in kept:
@@ -325,14 +317,6 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
         if grown != head:
             fallbacks[h] = grown
     return chosen, fallbacks
-
-
-def _replan(pattern, predicted: float, target: float) -> bool:
-    """Whether a plan's row set gets the online choice instead of its family: Dense, or an A-shape
-    or VS predicted short of the target at the cap. A plan's Grid is kept: the search measured it
-    on the built index, while ``_grid``'s estimate is a lower bound that can sit far under it
-    (0.15-0.45 predicted for video rows measured at 0.996, sink-local family at 2K tokens)."""
-    return isinstance(pattern, Dense) or (isinstance(pattern, (AShape, VerticalSlash)) and predicted < target)
 
 
 def _plan_pattern(head: HeadPattern, rows: str):
