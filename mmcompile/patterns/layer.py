@@ -15,6 +15,7 @@ writes only the rows an order lists, so the second replaces the first's work on 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import defaultdict
 from typing import Sequence
 
@@ -61,6 +62,17 @@ class ForwardContext:
         """The estimation-row sets the policy chooses from and a layer is judged on: each query
         modality's when there are several (each is estimated apart), else the last rows overall."""
         return list(self.present) if len(self.present) > 1 else ["*"]
+
+    @functools.cached_property
+    def held_out(self) -> tuple:
+        """(pos int64 [B, S * L], valid bool [B, S * L]): the held-out rows (``check_rows``) of the
+        S ``row_sets()`` side by side, in that order (each set has L slots, valid or not), so a
+        layer measures its recall on all of them with one dense pass and one reduction
+        (``verify.held_out_recall``). Built on first use, once per forward, not per layer."""
+        names = self.row_sets()
+        if len(names) == 1:
+            return self.check_rows[names[0]]
+        return tuple(torch.cat([self.check_rows[name][i] for name in names], dim=1) for i in range(2))
 
 
 def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
@@ -180,13 +192,17 @@ def _dense_heads(indexes) -> list[int]:
 
 
 def _head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
-    """Per query head, the sum over its launches (a head may run in two: ``_grid_rows``)."""
-    density = torch.zeros(heads_q, dtype=torch.float32, device=device)
-    for head_ids, index in indexes:
-        ids = device_list(head_ids, device)
-        density.index_add_(0, ids, torch.ones(len(head_ids), device=device) if index is None else
-                           index.density(n).mean(0))
-    return density
+    """Per query head, the sum over its launches (a head may run in two: ``_grid_rows``): dense
+    heads count 1, and the sparse launches' densities are added in one ``index_add`` (in launch
+    order, as one per launch would) rather than a few ops per launch group."""
+    dense = set(_dense_heads(indexes))
+    base = device_list([h in dense for h in range(heads_q)], device, torch.float32)  # cached: never written
+    sparse = [(ids, index) for ids, index in indexes if index is not None]
+    if not sparse:
+        return base.clone()
+    per_launch = [index.density(n) for _, index in sparse]  # [B, H of the launch] each
+    values = (per_launch[0] if len(per_launch) == 1 else torch.cat(per_launch, dim=1)).mean(0)
+    return base.index_add(0, device_list([h for ids, _ in sparse for h in ids], device), values)
 
 
 def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
@@ -288,13 +304,13 @@ class Estimates:
             self._cache[key] = intra.column_scores(self.lines(modality, list(range(self.q.shape[1]))), self.ctx.n)
         return estimate.select_heads(self._cache[key], head_ids)
 
-    def held_out_lse(self, rows: str) -> torch.Tensor:
-        """fp32 [B, Hq, L]: dense log-sum-exp of the held-out rows of ``rows`` (``ctx.check_rows``)."""
-        key = ("held-out", rows)
-        if key not in self._cache:
-            pos, valid = self.ctx.check_rows[rows]
-            self._cache[key] = estimate.dense_row_lse(self.q, self.k, pos, valid, self.scale, self.ctx.key_pad)
-        return self._cache[key]
+    def held_out_lse(self) -> torch.Tensor:
+        """fp32 [B, Hq, S * L]: dense log-sum-exp of the held-out rows of every row set
+        (``ctx.held_out``), in one pass: a layer that retries heads reads it twice."""
+        if "held-out" not in self._cache:
+            pos, valid = self.ctx.held_out
+            self._cache["held-out"] = estimate.dense_row_lse(self.q, self.k, pos, valid, self.scale, self.ctx.key_pad)
+        return self._cache["held-out"]
 
     def explained_by(self, lines: estimate.LineScores, head_ids: list[int]):
         """columns -> the slash mass of ``lines`` those key columns account for."""

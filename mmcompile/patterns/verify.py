@@ -28,18 +28,17 @@ def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = 
     """float32 [Hq]: per query head, the smallest (over row sets and batch) mean share of the
     held-out rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
     log-sum-exp the kernels wrote (natural log). ``exact_heads`` (dense, through SDPA: no lse)
-    count as 1."""
-    worst = torch.ones(lse.shape[1], dtype=torch.float32, device=lse.device)
-    for name in ctx.row_sets():
-        pos, valid = ctx.check_rows[name]
-        got = lse.gather(2, pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, L]
-        dense = estimates.held_out_lse(name)
-        seen = valid[:, None, :] & torch.isfinite(dense)
-        kept = torch.where(seen, torch.exp(got - torch.where(seen, dense, 0.0)).clamp(max=1.0), 0.0)
-        weight = seen.float()
-        mean = kept.sum(-1) / weight.sum(-1).clamp(min=1)  # [B, H]
-        has_rows = seen.any(-1)
-        worst = torch.minimum(worst, torch.where(has_rows, mean, 1.0).min(0).values)
+    count as 1. All row sets at once (``ctx.held_out``: S sets of L slots side by side), so the
+    op count does not grow with the number of query modalities."""
+    pos, valid = ctx.held_out
+    got = lse.gather(2, pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, S * L]
+    dense = estimates.held_out_lse()
+    seen = valid[:, None, :] & torch.isfinite(dense)
+    kept = torch.where(seen, torch.exp(got - torch.where(seen, dense, 0.0)).clamp(max=1.0), 0.0)
+    per_set = (*seen.shape[:2], len(ctx.row_sets()), -1)  # [B, H, S, L]
+    seen, kept = seen.view(per_set), kept.view(per_set)
+    mean = kept.sum(-1) / seen.sum(-1).clamp(min=1)  # [B, H, S]; a mean of shares <= 1 is <= 1
+    worst = torch.where(seen.any(-1), mean, 1.0).amin((0, 2))
     if exact_heads:
         worst = worst.index_fill(0, device_list(exact_heads, worst.device), 1.0)
     return worst
