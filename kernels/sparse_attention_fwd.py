@@ -327,7 +327,10 @@ def _launch_config(head_dim: int, block_m: int, block_n: int, dtype: torch.dtype
 DENSE_BLOCK_M, DENSE_BLOCK_N = 128, 128
 
 
-def _prepare(q, k, v, scale):
+def _prepare(q, k, v, scale, out=None, lse=None, rows_listed=True):
+    """Checked inputs, the scale, and the outputs: ``out``/``lse`` as given, else new ones (0 and
+    -inf on rows the launch does not list, ``rows_listed=False``). A launch into given outputs
+    allocates and clears nothing: a layer's launches share one pair."""
     check_inputs(q, k, v)
     if not triton_runs_on(q):
         raise RuntimeError("the Triton attention kernel needs a CUDA device, or TRITON_INTERPRET=1 set "
@@ -336,8 +339,14 @@ def _prepare(q, k, v, scale):
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     head_dim = q.shape[-1]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if not rows_listed:
+            out.zero_()
+    if lse is None:
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        if not rows_listed:
+            lse.fill_(float("-inf"))
     return q, k, v, scale, out, lse
 
 
@@ -394,12 +403,7 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
     ``out``/``lse`` (given, or new): one launch per pattern group of a layer. An index whose
     ``q_order`` lists a subset of rows writes only those (new outputs: 0 and -inf elsewhere).
     """
-    q, k, v, scale, new_out, new_lse = _prepare(q, k, v, scale)
-    if index.query_slots(q.shape[2]) < q.shape[2]:  # rows the launch does not list: 0 and -inf
-        new_out.zero_()
-        new_lse.fill_(float("-inf"))
-    out = new_out if out is None else out
-    lse = new_lse if lse is None else lse
+    q, k, v, scale, out, lse = _prepare(q, k, v, scale, out, lse, index.query_slots(q.shape[2]) == q.shape[2])
     if head_ids is not None:
         if head_ids.dtype != torch.int32 or head_ids.dim() != 1:
             raise ValueError("head_ids must be a 1-D int32 tensor of query heads")
@@ -420,9 +424,7 @@ def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: in
                             head_ids=None, out=None, lse=None):
     """Dense causal attention (every causal key block) through the same kernel: the fast path.
     ``head_ids``/``out``/``lse`` as in ``sparse_attention_forward``."""
-    q, k, v, scale, new_out, new_lse = _prepare(q, k, v, scale)
-    out = new_out if out is None else out
-    lse = new_lse if lse is None else lse
+    q, k, v, scale, out, lse = _prepare(q, k, v, scale, out, lse)
     no_lists = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=q.device)
     lists = (no_lists[..., 0], no_lists, no_lists[..., 0], no_lists, None, None)
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, (None, None),
