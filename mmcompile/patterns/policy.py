@@ -198,20 +198,28 @@ def _online_pick(c: dict, target: float):
     return recall, names, plain
 
 
-def _table(recall, names, plain, c: dict):
-    """(predicted recall list, pattern list, original-order pattern list) of the heads: the one
-    host sync of a row set's choice."""
+def _table(recall, names, plain, c: dict) -> torch.Tensor:
+    """float32 [heads, 7]: a row set's choice per head (recall, family, original-order family,
+    A-shape local, VS columns, VS blocks, Grid local), read by ``_read_tables``."""
     g_local = c.get("g_local", torch.zeros_like(c["a_local"]))
-    table = torch.stack([recall, names.float(), plain.float(), c["a_local"].float(), c["v_cols"].float(),
-                         c["v_blocks"].float(), g_local.float()], -1).tolist()
-    return ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
-            [_pattern(r[2], *r[3:]) for r in table])
+    return torch.stack([recall, names.float(), plain.float(), c["a_local"].float(), c["v_cols"].float(),
+                        c["v_blocks"].float(), g_local.float()], -1)
+
+
+def _read_tables(tables: dict) -> dict:
+    """{row set: (predicted recall list, pattern list, original-order pattern list)} from every
+    row set's ``_table``, read in the layer's one host sync."""
+    rows = torch.stack(list(tables.values())).tolist()
+    return {name: ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
+                   [_pattern(r[2], *r[3:]) for r in table])
+            for name, table in zip(tables, rows)}
 
 
 def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
                 target: float, grid: bool):
-    """Per head: (predicted recall list, pattern list, original-order pattern list) for one query
-    modality's rows; the last is the best pattern other than Grid (the fallback of a grid head)."""
+    """Per head, one query modality's choice (``_table``: read by ``_read_tables`` as predicted
+    recall, pattern and original-order pattern; the last is the best pattern other than Grid, the
+    fallback of a grid head)."""
     c = _curves(estimates, modality, heads, ctx, density, target, grid)
     return _table(*_online_pick(c, target), c)
 
@@ -238,8 +246,8 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
     predicted short of the target even at the cap, gets the online choice. A plan's Grid is kept:
     the search measured it on the built index, while ``_grid``'s estimate is a lower bound that can
     sit far under it (0.15-0.45 predicted for video rows measured at 0.996). Both choices come from
-    one set of curves and one host sync, so a plan costs what the online policy costs (a second
-    pass for the re-chosen heads made the op 1.4-1.7x slower at 128K on the H100)."""
+    one set of curves, so a plan costs what the online policy costs (a second pass for the
+    re-chosen heads made the op 1.4-1.7x slower at 128K on the H100)."""
     c = _curves(estimates, modality, heads, ctx, density, target, grid)
     online_recall, online_names, online_plain = _online_pick(c, target)
     code = device_list(codes, estimates.q.device).long()
@@ -258,7 +266,7 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
 def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
                     scale: float | None = None, estimates: Estimates | None = None,
                     target: float = TARGET, families: Sequence[HeadPattern] | None = None) -> list[HeadPattern]:
-    """One HeadPattern per query head for this input (one host sync per query modality).
+    """One HeadPattern per query head for this input (one host sync).
 
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
     queries are estimated from their own last queries and get their own pattern (Q-Boundary).
@@ -298,18 +306,19 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     heads = list(range(q.shape[1]))
     modalities = ctx.row_sets()
     if families is None:
-        picks = {m: _choose_one(estimates, m, heads, ctx, density, target, _weighs_grid(m, modalities, ctx))
-                 for m in modalities}
+        picks = _read_tables({m: _choose_one(estimates, m, heads, ctx, density, target,
+                                             _weighs_grid(m, modalities, ctx)) for m in modalities})
         kept = {}
     else:
         if len(families) != len(heads):
             raise ValueError(f"{len(families)} plan head patterns for {len(heads)} query heads")
         kept = {h: head for h, head in enumerate(families) if not _sizable(head)}
-        picks = {m: _choose_sized(estimates, m, heads, ctx, density, target,
-                                  [FAMILIES.index(Dense) if h in kept else
-                                   _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
-                                   for h in heads], _weighs_grid(m, modalities, ctx), [h not in kept for h in heads])
-                 for m in modalities}
+        picks = _read_tables({m: _choose_sized(estimates, m, heads, ctx, density, target,
+                                               [FAMILIES.index(Dense) if h in kept else
+                                                _family_code(_plan_pattern(families[h], m),
+                                                             _weighs_grid(m, modalities, ctx)) for h in heads],
+                                               _weighs_grid(m, modalities, ctx), [h not in kept for h in heads])
+                              for m in modalities})
     chosen, fallbacks = [], {}
     for h in heads:
         if h in kept:
