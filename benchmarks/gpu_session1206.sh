@@ -12,9 +12,6 @@
 #            results/issue14_h200_index_families_mixed.json); the families at 512K and 1M (128 rows);
 #            a profile of the online op at 128K; exactness at 1M on a slice. (No kernel changed: no
 #            GPU tests.)
-#   kernel   (ran at 2900303, whose slot-order copies of q/k/v lost to gathered addressing and were
-#            reverted: BENCHMARKS.md) grid against A-shape TFLOP/s at 128K, the op both ways, a plan
-#            searched at 32K applied at 128K, the GPU tests of the kernel, patterns and chunking.
 #   planop   the op at 128K (video, video with periodic frames) without and with a plan searched at
 #            32K on planted video (seed 1, layer 0; PLAN= to reuse one), twice, alternating.
 #   op       OLD=tree: the op at 128K on that tree and this one, alternating (video, mixed).
