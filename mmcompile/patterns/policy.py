@@ -225,9 +225,8 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
 
 
 def _pattern(kind, local, cols, blks, frames):
-    """The pattern of family code ``kind`` (index in ``FAMILIES``) with its chosen size. Builds
-    only that one: the patterns validate themselves, and building all four for every head and row
-    set cost ~3 ms of host time per layer."""
+    """The pattern of family code ``kind`` (index in ``FAMILIES``) with its chosen size (only that
+    one is built: this runs per head and row set in every layer)."""
     kind = int(kind)
     if kind == 0:
         return AShape(SINK, int(local))
@@ -251,8 +250,7 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
     c = _curves(estimates, modality, heads, ctx, density, target, grid)
     online_recall, online_names, online_plain = _online_pick(c, target)
     code = device_list(codes, estimates.q.device).long()
-    either = _better(c["v_recall"], c["v_cost"], c["a_recall"], c["a_cost"], target).long()
-    plain = torch.where((code == 0) | (code == 1) | (code == 3), code, either)  # Grid, EITHER: the better
+    plain = torch.where((code == 0) | (code == 1) | (code == 3), code, online_plain)  # Grid, EITHER: the better
     names = torch.where(code == 2, 2, plain)
     curves = [c["a_recall"], c["v_recall"], c.get("g_recall", torch.zeros_like(c["a_recall"])),
               torch.ones_like(c["a_recall"])]
