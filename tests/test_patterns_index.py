@@ -1,5 +1,7 @@
 """Each pattern's SparseIndex equals a brute-force mask built from the pattern's definition."""
 
+import dataclasses
+
 import torch
 
 from mmcompile.kernels import check_index, index_to_mask
@@ -194,3 +196,29 @@ def test_chunks_and_shared_rows_build_the_same_index():
         rows_to_check = torch.tensor([0, 63, 64, 300, 699])  # what the fidelity harness and the pictures read
         assert torch.equal(index_row_mask(shared, rows_to_check, n), index_row_mask(whole, rows_to_check, n))
         assert all(torch.equal(block_map(shared, n, h), block_map(whole, n, h)) for h in range(heads))
+
+
+def test_grid_band_stops_at_each_query_blocks_latest_row():
+    """The vertical-line band (the phase class, in position order) is visited per query block only
+    up to the key block holding the last band key at or before the block's latest row: the keys
+    left out are all in that block's future, and the index still equals the unclipped one on
+    every causal pair (long classes: 4096 tokens at stride 16 give 256 rows per class)."""
+    n, stride, bm, bn = 4096, 16, 128, 64
+    vertical = torch.rand(1, 2, n, generator=torch.Generator().manual_seed(3))
+    vertical[..., 5::stride] += 1.0  # phase 5 carries the lines
+    order, sets = intra.grid_sets(Grid(stride_kind="frame", local_frames=32, sink=16), vertical,
+                                  torch.tensor([stride]), stride, n, bm, bn)
+    band_start = n - len(range(5, n, stride))
+    latest = order.long().view(1, 2, n // bm, bm).amax(-1)
+    end = sets.span_to * bn  # [B, H, M] key slots
+    assert end.dim() == 3 and bool((end < n).any()), "some query block must stop before the band's end"
+    for m in range(n // bm):
+        stop = int(end[0, 0, m])
+        assert bool((order[0, 0, stop:].long() > latest[0, 0, m]).all())  # left out: all future
+        if stop > band_start:  # kept: the last kept block holds a key the block's latest row sees
+            assert bool((order[0, 0, max(band_start, stop - bn):stop].long() <= latest[0, 0, m]).any())
+    clipped = build_index([(None, sets)], n, n, bm, bn, order=order)
+    whole = build_index([(None, dataclasses.replace(sets, span_to=None))], n, n, bm, bn, order=order)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    assert torch.equal(index_to_mask(clipped, n, n) & causal, index_to_mask(whole, n, n) & causal)
+    assert bool((clipped.density(n) < whole.density(n)).all())

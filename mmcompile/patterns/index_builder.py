@@ -41,7 +41,8 @@ class BlockSets:
     columns: torch.Tensor  # int64 [B, H, Kc], INVALID = unused
     full_rows: torch.Tensor | None = None  # bool [B, H, M]
     span_from: torch.Tensor | None = None  # int64 [B, H]: first key block of the span, FAR = none
-    span_to: torch.Tensor | None = None  # int64 [B, H]: key block after the span, FAR = the causal limit
+    span_to: torch.Tensor | None = None  # int64 [B, H] (or [B, H, M]: per query block): key block after
+    #                                      the span, FAR = the causal limit
 
 
 def device_list(values, device, dtype=torch.long) -> torch.Tensor:
@@ -82,11 +83,15 @@ def stack_heads(per_head: list[BlockSets]) -> BlockSets:
         full = torch.cat([s.full_rows if s.full_rows is not None else
                           rows.new_zeros(rows.shape[0], s.relative.shape[1], rows.shape[2]) for s in per_head], dim=1)
     def span(name):
-        if all(getattr(s, name) is None for s in per_head):
+        parts = [getattr(s, name) for s in per_head]
+        if all(t is None for t in parts):
             return None
-        return torch.cat([getattr(s, name) if getattr(s, name) is not None else
-                          torch.full(s.relative.shape[:2], FAR, dtype=torch.long, device=s.relative.device)
-                          for s in per_head], dim=1)
+        parts = [t if t is not None else torch.full(s.relative.shape[:2], FAR, dtype=torch.long,
+                                                    device=s.relative.device) for s, t in zip(per_head, parts)]
+        per_block = next((t.shape[2] for t in parts if t.dim() == 3), None)  # a per-query-block span_to
+        if per_block is not None:
+            parts = [t if t.dim() == 3 else t[..., None].expand(-1, -1, per_block) for t in parts]
+        return torch.cat(parts, dim=1)
     span_from, span_to = span("span_from"), span("span_to")
     if any(s.absolute.dim() == 4 for s in per_head):  # per-query-block sets: broadcast the others
         num_m = next(s.absolute.shape[2] for s in per_head if s.absolute.dim() == 4)
@@ -227,10 +232,11 @@ def _spans(sets_by_modality, ms: slice, shape, device):
         here = here[:, None, :]
         if sets.span_from is not None:
             to = sets.span_to if sets.span_to is not None else torch.full_like(sets.span_from, FAR)
+            to = to[..., ms] if to.dim() == 3 else to[..., None]
             here_span = here & (sets.span_from < FAR)[..., None]
             span_from = torch.where(here_span, torch.minimum(span_from, sets.span_from[..., None].to(torch.int32)),
                                     span_from)
-            span_to = torch.where(here_span, torch.maximum(span_to, to[..., None].to(torch.int32)), span_to)
+            span_to = torch.where(here_span, torch.maximum(span_to, to.to(torch.int32)), span_to)
         if sets.full_rows is not None:
             full = sets.full_rows[:, :, ms] & here
             span_from, span_to = torch.where(full, 0, span_from), torch.where(full, FAR, span_to)

@@ -195,8 +195,8 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
         line_count = in_phase.sum(-1)
     band_start = slots - line_count  # first slot of the vertical-line band
     empty = torch.empty(batch, heads, 0, dtype=torch.long, device=device)
-    band = band_start // block_n if pattern.vline else None  # the band's key blocks: a span to the rows' end
-    band_end = None if band is None or rows is None else torch.full_like(band, _ceil_div(slots, block_n))
+    band = band_start // block_n if pattern.vline else None  # the band's key blocks: a span
+    band_end = None if band is None else _band_end(order, slots, band_start, block_m, block_n)
     relative = empty
     if pattern.slash:
         windows = [_ceil_div(f, block_n) for f in (local_frames or [pattern.local_frames] * heads)]
@@ -211,6 +211,20 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
         -1, order.long(), torch.arange(n, device=device).expand(batch, heads, n))
     columns = slots_of[..., :min(pattern.sink, n)] if pattern.sink else empty
     return order, BlockSets(relative, empty, columns, full_rows, band, band_end)
+
+
+def _band_end(order, slots: int, band_start, block_m: int, block_n: int) -> torch.Tensor:
+    """int64 [B, H, M]: per query block, the key block after the last band key it can see. The band
+    (slots [band_start, slots)) holds the phase class in position order, so a query block sees its
+    keys up to its latest row's position; the rest are all in the future (on average half the
+    band: each such tile was computed, then masked whole). No host sync."""
+    num_m = -(-slots // block_m)
+    rows = torch.nn.functional.pad(order[..., :slots], (0, num_m * block_m - slots), value=-1)
+    latest = rows.view(*rows.shape[:2], num_m, block_m).amax(-1)  # [B, H, M] int32
+    in_band = torch.arange(slots, device=order.device) >= band_start[..., None]
+    ascending = torch.where(in_band, order[..., :slots], -1)  # -1 before the band: sorted as a whole
+    seen = torch.searchsorted(ascending, latest, right=True)  # band_start + band keys at or before it
+    return -(-seen // block_n)
 
 
 def _subset_grid_order(rows, stride, phase, n):
