@@ -7,11 +7,8 @@
 # on random weights (E2E_TOKENS, default 131072).
 # Output: $OUT/run_$part.txt (table last) + JSON.
 set -u
-OUT=${OUT:-/tmp/out}
 part=${1:-a}
-exec > >(tee $OUT/run_$part.txt) 2>&1
-source "$(dirname "$0")/gpu_env.sh"
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+source "$(dirname "$0")/gpu_prelude.sh"
 if [ "$part" = a ]; then
   echo "--- gpu tests"
   timeout 200 python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -4

@@ -10,12 +10,8 @@
 #           the KV cache, the dense path on 1 and 2 layers (extrapolation).
 # Output: $OUT/run_$part.txt (table last) + JSON.
 set -u
-OUT=${OUT:-/tmp/out}
 part=${1:-verify}
-mkdir -p $OUT
-exec > >(tee $OUT/run_$part.txt) 2>&1
-source "$(dirname "$0")/gpu_env.sh"
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
+source "$(dirname "$0")/gpu_prelude.sh"
 op_and_index() {  # the op at 128K (video, mixed), the index profile at 128K, its memory at 1M
   for layout in video mixed; do
     timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout --out $OUT/op_$layout.json 2>&1 \

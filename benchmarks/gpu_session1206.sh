@@ -17,14 +17,8 @@
 #   op       OLD=tree: the op at 128K on that tree and this one, alternating (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
-OUT=${OUT:-/tmp/out}
 part=${1:-verify}
-mkdir -p $OUT
-exec > >(tee $OUT/run_$part.txt) 2>&1
-source "$(dirname "$0")/gpu_env.sh"
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "install failed"
-export PYTHONUNBUFFERED=1
-quiet() { grep -v -i -E "warn|^ *$"; }
+source "$(dirname "$0")/gpu_prelude.sh"
 if [ "$part" = long ]; then
   tokens=${2:-1048576}
   if [ "$tokens" -ge 1000000 ]; then
