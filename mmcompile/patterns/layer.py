@@ -406,9 +406,7 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
         placed += ids
     wanted = [h for ids in heads.values() for h in ids]  # the launch group's head order
     back = [placed.index(h) for h in wanted]
-    order = orders[0] if len(orders) == 1 else torch.cat(orders, dim=1)
-    if back != list(range(len(back))):
-        order = order.index_select(1, device_list(back, order.device))
+    order = estimate.select_heads(orders[0] if len(orders) == 1 else torch.cat(orders, dim=1), back)
     return build_index([(None, _in_order(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
                        order=order.contiguous())
 

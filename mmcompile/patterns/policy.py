@@ -25,6 +25,7 @@ at a calibration length are too small at four times that length, types carry ove
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -164,46 +165,58 @@ def _at_cap(pattern, ctx: ForwardContext, density: float):
     return pattern
 
 
+@dataclasses.dataclass
+class _Curves:
+    """Per head (tensors [heads]), each family's cheapest size predicted to reach the target under
+    the cap, its predicted recall and its cost (keys per row; A-shape's divided by
+    ``STATIC_BONUS``). Grid's are None where Grid was not weighed."""
+
+    a_recall: torch.Tensor
+    a_cost: torch.Tensor
+    a_local: torch.Tensor
+    v_recall: torch.Tensor
+    v_cost: torch.Tensor
+    v_cols: torch.Tensor
+    v_blocks: torch.Tensor
+    g_recall: torch.Tensor | None = None
+    g_cost: torch.Tensor | None = None
+    g_local: torch.Tensor | None = None
+
+
 def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
-            target: float, grid: bool) -> dict:
-    """Per head, each family's cheapest size predicted to reach ``target`` under the cap, with its
-    predicted recall and cost (keys per row): A-shape, VS, and Grid when ``grid``. Tensors [heads]."""
+            target: float, grid: bool) -> _Curves:
+    """A-shape's, VS's and (when ``grid``) Grid's choice for these heads on one row set."""
     lines = estimates.lines(modality, heads)
     vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
     cap_keys, cap_blocks = _caps(ctx, density)
     diag = intra.diagonal_block_mass(slash, ctx.block_m)
     blocks = intra.relative_block_mass(slash, ctx.block_m, ctx.block_n)
-    c = dict(zip(("a_recall", "a_cost", "a_local"), _a_shape(vertical, diag, blocks, cap_blocks, ctx.block_n, target)))
-    c.update(zip(("v_recall", "v_cost", "v_cols", "v_blocks"),
-                 _vertical_slash(lines, estimates.column_ranking(modality, heads), estimates.explained_by(lines, heads),
-                                 cap_keys, cap_blocks, ctx.n, ctx.block_m, ctx.block_n, target)))
-    c["a_cost"] = c["a_cost"].float() / STATIC_BONUS
-    c["v_cost"] = c["v_cost"].float()
-    if grid:
-        c.update(zip(("g_recall", "g_cost", "g_local"),
-                     _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target)))
-    return c
+    a_recall, a_cost, a_local = _a_shape(vertical, diag, blocks, cap_blocks, ctx.block_n, target)
+    v_recall, v_cost, v_cols, v_blocks = _vertical_slash(
+        lines, estimates.column_ranking(modality, heads), estimates.explained_by(lines, heads), cap_keys, cap_blocks,
+        ctx.n, ctx.block_m, ctx.block_n, target)
+    g = _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target) if grid else (None,) * 3
+    return _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks, *g)
 
 
-def _online_pick(c: dict, target: float):
+def _online_pick(c: _Curves, target: float):
     """(recall, family code, original-order family code) per head: the better of A-shape and VS,
     then Grid where it was weighed and is better still."""
-    plain = _better(c["v_recall"], c["v_cost"], c["a_recall"], c["a_cost"], target).long()  # 0 A-shape, 1 VS
-    recall = torch.where(plain == 1, c["v_recall"], c["a_recall"])
+    plain = _better(c.v_recall, c.v_cost, c.a_recall, c.a_cost, target).long()  # 0 A-shape, 1 VS
+    recall = torch.where(plain == 1, c.v_recall, c.a_recall)
     names = plain
-    if "g_recall" in c:
-        take_grid = _better(c["g_recall"], c["g_cost"], recall, torch.where(plain == 1, c["v_cost"], c["a_cost"]),
-                            target)
-        recall, names = torch.where(take_grid, c["g_recall"], recall), torch.where(take_grid, 2, names)
+    if c.g_recall is not None:
+        take_grid = _better(c.g_recall, c.g_cost, recall, torch.where(plain == 1, c.v_cost, c.a_cost), target)
+        recall, names = torch.where(take_grid, c.g_recall, recall), torch.where(take_grid, 2, names)
     return recall, names, plain
 
 
-def _table(recall, names, plain, c: dict) -> torch.Tensor:
+def _table(recall, names, plain, c: _Curves) -> torch.Tensor:
     """float32 [heads, 7]: a row set's choice per head (recall, family, original-order family,
     A-shape local, VS columns, VS blocks, Grid local), read by ``_read_tables``."""
-    g_local = c.get("g_local", torch.zeros_like(c["a_local"]))
-    return torch.stack([recall, names.float(), plain.float(), c["a_local"].float(), c["v_cols"].float(),
-                        c["v_blocks"].float(), g_local.float()], -1)
+    g_local = c.g_local if c.g_local is not None else torch.zeros_like(c.a_local)
+    return torch.stack([recall, names.float(), plain.float(), c.a_local.float(), c.v_cols.float(),
+                        c.v_blocks.float(), g_local.float()], -1)
 
 
 def _read_tables(tables: dict) -> dict:
@@ -252,8 +265,8 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
     code = device_list(codes, estimates.q.device).long()
     plain = torch.where((code == 0) | (code == 1) | (code == 3), code, online_plain)  # Grid, EITHER: the better
     names = torch.where(code == 2, 2, plain)
-    curves = [c["a_recall"], c["v_recall"], c.get("g_recall", torch.zeros_like(c["a_recall"])),
-              torch.ones_like(c["a_recall"])]
+    curves = [c.a_recall, c.v_recall, c.g_recall if c.g_recall is not None else torch.zeros_like(c.a_recall),
+              torch.ones_like(c.a_recall)]
     recall = torch.stack(curves, -1).gather(-1, names[:, None])[:, 0]
     short = ((code == 0) | (code == 1)) & (recall < target)
     replan = ((code == 3) | short) & device_list(replannable, code.device).bool()
