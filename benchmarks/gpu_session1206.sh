@@ -15,6 +15,9 @@
 #   planop   the op at 128K (video, video with periodic frames) without and with a plan searched at
 #            32K on planted video (seed 1, layer 0; PLAN= to reuse one), twice, alternating.
 #   op       OLD=tree: the op at 128K on that tree and this one, alternating (video, mixed).
+#   graphs   the GPU test of the captured choice; the op at 128K with the choice replayed from a
+#            CUDA graph (default) and eager (MMINFERENCE_CUDA_GRAPHS=0), alternating, twice
+#            (video, mixed, video with periodic frames), then with a plan (PLAN= or searched).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -80,6 +83,28 @@ elif [ "$part" = op ]; then
   done
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_op.txt
+elif [ "$part" = graphs ]; then
+  timeout 120 python3 -m pytest -q -m gpu tests/test_choice_graph.py 2>&1 | tail -2
+  for rep in 1 2; do
+    for args in "--layout video" "--layout mixed" "--layout video --periodic-frames 16"; do
+      for graphs in 1 0; do
+        echo -n "graphs=$graphs "
+        MMINFERENCE_CUDA_GRAPHS=$graphs timeout 60 python3 benchmarks/bench_prefill_op.py $args 2>&1 | quiet | tail -1
+      done
+    done
+  done
+  if [ -z "${PLAN:-}" ]; then
+    PLAN=$OUT/plan_planted_32k.json
+    timeout 90 mminference search standard --source planted --layout video --tokens 32768 --layers 1 --seed 1 \
+      --out $PLAN 2>&1 | quiet | tail -1
+  fi
+  for graphs in 1 0; do
+    echo -n "graphs=$graphs "
+    MMINFERENCE_CUDA_GRAPHS=$graphs timeout 60 python3 benchmarks/bench_prefill_op.py --layout video --plan $PLAN \
+      2>&1 | quiet | tail -1
+  done
+  echo "=== table ==="
+  grep -E "^graphs=|passed|failed" $OUT/run_graphs.txt | cut -c1-230
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do

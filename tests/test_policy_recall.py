@@ -76,7 +76,7 @@ def test_a_head_that_misses_runs_its_fallback_before_dense(monkeypatch):
     layout = standard_layout("video", 2048)
     q, k, v, _ = planted_qkv(layout, 2, 1, 64, kinds=["a-shape", "random"], seed=1)
     narrow, wide = HeadPattern("none", (("*", AShape(0, 0)),)), HeadPattern("none", (("*", AShape(128, 1024)),))
-    monkeypatch.setattr(policy, "choose_with_fallbacks", lambda *a, **kw: ([narrow, narrow], {0: wide, 1: wide}))
+    monkeypatch.setattr(policy, "patterns_from_tables", lambda *a, **kw: ([narrow, narrow], {0: wide, 1: wide}))
     ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
     ctx = dataclasses.replace(ctx, modality=None, present={})  # one row set: both heads judged on all rows
     result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)

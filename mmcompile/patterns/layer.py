@@ -48,6 +48,8 @@ class ForwardContext:
     block_n: int = DEFAULT_BLOCK[1]
     row_counts: dict = dataclasses.field(default_factory=dict)  # modality name -> rows per sample (int), when equal
     check_rows: dict = dataclasses.field(default_factory=dict)  # as last_rows: held-out rows (pos, valid)
+    # choice_graph's captures, per key; not an init field, so a dataclasses.replace() starts without them
+    replays: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
     def equal_rows(self, name: str) -> bool:
         """Whether every sample has as many rows of modality ``name`` (a launch over one modality's
@@ -173,16 +175,22 @@ def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | N
     head choice when ``patterns`` is None (restricted to the types of ``families`` when given),
     and the indexes. Returns (estimates, patterns, fallbacks {head: pattern}, indexes);
     ``benchmarks/index_memory.py`` measures exactly this."""
-    from .policy import choose_with_fallbacks  # the policy builds on this module
+    from . import choice_graph, policy  # they build on this module
 
     if patterns is not None and families is not None:
         raise ValueError("give fixed head patterns (patterns=) or the families to size (families=), not both")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates = Estimates(q, k, ctx, scale)
     fallbacks = {}
     if patterns is None:
-        patterns, fallbacks = choose_with_fallbacks(q, k, ctx, density=density, scale=scale, estimates=estimates,
-                                                    families=families)
+        families = None if families is None else tuple(families)
+        choose = functools.partial(policy.choice_tables, ctx=ctx, density=density, target=policy.TARGET,
+                                   families=families)
+        key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, density, families)
+        estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
+        patterns, fallbacks = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, density,
+                                                          families)
+    else:
+        estimates = Estimates(q, k, ctx, scale)
     patterns = tuple(patterns)
     return estimates, patterns, fallbacks, build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
 
@@ -303,6 +311,13 @@ class Estimates:
         if key not in self._cache:
             self._cache[key] = intra.column_scores(self.lines(modality, list(range(self.q.shape[1]))), self.ctx.n)
         return estimate.select_heads(self._cache[key], head_ids)
+
+    def adopting(self, q, k) -> "Estimates":
+        """Estimates of ``q`` and ``k`` that start from this one's cached tensors (a replayed
+        ``choice_graph``'s, computed from copies of q and k): what is computed anew reads q, k."""
+        other = Estimates(q, k, self.ctx, self.scale)
+        other._cache = dict(self._cache)
+        return other
 
     def held_out_lse(self) -> torch.Tensor:
         """fp32 [B, Hq, S * L]: dense log-sum-exp of the held-out rows of every row set

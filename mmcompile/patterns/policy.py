@@ -40,6 +40,7 @@ SINK = 128  # A-shape sink keys
 COLUMN_LADDER = (32, 128, 512, 2048, 8192)  # VS column counts tried (the cap trims the ladder)
 STATIC_BONUS = 1.2  # A-shape is kept unless another family costs 1/1.2 of it or less
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
+MIN_RECALL = 0.8  # predicted recall under which a head runs dense
 GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
 FAMILIES = (AShape, VerticalSlash, Grid, Dense)  # what a plan may fix; a family's code is its index
 EITHER = -1  # family code: A-shape or VS, whichever is better (a plan's Grid the input cannot run)
@@ -213,24 +214,23 @@ def _online_pick(c: _Curves, target: float):
 
 def _table(recall, names, plain, c: _Curves) -> torch.Tensor:
     """float32 [heads, 7]: a row set's choice per head (recall, family, original-order family,
-    A-shape local, VS columns, VS blocks, Grid local), read by ``_read_tables``."""
+    A-shape local, VS columns, VS blocks, Grid local), read by ``read_tables``."""
     g_local = c.g_local if c.g_local is not None else torch.zeros_like(c.a_local)
     return torch.stack([recall, names.float(), plain.float(), c.a_local.float(), c.v_cols.float(),
                         c.v_blocks.float(), g_local.float()], -1)
 
 
-def _read_tables(tables: dict) -> dict:
-    """{row set: (predicted recall list, pattern list, original-order pattern list)} from every
-    row set's ``_table``, read in the layer's one host sync."""
-    rows = torch.stack(list(tables.values())).tolist()
+def read_tables(tables: torch.Tensor, ctx: ForwardContext) -> dict:
+    """{row set: (predicted recall list, pattern list, original-order pattern list)} from
+    ``choice_tables``, read in the layer's one host sync."""
     return {name: ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
                    [_pattern(r[2], *r[3:]) for r in table])
-            for name, table in zip(tables, rows)}
+            for name, table in zip(ctx.row_sets(), tables.tolist())}
 
 
 def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
                 target: float, grid: bool):
-    """Per head, one query modality's choice (``_table``: read by ``_read_tables`` as predicted
+    """Per head, one query modality's choice (``_table``: read by ``read_tables`` as predicted
     recall, pattern and original-order pattern; the last is the best pattern other than Grid, the
     fallback of a grid head)."""
     c = _curves(estimates, modality, heads, ctx, density, target, grid)
@@ -274,7 +274,7 @@ def _choose_sized(estimates: Estimates, modality: str, heads: list[int], ctx: Fo
                   torch.where(replan, online_plain, plain), c)
 
 
-def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
+def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = MIN_RECALL,
                     scale: float | None = None, estimates: Estimates | None = None,
                     target: float = TARGET, families: Sequence[HeadPattern] | None = None) -> list[HeadPattern]:
     """One HeadPattern per query head for this input (one host sync).
@@ -289,7 +289,7 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     return choose_with_fallbacks(q, k, ctx, density, min_recall, scale, estimates, target, families)[0]
 
 
-def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = 0.8,
+def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_recall: float = MIN_RECALL,
                           scale: float | None = None, estimates: Estimates | None = None,
                           target: float = TARGET, families: Sequence[HeadPattern] | None = None,
                           ) -> tuple[list[HeadPattern], dict]:
@@ -314,22 +314,37 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates = estimates if estimates is not None else Estimates(q, k, ctx, scale)
-    heads = list(range(q.shape[1]))
+    return patterns_from_tables(read_tables(choice_tables(estimates, ctx, density, target, families), ctx), ctx,
+                                min_recall, density, families)
+
+
+def choice_tables(estimates: Estimates, ctx: ForwardContext, density: float, target: float,
+                  families: Sequence[HeadPattern] | None = None) -> torch.Tensor:
+    """float32 [row sets, heads, 7]: every row set's ``_table`` (``ctx.row_sets()`` order), all
+    on the device and without a host sync or a data-dependent shape, so that a layer's estimate and
+    choice can be captured once and replayed (``choice_graph``). Read by ``read_tables``."""
+    heads = list(range(estimates.q.shape[1]))
     modalities = ctx.row_sets()
     if families is None:
-        picks = _read_tables({m: _choose_one(estimates, m, heads, ctx, density, target,
-                                             _weighs_grid(m, modalities, ctx)) for m in modalities})
-        kept = {}
-    else:
-        if len(families) != len(heads):
-            raise ValueError(f"{len(families)} plan head patterns for {len(heads)} query heads")
-        kept = {h: head for h, head in enumerate(families) if not _sizable(head)}
-        picks = _read_tables({m: _choose_sized(estimates, m, heads, ctx, density, target,
-                                               [FAMILIES.index(Dense) if h in kept else
-                                                _family_code(_plan_pattern(families[h], m),
-                                                             _weighs_grid(m, modalities, ctx)) for h in heads],
-                                               _weighs_grid(m, modalities, ctx), [h not in kept for h in heads])
-                              for m in modalities})
+        return torch.stack([_choose_one(estimates, m, heads, ctx, density, target, _weighs_grid(m, modalities, ctx))
+                            for m in modalities])
+    if len(families) != len(heads):
+        raise ValueError(f"{len(families)} plan head patterns for {len(heads)} query heads")
+    kept = [not _sizable(head) for head in families]
+    return torch.stack([_choose_sized(estimates, m, heads, ctx, density, target,
+                                      [FAMILIES.index(Dense) if kept[h] else
+                                       _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
+                                       for h in heads],
+                                      _weighs_grid(m, modalities, ctx), [not fixed for fixed in kept])
+                        for m in modalities])
+
+
+def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, density: float,
+                         families: Sequence[HeadPattern] | None = None) -> tuple[list[HeadPattern], dict]:
+    """``choose_with_fallbacks``' result from the tables as ``read_tables`` read them."""
+    modalities = ctx.row_sets()
+    heads = range(len(picks[modalities[0]][0]))
+    kept = {} if families is None else {h: head for h, head in enumerate(families) if not _sizable(head)}
     chosen, fallbacks = [], {}
     for h in heads:
         if h in kept:
