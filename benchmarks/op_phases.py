@@ -1,0 +1,96 @@
+"""Where one layer of the online op spends its time, phase by phase, in steady state: for each phase
+the host time to issue it and the wall time until the GPU has finished it (a sync after each phase),
+with the estimate and choice replayed from a CUDA graph (``choice_graph``) and eagerly.
+
+Usage: python benchmarks/op_phases.py [--tokens 131072] [--layout video|mixed] [--reps 10]
+
+Phases, as ``layer.layer_attention`` runs them: choose (estimate + the policy's tables, read in the
+layer's host sync), index (``build_layer_indexes``), attend (the kernel launches), check (the
+held-out recall and its sync; heads that miss are counted, not retried). A phase whose wall time
+is close to its host time is bound by the host issuing ops; one whose wall time is well above it
+is bound by the GPU. The syncs remove the overlap between phases, so the sum is above the op's
+time; ``whole`` is ``layer_attention`` itself, without them. Medians of ``--reps`` after two warm
+calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+
+import torch
+
+from mmcompile.patterns import choice_graph, forward_context, layer, policy, verify
+from mmcompile.patterns.planted import planted_qkv, standard_layout
+
+PHASES = ("choose", "index", "attend", "check")
+
+
+def one_layer(q, k, v, ctx, scale):
+    """{phase: (host ms, wall ms)} of one layer, plus the heads that missed the target."""
+    times, clock = {}, time.perf_counter
+    torch.cuda.synchronize()
+    start = clock()
+    choose = functools.partial(policy.choice_tables, ctx=ctx, density=0.1, target=policy.TARGET, families=None)
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, 0.1, None)
+    estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
+    issued = clock()
+    patterns, _ = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, 0.1)
+    times["choose"] = (issued - start, clock() - start)
+    start = clock()
+    indexes = layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+    issued = clock()
+    torch.cuda.synchronize()
+    times["index"] = (issued - start, clock() - start)
+    start = clock()
+    _, lse = layer.attend(q, k, v, indexes, scale, return_lse=True)
+    issued = clock()
+    torch.cuda.synchronize()
+    times["attend"] = (issued - start, clock() - start)
+    start = clock()
+    recall = verify.held_out_recall(lse, estimates, ctx, layer._dense_heads(indexes))
+    issued = clock()
+    missed = len((recall < 0.95).nonzero().flatten().tolist())
+    times["check"] = (issued - start, clock() - start)
+    return {name: (host * 1e3, wall * 1e3) for name, (host, wall) in times.items()}, missed
+
+
+def whole_ms(q, k, v, ctx, scale) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    layer.layer_attention(q, k, v, ctx, scale=scale, recall=0.95)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--layout", default="video", choices=("video", "mixed"))
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    layout = standard_layout(args.layout, args.tokens)
+    q, k, v, _ = planted_qkv(layout, 28, 4, 128, "cuda", torch.bfloat16, seed=0)
+    scale = 128 ** -0.5
+    rows = []
+    for graphs in ("1", "0", "1", "0"):  # alternating, twice
+        os.environ["MMINFERENCE_CUDA_GRAPHS"] = graphs
+        ctx = forward_context(layout, args.tokens, 1, "cuda", 128, 64)  # a forward of its own: captures anew
+        for _ in range(2):
+            one_layer(q, k, v, ctx, scale)
+        samples = [one_layer(q, k, v, ctx, scale) for _ in range(args.reps)]
+        wholes = [whole_ms(q, k, v, ctx, scale) for _ in range(args.reps)]
+        med = {p: tuple(statistics.median(s[0][p][i] for s in samples) for i in range(2)) for p in PHASES}
+        rows.append((graphs, med, statistics.median(wholes), samples[-1][1]))
+    print(f"{args.layout} {args.tokens} tokens, 28/4 heads: host ms / wall ms per phase (sync after each)")
+    print("graphs | " + " | ".join(f"{p:>15}" for p in PHASES) + " | sum wall | whole (no syncs) | heads missed")
+    for graphs, med, whole, missed in rows:
+        cells = " | ".join(f"{med[p][0]:6.2f} / {med[p][1]:6.2f}" for p in PHASES)
+        print(f"{graphs:>6} | {cells} | {sum(m[1] for m in med.values()):8.2f} | {whole:16.2f} | {missed}")
+
+
+if __name__ == "__main__":
+    main()
