@@ -137,9 +137,18 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     from . import verify
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    estimates, patterns, fallbacks, indexes = prepare_layer(q, k, ctx, patterns, density=density, scale=scale,
-                                                            families=families)
-    out, lse = attend(q, k, v, indexes, scale, return_lse=True)
+    estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale,
+                                                  families=families)
+    dense = [h for h, head in enumerate(patterns) if _runs_dense(head)]
+    if 0 < len(dense) < len(patterns):  # dense heads first: the GPU runs them while the host builds the indexes
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        _sdpa_heads(q, k, v, dense, scale, out, lse)
+        indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+        attend(q, k, v, [(ids, index) for ids, index in indexes if index is not None], scale, out=out, lse=lse)
+    else:
+        indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+        out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:
         head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
@@ -171,28 +180,38 @@ def plan_keywords(plan: Sequence[HeadPattern] | None, plan_sizes: str) -> dict:
 
 def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
                   density: float = 0.1, scale: float | None = None, families: Sequence[HeadPattern] | None = None):
-    """What ``layer_attention`` does before the kernel: the estimate (``Estimates``, shared), the
-    head choice when ``patterns`` is None (restricted to the types of ``families`` when given),
-    and the indexes. Returns (estimates, patterns, fallbacks {head: pattern}, indexes);
-    ``benchmarks/index_memory.py`` measures exactly this."""
+    """What ``layer_attention`` does before the kernel: ``choose_layer``, then the indexes.
+    Returns (estimates, patterns, fallbacks {head: pattern}, indexes); ``benchmarks/index_memory.py``
+    measures exactly this."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale, families=families)
+    return estimates, patterns, fallbacks, build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+
+
+def choose_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
+                 density: float = 0.1, scale: float | None = None, families: Sequence[HeadPattern] | None = None):
+    """The estimate (``Estimates``, shared with the index builders) and, when ``patterns`` is None,
+    the head choice (restricted to the types of ``families`` when given), replayed from a CUDA
+    graph where one was captured (``choice_graph``). Returns (estimates, patterns, fallbacks)."""
     from . import choice_graph, policy  # they build on this module
 
     if patterns is not None and families is not None:
         raise ValueError("give fixed head patterns (patterns=) or the families to size (families=), not both")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    fallbacks = {}
-    if patterns is None:
-        families = None if families is None else tuple(families)
-        choose = functools.partial(policy.choice_tables, ctx=ctx, density=density, target=policy.TARGET,
-                                   families=families)
-        key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, density, families)
-        estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
-        patterns, fallbacks = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, density,
-                                                          families)
-    else:
-        estimates = Estimates(q, k, ctx, scale)
-    patterns = tuple(patterns)
-    return estimates, patterns, fallbacks, build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    if patterns is not None:
+        return Estimates(q, k, ctx, scale), tuple(patterns), {}
+    families = None if families is None else tuple(families)
+    choose = functools.partial(policy.choice_tables, ctx=ctx, density=density, target=policy.TARGET, families=families)
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, density, families)
+    estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
+    patterns, fallbacks = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, density,
+                                                      families)
+    return estimates, tuple(patterns), fallbacks
+
+
+def _runs_dense(head: HeadPattern) -> bool:
+    """Whether a head goes to the dense path (SDPA) rather than a sparse launch."""
+    return head.inter != "2d-boundary" and all(isinstance(p, Dense) for _, p in head.intra)
 
 
 def _dense_heads(indexes) -> list[int]:
@@ -228,10 +247,10 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
     plain, grid, dense, boundary = [], defaultdict(list), [], defaultdict(list)
     plain_heads = list(heads)  # what the original-order launch runs for each head
     for h, head in enumerate(heads):
-        if head.inter == "2d-boundary":
-            boundary[head].append(h)  # modality-major order: grouped by the exact pattern
-        elif all(isinstance(p, Dense) for _, p in head.intra):
+        if _runs_dense(head):
             dense.append(h)  # the dense fast path: no index, and no all-blocks lists widening the rest
+        elif head.inter == "2d-boundary":
+            boundary[head].append(h)  # modality-major order: grouped by the exact pattern
         elif any(isinstance(p, Grid) for _, p in head.intra):
             rows = _grid_rows(head, ctx)
             grid[(head, rows)].append(h)  # its own permutation: grouped by the exact pattern
