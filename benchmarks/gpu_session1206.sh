@@ -18,6 +18,8 @@
 #   graphs   the GPU test of the captured choice; the op at 128K with the choice replayed from a
 #            CUDA graph (default) and eager (MMINFERENCE_CUDA_GRAPHS=0), alternating, twice
 #            (video, mixed, video with periodic frames), then with a plan (PLAN= or searched).
+#   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
+#            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -105,6 +107,24 @@ elif [ "$part" = graphs ]; then
   done
   echo "=== table ==="
   grep -E "^graphs=|passed|failed" $OUT/run_graphs.txt | cut -c1-230
+elif [ "$part" = phases ]; then  # OLD=tree: then the op on that tree and this one, alternating
+  timeout 150 python3 benchmarks/op_phases.py --layout video --kernels 25 2>&1 | quiet | cut -c1-200
+  timeout 100 python3 benchmarks/op_phases.py --layout mixed 2>&1 | quiet
+  if [ -n "${OLD:-}" ]; then
+    mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
+      && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
+      && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
+    for rep in 1 2; do
+      for args in "--layout video" "--layout mixed"; do
+        for which in old new; do
+          echo -n "$which "
+          PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py $args 2>&1 | quiet | tail -1
+        done
+      done
+    done
+  fi
+  echo "=== table ==="
+  grep -E "^(old|new) " $OUT/run_phases.txt | cut -c1-150
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do

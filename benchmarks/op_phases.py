@@ -2,7 +2,7 @@
 the host time to issue it and the wall time until the GPU has finished it (a sync after each phase),
 with the estimate and choice replayed from a CUDA graph (``choice_graph``) and eagerly.
 
-Usage: python benchmarks/op_phases.py [--tokens 131072] [--layout video|mixed] [--reps 10]
+Usage: python benchmarks/op_phases.py [--tokens 131072] [--layout video|mixed] [--reps 10] [--kernels 15]
 
 Phases, as ``layer.layer_attention`` runs them: choose (estimate + the policy's tables, read in the
 layer's host sync), index (``build_layer_indexes``), attend (the kernel launches), check (the
@@ -10,7 +10,7 @@ held-out recall and its sync; heads that miss are counted, not retried). A phase
 is close to its host time is bound by the host issuing ops; one whose wall time is well above it
 is bound by the GPU. The syncs remove the overlap between phases, so the sum is above the op's
 time; ``whole`` is ``layer_attention`` itself, without them. Medians of ``--reps`` after two warm
-calls.
+calls. ``--kernels K``: then the K GPU kernels of most total time in one eager layer (profiler).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=131072)
     parser.add_argument("--layout", default="video", choices=("video", "mixed"))
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--kernels", type=int, default=0)
     args = parser.parse_args()
     layout = standard_layout(args.layout, args.tokens)
     q, k, v, _ = planted_qkv(layout, 28, 4, 128, "cuda", torch.bfloat16, seed=0)
@@ -90,6 +91,11 @@ def main():
     for graphs, med, whole, missed in rows:
         cells = " | ".join(f"{med[p][0]:6.2f} / {med[p][1]:6.2f}" for p in PHASES)
         print(f"{graphs:>6} | {cells} | {sum(m[1] for m in med.values()):8.2f} | {whole:16.2f} | {missed}")
+    if args.kernels:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            one_layer(q, k, v, ctx, scale)  # the last context: eager
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels, max_name_column_width=60))
 
 
 if __name__ == "__main__":
