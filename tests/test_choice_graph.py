@@ -67,6 +67,21 @@ def test_replayed_layers_choose_and_index_as_eager(kind):
         assert isinstance(ctx.replays[key], choice_graph._Replay)
 
 
+def test_a_batch_of_two_layouts_replays_as_eager():
+    """Each sample's own estimation rows are copied (two samples of different layouts, 480 tokens)."""
+    from mmcompile.patterns import IMAGE, TEXT, VIDEO, from_segments
+
+    layout = from_segments([[(TEXT, 100), (VIDEO, 192, 8, 8), (TEXT, 60), (VIDEO, 128, 8, 8)],
+                            [(TEXT, 30), (IMAGE, 64, 8, 8), (TEXT, 20), (VIDEO, 256, 8, 8), (TEXT, 110)]])
+    n = layout.length
+    ctx = forward_context(layout, n, 2, "cpu", 64, 64)
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        q, k = torch.randn(2, 4, n, 32, generator=g), torch.randn(2, 2, n, 32, generator=g)
+        _, tables = choice_graph.estimate_and_choose(q, k, ctx, 32 ** -0.5, _choose(ctx), "key", capture=rerun)
+        assert torch.equal(tables, _choose(ctx)(layer.Estimates(q, k, ctx, 32 ** -0.5)))
+
+
 def test_the_buffers_hold_only_the_estimation_rows():
     """What the contract is: q's buffer is NaN outside the estimation rows, so the equality above
     would fail for an estimate that read another row."""
