@@ -18,6 +18,8 @@
 #   graphs   the GPU test of the captured choice; the op at 128K with the choice replayed from a
 #            CUDA graph (default) and eager (MMINFERENCE_CUDA_GRAPHS=0), alternating, twice
 #            (video, mixed, video with periodic frames), then with a plan (PLAN= or searched).
+#   planvideo  a plan searched on the families at 32K on the video layout (seed 0), applied at 128K
+#            (seed 1) with online sizes, and the online policy on the same input.
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -125,6 +127,14 @@ elif [ "$part" = phases ]; then  # OLD=tree: then the op on that tree and this o
   fi
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_phases.txt | cut -c1-150
+elif [ "$part" = planvideo ]; then  # issue 12 on the video layout: a plan of the families at 32K (seed 0), 128K seed 1
+  PLAN=$OUT/plan_families_video_32k.json
+  timeout 120 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
+    --out $PLAN 2>&1 | quiet | tail -2
+  timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
+    --plan $PLAN --plan-sizes online --out $OUT/families_video_plan.json 2>&1 | quiet | tail -14
+  timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
+    --out $OUT/families_video_online.json 2>&1 | quiet | tail -14
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do
