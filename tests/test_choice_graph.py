@@ -101,7 +101,8 @@ def test_a_capture_that_fails_runs_eagerly_and_says_so(caplog):
     q, k, _, _ = planted_qkv(layout, 8, 2, 64, seed=0)
 
     def failing(fn):
-        raise RuntimeError("operation not permitted when stream is capturing")
+        fn()  # the warm-up passes, the capture does not
+        raise choice_graph.CaptureFailed("RuntimeError: operation not permitted when stream is capturing")
 
     choice_graph._ONCE.reset()
     with caplog.at_level(logging.WARNING, logger="mmcompile.patterns.choice_graph"):
@@ -113,7 +114,19 @@ def test_a_capture_that_fails_runs_eagerly_and_says_so(caplog):
     assert sum("could not be captured" in r.message for r in caplog.records) == 1
 
 
-def test_graphs_apply_only_on_cuda_below_the_limit(monkeypatch):
+def test_an_error_of_the_choice_itself_is_not_a_capture_failure():
+    """A plan of the wrong head count fails in the warm-up: that error reaches the caller (the op
+    then runs the call dense, as for any error of the sparse path), and nothing is kept."""
+    layout = standard_layout("video", N)
+    ctx = forward_context(layout, N, 1, "cpu", 64, 64)
+    q, k, _, _ = planted_qkv(layout, 8, 2, 64, seed=0)
+    wrong = (HeadPattern("none", (("*", AShape(64, 256)),)),) * 3
+    with pytest.raises(ValueError, match="3 plan head patterns for 8 query heads"):
+        choice_graph.estimate_and_choose(q, k, ctx, SCALE, _choose(ctx, wrong), "key", capture=rerun)
+    assert ctx.replays == {}
+
+
+def test_graphs_stay_off_on_a_cpu():
     assert not choice_graph.graphs_apply(torch.zeros(1, 1, 8, 4))
     layout = standard_layout("video", N)
     ctx = forward_context(layout, N, 1, "cpu", 64, 64)

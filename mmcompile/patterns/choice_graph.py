@@ -40,6 +40,10 @@ MAX_TOKENS = 262144  # the q buffer costs q's memory: 1.75 GiB at 256K tokens wi
 EAGER = "eager"  # ``ForwardContext.replays`` value of a key whose capture failed
 
 
+class CaptureFailed(RuntimeError):
+    """The capture of work that runs eagerly (the warm-up passed) failed."""
+
+
 def graphs_apply(q: torch.Tensor) -> bool:
     """Whether this call's choice may be captured (see the module docstring)."""
     return (q.is_cuda and q.shape[2] <= MAX_TOKENS and os.environ.get("MMINFERENCE_CUDA_GRAPHS", "1") != "0"
@@ -64,8 +68,9 @@ def estimate_and_choose(q, k, ctx, scale: float, choose: Callable, key: tuple, c
     """(Estimates of q and k, ``choose(estimates)``): what ``Estimates`` then ``choose`` give, from a
     replay when this forward captured the same ``key`` before (``key`` must name everything
     ``choose`` depends on besides q, k and ``ctx``). ``choose`` must not sync with the host.
-    ``capture(fn) -> (fn's result, replay)`` (default: a CUDA graph where ``graphs_apply``); tests
-    pass one that re-runs ``fn`` to check the buffers' contract on a CPU."""
+    ``capture(fn) -> (fn's result, replay)``, raising ``CaptureFailed`` when only the capture
+    failed (default: a CUDA graph where ``graphs_apply``); tests pass one that re-runs ``fn`` to
+    check the buffers' contract on a CPU."""
     from .layer import Estimates
 
     if capture is None and graphs_apply(q):
@@ -89,7 +94,7 @@ def estimate_and_choose(q, k, ctx, scale: float, choose: Callable, key: tuple, c
 
     try:
         (estimates, tables), replay.run = capture(run_on_buffers)
-    except Exception as e:  # noqa: BLE001 - the forward goes on eagerly
+    except CaptureFailed as e:  # the forward goes on eagerly (an error of ``choose`` itself propagates)
         ctx.replays[key] = EAGER
         _ONCE.log(log, logging.WARNING, type(e).__name__, "mminference: the layer's estimate and choice could not "
                   "be captured as a CUDA graph (%s: %s); running them eagerly", type(e).__name__, e)
@@ -107,13 +112,16 @@ def cuda_graph(fn: Callable):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        first = fn()
+        first = fn()  # an error here is fn's own: it propagates as it is
         graph = torch.cuda.CUDAGraph()
-        graph.capture_begin(capture_error_mode="thread_local")
         try:
-            captured = fn()
-        finally:
-            graph.capture_end()
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                captured = fn()
+            finally:
+                graph.capture_end()
+        except Exception as e:
+            raise CaptureFailed(f"{type(e).__name__}: {e}") from e
     torch.cuda.current_stream().wait_stream(stream)
 
     def replay():
