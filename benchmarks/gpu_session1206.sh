@@ -132,9 +132,9 @@ elif [ "$part" = planvideo ]; then  # issue 12 on the video layout: a plan of th
   timeout 120 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
     --out $PLAN 2>&1 | quiet | tail -2
   timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
-    --plan $PLAN --plan-sizes online --out $OUT/families_video_plan.json 2>&1 | quiet | tail -14
+    --plan $PLAN --plan-sizes online --rows 128 --out $OUT/families_video_plan.json 2>&1 | quiet | tail -14
   timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
-    --out $OUT/families_video_online.json 2>&1 | quiet | tail -14
+    --rows 128 --out $OUT/families_video_online.json 2>&1 | quiet | tail -14
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do
