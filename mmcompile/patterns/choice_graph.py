@@ -25,6 +25,7 @@ forward runs eagerly from then on. Off on CPUs, while a stream is being captured
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Callable
@@ -74,7 +75,7 @@ def estimate_and_choose(q, k, ctx, scale: float, choose: Callable, key: tuple, c
     from .layer import Estimates
 
     if capture is None and graphs_apply(q):
-        capture = cuda_graph
+        capture = functools.partial(cuda_graph, device=q.device)
     replay = ctx.replays.get(key) if capture is not None else EAGER
     if replay == EAGER:
         estimates = Estimates(q, k, ctx, scale)
@@ -104,13 +105,18 @@ def estimate_and_choose(q, k, ctx, scale: float, choose: Callable, key: tuple, c
     return estimates.adopting(q, k), tables
 
 
-def cuda_graph(fn: Callable):
-    """(fn(), replay): ``fn`` run once on a side stream (the warm-up, whose result is returned),
-    then captured on that stream; ``replay()`` re-runs the captured work and returns the tensors
-    the capture produced, overwritten. ``torch.cuda.graph`` is not used: it empties the allocator's
-    cache, which slows the rest of the forward."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
+def cuda_graph(fn: Callable, device: torch.device):
+    """(fn(), replay): ``fn`` run once on a side stream of ``device`` (the warm-up, whose result is
+    returned), then captured on that stream; ``replay()`` re-runs the captured work on the device's
+    current stream and returns the tensors the capture produced, overwritten. ``torch.cuda.graph``
+    is not used: it empties the allocator's cache, which slows the rest of the forward."""
+    with torch.cuda.device(device):
+        return _capture(fn, device)
+
+
+def _capture(fn: Callable, device: torch.device):
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
         first = fn()  # an error here is fn's own: it propagates as it is
         graph = torch.cuda.CUDAGraph()
@@ -122,10 +128,11 @@ def cuda_graph(fn: Callable):
                 graph.capture_end()
         except Exception as e:
             raise CaptureFailed(f"{type(e).__name__}: {e}") from e
-    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.current_stream(device).wait_stream(stream)
 
     def replay():
-        graph.replay()
+        with torch.cuda.device(device):
+            graph.replay()
         return captured
 
     return first, replay
