@@ -128,6 +128,7 @@ elif [ "$part" = phases ]; then  # OLD=tree: then the op on that tree and this o
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_phases.txt | cut -c1-150
 elif [ "$part" = planvideo ]; then  # issue 12 on the video layout: a plan of the families at 32K (seed 0), 128K seed 1
+  timeout 60 python3 -m pytest -q -m gpu tests/test_choice_graph.py 2>&1 | tail -1
   PLAN=$OUT/plan_families_video_32k.json
   timeout 120 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
     --out $PLAN 2>&1 | quiet | tail -2
