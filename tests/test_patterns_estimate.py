@@ -44,10 +44,15 @@ def test_line_scores_equal_reference_sums(consecutive, use_kernel):
     pos, valid = last_queries(modality, n, 2, want=want, last_q=24)
     assert rows_are_consecutive(pos, valid) == consecutive
     start = int(pos.min())
-    lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive, use_kernel=use_kernel)
-    vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.25), pos, valid)
+    lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive, use_kernel=use_kernel,
+                        block_n=32)
+    probs = last_query_probs(q, k, pos, valid, 0.25)
+    vertical, slash = reference_lines(probs, pos, valid)
     torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)
+    per_block = torch.nn.functional.pad(probs, (0, 224 - n)).view(2, 4, 24, 7, 32).sum(-1)  # each row's key blocks
+    rows = valid[:, None, :].expand(2, 4, 24)  # the reference holds garbage for rows that do not exist
+    torch.testing.assert_close(lines.blocks[rows], per_block[rows], rtol=1e-5, atol=1e-6)
     scores = q.gather(2, pos[:, None, :, None].expand(2, 4, 24, 16)) @ k.repeat_interleave(2, 1).transpose(-1, -2)
     scores = (scores * 0.25).masked_fill(torch.arange(n)[None, None, :] > pos[:, None, :, None], float("-inf"))
     live = valid[:, None, :].expand(2, 4, 24)

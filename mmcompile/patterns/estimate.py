@@ -33,19 +33,23 @@ class LineScores:
     vertical: fp32 [B, H, N], mass on each key column;
     slash:    fp32 [B, H, N], mass on each diagonal offset o (key = query position - o);
     pos, valid: int64/bool [B, L], the rows (latest first) and which exist;
-    lse: fp32 [B, H, L], the rows' log-sum-exp (to recompute single entries of their softmax).
+    lse: fp32 [B, H, L], the rows' log-sum-exp (to recompute single entries of their softmax);
+    blocks: fp32 [B, H, L, ceil(N / block_n)], each row's mass per key block, when ``line_scores``
+    was given a ``block_n`` (the exact recall of candidate indexes on these rows: ``row_recall``).
     """
     vertical: torch.Tensor
     slash: torch.Tensor
     pos: torch.Tensor
     valid: torch.Tensor
     lse: torch.Tensor
+    blocks: torch.Tensor | None = None
 
     def heads(self, ids: list[int]) -> "LineScores":
         if ids == list(range(self.vertical.shape[1])):
             return self
         pick = functools.partial(select_heads, ids=ids)
-        return dataclasses.replace(self, vertical=pick(self.vertical), slash=pick(self.slash), lse=pick(self.lse))
+        return dataclasses.replace(self, vertical=pick(self.vertical), slash=pick(self.slash), lse=pick(self.lse),
+                                   blocks=None if self.blocks is None else pick(self.blocks))
 
     @functools.cached_property
     def rows(self) -> torch.Tensor:
@@ -105,7 +109,7 @@ def rows_are_consecutive(pos: torch.Tensor, valid: torch.Tensor) -> bool:
 
 def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,
                 key_pad: torch.Tensor | None = None, start: int = 0, consecutive: bool = False,
-                use_kernel: bool | None = None) -> LineScores:
+                use_kernel: bool | None = None, block_n: int | None = None) -> LineScores:
     """Vertical and slash scores of all query heads from the rows ``pos`` (GQA without K copies).
 
     The product runs in the inputs' dtype (fp32 accumulate), the softmax in fp32: enough to rank
@@ -115,9 +119,10 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     gathered copy; K then gets L zero rows so that the skew never reads a neighbouring row's keys.
     ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column sums and log-sum-exp by the Triton passes of
     ``line_scores_kernel`` (fp32 scores), the slash sums from their probabilities as here.
+    ``block_n``: also each row's mass per key block of that size (``LineScores.blocks``).
     """
     if triton_runs_on(q, has_reference=True) if use_kernel is None else use_kernel:
-        return _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive)
+        return _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n)
     batch, heads_q, n, d = q.shape
     heads_kv, last = k.shape[1], pos.shape[1]
     group = heads_q // heads_kv
@@ -128,6 +133,7 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
     slash = torch.empty_like(vertical)
     lse = torch.empty(batch, heads_q, last, dtype=torch.float32, device=q.device)
+    blocks = _empty_blocks(batch, heads_q, last, n, block_n, q.device)
     # Per head the bf16 scores, their fp32 copy in the softmax, the probabilities and a copy of the
     # skewed view: about four times the kernel path's probabilities, so a quarter of its chunk.
     chunk = min(group, line_scores_kernel.head_chunk(last, 4 * width))
@@ -152,16 +158,19 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
         vertical[:, heads] = torch.matmul(weight[:, None, None, :], probs)[:, :, 0, :n]
         slash[:, heads] = (_slash_skewed(probs, skew, weight, n) if consecutive
                            else _slash_gathered(probs, pos, weight))
-    return LineScores(vertical, slash, pos, valid, lse)
+        if blocks is not None:
+            blocks[:, heads] = _block_sums(probs, n, block_n)
+    return LineScores(vertical, slash, pos, valid, lse, blocks)
 
 
-def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive) -> LineScores:
+def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=None) -> LineScores:
     batch, heads_q, n, _ = q.shape
     last = pos.shape[1]
     width = n + last if consecutive else n  # zero pad columns for the skewed view
     weight = valid.to(torch.float32)
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
     slash, lse = [], []  # per chunk; one chunk (up to ~64K tokens with 64 rows) needs no copy
+    blocks = _empty_blocks(batch, heads_q, last, n, block_n, q.device)
     skew = _skew_keys(pos[:, 0], n) if consecutive else None
     chunk = line_scores_kernel.head_chunk(last, width)
     for first in range(0, heads_q, chunk):  # bounded memory: ``MAX_PROBS_BYTES`` of probabilities
@@ -169,7 +178,25 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive) -> LineSc
         probs, chunk_lse = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical)
         lse.append(chunk_lse)
         slash.append(_slash_skewed(probs, skew, weight, n) if consecutive else _slash_gathered(probs, pos, weight))
-    return LineScores(vertical, _cat_heads(slash), pos, valid, _cat_heads(lse))
+        if blocks is not None:
+            blocks[:, heads] = _block_sums(probs, n, block_n)
+    return LineScores(vertical, _cat_heads(slash), pos, valid, _cat_heads(lse), blocks)
+
+
+def _empty_blocks(batch, heads, rows, n, block_n, device):
+    if block_n is None:
+        return None
+    return torch.empty(batch, heads, rows, -(-n // block_n), dtype=torch.float32, device=device)
+
+
+def _block_sums(probs, n, block_n):
+    """[B, H, L, ceil(N / block_n)]: the probabilities [B, H, L, >= N] summed per key block (no copy
+    of them: the whole blocks as a view, the last partial block apart)."""
+    whole = n // block_n
+    sums = probs[..., :whole * block_n].unflatten(-1, (whole, block_n)).sum(-1)
+    if whole * block_n < n:
+        sums = torch.cat([sums, probs[..., whole * block_n:n].sum(-1, keepdim=True)], -1)
+    return sums
 
 
 def _cat_heads(chunks: list[torch.Tensor]) -> torch.Tensor:
@@ -203,6 +230,14 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     negative = unused; H = len(head_ids)) account for. A heavy key seen by consecutive rows spreads
     over consecutive offsets and looks like a band of slashes; subtracting it lets slash blocks
     be chosen for what columns do not already cover (the sink, above all)."""
+    return slash_of_columns(column_probs(q, k, lines, head_ids, columns, scale), lines, columns, q.shape[2])
+
+
+def column_probs(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: list[int], columns: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+    """fp32 [B, H, L, C]: each estimation row's probability at key columns ``columns`` (int64
+    [B, H, C], negative = unused; H = len(head_ids)), 0 where the column is unused, in the row's
+    future, or the row does not exist."""
     batch, _, n, d = q.shape
     group = q.shape[1] // k.shape[1]
     last = lines.pos.shape[1]  # the rows of all heads first (small), then the heads: q itself is never copied
@@ -212,11 +247,17 @@ def column_slash(q: torch.Tensor, k: torch.Tensor, lines: LineScores, head_ids: 
     flat = kv_start[None, :, None] + columns.clamp(min=0)  # [B, H, C]
     keys = k.reshape(batch, -1, d).gather(1, flat.flatten(1)[..., None].expand(-1, -1, d)).view(*columns.shape, d)
     scores = torch.matmul(rows, keys.transpose(-1, -2)).float() * scale  # [B, H, L, C]
+    keep = ((lines.pos[:, None, :, None] >= columns[:, :, None, :]) & (columns >= 0)[:, :, None, :]
+            & lines.valid[:, None, :, None])
+    return torch.where(keep, torch.exp(scores - lines.lse[..., None]), 0.0)
+
+
+def slash_of_columns(probs: torch.Tensor, lines: LineScores, columns: torch.Tensor, n: int) -> torch.Tensor:
+    """fp32 [B, H, N]: ``column_probs`` summed per diagonal offset (row position - column)."""
     offsets = lines.pos[:, None, :, None] - columns[:, :, None, :]
-    keep = (offsets >= 0) & (columns >= 0)[:, :, None, :] & lines.valid[:, None, :, None]
-    probs = torch.where(keep, torch.exp(scores - lines.lse[..., None]), 0.0)
-    out = torch.zeros(batch, len(head_ids), n, dtype=torch.float32, device=q.device)
-    return out.scatter_add_(2, torch.where(keep, offsets, 0).flatten(2), probs.flatten(2))
+    offsets = torch.where((offsets >= 0) & (columns >= 0)[:, :, None, :], offsets, 0)  # their probs are 0
+    out = torch.zeros(*probs.shape[:2], n, dtype=torch.float32, device=probs.device)
+    return out.scatter_add_(2, offsets.flatten(2), probs.flatten(2))
 
 
 def _skew_keys(first, n):

@@ -80,14 +80,6 @@ def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torc
     return sum(stretch[..., i:i + steps] for i in range(ratio)) / block_m  # E[t] = sum of V[t-1 .. t-2+ratio]
 
 
-def diagonal_block_mass(slash: torch.Tensor, block_m: int) -> torch.Tensor:
-    """[B, H]: mass inside the (always visited) diagonal block: row r' sees offsets 0..r', so
-    offset o counts for BM - o of the BM rows."""
-    width = min(block_m, slash.shape[-1])
-    weight = (block_m - torch.arange(width, device=slash.device, dtype=slash.dtype)) / block_m
-    return slash[..., :width] @ weight
-
-
 SLASH_DOMINANCE = 0.5  # see column_scores
 LOCAL_GUARD = 1024  # keys this close before the estimation rows (at most N/16) are left to slash blocks
 
@@ -126,20 +118,26 @@ def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
 
 
 def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScores, n, block_m, block_n,
-                        explained=None, ranking: torch.Tensor | None = None) -> BlockSets:
+                        explained=None, ranking: torch.Tensor | None = None, ranked: tuple | None = None) -> BlockSets:
     """One VS pattern per head (sizes may differ), from these heads' last-query line scores. The
     first 30 columns and the blocks holding the first 100 diagonals are always taken (MInference).
     ``explained(columns)`` -> [B, H, N]: the slash mass those columns account for
     (``estimate.column_slash``); it is removed before blocks are ranked. ``ranking``: these heads'
-    ``column_scores`` when already computed (``layer.Estimates.column_ranking``)."""
+    ``column_scores`` when already computed (``layer.Estimates.column_ranking``). ``ranked``: the
+    policy's (ranked columns, block order) for these heads (``policy._vertical_slash``), taken as
+    they are when they are long enough: the sets the policy's recall was computed on."""
     want_list = [min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns]
+    forced = _ceil_div(FORCED_LOCAL_DIAGONALS, block_n)  # row r' = 0 reaches offset 100 in block t = ceil(100 / BN)
+    blocks_list = [min(_ceil_div(n, block_n), max(p.slash_blocks, forced)) for p in patterns]
+    if ranked is not None and ranked[0].shape[-1] >= max(want_list):
+        columns = _first_per_head(ranked[0][..., :max(want_list)], want_list, INVALID)
+        blocks = ranked[1][..., :max(blocks_list)]
+        return BlockSets(_first_per_head(-1 - blocks, blocks_list, FAR), torch.empty_like(columns[..., :0]), columns)
     columns = (column_scores(lines, n) if ranking is None else ranking).topk(max(want_list), dim=-1).indices
     columns = _first_per_head(columns, want_list, INVALID)
     slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
     mass = relative_block_mass(slash, block_m, block_n)
-    forced = _ceil_div(FORCED_LOCAL_DIAGONALS, block_n)  # row r' = 0 reaches offset 100 in block t = ceil(100 / BN)
     mass[..., :forced] = float("inf")
-    blocks_list = [min(mass.shape[-1], max(p.slash_blocks, forced)) for p in patterns]
     blocks = mass.topk(max(blocks_list), dim=-1).indices  # t - 1: blocks before the diagonal
     return BlockSets(_first_per_head(-1 - blocks, blocks_list, FAR), torch.empty_like(columns[..., :0]), columns)
 

@@ -319,7 +319,8 @@ class Estimates:
         if modality not in self._cache:
             pos, valid, start, consecutive = self.ctx.last_rows[modality]
             self._cache[modality] = estimate.line_scores(self.q, self.k, pos, valid, self.scale,
-                                                         self.ctx.key_pad, start, consecutive)
+                                                         self.ctx.key_pad, start, consecutive,
+                                                         block_n=self.ctx.block_n)
         return self._cache[modality].heads(head_ids)
 
     def column_ranking(self, modality: str, head_ids: list[int]) -> torch.Tensor:
@@ -350,6 +351,22 @@ class Estimates:
         """columns -> the slash mass of ``lines`` those key columns account for."""
         return lambda columns: estimate.column_slash(self.q, self.k, lines, head_ids, columns, self.scale)
 
+    def column_probs(self, lines: estimate.LineScores, head_ids: list[int]):
+        """columns -> the estimation rows' probabilities at those key columns."""
+        return lambda columns: estimate.column_probs(self.q, self.k, lines, head_ids, columns, self.scale)
+
+    def keep_vs_ranking(self, modality: str, head_ids: list[int], columns, order) -> None:
+        """The policy's ranked columns [B, H, C] and block order [B, H, T] for these heads (all of
+        the layer's, in order), from which the VS builder takes its sets: the index the policy
+        predicted is the index built (``vs_ranking``)."""
+        if head_ids == list(range(self.q.shape[1])):
+            self._cache[("vs", modality)] = (columns, order)
+
+    def vs_ranking(self, modality: str, head_ids: list[int]):
+        """(columns, block order) the policy ranked for these heads, or None."""
+        kept = self._cache.get(("vs", modality))
+        return None if kept is None else tuple(estimate.select_heads(t, head_ids) for t in kept)
+
 
 def _modality_id(name: str) -> int:
     return {v: k for k, v in MODALITY_NAMES.items()}[name]
@@ -375,7 +392,8 @@ def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: For
         lines = estimates.lines(selector, head_ids)
         return intra.vertical_slash_sets(patterns, lines, n, ctx.block_m, ctx.block_n,
                                          explained=estimates.explained_by(lines, head_ids),
-                                         ranking=estimates.column_ranking(selector, head_ids))
+                                         ranking=estimates.column_ranking(selector, head_ids),
+                                         ranked=estimates.vs_ranking(selector, head_ids))
     if kind is BlockSparse:
         if len(set(patterns)) > 1:
             return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])

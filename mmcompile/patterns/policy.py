@@ -14,9 +14,12 @@ few blocks, not the whole budget. If no size reaches the target, the family with
 prediction at the cap wins; below ``min_recall`` the head stays Dense (unstructured heads are not
 worth the risk). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
 (it does not depend on the estimate). Columns are ranked as the builder ranks them
-(``intra.column_scores``). These predictions only rank candidates: what a head really keeps is
-measured after the kernel on held-out rows (``verify``), and a head under the target then runs
-its fallback (``choose_with_fallbacks``: the same family grown to the cap, never Grid), then dense.
+(``intra.column_scores``), and the builder takes VS's columns and blocks from the policy's own
+ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
+the estimation rows (``row_recall``; at least that where a query block mixes modalities); Grid's
+is a lower bound. What a head keeps on other rows is measured after the kernel on held-out rows
+(``verify``), and a head under the target then runs its fallback (``choose_with_fallbacks``: the
+same family grown to the cap, never Grid), then dense.
 
 With a plan (``families``: one HeadPattern per head) the plan fixes each head's family per query
 modality and the policy only sizes it for the input at hand (``_choose_sized``): budgets searched
@@ -30,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from . import intra
+from . import estimate, intra, row_recall
 from .estimate import LineScores
 from .index_builder import device_list
 from .layer import Estimates, ForwardContext
@@ -53,46 +56,49 @@ def _first_reaching(curve: torch.Tensor, target: float):
     return at, curve.gather(-1, at[..., None])[..., 0]
 
 
-def _a_shape(vertical, diag, blocks, cap_blocks, block_n, target):
-    curve = vertical[..., :SINK].sum(-1)[..., None] + diag[..., None] + blocks[..., :cap_blocks].cumsum(-1)
+def _a_shape(lines: LineScores, cap_blocks, block_m, block_n, target):
+    """Per head: (recall, cost, local) of the smallest A-shape reaching the target (its recall on
+    the estimation rows, exactly: ``row_recall``)."""
+    curve = row_recall.a_shape_curve(lines, -(-SINK // block_n), cap_blocks, block_m, block_n)
     at, recall = _first_reaching(curve.mean(0), target)  # one choice per head for the batch
     local = (at + 1) * block_n
     return recall, SINK + local, local
 
 
-def _vertical_slash(lines: LineScores, ranking, explained, cap_keys, cap_blocks, n, block_m, block_n, target):
-    """Per head: (recall, cost, columns, blocks) of the cheapest ladder step reaching the target.
-    Columns are ranked as the builder ranks them (``ranking``: ``intra.column_scores`` of ``lines``);
-    blocks by the slash mass the top columns of the ladder do not account for (as the builder does
-    for its own columns)."""
+def _vertical_slash(lines: LineScores, ranking, probs_of, cap_keys, cap_blocks, n, block_m, block_n, target):
+    """Per head: (recall, cost, columns, blocks) of the cheapest ladder step reaching the target,
+    and the (columns, block order) the builder takes them from. Columns are ranked as the builder
+    ranks them (``ranking``: ``intra.column_scores`` of ``lines``); blocks by the slash mass the
+    top columns of the ladder do not account for. Each step's recall is that of exactly those
+    columns and blocks on the estimation rows (``row_recall.vs_curves``)."""
     ladder = [c for c in COLUMN_LADDER if c < cap_keys] or [COLUMN_LADDER[0]]
     top = ranking.topk(min(ladder[-1], n), -1).indices
-    column_curve = (lines.vertical.gather(-1, top) / lines.rows).cumsum(-1)  # [B, H, C]
-    slash = (lines.slash - explained(top)).clamp(min=0) / lines.rows
-    blocks = intra.relative_block_mass(slash, block_m, block_n)
+    probs = probs_of(top)  # [B, H, L, C]
+    slash = (lines.slash - estimate.slash_of_columns(probs, lines, top, n)).clamp(min=0) / lines.rows
+    priority = intra.relative_block_mass(slash, block_m, block_n)
     forced = -(-intra.FORCED_LOCAL_DIAGONALS // block_n)
-    priority = blocks.clone()
-    priority[..., :forced] += 2.0  # forced blocks come first (masses are at most 1)
-    order = priority.argsort(-1, descending=True)[..., :cap_blocks]
-    slash_curve = intra.diagonal_block_mass(slash, block_m)[..., None] + blocks.gather(-1, order).cumsum(-1)
+    priority[..., :forced] += 2.0  # forced blocks come first (masses are at most 1), as the builder takes them
+    order = priority.argsort(-1, descending=True)
     # Every ladder step at once: [H, steps, room] curves, each step's tail past its room masked off.
-    rooms = [min(_slash_room(c, cap_keys, cap_blocks, block_n), slash_curve.shape[-1]) for c in ladder]
-    device = slash_curve.device
+    rooms = [min(_slash_room(c, cap_keys, cap_blocks, block_n), order.shape[-1]) for c in ladder]
+    device = order.device
     sizes, room = device_list(ladder, device), device_list(rooms, device)
     width = torch.arange(max(rooms), device=device)
-    curves = (column_curve.index_select(-1, device_list([min(c, n) - 1 for c in ladder], device))[..., None]
-              + slash_curve[..., None, :max(rooms)]).mean(0)
+    curves = row_recall.vs_curves(lines, order, probs, top, [min(c, n) for c in ladder], max(rooms), forced,
+                                  block_m, block_n).mean(0)
     reach = (curves >= target) & (width < room[:, None])
     last = device_list([r - 1 for r in rooms], device)
     at = torch.where(reach.any(-1), reach.float().argmax(-1), last)  # as _first_reaching, per step
     recall = curves.gather(-1, at[..., None])[..., 0]  # [H, steps]
-    cost = sizes + (at + 1) * block_n
+    blocks = (at + 1).clamp(min=forced)  # the builder takes the forced blocks in any case
+    cost = sizes + blocks * block_n
     # _better over the steps in ladder order: the first cheapest step reaching the target, else
     # the first with the highest recall.
     reached = recall >= target
     pick = torch.where(reached.any(-1), torch.where(reached, cost.float(), float("inf")).argmin(-1),
                        recall.argmax(-1))[:, None]
-    return recall.gather(-1, pick)[:, 0], cost.gather(-1, pick)[:, 0], sizes[pick[:, 0]], at.gather(-1, pick)[:, 0] + 1
+    return (recall.gather(-1, pick)[:, 0], cost.gather(-1, pick)[:, 0], sizes[pick[:, 0]],
+            blocks.gather(-1, pick)[:, 0], (top, order))
 
 
 def _slash_room(columns: int, cap_keys: float, cap_blocks: int, block_n: int) -> int:
@@ -190,12 +196,11 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
     lines = estimates.lines(modality, heads)
     vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
     cap_keys, cap_blocks = _caps(ctx, density)
-    diag = intra.diagonal_block_mass(slash, ctx.block_m)
-    blocks = intra.relative_block_mass(slash, ctx.block_m, ctx.block_n)
-    a_recall, a_cost, a_local = _a_shape(vertical, diag, blocks, cap_blocks, ctx.block_n, target)
-    v_recall, v_cost, v_cols, v_blocks = _vertical_slash(
-        lines, estimates.column_ranking(modality, heads), estimates.explained_by(lines, heads), cap_keys, cap_blocks,
+    a_recall, a_cost, a_local = _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target)
+    v_recall, v_cost, v_cols, v_blocks, ranked = _vertical_slash(
+        lines, estimates.column_ranking(modality, heads), estimates.column_probs(lines, heads), cap_keys, cap_blocks,
         ctx.n, ctx.block_m, ctx.block_n, target)
+    estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
     g = _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target) if grid else (None,) * 3
     return _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks, *g)
 
