@@ -21,7 +21,7 @@
 #   planvideo  a plan searched on the families at 32K on the video layout (seed 0), applied at 128K
 #            (seed 1) with online sizes, and the online policy on the same input.
 #   rrcheck  the choice-graph and patterns GPU tests; the families at 128K (mixed, video; seed 1, 128
-#            rows) with the exact A-shape/VS predictions; the op at 128K (video) once.
+#            rows) with the exact A-shape/VS predictions.
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -139,12 +139,11 @@ elif [ "$part" = planvideo ]; then  # issue 12 on the video layout: a plan of th
   timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
     --rows 128 --out $OUT/families_video_online.json 2>&1 | quiet | tail -14
 elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_recall): GPU tests, families at 128K
-  timeout 80 python3 -m pytest -q -m gpu tests/test_choice_graph.py tests/test_patterns_gpu.py 2>&1 | tail -1
+  timeout 70 python3 -m pytest -q -m gpu tests/test_choice_graph.py tests/test_patterns_gpu.py 2>&1 | tail -1
   for layout in mixed video; do
-    timeout 130 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
+    timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
-  timeout 45 python3 benchmarks/bench_prefill_op.py --layout video 2>&1 | quiet | tail -1 | cut -c1-200
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do
