@@ -109,3 +109,16 @@ def test_curves_equal_brute_force_at_every_size(block_m):
             sets = BlockSets(-1 - order[..., :blocks], torch.empty(2, 4, 0, dtype=torch.long), columns[..., :count])
             torch.testing.assert_close(curves[:, :, step, j], _recall(q, k, lines, sets, n, block_m, block_n),
                                        atol=2e-6, rtol=0)
+
+
+def test_inputs_shorter_than_the_forced_blocks():
+    """54 tokens: one key block, fewer than VS's forced blocks (the builder takes what there is)."""
+    n = 54
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 4, n, 16, generator=g), torch.randn(1, 2, n, 16, generator=g)
+    ctx = forward_context(None, n, 1, "cpu", 128, 64)
+    estimates = layer.Estimates(q, k, ctx, 0.25)
+    picks = policy.read_tables(policy.choice_tables(estimates, ctx, 0.1, policy.TARGET), ctx)
+    patterns, _ = policy.patterns_from_tables(picks, ctx, 0.0, 0.1)  # min_recall 0: nothing sent dense
+    exact = _exact(q, k, ctx, 0.25, layer.build_layer_indexes(q, k, patterns, ctx, 0.25, estimates), "*")
+    torch.testing.assert_close(torch.tensor(picks["*"][0]), exact, atol=2e-5, rtol=0)

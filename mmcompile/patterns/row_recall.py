@@ -62,7 +62,8 @@ def vs_curves(lines: LineScores, order: torch.Tensor, column_probs: torch.Tensor
     diagonal = (key_block >= first[..., None]) & (key_block < first[..., None] + ratio)
     diagonal_mass = torch.where(diagonal[:, None], blocks, 0.0).sum(-1)  # [B, H, L]
     span = max(width, forced)  # blocks the curves may take
-    taken = torch.arange(width, device=blocks.device).clamp(min=forced - 1)  # curve j takes taken[j] + 1 blocks
+    # Curve j takes taken[j] + 1 blocks: at least the forced ones, at most all there are (the builder's rule).
+    taken = torch.arange(width, device=blocks.device).clamp(min=forced - 1).clamp(max=order.shape[-1] - 1)
     before = first[:, None, :, None] - 1 - order[..., :span][:, :, None, :]  # [B, H, L, span]: key blocks in order
     block_mass = torch.where(before >= 0, blocks.gather(-1, before.clamp(min=0)), 0.0).cumsum(-1)
     block_curve = diagonal_mass[..., None] + block_mass.index_select(-1, taken)  # [B, H, L, W]
