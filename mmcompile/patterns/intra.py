@@ -132,13 +132,13 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     if ranked is not None and ranked[0].shape[-1] >= max(want_list):
         columns = _first_per_head(ranked[0][..., :max(want_list)], want_list, INVALID)
         blocks = ranked[1][..., :max(blocks_list)]
-        return BlockSets(_first_per_head(-1 - blocks, blocks_list, FAR), torch.empty_like(columns[..., :0]), columns)
-    columns = (column_scores(lines, n) if ranking is None else ranking).topk(max(want_list), dim=-1).indices
-    columns = _first_per_head(columns, want_list, INVALID)
-    slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
-    mass = relative_block_mass(slash, block_m, block_n)
-    mass[..., :forced] = float("inf")
-    blocks = mass.topk(max(blocks_list), dim=-1).indices  # t - 1: blocks before the diagonal
+    else:
+        columns = (column_scores(lines, n) if ranking is None else ranking).topk(max(want_list), dim=-1).indices
+        columns = _first_per_head(columns, want_list, INVALID)
+        slash = lines.slash if explained is None else (lines.slash - explained(columns)).clamp(min=0)
+        mass = relative_block_mass(slash, block_m, block_n)
+        mass[..., :forced] = float("inf")
+        blocks = mass.topk(max(blocks_list), dim=-1).indices  # t - 1: blocks before the diagonal
     return BlockSets(_first_per_head(-1 - blocks, blocks_list, FAR), torch.empty_like(columns[..., :0]), columns)
 
 

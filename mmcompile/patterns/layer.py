@@ -140,14 +140,15 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale,
                                                   families=families)
     dense = [h for h, head in enumerate(patterns) if _runs_dense(head)]
-    if 0 < len(dense) < len(patterns):  # dense heads first: the GPU runs them while the host builds the indexes
+    mixed = 0 < len(dense) < len(patterns)
+    if mixed:  # dense heads first: the GPU runs them while the host builds the indexes
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         _sdpa_heads(q, k, v, dense, scale, out, lse)
-        indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    if mixed:
         attend(q, k, v, [(ids, index) for ids, index in indexes if index is not None], scale, out=out, lse=lse)
     else:
-        indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
         out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     head_recall = None
     if recall is not None and lse is not None:

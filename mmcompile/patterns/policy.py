@@ -194,14 +194,14 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
             target: float, grid: bool) -> _Curves:
     """A-shape's, VS's and (when ``grid``) Grid's choice for these heads on one row set."""
     lines = estimates.lines(modality, heads)
-    vertical, slash = lines.vertical / lines.rows, lines.slash / lines.rows  # mass per row
     cap_keys, cap_blocks = _caps(ctx, density)
     a_recall, a_cost, a_local = _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target)
     v_recall, v_cost, v_cols, v_blocks, ranked = _vertical_slash(
         lines, estimates.column_ranking(modality, heads), estimates.column_probs(lines, heads), cap_keys, cap_blocks,
         ctx.n, ctx.block_m, ctx.block_n, target)
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
-    g = _grid(vertical, slash, ctx, _row_count(ctx, modality), cap_keys, target) if grid else (None,) * 3
+    g = (_grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, _row_count(ctx, modality), cap_keys,
+               target) if grid else (None,) * 3)  # masses per row
     return _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks, *g)
 
 
