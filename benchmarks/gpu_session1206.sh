@@ -22,6 +22,7 @@
 #            (seed 1) with online sizes, and the online policy on the same input.
 #   rrcheck  the choice-graph and patterns GPU tests; the families at 128K (mixed, video; seed 1, 128
 #            rows) with the exact A-shape/VS predictions.
+#   validate OLD=tree: rrcheck, then the op at 128K on that tree and this one, alternating (video, mixed).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -144,6 +145,24 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
     timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
+elif [ "$part" = validate ]; then  # rrcheck + the op against OLD (a tree before the change), once
+  timeout 70 python3 -m pytest -q -m gpu tests/test_choice_graph.py tests/test_patterns_gpu.py 2>&1 | tail -1
+  for layout in mixed video; do
+    timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
+      --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
+  done
+  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
+    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
+    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
+  for layout in video mixed; do
+    for which in old new; do
+      echo -n "$which "
+      PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
+        --out $OUT/op_${layout}_${which}.json 2>&1 | quiet | tail -1
+    done
+  done
+  echo "=== table ==="
+  grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_validate.txt | cut -c1-200
 elif [ "$part" = verify ]; then
   for layout in video mixed; do
     for mib in 512 1024; do
