@@ -23,6 +23,7 @@
 #   rrcheck  the choice-graph and patterns GPU tests; the families at 128K (mixed, video; seed 1, 128
 #            rows) with the exact A-shape/VS predictions.
 #   validate OLD=tree: rrcheck, then the op at 128K on that tree and this one, alternating (video, mixed).
+#   hostprof op_phases.py on video and mixed with the index phase's host profile (cProfile).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -144,6 +145,11 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
   for layout in mixed video; do
     timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
+  done
+elif [ "$part" = hostprof ]; then
+  for layout in video mixed; do
+    timeout 200 python3 benchmarks/op_phases.py --layout $layout --reps 5 --host 30 2>&1 | quiet \
+      | grep -v -E "^ *[0-9]+ +0\.0[0-9]{2} +0\.000" | cut -c1-160 | head -95
   done
 elif [ "$part" = validate ]; then  # rrcheck + the op against OLD (a tree before the change), once
   timeout 70 python3 -m pytest -q -m gpu tests/test_choice_graph.py tests/test_patterns_gpu.py 2>&1 | tail -1

@@ -11,6 +11,8 @@ is close to its host time is bound by the host issuing ops; one whose wall time 
 is bound by the GPU. The syncs remove the overlap between phases, so the sum is above the op's
 time; ``whole`` is ``layer_attention`` itself, without them. Medians of ``--reps`` after two warm
 calls. ``--kernels K``: then the K GPU kernels of most total time in one eager layer (profiler).
+``--host K``: then the K functions of most host time in the index phase (cProfile over ``--reps``
+calls, own time and cumulative; cProfile slows Python, so read the shares, not the ms).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main():
     parser.add_argument("--layout", default="video", choices=("video", "mixed"))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--kernels", type=int, default=0)
+    parser.add_argument("--host", type=int, default=0)
     args = parser.parse_args()
     layout = standard_layout(args.layout, args.tokens)
     q, k, v, _ = planted_qkv(layout, 28, 4, 128, "cuda", torch.bfloat16, seed=0)
@@ -96,6 +99,27 @@ def main():
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             one_layer(q, k, v, ctx, scale)  # the last context: eager
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels, max_name_column_width=60))
+    if args.host:
+        index_host_profile(q, k, ctx, scale, args.reps, args.host)
+
+
+def index_host_profile(q, k, ctx, scale, reps: int, top: int) -> None:
+    """cProfile of ``build_layer_indexes`` alone (the choice made once, outside it)."""
+    import cProfile
+    import pstats
+
+    estimates, patterns, _ = layer.choose_layer(q, k, ctx, scale=scale)
+    layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(reps):
+        layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+    torch.cuda.synchronize()
+    profiler.disable()
+    for key in ("tottime", "cumulative"):
+        print(f"--- index phase, host, by {key} ({reps} calls)")
+        pstats.Stats(profiler).strip_dirs().sort_stats(key).print_stats(top)
 
 
 if __name__ == "__main__":
