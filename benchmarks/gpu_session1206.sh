@@ -147,6 +147,8 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
 elif [ "$part" = hostprof ]; then
+  timeout 150 python3 benchmarks/op_phases.py --layout video --reps 3 --kernels 30 --stacks 4 2>&1 | quiet \
+    | grep -v -E "^ *$" | cut -c1-250 | tail -75
   for layout in video mixed; do
     timeout 200 python3 benchmarks/op_phases.py --layout $layout --reps 5 --host 30 2>&1 | quiet \
       | grep -v -E "^ *[0-9]+ +0\.0[0-9]{2} +0\.000" | cut -c1-160 | head -95

@@ -10,7 +10,8 @@ held-out recall and its sync; heads that miss are counted, not retried). A phase
 is close to its host time is bound by the host issuing ops; one whose wall time is well above it
 is bound by the GPU. The syncs remove the overlap between phases, so the sum is above the op's
 time; ``whole`` is ``layer_attention`` itself, without them. Medians of ``--reps`` after two warm
-calls. ``--kernels K``: then the K GPU kernels of most total time in one eager layer (profiler).
+calls. ``--kernels K``: then the K GPU kernels of most total time in one eager layer (profiler);
+``--stacks S``: the K ops of most GPU time instead, each with the S Python frames that issued it.
 ``--host K``: then the K functions of most host time in the index phase (cProfile over ``--reps``
 calls, own time and cumulative; cProfile slows Python, so read the shares, not the ms).
 """
@@ -75,6 +76,7 @@ def main():
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--kernels", type=int, default=0)
     parser.add_argument("--host", type=int, default=0)
+    parser.add_argument("--stacks", type=int, default=0, help="with --kernels: group them by this many Python frames")
     args = parser.parse_args()
     layout = standard_layout(args.layout, args.tokens)
     q, k, v, _ = planted_qkv(layout, 28, 4, 128, "cuda", torch.bfloat16, seed=0)
@@ -96,9 +98,16 @@ def main():
         print(f"{graphs:>6} | {cells} | {sum(m[1] for m in med.values()):8.2f} | {whole:16.2f} | {missed}")
     if args.kernels:
         from torch.profiler import ProfilerActivity, profile
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.stacks else [])
+        with profile(activities=activities, with_stack=bool(args.stacks)) as prof:
             one_layer(q, k, v, ctx, scale)  # the last context: eager
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels, max_name_column_width=60))
+        if args.stacks:  # the ATen op that launched each kernel, with the frames that called it
+            print(prof.key_averages(group_by_stack_n=args.stacks).table(
+                sort_by="self_cuda_time_total", row_limit=args.kernels, max_name_column_width=40,
+                max_src_column_width=90))
+        else:
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels,
+                                            max_name_column_width=60))
     if args.host:
         index_host_profile(q, k, ctx, scale, args.reps, args.host)
 
