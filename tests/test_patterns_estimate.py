@@ -33,7 +33,8 @@ KERNEL = [pytest.param(False, id="pytorch"), pytest.param(True, id="triton", mar
 
 @pytest.mark.parametrize("use_kernel", KERNEL)
 @pytest.mark.parametrize("consecutive", [True, False])
-def test_line_scores_equal_reference_sums(consecutive, use_kernel):
+@pytest.mark.parametrize("block_n", [32, 256])  # the kernel sums blocks that divide its key tile itself
+def test_line_scores_equal_reference_sums(consecutive, use_kernel, block_n):
     n = 200
     q, k = _inputs(n)
     # Sample 0: the last 24 tokens; sample 1: modality rows ending earlier, with a gap (not consecutive).
@@ -45,12 +46,13 @@ def test_line_scores_equal_reference_sums(consecutive, use_kernel):
     assert rows_are_consecutive(pos, valid) == consecutive
     start = int(pos.min())
     lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive, use_kernel=use_kernel,
-                        block_n=32)
+                        block_n=block_n)
     probs = last_query_probs(q, k, pos, valid, 0.25)
     vertical, slash = reference_lines(probs, pos, valid)
     torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lines.slash, slash, rtol=1e-5, atol=1e-6)
-    per_block = torch.nn.functional.pad(probs, (0, 224 - n)).view(2, 4, 24, 7, 32).sum(-1)  # each row's key blocks
+    key_blocks = -(-n // block_n)
+    per_block = torch.nn.functional.pad(probs, (0, key_blocks * block_n - n)).view(2, 4, 24, key_blocks, block_n).sum(-1)
     rows = valid[:, None, :].expand(2, 4, 24)  # the reference holds garbage for rows that do not exist
     torch.testing.assert_close(lines.blocks[rows], per_block[rows], rtol=1e-5, atol=1e-6)
     scores = q.gather(2, pos[:, None, :, None].expand(2, 4, 24, 16)) @ k.repeat_interleave(2, 1).transpose(-1, -2)

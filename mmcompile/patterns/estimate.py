@@ -173,12 +173,14 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=N
     blocks = _empty_blocks(batch, heads_q, last, n, block_n, q.device)
     skew = _skew_keys(pos[:, 0], n) if consecutive else None
     chunk = line_scores_kernel.head_chunk(last, width)
+    fused = blocks is not None and line_scores_kernel.fuses_block_sums(block_n)
     for first in range(0, heads_q, chunk):  # bounded memory: ``MAX_PROBS_BYTES`` of probabilities
         heads = slice(first, min(heads_q, first + chunk))
-        probs, chunk_lse = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical)
+        probs, chunk_lse = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical,
+                                                         blocks if fused else None, block_n)
         lse.append(chunk_lse)
         slash.append(_slash_skewed(probs, skew, weight, n) if consecutive else _slash_gathered(probs, pos, weight))
-        if blocks is not None:
+        if blocks is not None and not fused:
             blocks[:, heads] = _block_sums(probs, n, block_n)
     return LineScores(vertical, _cat_heads(slash), pos, valid, _cat_heads(lse), blocks)
 

@@ -5,7 +5,7 @@ bf16 scores, an fp32 softmax and two max reductions each re-read a [rows, N] ten
 pass 1 computes each row's log-sum-exp per key split (an online softmax over score tiles, like
 FlashAttention) and pass 2 recomputes the scores tile by tile, writes the normalised probabilities
 once (for the slash sums, which stay in PyTorch: a skewed or gathered read of them) and reduces the
-column sums in the same pass. Scores are fp32 accumulations of the inputs' dtype, causal in
+column sums and each row's sums per key block in the same pass. Scores are fp32 accumulations of the inputs' dtype, causal in
 original positions, padding keys excluded.
 """
 
@@ -87,14 +87,15 @@ def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
 
 
 @triton.jit
-def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical,
-                  n, width, scale, head0, heads, group, rows,
+def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks,
+                  n, width, scale, head0, heads, group, rows, key_blocks,
                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
-                  stride_vb, stride_vh,
+                  stride_vb, stride_vh, stride_bb, stride_bh, stride_bl,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                  HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr):
+                  HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr):
     """Pass 2: per (key tile, batch * head) the probabilities (zero where masked, and in the pad
-    columns n .. width) and their sum over the valid rows."""
+    columns n .. width) and their sum over the valid rows; with ``BLOCK_N`` (> 0, dividing
+    ``BLOCK_K``) also each row's sum per key block of that size, so nothing reads them again for it."""
     tile = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // heads
@@ -112,6 +113,12 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical,
     tl.store(Probs + ((bh * rows + offs_l[:, None]) * width + keys[None, :]), p,
              mask=exists[:, None] & (keys[None, :] < width))
     tl.store(Vertical + b * stride_vb + h * stride_vh + keys, tl.sum(p, 0), mask=keys < n)
+    if BLOCK_N > 0:  # keys past n have p = 0: a partial last block sums what it has
+        PER_TILE: tl.constexpr = BLOCK_K // BLOCK_N
+        sums = tl.sum(tl.reshape(p, (ROWS, PER_TILE, BLOCK_N)), 2)
+        kb = tile * PER_TILE + tl.arange(0, PER_TILE)
+        tl.store(Blocks + b * stride_bb + h * stride_bh + offs_l[:, None] * stride_bl + kb[None, :], sums,
+                 mask=exists[:, None] & (kb[None, :] < key_blocks))
 
 
 def _launch_args(q, k, pos, valid, key_pad):
@@ -149,10 +156,17 @@ def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
     return lse.view(q.shape[0], q.shape[1], -1)[..., :pos.shape[1]]
 
 
-def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int, vertical: torch.Tensor):
+def fuses_block_sums(block_n: int | None) -> bool:
+    """Whether ``line_probs`` can write per-block sums of this size itself (it divides the key tile)."""
+    return block_n is not None and 0 < block_n <= BLOCK_K and BLOCK_K % block_n == 0
+
+
+def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int, vertical: torch.Tensor,
+               blocks: torch.Tensor | None = None, block_n: int | None = None):
     """For query heads ``heads``: (probs fp32 [B, Hs, L, width], zero where masked and from column
     N on; lse fp32 [B, Hs, L]); writes their column sums over the valid rows into ``vertical``
-    [B, Hq, N] (fp32, contiguous in N)."""
+    [B, Hq, N] (fp32, contiguous in N) and, when given (``fuses_block_sums(block_n)``), each row's
+    sums per key block into ``blocks`` [B, Hq, L, ceil(N / block_n)] (contiguous in the last dim)."""
     batch, _, n, d = q.shape
     rows = pos.shape[1]
     count = heads.stop - heads.start
@@ -160,9 +174,15 @@ def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int
     pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
     lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
     probs = torch.empty(batch, count, rows, width, dtype=torch.float32, device=q.device)
+    fused = blocks is not None
+    if fused and not (fuses_block_sums(block_n) and blocks.stride(-1) == 1):
+        raise ValueError(f"block sums of {block_n} keys need a divisor of {BLOCK_K} and contiguous blocks")
+    block_args = (blocks, blocks.shape[-1], blocks.stride(0), blocks.stride(1), blocks.stride(2)) if fused \
+        else (vertical, 0, 0, 0, 0)
     _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
-        q, k, pos32, valid8, pad, lse, probs, vertical, n, width, scale, heads.start, count, group, rows,
-        *strides, vertical.stride(0), vertical.stride(1), **common)
+        q, k, pos32, valid8, pad, lse, probs, vertical, block_args[0], n, width, scale, heads.start, count, group,
+        rows, block_args[1], *strides, vertical.stride(0), vertical.stride(1), *block_args[2:],
+        BLOCK_N=block_n if fused else 0, **common)
     return probs, lse.view(batch, count, rows_pad)[..., :rows]
 
 
