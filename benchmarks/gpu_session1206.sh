@@ -23,7 +23,8 @@
 #   rrcheck  the choice-graph and patterns GPU tests; the families at 128K (mixed, video; seed 1, 128
 #            rows) with the exact A-shape/VS predictions.
 #   validate OLD=tree: rrcheck, then the op at 128K on that tree and this one, alternating (video, mixed).
-#   hostprof op_phases.py on video and mixed with the index phase's host profile (cProfile).
+#   hostprof GPU tests; bench_estimate.py; op_phases.py on video with the ops of most GPU time and their
+#            callers, and on video and mixed with the index phase's host profile (cProfile).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -147,6 +148,8 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
 elif [ "$part" = hostprof ]; then
+  timeout 60 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
   timeout 150 python3 benchmarks/op_phases.py --layout video --reps 3 --kernels 30 --stacks 4 2>&1 | quiet \
     | grep -v -E "^ *$" | cut -c1-250 | tail -75
   for layout in video mixed; do

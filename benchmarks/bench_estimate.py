@@ -1,0 +1,68 @@
+"""The estimate's GPU time per layer (``estimate.line_scores`` on the kernel path: all query heads,
+the last 64 rows, per-block sums as the policy asks for them), with its launch settings varied:
+pass 1's key split (the old fixed 4096 keys against ``pass1_split``) and the per-block sums in the
+probabilities pass against a second read of the probabilities.
+
+Usage: python benchmarks/bench_estimate.py [--tokens 131072] [--reps 20]
+Prints one line per variant: median ms (CUDA events) and the largest difference from the first
+variant's scores (they must agree to fp32 rounding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from mmcompile.patterns import estimate, line_scores_kernel
+
+
+def timed(fn, reps: int) -> tuple[float, object]:
+    out = fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    n = args.tokens
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 28, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, 4, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    pos, valid = estimate.last_queries(None, n, 1, device="cuda")
+
+    def run():
+        return estimate.line_scores(q, k, pos, valid, 128 ** -0.5, start=int(n - 64), consecutive=True,
+                                    use_kernel=True, block_n=64)
+
+    fuses, split = line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split
+    variants = {
+        "split 4096, block sums read again (before)": (lambda b: False, lambda n, p: 4096),
+        "split 4096, block sums fused": (fuses, lambda n, p: 4096),
+        "adaptive split, block sums read again": (lambda b: False, split),
+        "adaptive split, block sums fused (now)": (fuses, split),
+    }
+    first = None
+    print(f"line_scores, {n} tokens, 28/4 heads, 64 rows, bf16, {torch.cuda.get_device_name()}")
+    for name, (fuse, split_of) in variants.items():
+        line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split = fuse, split_of
+        ms, lines = timed(run, args.reps)
+        first = first or lines
+        diff = max((getattr(lines, f) - getattr(first, f)).abs().max().item() for f in ("vertical", "slash", "blocks"))
+        print(f"{name:45s} {ms:7.3f} ms   max diff {diff:.2e}")
+    line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split = fuses, split
+
+
+if __name__ == "__main__":
+    main()
