@@ -47,11 +47,10 @@ def main():
                                     use_kernel=True, block_n=64)
 
     fuses, split = line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split
-    variants = {
-        "split 4096, block sums read again (before)": (lambda b: False, lambda n, p: 4096),
-        "split 4096, block sums fused": (fuses, lambda n, p: 4096),
-        "adaptive split, block sums read again": (lambda b: False, split),
-        "adaptive split, block sums fused (now)": (fuses, split),
+    variants = {  # without fused block sums the probabilities are written and read (the path before)
+        "probs in memory, split 4096 (before)": (lambda b: False, lambda n, p: 4096),
+        "probs in memory, adaptive split": (lambda b: False, split),
+        "all sums in the kernel, adaptive split (now)": (fuses, split),
     }
     first = None
     print(f"line_scores, {n} tokens, 28/4 heads, 64 rows, bf16, {torch.cuda.get_device_name()}")

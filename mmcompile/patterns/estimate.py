@@ -172,8 +172,13 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=N
     slash, lse = [], []  # per chunk; one chunk (up to ~64K tokens with 64 rows) needs no copy
     blocks = _empty_blocks(batch, heads_q, last, n, block_n, q.device)
     skew = _skew_keys(pos[:, 0], n) if consecutive else None
-    chunk = line_scores_kernel.head_chunk(last, width)
     fused = blocks is not None and line_scores_kernel.fuses_block_sums(block_n)
+    if consecutive and (fused or blocks is None) and last <= line_scores_kernel.BLOCK_K:
+        # Every sum in the kernel, no probabilities in memory: all heads in one launch.
+        by_key, row_lse = line_scores_kernel.line_skew_sums(q, k, pos, valid, scale, key_pad, slice(0, heads_q),
+                                                            vertical, blocks, block_n)
+        return LineScores(vertical, _offsets_of_keys(by_key, skew), pos, valid, row_lse.contiguous(), blocks)
+    chunk = line_scores_kernel.head_chunk(last, width)
     for first in range(0, heads_q, chunk):  # bounded memory: ``MAX_PROBS_BYTES`` of probabilities
         heads = slice(first, min(heads_q, first + chunk))
         probs, chunk_lse = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical,
@@ -277,7 +282,12 @@ def _slash_skewed(probs, skew_keys, weight, n):
     batch, group, last, width = probs.shape
     skew = probs.as_strided((batch, group, n, last), (group * last * width, last * width, 1, width - 1),
                             probs.storage_offset())
-    by_key = torch.matmul(skew, weight[:, None, :, None])[..., 0]  # [B, G, n]
+    return _offsets_of_keys(torch.matmul(skew, weight[:, None, :, None])[..., 0], skew_keys)  # by key [B, G, n]
+
+
+def _offsets_of_keys(by_key, skew_keys):
+    """Slash sums [B, G, N] per offset o from the sums per key c of row 0's diagonal (o = first - c)."""
+    batch, group, n = by_key.shape
     key, before = skew_keys
     return by_key.gather(2, key.expand(batch, group, n)).masked_fill_(before, 0.0)
 

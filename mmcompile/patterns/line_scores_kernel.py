@@ -3,9 +3,10 @@
 ``estimate.line_scores`` in PyTorch spends ~4 ms per query modality at 128K (BENCHMARKS.md): the
 bf16 scores, an fp32 softmax and two max reductions each re-read a [rows, N] tensor per head. Here
 pass 1 computes each row's log-sum-exp per key split (an online softmax over score tiles, like
-FlashAttention) and pass 2 recomputes the scores tile by tile, writes the normalised probabilities
-once (for the slash sums, which stay in PyTorch: a skewed or gathered read of them) and reduces the
-column sums and each row's sums per key block in the same pass. Scores are fp32 accumulations of the inputs' dtype, causal in
+FlashAttention) and pass 2 recomputes the scores tile by tile and reduces the column sums and each
+row's sums per key block. For rows at consecutive positions it also reduces the slash sums (each
+tile's anti-diagonals) and writes no probabilities; for other rows it writes the normalised
+probabilities once, and the slash sums are a gathered read of them in PyTorch. Scores are fp32 accumulations of the inputs' dtype, causal in
 original positions, padding keys excluded.
 """
 
@@ -88,15 +89,20 @@ def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
 
 
 @triton.jit
-def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks,
-                  n, width, scale, head0, heads, group, rows, key_blocks,
+def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
+                  n, width, scale, head0, heads, group, rows, key_blocks, by_key_width,
                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
                   stride_vb, stride_vh, stride_bb, stride_bh, stride_bl,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-                  HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr):
+                  HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr,
+                  WRITE_PROBS: tl.constexpr, SKEW: tl.constexpr):
     """Pass 2: per (key tile, batch * head) the probabilities (zero where masked, and in the pad
     columns n .. width) and their sum over the valid rows; with ``BLOCK_N`` (> 0, dividing
-    ``BLOCK_K``) also each row's sum per key block of that size, so nothing reads them again for it."""
+    ``BLOCK_K``) also each row's sum per key block of that size, so nothing reads them again for it.
+    ``SKEW`` (rows at consecutive positions, latest first): ByKey[c] += p[l, c - l] summed over
+    rows l, the slash mass of row 0's offset pos[0] - c (``estimate._slash_skewed`` without the
+    probabilities in memory); a key gets it from at most two tiles (ROWS <= BLOCK_K), each added
+    once onto zero, so the sums do not depend on the order the atomics land in."""
     tile = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // heads
@@ -111,8 +117,17 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks,
     s = _tile_scores(q, K, b * stride_kb + (h // group) * stride_kh, keys, stride_kn, offs_d, n, scale, pos,
                      row_ok, KeyPad, b * n, HEAD_DIM, HAS_PAD, DOT_FP32)
     p = tl.where(s == float("-inf"), 0.0, tl.exp(s - tl.where(lse == float("-inf"), 0.0, lse)[:, None]))
-    tl.store(Probs + ((bh * rows + offs_l[:, None]) * width + keys[None, :]), p,
-             mask=exists[:, None] & (keys[None, :] < width))
+    if WRITE_PROBS:
+        tl.store(Probs + ((bh * rows + offs_l[:, None]) * width + keys[None, :]), p,
+                 mask=exists[:, None] & (keys[None, :] < width))
+    if SKEW:  # the tile's anti-diagonals: element (l, key) goes to key + l
+        j = tl.arange(0, 2 * BLOCK_K)
+        shift = j[None, :] - offs_l[:, None]  # [ROWS, 2 BLOCK_K]: the tile column row l gives to j
+        inside = (shift >= 0) & (shift < BLOCK_K)
+        skewed = tl.gather(p, tl.where(inside, shift, 0), 1)
+        part = tl.sum(tl.where(inside, skewed, 0.0), 0)
+        c = tile * BLOCK_K + j
+        tl.atomic_add(ByKey + bh * by_key_width + c, part, mask=(j < BLOCK_K + ROWS - 1) & (c < n), sem="relaxed")
     tl.store(Vertical + b * stride_vb + h * stride_vh + keys, tl.sum(p, 0), mask=keys < n)
     if BLOCK_N > 0:  # keys past n have p = 0: a partial last block sums what it has
         PER_TILE: tl.constexpr = BLOCK_K // BLOCK_N
@@ -179,23 +194,46 @@ def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int
     N on; lse fp32 [B, Hs, L]); writes their column sums over the valid rows into ``vertical``
     [B, Hq, N] (fp32, contiguous in N) and, when given (``fuses_block_sums(block_n)``), each row's
     sums per key block into ``blocks`` [B, Hq, L, ceil(N / block_n)] (contiguous in the last dim)."""
-    batch, _, n, d = q.shape
+    batch, _, n, _ = q.shape
+    probs = torch.empty(batch, heads.stop - heads.start, pos.shape[1], width, dtype=torch.float32, device=q.device)
+    lse = _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, probs=probs, width=width)
+    return probs, lse
+
+
+def line_skew_sums(q, k, pos, valid, scale: float, key_pad, heads: slice, vertical: torch.Tensor,
+                   blocks: torch.Tensor | None = None, block_n: int | None = None):
+    """``line_probs`` for rows at consecutive positions (row l at pos[:, 0] - l), without the
+    probabilities: (by_key fp32 [B, Hs, N], lse fp32 [B, Hs, L]) where by_key[c] is the sum over
+    the rows of p[l, c - l] (``estimate._slash_skewed`` turns it into slash sums)."""
+    batch, _, n, _ = q.shape
+    if pos.shape[1] > BLOCK_K:
+        raise ValueError(f"skewed sums take at most {BLOCK_K} rows, got {pos.shape[1]}")
+    count = heads.stop - heads.start
+    by_key = torch.zeros(batch, count, n + 2 * BLOCK_K, dtype=torch.float32, device=q.device)
+    lse = _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, by_key=by_key, width=n)
+    return by_key[..., :n], lse
+
+
+def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *, width, probs=None, by_key=None):
+    """Pass 1, then pass 2 writing ``probs`` and/or the skewed sums ``by_key``; returns lse [B, Hs, L]."""
+    batch, _, n, _ = q.shape
     rows = pos.shape[1]
     count = heads.stop - heads.start
     group = q.shape[1] // k.shape[1]
     pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
     lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
-    probs = torch.empty(batch, count, rows, width, dtype=torch.float32, device=q.device)
     fused = blocks is not None
     if fused and not (fuses_block_sums(block_n) and blocks.stride(-1) == 1):
         raise ValueError(f"block sums of {block_n} keys need a divisor of {BLOCK_K} and contiguous blocks")
     block_args = (blocks, blocks.shape[-1], blocks.stride(0), blocks.stride(1), blocks.stride(2)) if fused \
         else (vertical, 0, 0, 0, 0)
     _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
-        q, k, pos32, valid8, pad, lse, probs, vertical, block_args[0], n, width, scale, heads.start, count, group,
-        rows, block_args[1], *strides, vertical.stride(0), vertical.stride(1), *block_args[2:],
-        BLOCK_N=block_n if fused else 0, **common)
-    return probs, lse.view(batch, count, rows_pad)[..., :rows]
+        q, k, pos32, valid8, pad, lse, vertical if probs is None else probs, vertical, block_args[0],
+        vertical if by_key is None else by_key, n, width, scale, heads.start, count, group, rows, block_args[1],
+        0 if by_key is None else by_key.shape[-1], *strides, vertical.stride(0), vertical.stride(1),
+        *block_args[2:], BLOCK_N=block_n if fused else 0, WRITE_PROBS=probs is not None, SKEW=by_key is not None,
+        **common)
+    return lse.view(batch, count, rows_pad)[..., :rows]
 
 
 def head_chunk(rows: int, width: int) -> int:
