@@ -1,7 +1,8 @@
 """The estimate's GPU time per layer (``estimate.line_scores`` on the kernel path: all query heads,
 the last 64 rows, per-block sums as the policy asks for them), with its launch settings varied:
-pass 1's key split (the old fixed 4096 keys against ``pass1_split``) and the per-block sums in the
-probabilities pass against a second read of the probabilities.
+pass 1's key split (the old fixed 4096 keys against ``pass1_split``), and every sum (columns, key
+blocks, consecutive rows' slashes) in the probabilities pass against probabilities written to
+memory and read again (a skewed matrix-vector product and a block sum).
 
 Usage: python benchmarks/bench_estimate.py [--tokens 131072] [--reps 20]
 Prints one line per variant: median ms (CUDA events) and the largest difference from the first
