@@ -220,3 +220,15 @@ def test_grid_band_stops_at_each_query_blocks_latest_row():
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     assert torch.equal(index_to_mask(clipped, n, n) & causal, index_to_mask(whole, n, n) & causal)
     assert bool((clipped.density(n) < whole.density(n)).all())
+
+
+def test_window_max_equals_max_pool():
+    """The slash window max by doubling (``intra.window_max``) equals max_pool1d's, widths that are
+    and are not powers of two, inputs shorter than the window."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 100, 1000):
+        for width in (1, 2, 3, 7, 24, 64, 65):
+            x = torch.rand(2, 3, n, generator=g)
+            pooled = torch.nn.functional.max_pool1d(torch.nn.functional.pad(x, (0, width)), kernel_size=width,
+                                                    stride=1)[..., :n]
+            assert torch.equal(intra.window_max(x, width), pooled), (n, width)

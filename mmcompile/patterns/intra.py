@@ -111,10 +111,24 @@ def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
     p (a window of offsets: exact for consecutive rows, a close bound otherwise)."""
     last = int(lines.pos.shape[-1])
     first = lines.pos[:, 0]  # the latest row
-    window = torch.nn.functional.max_pool1d(
-        torch.nn.functional.pad(lines.slash, (0, last)), kernel_size=last, stride=1)[..., :n]  # max slash[o .. o+L-1]
+    window = window_max(lines.slash, last)  # max slash[o .. o+L-1]
     offset = (first[:, None] - last + 1 - torch.arange(n, device=first.device)[None, :]).clamp(min=0)  # [B, N]
     return window.gather(2, offset[:, None, :].expand_as(window))
+
+
+def window_max(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., N]: the max of x[..., o : o + width] for every o (zeros past the end; x >= 0), by
+    doubling: log2(width) + 1 elementwise maxima instead of ``max_pool1d``'s width reads per output
+    (0.19 ms per call at 128K with 28 heads on the H100). Exact: a max may count an element twice."""
+    n = x.shape[-1]
+    m = torch.nn.functional.pad(x, (0, width))
+    span = 1
+    while span * 2 <= width:  # m[o] = max x[o .. o + 2 span - 1]
+        m = torch.maximum(m[..., :-span], m[..., span:])
+        span *= 2
+    if span < width:  # two windows of ``span`` overlapping to cover ``width``
+        m = torch.maximum(m[..., :span - width], m[..., width - span:])
+    return m[..., :n]
 
 
 def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScores, n, block_m, block_n,
