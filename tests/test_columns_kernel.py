@@ -8,13 +8,14 @@ from mmcompile.patterns.index_builder import _dedup_compact
 from mmcompile.patterns.index_columns import merge_column_sets, per_block_reference
 
 
-def _inputs(seed, batch=2, heads=3, n=700, block_m=64, block_n=32, width=300, modalities=2):
+def _inputs(seed, batch=2, heads=3, n=700, block_m=64, block_n=32, width=300, modalities=2, unused=(0.2,)):
     g = torch.Generator().manual_seed(seed)
     num_m = -(-n // block_m)
     sets = []
+    share = torch.tensor(unused * heads)[:heads, None]  # per head: the share of unused entries
     for i in range(modalities):  # column sets with duplicates across modalities and unused entries
         cols = torch.randint(0, n, (batch, heads, width // modalities), generator=g)
-        cols[torch.rand(cols.shape, generator=g) < 0.2] = -1
+        cols[torch.rand(cols.shape, generator=g) < share] = -1
         rows = torch.rand(batch, num_m, generator=g) < 0.7
         sets.append((rows if modalities > 1 else None, cols))
     values, bits = merge_column_sets(sets, batch, heads, "cpu")
@@ -36,6 +37,20 @@ def test_compact_columns_equals_reference(causal, modalities):
     ref_ids, ref_count = per_block_reference(values, bits, present, block_ids, span, 0, 64, 32, n, causal)
     ids, got_count = compact_columns(values, bits, present, block_ids, count, span, 0, n, 64, 32, causal)
     assert ref_count.sum() > 0 and (ref_count < values.shape[-1]).all()  # the test exercises dropping
+    assert torch.equal(got_count.long(), ref_count)
+    assert torch.equal(ids.long(), ref_ids)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("causal", [True, False])
+def test_short_sets_beside_a_wide_one_equal_reference(causal):
+    """A head with a few columns in a launch whose widest head has 1100: its set's tail (several
+    chunks of -1) ends its stream, gaps inside a set (repeats) do not."""
+    values, bits, present, block_ids, count, span, n, num_m = _inputs(11, batch=1, n=1200, width=1100,
+                                                                      unused=(0.99, 0.2, 0.9))
+    ref_ids, ref_count = per_block_reference(values, bits, present, block_ids, span, 0, 64, 32, n, causal)
+    ids, got_count = compact_columns(values, bits, present, block_ids, count, span, 0, n, 64, 32, causal)
+    assert 0 < ref_count[:, 0].sum() and ref_count[:, 0].max() < 20 < ref_count[:, 1].max()
     assert torch.equal(got_count.long(), ref_count)
     assert torch.equal(ids.long(), ref_ids)
 

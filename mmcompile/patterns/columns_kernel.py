@@ -6,7 +6,9 @@ span already covers. The PyTorch way (``index_columns.per_block_reference``) mat
 [B, H, M, K] candidates several times over (about 10 GB of traffic at 128K with 8192 columns: half
 of index building, BENCHMARKS.md); here one program per (query block, head) streams the sorted set,
 tests block membership by binary search in the sorted block list and writes the kept columns in
-order, then -1 up to the capacity. Output equals the reference exactly.
+order into rows already -1 (``build_index`` fills them once). It stops at the first future column
+(causal) or at the set's tail, so a head with few columns does not stream the widest head's
+padding. Output equals the reference exactly.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def _compact_columns_kernel(Values, Bits, Present, Blocks, BlockCount, Span, Out
         c = tl.load(values + offs, mask=inside, other=-1)
         bits = tl.load(bits_row + offs, mask=inside, other=0)
         keep = (c >= 0) & (c < n_k) & ((bits & present) != 0)
+        # A chunk without any column is the set's tail: gaps inside a set are repeats of one value
+        # (at most one per other column entry), never a whole chunk; short sets stop there.
+        done = tl.max(c, 0) < 0
         if CAUSAL:
             keep &= c < lo
-            done = tl.max(c, 0) >= lo  # sorted (gaps are -1): every later column is in the future
+            done |= tl.max(c, 0) >= lo  # sorted (gaps are -1): every later column is in the future
         else:
             keep &= (c < lo) | (c >= lo + BLOCK_M)
         keep &= (c < span_lo) | (c >= span_hi)
@@ -69,9 +74,6 @@ def _compact_columns_kernel(Values, Bits, Present, Blocks, BlockCount, Span, Out
         count += tl.sum(kept, 0)
         start += CHUNK
     tl.store(OutCount + b * stride_cb + h * stride_ch + m, count)  # same layout as BlockCount
-    for tail in range(0, width, CHUNK):
-        offs = tail + tl.arange(0, CHUNK)
-        tl.store(out + offs, -1, mask=(offs >= count) & (offs < width))
 
 
 def compact_columns(values: torch.Tensor, bits: torch.Tensor, present: torch.Tensor, block_ids: torch.Tensor,
@@ -83,7 +85,8 @@ def compact_columns(values: torch.Tensor, bits: torch.Tensor, present: torch.Ten
     each block's span. The M query blocks are ``first_block`` on. Returns
     (columns int32 [B, H, M, K] padded -1, count int32 [B, H, M]), as
     ``index_columns.per_block_reference``; ``out`` given (a view of the index being filled, rows
-    contiguous) and ``count`` (contiguous), written there."""
+    contiguous, already -1: only the kept columns are written, at the front of each row) and
+    ``count`` (contiguous), written there."""
     batch, heads, width = values.shape
     num_m = present.shape[1]
     values = values.to(torch.int32).contiguous()
@@ -93,7 +96,7 @@ def compact_columns(values: torch.Tensor, bits: torch.Tensor, present: torch.Ten
     block_count = block_count.to(torch.int32).contiguous()
     span = span.to(torch.int32).contiguous()
     if out is None:
-        out = torch.empty(batch, heads, num_m, width, dtype=torch.int32, device=values.device)
+        out = torch.full((batch, heads, num_m, width), -1, dtype=torch.int32, device=values.device)
         count = torch.empty(batch, heads, num_m, dtype=torch.int32, device=values.device)
     assert out.stride(-1) == 1 and count.is_contiguous(), "out: rows contiguous; count contiguous"
     _compact_columns_kernel[(num_m, batch * heads)](
