@@ -25,6 +25,8 @@
 #   validate OLD=tree: rrcheck, then the op at 128K on that tree and this one, alternating (video, mixed).
 #   hostprof GPU tests; bench_estimate.py; op_phases.py on video with the ops of most GPU time and their
 #            callers, and on video and mixed with the index phase's host profile (cProfile).
+#   fused    OLD=tree: GPU tests (patterns, choice graph, columns); bench_estimate.py; op_phases.py on
+#            video with its top kernels; the op at 128K on OLD and this tree, alternating, twice.
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -147,6 +149,24 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
     timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
+elif [ "$part" = fused ]; then
+  timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
+  timeout 120 python3 benchmarks/op_phases.py --layout video --reps 5 --kernels 25 2>&1 | quiet | cut -c1-40,150-240
+  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
+    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
+    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
+  for rep in 1 2; do
+    for layout in video mixed; do
+      for which in old new; do
+        echo -n "$which "
+        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
+          --out $OUT/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
+      done
+    done
+  done
+  echo "=== table ==="
+  grep -E "passed|failed|ms   max diff|^ +[01] \||^(old|new) " $OUT/run_fused.txt | cut -c1-200
 elif [ "$part" = hostprof ]; then
   timeout 60 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
