@@ -152,7 +152,7 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
 elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
-  timeout 120 python3 benchmarks/op_phases.py --layout video --reps 5 --kernels 25 2>&1 | quiet | cut -c1-40,150-240
+  timeout 120 python3 benchmarks/op_phases.py --layout video --reps 5 --kernels 25 2>&1 | quiet | cut -c1-62,115-200
   mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
     && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
     && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
