@@ -1,8 +1,8 @@
 """The estimate's GPU time per layer (``estimate.line_scores`` on the kernel path: all query heads,
-the last 64 rows, per-block sums as the policy asks for them), with its launch settings varied:
-pass 1's key split (the old fixed 4096 keys against ``pass1_split``), and every sum (columns, key
-blocks, consecutive rows' slashes) in the probabilities pass against probabilities written to
-memory and read again (a skewed matrix-vector product and a block sum).
+the last 64 rows, per-block sums as the policy asks for them): every sum (columns, key blocks,
+consecutive rows' slashes) in the probabilities pass, against probabilities written to memory and
+read again (a skewed matrix-vector product and a block sum). (A finer pass-1 key split, 1024 keys,
+was measured beside them once: 2.90 against 2.78 ms, dropped.)
 
 Usage: python benchmarks/bench_estimate.py [--tokens 131072] [--reps 20]
 Prints one line per variant: median ms (CUDA events) and the largest difference from the first
@@ -47,21 +47,20 @@ def main():
         return estimate.line_scores(q, k, pos, valid, 128 ** -0.5, start=int(n - 64), consecutive=True,
                                     use_kernel=True, block_n=64)
 
-    fuses, split = line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split
+    fuses = line_scores_kernel.fuses_block_sums
     variants = {  # without fused block sums the probabilities are written and read (the path before)
-        "probs in memory, split 4096 (before)": (lambda b: False, lambda n, p: 4096),
-        "probs in memory, adaptive split": (lambda b: False, split),
-        "all sums in the kernel, adaptive split (now)": (fuses, split),
+        "probs in memory (before)": lambda b: False,
+        "all sums in the kernel (now)": fuses,
     }
     first = None
     print(f"line_scores, {n} tokens, 28/4 heads, 64 rows, bf16, {torch.cuda.get_device_name()}")
-    for name, (fuse, split_of) in variants.items():
-        line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split = fuse, split_of
+    for name, fuse in variants.items():
+        line_scores_kernel.fuses_block_sums = fuse
         ms, lines = timed(run, args.reps)
         first = first or lines
         diff = max((getattr(lines, f) - getattr(first, f)).abs().max().item() for f in ("vertical", "slash", "blocks"))
         print(f"{name:45s} {ms:7.3f} ms   max diff {diff:.2e}")
-    line_scores_kernel.fuses_block_sums, line_scores_kernel.pass1_split = fuses, split
+    line_scores_kernel.fuses_block_sums = fuses
 
 
 if __name__ == "__main__":

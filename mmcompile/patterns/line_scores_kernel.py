@@ -18,8 +18,7 @@ import triton.language as tl
 
 from mmcompile.kernels import interpreting
 
-MAX_SPLIT = 4096  # keys per pass-1 program at most
-MIN_PROGRAMS = 1024  # pass 1 splits the keys finer until it has this many programs (H100: 132 SMs)
+SPLIT = 4096  # keys per pass-1 program (finer splits, 4x the programs at 128K, were no faster: BENCHMARKS.md)
 BLOCK_K = 128  # key tile
 MAX_PROBS_BYTES = 1 << 29  # heads are processed in chunks whose probabilities fit in this (2 heads at 1M)
 
@@ -155,26 +154,15 @@ def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice) -> torch.Tens
     batch, _, n, _ = q.shape
     count = heads.stop - heads.start
     pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
-    split = pass1_split(n, batch * count)
-    splits = triton.cdiv(n, split)
+    splits = triton.cdiv(n, SPLIT)
     maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxes)
     _row_stats_kernel[(splits, batch * count)](
         q, k, pos32, valid8, pad, maxes, sums, n, scale, heads.start, count, q.shape[1] // k.shape[1],
-        pos.shape[1], splits, *strides, SPLIT=split, **common)
+        pos.shape[1], splits, *strides, SPLIT=SPLIT, **common)
     top = maxes.amax(1, keepdim=True)
     safe = torch.where(top == float("-inf"), 0.0, top)
     return (safe[:, 0] + (sums * torch.exp(maxes - safe)).sum(1).log()).contiguous()  # -inf: no key seen
-
-
-def pass1_split(n: int, rows_programs: int) -> int:
-    """Keys per pass-1 program: ``MAX_SPLIT``, halved (not below one key tile) while the launch has
-    fewer than ``MIN_PROGRAMS`` programs (7 heads at 128K: 224 programs at 4096 keys, under two per
-    SM; the per-split results cost [splits, rows] floats, nothing next to the keys)."""
-    split = MAX_SPLIT
-    while split > BLOCK_K and triton.cdiv(n, split) * rows_programs < MIN_PROGRAMS:
-        split //= 2
-    return split
 
 
 def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
