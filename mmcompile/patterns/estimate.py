@@ -3,9 +3,10 @@
 ``last_queries`` picks, per sample, the last ``last_q`` tokens (of one modality, for boundary
 heads). ``line_scores`` reads off their float32 softmax over all keys (causal in original
 positions) what every pattern needs: the mass per key column (vertical) and per diagonal offset
-(slash). The softmax itself is never kept: it is built one KV head at a time and reduced at once,
-so memory stays at a few heads' [L, N] (``line_scores_kernel.MAX_PROBS_BYTES``) and each element
-is read twice (two matrix-vector products). ``last_query_probs`` is the plain reference of the same softmax, for tests.
+(slash), and each row's mass per key block. The softmax itself is never kept: on the GPU the
+kernel reduces consecutive rows' tiles as it computes them (nothing [L, N] in memory); otherwise
+it is built a few heads at a time and reduced at once (``line_scores_kernel.MAX_PROBS_BYTES``).
+``last_query_probs`` is the plain reference of the same softmax, for tests.
 ``held_out_queries`` and ``dense_row_lse`` give the rows (disjoint from the estimation rows) and
 dense log-sum-exp on which ``verify`` measures what a layer's launches really kept.
 """
@@ -117,8 +118,10 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     causal masking to the keys from there on. ``consecutive`` (``rows_are_consecutive``): row l is
     at pos[:, 0] - l, so the slash sums are read off a skewed view of the softmax instead of a
     gathered copy; K then gets L zero rows so that the skew never reads a neighbouring row's keys.
-    ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column sums and log-sum-exp by the Triton passes of
-    ``line_scores_kernel`` (fp32 scores), the slash sums from their probabilities as here.
+    ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column sums,
+    block sums and log-sum-exp by the Triton passes of ``line_scores_kernel`` (fp32 scores); the
+    slash sums there too for consecutive rows (nothing [L, N] in memory), else from their
+    probabilities as here.
     ``block_n``: also each row's mass per key block of that size (``LineScores.blocks``).
     """
     if triton_runs_on(q, has_reference=True) if use_kernel is None else use_kernel:

@@ -6,8 +6,8 @@ pass 1 computes each row's log-sum-exp per key split (an online softmax over sco
 FlashAttention) and pass 2 recomputes the scores tile by tile and reduces the column sums and each
 row's sums per key block. For rows at consecutive positions it also reduces the slash sums (each
 tile's anti-diagonals) and writes no probabilities; for other rows it writes the normalised
-probabilities once, and the slash sums are a gathered read of them in PyTorch. Scores are fp32 accumulations of the inputs' dtype, causal in
-original positions, padding keys excluded.
+probabilities once, and the slash sums are a gathered read of them in PyTorch. Scores are fp32
+accumulations of the inputs' dtype, causal in original positions, padding keys excluded.
 """
 
 from __future__ import annotations
