@@ -27,6 +27,8 @@
 #            callers, and on video and mixed with the index phase's host profile (cProfile).
 #   fused    OLD=tree: GPU tests (patterns, choice graph, columns); bench_estimate.py; op_phases.py on
 #            video with its top kernels; the op at 128K on OLD and this tree, alternating, twice.
+#   families256  the families at 256K (mixed, video; seed 2) and 512K (mixed, seed 1), 128 rows; the
+#            index phase's host profile at 128K (video).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -149,6 +151,15 @@ elif [ "$part" = rrcheck ]; then  # the policy's exact A-shape/VS recall (row_re
     timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
+elif [ "$part" = families256 ]; then
+  for layout in mixed video; do
+    timeout 110 python3 benchmarks/fidelity_families.py --layout $layout --tokens 262144 --seeds 2 --rows 128 \
+      --out $OUT/families_${layout}_256k.json 2>&1 | quiet | tail -13
+  done
+  timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 524288 --seeds 1 --rows 128 \
+    --out $OUT/families_mixed_512k.json 2>&1 | quiet | tail -13
+  timeout 90 python3 benchmarks/op_phases.py --layout video --reps 5 --host 25 2>&1 | quiet | cut -c1-150 > $OUT/host.txt
+  grep -A8 "^graphs" $OUT/host.txt; grep -B2 -A30 "by tottime" $OUT/host.txt | head -40
 elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
