@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .estimate import LineScores
+from .index_builder import device_list
 
 
 def _diagonal_start(lines: LineScores, block_m: int, block_n: int) -> torch.Tensor:
@@ -74,10 +75,12 @@ def vs_curves(lines: LineScores, order: torch.Tensor, column_probs: torch.Tensor
     distance = first[:, None, :, None] - 1 - columns.clamp(min=0)[:, :, None, :] // block_n  # [B, H, L, C]
     rank = torch.where(distance < 0, -1, place.gather(-1, distance.clamp(min=0).flatten(2)).view_as(distance))
     bins = rank.clamp(max=span) + 1  # 0: always visited; p + 1: visited once the first p + 1 blocks are
-    curves = []
-    for count in steps:
-        hist = torch.zeros(batch, heads, rows, span + 2, device=blocks.device)
-        hist.scatter_add_(-1, bins[..., :count], column_probs[..., :count])
-        outside = hist.sum(-1, keepdim=True) - hist.cumsum(-1)  # [..., b]: column mass outside the first b blocks
-        curves.append(block_curve + outside.index_select(-1, taken + 1))
-    return _row_mean(torch.stack(curves, 3), lines)  # [B, H, steps, W]
+    # One histogram per group of columns (those the step adds to the one before), summed up the steps.
+    width_c = bins.shape[-1]
+    group = torch.bucketize(torch.arange(width_c, device=bins.device),
+                            device_list(steps, bins.device), right=True)  # [C]; past the last step: dropped
+    hist = torch.zeros(batch, heads, rows, (len(steps) + 1) * (span + 2), device=blocks.device)
+    hist.scatter_add_(-1, group * (span + 2) + bins, column_probs)
+    hist = hist.view(batch, heads, rows, len(steps) + 1, span + 2)[..., :len(steps), :].cumsum(3)
+    outside = hist.sum(-1, keepdim=True) - hist.cumsum(-1)  # [..., step, b]: column mass outside the first b blocks
+    return _row_mean(block_curve[..., None, :] + outside.index_select(-1, taken + 1), lines)  # [B, H, steps, W]
