@@ -126,6 +126,8 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
                     families: Sequence[HeadPattern] | None = None) -> LayerResult:
     """Sparse causal attention of one layer: estimate -> choose -> index -> attend (-> verify), the
     only place these are composed (the op, the distributed path, the CLI and the benchmarks call it).
+    Each launch group is launched as soon as its index is built (``launch_groups``; dense heads
+    first), so the host builds the next group's index while the GPU runs the last one.
     ``patterns``: one per query head (a plan's, a fixed policy's), or None for the online choice
     (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
     shared by the choice and the index builders. ``recall``: a target; what each head's launches
@@ -139,17 +141,16 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale,
                                                   families=families)
-    dense = [h for h, head in enumerate(patterns) if _runs_dense(head)]
-    mixed = 0 < len(dense) < len(patterns)
-    if mixed:  # dense heads first: the GPU runs them while the host builds the indexes
+    if all(_runs_dense(head) for head in patterns):  # every head dense: one SDPA call (cuDNN), no lse
+        indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+        out, lse = attend(q, k, v, indexes, scale, return_lse=True)
+    else:  # each launch group as soon as it is built: the GPU runs it while the host builds the next
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-        _sdpa_heads(q, k, v, dense, scale, out, lse)
-    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
-    if mixed:
-        attend(q, k, v, [(ids, index) for ids, index in indexes if index is not None], scale, out=out, lse=lse)
-    else:
-        out, lse = attend(q, k, v, indexes, scale, return_lse=True)
+        indexes = []
+        for group in launch_groups(q, k, patterns, ctx, scale, estimates=estimates):  # dense heads first
+            attend(q, k, v, [group], scale, out=out, lse=lse)
+            indexes.append(group)
     head_recall = None
     if recall is not None and lse is not None:
         head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
@@ -237,6 +238,14 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
                         estimates: "Estimates | None" = None):
     """Estimation and index building: [(query head ids, SparseIndex or None for dense heads)], one
     entry per launch group. ``estimates`` may be shared with the policy that chose ``heads``."""
+    return list(launch_groups(q, k, heads, ctx, scale, estimates))
+
+
+def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
+                  estimates: "Estimates | None" = None):
+    """``build_layer_indexes`` one launch group at a time, in launch order (dense heads first, then
+    the original-order heads, the grid row sets, the 2D-boundary heads): a caller that launches
+    each as it comes keeps the GPU busy while the host builds the next."""
     heads_q, d = q.shape[1], q.shape[-1]
     if len(heads) != heads_q:
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
@@ -261,17 +270,17 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
                                                                for m, p in head.intra))
         else:
             plain.append(h)
-    indexes = [(dense, None)] if dense else []
+    if dense:
+        yield dense, None
     if plain:
-        indexes.append((plain, _plain_index(plain, plain_heads, estimates, ctx)))
+        yield plain, _plain_index(plain, plain_heads, estimates, ctx)
     by_rows = defaultdict(dict)  # one grid launch per row set, after the original-order launch
     for (head, rows), ids in grid.items():  # (a row-subset grid overwrites its rows)
         by_rows[rows][head] = ids
     for rows, groups in by_rows.items():
-        indexes.append(([h for ids in groups.values() for h in ids], _grid_index(groups, rows, estimates, ctx)))
+        yield [h for ids in groups.values() for h in ids], _grid_index(groups, rows, estimates, ctx)
     if boundary:
-        indexes.append(([h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx)))
-    return indexes
+        yield [h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx)
 
 
 def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False, out=None, lse=None):
