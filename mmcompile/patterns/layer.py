@@ -145,6 +145,8 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
         indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
         out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     else:  # each launch group as soon as it is built: the GPU runs it while the host builds the next
+        if recall is not None:
+            estimates.held_out_lse()  # the check's dense lse, queued now: the GPU needs only q and k
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         indexes = []
