@@ -35,6 +35,22 @@
 set -u
 part=${1:-verify}
 source "$(dirname "$0")/gpu_prelude.sh"
+stage_trees() {  # $OLD and this checkout, each importable as the wheel lays it out (gpu_issue10.sh)
+  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
+    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
+    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
+}
+op_ab() {  # op_ab REPS: the op at 128K on the staged trees, alternating old and new (video, mixed)
+  for rep in $(seq $1); do
+    for layout in video mixed; do
+      for which in old new; do
+        echo -n "$which "
+        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
+          --out $OUT/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
+      done
+    done
+  done
+}
 if [ "$part" = long ]; then
   tokens=${2:-1048576}
   if [ "$tokens" -ge 1000000 ]; then
@@ -45,16 +61,8 @@ if [ "$part" = long ]; then
   fi
 elif [ "$part" = plans ]; then  # PLAN=<a plan searched at 32K, as verify writes it>; OLD=<tree to A/B>
   if [ -n "${OLD:-}" ]; then  # each tree importable as the wheel lays it out (gpu_issue10.sh)
-    mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
-      && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
-      && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
-    for layout in video mixed; do
-      for which in old new; do
-        echo -n "$which "
-        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
-          --out $OUT/op_${layout}_$which.json 2>&1 | quiet | tail -1
-      done
-    done
+    stage_trees
+    op_ab 1
   fi
   for tokens in 131072 262144; do
     timeout 120 python3 benchmarks/fidelity_families.py --layout mixed --tokens $tokens --seeds 1 \
@@ -82,18 +90,8 @@ elif [ "$part" = planop ]; then  # PLAN=<plan file>, or searched here (planted v
   echo "=== table ==="
   grep -E "131072 .*op [0-9]" $OUT/run_planop.txt
 elif [ "$part" = op ]; then
-  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
-    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
-    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
-  for rep in 1 2; do
-    for layout in video mixed; do
-      for which in old new; do
-        echo -n "$which "
-        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
-          --out $OUT/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
-      done
-    done
-  done
+  stage_trees
+  op_ab 2
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_op.txt
 elif [ "$part" = graphs ]; then
@@ -122,17 +120,8 @@ elif [ "$part" = phases ]; then  # OLD=tree: then the op on that tree and this o
   timeout 150 python3 benchmarks/op_phases.py --layout video --kernels 25 2>&1 | quiet | cut -c1-200
   timeout 100 python3 benchmarks/op_phases.py --layout mixed 2>&1 | quiet
   if [ -n "${OLD:-}" ]; then
-    mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
-      && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
-      && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
-    for rep in 1 2; do
-      for args in "--layout video" "--layout mixed"; do
-        for which in old new; do
-          echo -n "$which "
-          PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py $args 2>&1 | quiet | tail -1
-        done
-      done
-    done
+    stage_trees
+    op_ab 2
   fi
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_phases.txt | cut -c1-150
@@ -164,18 +153,8 @@ elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
   timeout 120 python3 benchmarks/op_phases.py --layout video --reps 5 --kernels 25 2>&1 | quiet | cut -c1-62,115-200
-  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
-    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
-    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
-  for rep in 1 2; do
-    for layout in video mixed; do
-      for which in old new; do
-        echo -n "$which "
-        PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
-          --out $OUT/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
-      done
-    done
-  done
+  stage_trees
+  op_ab 2
   echo "=== table ==="
   grep -E "passed|failed|ms   max diff|^ +[01] \||^(old|new) " $OUT/run_fused.txt | cut -c1-200
 elif [ "$part" = hostprof ]; then
@@ -193,16 +172,8 @@ elif [ "$part" = validate ]; then  # rrcheck + the op against OLD (a tree before
     timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
       --out $OUT/families_${layout}_rr.json 2>&1 | quiet | tail -13
   done
-  mkdir -p /tmp/old /tmp/new && cp -r $OLD/mmcompile /tmp/old/ && cp -r $OLD/kernels /tmp/old/mmcompile/kernels \
-    && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
-    && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
-  for layout in video mixed; do
-    for which in old new; do
-      echo -n "$which "
-      PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
-        --out $OUT/op_${layout}_${which}.json 2>&1 | quiet | tail -1
-    done
-  done
+  stage_trees
+  op_ab 1
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_validate.txt | cut -c1-200
 elif [ "$part" = verify ]; then
