@@ -121,3 +121,35 @@ def test_q_boundary_grid_runs_on_its_video_rows_only():
     assert not masks[0, video_rows].equal(masks[1, video_rows])  # the grid rows are not the plain ones
     ref, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), masks[None], 32 ** -0.5)
     assert ((result.out - ref).norm() / ref.norm()) < 2e-5
+
+
+def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
+    """layer_attention interleaves building and launching (dense heads first), so the host builds
+    the next index while the GPU runs the last launch; the output is the reference's."""
+    from mmcompile.patterns import layer
+
+    events = []
+
+    def recording(name, fn):
+        def wrapped(*args, **kwargs):
+            events.append(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(layer, "_plain_index", recording("build plain", layer._plain_index))
+    monkeypatch.setattr(layer, "_grid_index", recording("build grid", layer._grid_index))
+    monkeypatch.setattr(layer, "sparse_attention_forward", recording("launch sparse",
+                                                                     layer.sparse_attention_forward))
+    monkeypatch.setattr(layer, "_sdpa_heads", recording("launch dense", layer._sdpa_heads))
+    layout = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 60)]])
+    n = layout.length
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
+    ctx = forward_context(layout, n, 1, "cpu", 64, 64)
+    heads = [HeadPattern("q-boundary", (("text", VerticalSlash(30, 2)), ("video", Grid(local_frames=2)))),
+             HeadPattern("none", (("*", AShape(64, 128)),)),
+             HeadPattern("none", (("*", Dense()),)),
+             HeadPattern("none", (("*", VerticalSlash(40, 3)),))]
+    result = layer_attention(q, k, v, ctx, heads)
+    assert events == ["launch dense", "build plain", "launch sparse", "build grid", "launch sparse"]
+    torch.testing.assert_close(result.out, reference(q, k, v, result.indexes), atol=2e-5, rtol=2e-5)
