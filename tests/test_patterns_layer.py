@@ -124,8 +124,9 @@ def test_q_boundary_grid_runs_on_its_video_rows_only():
 
 
 def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
-    """layer_attention interleaves building and launching (dense heads first), so the host builds
-    the next index while the GPU runs the last launch; the output is the reference's."""
+    """layer_attention interleaves building and launching (dense heads first, then heads of fixed
+    sets), so the host builds the next index while the GPU runs the last launch; the output is the
+    reference's."""
     from mmcompile.patterns import layer
 
     events = []
@@ -151,5 +152,8 @@ def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
              HeadPattern("none", (("*", Dense()),)),
              HeadPattern("none", (("*", VerticalSlash(40, 3)),))]
     result = layer_attention(q, k, v, ctx, heads)
-    assert events == ["launch dense", "build plain", "launch sparse", "build grid", "launch sparse"]
+    # Dense, then the A-shape head (no estimate to build from), the VS heads, the grid rows.
+    assert events == ["launch dense", "build plain", "launch sparse", "build plain", "launch sparse",
+                      "build grid", "launch sparse"]
+    assert [ids for ids, _ in result.indexes] == [[2], [1], [0, 3], [0]]
     torch.testing.assert_close(result.out, reference(q, k, v, result.indexes), atol=2e-5, rtol=2e-5)

@@ -246,8 +246,9 @@ def build_layer_indexes(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext,
 def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale: float | None = None,
                   estimates: "Estimates | None" = None):
     """``build_layer_indexes`` one launch group at a time, in launch order (dense heads first, then
-    the original-order heads, the grid row sets, the 2D-boundary heads): a caller that launches
-    each as it comes keeps the GPU busy while the host builds the next."""
+    the original-order heads, those of fixed sets (A-shape) before those of estimated ones, the
+    grid row sets, the 2D-boundary heads): a caller that launches each as it comes keeps the GPU
+    busy while the host builds the next."""
     heads_q, d = q.shape[1], q.shape[-1]
     if len(heads) != heads_q:
         raise ValueError(f"{len(heads)} head patterns for {heads_q} query heads")
@@ -274,8 +275,12 @@ def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale
             plain.append(h)
     if dense:
         yield dense, None
-    if plain:
-        yield plain, _plain_index(plain, plain_heads, estimates, ctx)
+    # Heads whose original-order sets need no estimate (A-shape, Dense) first: their index takes
+    # the host a fraction of the others', and the GPU runs them while the host builds the rest.
+    static = [h for h in plain if all(isinstance(p, (AShape, Dense, type(None))) for _, p in plain_heads[h].intra)]
+    for ids in ([static, [h for h in plain if h not in static]] if 0 < len(static) < len(plain) else [plain]):
+        if ids:
+            yield ids, _plain_index(ids, plain_heads, estimates, ctx)
     by_rows = defaultdict(dict)  # one grid launch per row set, after the original-order launch
     for (head, rows), ids in grid.items():  # (a row-subset grid overwrites its rows)
         by_rows[rows][head] = ids
