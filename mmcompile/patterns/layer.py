@@ -277,8 +277,8 @@ def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale
         yield dense, None
     # Heads whose original-order sets need no estimate (A-shape, Dense) first: their index takes
     # the host a fraction of the others', and the GPU runs them while the host builds the rest.
-    static = [h for h in plain if all(isinstance(p, (AShape, Dense, type(None))) for _, p in plain_heads[h].intra)]
-    for ids in ([static, [h for h in plain if h not in static]] if 0 < len(static) < len(plain) else [plain]):
+    fixed = {h for h in plain if all(isinstance(p, (AShape, Dense, type(None))) for _, p in plain_heads[h].intra)}
+    for ids in ([h for h in plain if h in fixed], [h for h in plain if h not in fixed]):
         if ids:
             yield ids, _plain_index(ids, plain_heads, estimates, ctx)
     by_rows = defaultdict(dict)  # one grid launch per row set, after the original-order launch
