@@ -91,17 +91,22 @@ def test_policy_on_one_modality_weighs_the_grid_and_stays_exact():
     torch.testing.assert_close(out, reference(q, k, v, indexes), rtol=1e-4, atol=1e-4)
 
 
+def _text_video_text(seed):
+    """(layout, n, q, k, v, ctx): text, a 512-token video of 8 x 8 frames, text; 4/2 heads, D=32."""
+    layout = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 60)]])
+    n = layout.length
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
+    return layout, n, q, k, v, forward_context(layout, n, 1, "cpu", 64, 64)
+
+
 def test_q_boundary_grid_runs_on_its_video_rows_only():
     """A Q-boundary head with Grid for video and VS / A-shape for text: two launches (original
     order, then the video rows alone in the grid order). The output equals the reference of the
     row masks each launch computed, and the grid launch lists exactly the video rows."""
     from mmcompile.patterns.fidelity import layer_row_masks
 
-    layout = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 60)]])
-    n = layout.length
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
-    ctx = forward_context(layout, n, 1, "cpu", 64, 64)
+    layout, n, q, k, v, ctx = _text_video_text(seed=0)
     heads = [HeadPattern("q-boundary", (("text", VerticalSlash(30, 2)), ("video", Grid(local_frames=2)))),
              HeadPattern("none", (("*", AShape(64, 128)),)),
              HeadPattern("q-boundary", (("text", AShape(64, 64)), ("video", Grid(local_frames=70)))),
@@ -142,11 +147,7 @@ def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
     monkeypatch.setattr(layer, "sparse_attention_forward", recording("launch sparse",
                                                                      layer.sparse_attention_forward))
     monkeypatch.setattr(layer, "_sdpa_heads", recording("launch dense", layer._sdpa_heads))
-    layout = from_segments([[(TEXT, 100), (VIDEO, 512, 8, 8), (TEXT, 60)]])
-    n = layout.length
-    g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, h, n, 32, generator=g) for h in (4, 2, 2))
-    ctx = forward_context(layout, n, 1, "cpu", 64, 64)
+    _, _, q, k, v, ctx = _text_video_text(seed=1)
     heads = [HeadPattern("q-boundary", (("text", VerticalSlash(30, 2)), ("video", Grid(local_frames=2)))),
              HeadPattern("none", (("*", AShape(64, 128)),)),
              HeadPattern("none", (("*", Dense()),)),

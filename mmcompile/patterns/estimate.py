@@ -169,10 +169,7 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
 def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=None) -> LineScores:
     batch, heads_q, n, _ = q.shape
     last = pos.shape[1]
-    width = n + last if consecutive else n  # zero pad columns for the skewed view
-    weight = valid.to(torch.float32)
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
-    slash, lse = [], []  # per chunk; one chunk (up to ~64K tokens with 64 rows) needs no copy
     blocks = _empty_blocks(batch, heads_q, last, n, block_n, q.device)
     skew = _skew_keys(pos[:, 0], n) if consecutive else None
     fused = blocks is not None and line_scores_kernel.fuses_block_sums(block_n)
@@ -181,6 +178,10 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=N
         by_key, row_lse = line_scores_kernel.line_skew_sums(q, k, pos, valid, scale, key_pad, slice(0, heads_q),
                                                             vertical, blocks, block_n)
         return LineScores(vertical, _offsets_of_keys(by_key, skew), pos, valid, row_lse.contiguous(), blocks)
+    # Otherwise the probabilities, a few heads at a time, and the sums the kernel did not make.
+    width = n + last if consecutive else n  # zero pad columns for the skewed view
+    weight = valid.to(torch.float32)
+    slash, lse = [], []  # per chunk; one chunk (up to ~64K tokens with 64 rows) needs no copy
     chunk = line_scores_kernel.head_chunk(last, width)
     for first in range(0, heads_q, chunk):  # bounded memory: ``MAX_PROBS_BYTES`` of probabilities
         heads = slice(first, min(heads_q, first + chunk))
