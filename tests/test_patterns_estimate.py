@@ -96,3 +96,21 @@ def test_line_scores_in_head_chunks_equal_all_at_once(use_kernel, monkeypatch):
     chunked = line_scores(q, k, pos, valid, 0.25, consecutive=False, use_kernel=use_kernel)
     for name in ("vertical", "slash", "lse"):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
+
+
+def test_kernel_sums_refuse_what_they_cannot_make():
+    """The skewed slash sums take at most one key tile of rows; fused block sums need a block size
+    dividing the key tile. Both say so before any launch (``line_scores`` never asks them for it)."""
+    from mmcompile.patterns import line_scores_kernel as lsk
+
+    n = 300
+    q, k = _inputs(n)
+    too_many = torch.arange(n - 1, n - 1 - (lsk.BLOCK_K + 1), -1)[None].expand(2, -1)
+    vertical = torch.empty(2, 4, n)
+    with pytest.raises(ValueError, match="at most 128 rows"):
+        lsk.line_skew_sums(q, k, too_many, torch.ones_like(too_many, dtype=torch.bool), 0.25, None, slice(0, 4),
+                           vertical)
+    pos, valid = last_queries(None, n, 2, last_q=8)
+    blocks = torch.empty(2, 4, 8, -(-n // 48))
+    with pytest.raises(ValueError, match="block sums of 48 keys"):
+        lsk.line_probs(q, k, pos, valid, 0.25, None, slice(0, 4), n, vertical, blocks, 48)

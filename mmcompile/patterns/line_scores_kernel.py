@@ -208,11 +208,11 @@ def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *
     rows = pos.shape[1]
     count = heads.stop - heads.start
     group = q.shape[1] // k.shape[1]
-    pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
-    lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
     fused = blocks is not None
     if fused and not (fuses_block_sums(block_n) and blocks.stride(-1) == 1):
         raise ValueError(f"block sums of {block_n} keys need a divisor of {BLOCK_K} and contiguous blocks")
+    pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
+    lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
     block_args = (blocks, blocks.shape[-1], blocks.stride(0), blocks.stride(1), blocks.stride(2)) if fused \
         else (vertical, 0, 0, 0, 0)
     _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
