@@ -106,6 +106,29 @@ def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
     return scores
 
 
+LINE_RANK = 1e6  # above any column score (a mass summed over the estimation rows), below the forced sink's inf
+
+
+def line_class_scores(scores: torch.Tensor, vertical: torch.Tensor, video_keys: torch.Tensor,
+                      frame_stride: torch.Tensor, max_frame: int) -> torch.Tensor:
+    """``scores`` [B, H, N] (``column_scores``) with every video key of each head's heaviest phase
+    class modulo the frame stride ranked first (then by score): the grid's vertical lines, all
+    frames of them, as columns in original order.
+
+    Why: a line over recent frames only (a window or a decay) is heavy at the estimation rows for
+    their own recent frames; an earlier row needs the same spatial position in *its* recent
+    frames, which the plain ranking never takes, while the phase class holds them all (N / stride
+    keys). In the grid order the lines are cheap but the local band inside a frame is lost; as
+    columns beside slash blocks both are kept. The phase is taken on video keys alone (a sink in
+    the prompt would otherwise pick its own residue)."""
+    on_video = vertical * video_keys[:, None, :]
+    _, phase = frame_phase(on_video, frame_stride, max_frame)
+    stride = frame_stride.clamp(min=1).long()
+    pos = torch.arange(vertical.shape[-1], device=vertical.device)
+    in_class = video_keys[:, None, :] & ((pos[None, None, :] - phase[..., None]) % stride[:, None, None] == 0)
+    return torch.where(in_class, torch.maximum(scores, vertical) + LINE_RANK, scores)
+
+
 def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
     """[B, H, N]: per key j, the largest slash mass among the offsets p - j of the estimation rows
     p (a window of offsets: exact for consecutive rows, a close bound otherwise)."""

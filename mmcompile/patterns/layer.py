@@ -349,6 +349,13 @@ class Estimates:
             self._cache[key] = intra.column_scores(self.lines(modality, list(range(self.q.shape[1]))), self.ctx.n)
         return estimate.select_heads(self._cache[key], head_ids)
 
+    def keep_column_ranking(self, modality: str, head_ids: list[int], ranking: torch.Tensor) -> None:
+        """The ranking the policy chose per head (``column_scores``, or with the frame-stride lines
+        first: ``intra.line_class_scores``) for these heads (all of the layer's), so that a head
+        grown to the cap (its fallback) ranks its columns as the policy did."""
+        if head_ids == list(range(self.q.shape[1])):
+            self._cache[("columns", modality)] = ranking
+
     def adopting(self, q, k) -> "Estimates":
         """Estimates of ``q`` and ``k`` that start from this one's cached tensors (a replayed
         ``choice_graph``'s, computed from copies of q and k): what is computed anew reads q, k."""

@@ -37,6 +37,7 @@ from . import estimate, intra, row_recall
 from .estimate import LineScores
 from .index_builder import device_list
 from .layer import Estimates, ForwardContext
+from .layout import VIDEO
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 SINK = 128  # A-shape sink keys
@@ -196,9 +197,19 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
     lines = estimates.lines(modality, heads)
     cap_keys, cap_blocks = _caps(ctx, density)
     a_recall, a_cost, a_local = _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target)
-    v_recall, v_cost, v_cols, v_blocks, ranked = _vertical_slash(
-        lines, estimates.column_ranking(modality, heads), estimates.column_probs(lines, heads), cap_keys, cap_blocks,
-        ctx.n, ctx.block_m, ctx.block_n, target)
+    ranking = estimates.column_ranking(modality, heads)
+    vs = lambda scores: _vertical_slash(lines, scores, estimates.column_probs(lines, heads), cap_keys,  # noqa: E731
+                                        cap_blocks, ctx.n, ctx.block_m, ctx.block_n, target)
+    v_recall, v_cost, v_cols, v_blocks, ranked = vs(ranking)
+    if _weighs_lines(modality, ctx):  # the same family with the frame-stride lines ranked first, per head the better
+        lined = intra.line_class_scores(ranking, lines.vertical, ctx.modality == VIDEO, ctx.frame_stride, ctx.max_frame)
+        l_recall, l_cost, l_cols, l_blocks, l_ranked = vs(lined)
+        take = _better(l_recall, l_cost, v_recall, v_cost, target)
+        v_recall, v_cost, v_cols, v_blocks = (torch.where(take, new, old) for new, old in
+                                              ((l_recall, v_recall), (l_cost, v_cost), (l_cols, v_cols),
+                                               (l_blocks, v_blocks)))
+        ranked = tuple(torch.where(take[None, :, None], new, old) for new, old in zip(l_ranked, ranked))
+        estimates.keep_column_ranking(modality, heads, torch.where(take[None, :, None], lined, ranking))
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
     g = (_grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, _row_count(ctx, modality), cap_keys,
                target) if grid else (None,) * 3)  # masses per row
@@ -384,6 +395,12 @@ def _family_code(pattern, grid: bool) -> int:
     for a Grid these rows cannot run."""
     code = FAMILIES.index(type(pattern))
     return EITHER if isinstance(pattern, Grid) and not grid else code
+
+
+def _weighs_lines(rows: str, ctx: ForwardContext) -> bool:
+    """VS with the frame-stride lines ranked first is a candidate for rows that see video keys with
+    a frame stride: the video rows, or all rows when they are one set."""
+    return ctx.max_frame > 0 and "video" in ctx.present and rows in ("video", "*")
 
 
 def _weighs_grid(rows: str, modalities: list[str], ctx: ForwardContext) -> bool:

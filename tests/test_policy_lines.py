@@ -1,0 +1,74 @@
+"""Vertical-Slash with the frame-stride lines ranked first (issue 11, Grid where the paper uses it):
+a grid head whose lines run over a window of recent frames keeps them on rows far from the
+estimation rows only when the whole phase class is taken as columns. CPU, no kernels: the recall is
+that of the built index's mask on sampled rows of dense attention."""
+
+import pytest
+import torch
+
+import mmcompile.patterns.policy as policy
+from mmcompile.patterns import forward_context
+from mmcompile.patterns.families import family_layout, family_qkv
+from mmcompile.patterns.fidelity import layer_row_masks
+from mmcompile.patterns.intra import LINE_RANK, line_class_scores
+from mmcompile.patterns.layer import build_layer_indexes, choose_layer
+from mmcompile.patterns.layout import VIDEO
+from mmcompile.patterns.specs import VerticalSlash
+
+N = 4096
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # small ops: two OpenMP threads on a shared 2-core machine are much slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_phase_class_of_video_keys_ranks_first_and_a_prompt_sink_does_not_set_it():
+    n, stride = 64, 8
+    video = torch.zeros(1, n, dtype=torch.bool)
+    video[0, 16:48] = True
+    vertical = torch.zeros(1, 1, n)
+    vertical[0, 0, 0] = 50.0  # a prompt sink: heavier than any line key, residue 0
+    vertical[0, 0, 16 + 3::stride] = 1.0  # the lines: residue 3 (16 is a multiple of 8)
+    vertical[0, 0, 40] = 2.0  # a heavy video key off the lines
+    scores = vertical.clone()
+    ranked = line_class_scores(scores, vertical, video, torch.tensor([stride]), stride)
+    lines = [p for p in range(16, 48) if p % stride == 3]
+    assert ranked[0, 0].topk(len(lines)).indices.sort().values.tolist() == lines
+    assert (ranked[0, 0, lines] >= LINE_RANK).all()
+    off = [p for p in range(n) if p not in lines]
+    assert torch.equal(ranked[0, 0, off], scores[0, 0, off])  # the rest keep their scores
+
+
+def _held_out_recall(q, k, result_indexes, rows):
+    masks = layer_row_masks(result_indexes, rows, q.shape[2], q.shape[1])
+    s = q[0][:, rows] @ k[0].transpose(-1, -2) * q.shape[-1] ** -0.5
+    probs = s.masked_fill(torch.arange(q.shape[2])[None] > rows[:, None], float("-inf")).softmax(-1)
+    return (probs * masks).sum(-1).mean(-1)
+
+
+def _video_choice(q, k, ctx):
+    estimates, patterns, _ = choose_layer(q, k, ctx, density=0.1)
+    pattern = patterns[0].pattern_for("video")
+    indexes = build_layer_indexes(q, k, patterns, ctx, estimates=estimates)
+    video_rows = torch.nonzero(ctx.modality[0] == VIDEO)[:, 0]
+    rows = video_rows[video_rows < N - 512][::37]  # video rows far from the estimation rows
+    return pattern, _held_out_recall(q, k, indexes, rows)[0]
+
+
+def test_lines_over_recent_frames_are_kept_on_rows_far_from_the_estimate(monkeypatch):
+    """A grid-window head of the independent families (lines over 2-8 recent frames, a local band):
+    the plain ranking takes the lines of the last rows' recent frames and misses the others (its best
+    pattern keeps < 0.95 there); with the phase class ranked first VS keeps >= 0.95 (0.989)."""
+    layout = family_layout("video", N, 2, frame_tokens=(64, 256))
+    q, k, _, _ = family_qkv("grid-window", layout, 4, 1, 64, seed=2)
+    q = q[:, 2:3]  # a head the plain ranking cannot serve (the whole layer: ~45 s in the interpreter)
+    ctx = forward_context(layout, N, 1, "cpu", 64, 64)
+    pattern, recall = _video_choice(q, k, ctx)
+    assert isinstance(pattern, VerticalSlash) and recall >= 0.95, (pattern, recall)
+    monkeypatch.setattr(policy, "_weighs_lines", lambda *args: False)
+    plain, plain_recall = _video_choice(q, k, ctx)
+    assert plain_recall < 0.95, (plain, plain_recall)  # (A-shape, 0.93: the layer would fall back to dense)
