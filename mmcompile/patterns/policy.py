@@ -5,7 +5,10 @@ and size, the share of the estimation rows' attention mass the index would keep,
 head the cheapest (pattern, size) predicted to keep ``target`` of it within the density cap:
   A-shape         128 sink keys plus the L key blocks nearest the diagonal, L = 1 .. cap;
   Vertical-Slash  C far columns (C on a ladder) plus the R key blocks before the diagonal with the
-                  most diagonal mass (``intra.relative_block_mass``), R = 1 .. cap;
+                  most diagonal mass (``intra.relative_block_mass``), R = 1 .. cap; on rows that see
+                  video keys with a frame stride, also with the video keys of the heaviest phase
+                  class ranked first (``intra.line_class_scores``: the grid's vertical lines over
+                  all frames as columns, the local band kept as slash blocks), per head the better;
   Grid            (video rows with a known frame stride: a video-only input, or the video rows
                   of a mixed one) the phase lines, the sink and the same patch in the L earlier
                   frames the grid order's local blocks reach, L = 1 .. cap (``_grid``).
