@@ -29,6 +29,8 @@
 #            video with its top kernels; the op at 128K on OLD and this tree, alternating, twice.
 #   families256  the families at 256K (mixed, video; seed 2) and 512K (mixed, seed 1), 128 rows; the
 #            index phase's host profile at 128K (video).
+#   lines    OLD=tree: GPU tests; the families at 256K (video, seed 2) and 128K (video, mixed; seed 1),
+#            128 rows; the op at 128K on OLD and this tree, alternating, twice (video, mixed).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -149,6 +151,18 @@ elif [ "$part" = families256 ]; then
     --out $OUT/families_mixed_512k.json 2>&1 | quiet | tail -13
   timeout 90 python3 benchmarks/op_phases.py --layout video --reps 5 --host 25 2>&1 | quiet | cut -c1-150 > $OUT/host.txt
   grep -A8 "^graphs" $OUT/host.txt; grep -B2 -A30 "by tottime" $OUT/host.txt | head -40
+elif [ "$part" = lines ]; then  # OLD=tree before the lines-first VS: GPU tests, families, the op A/B
+  timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 262144 --seeds 2 --rows 128 \
+    --out $OUT/families_video_256k.json 2>&1 | quiet | tail -13
+  for layout in video mixed; do
+    timeout 90 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
+      --out $OUT/families_${layout}_128k.json 2>&1 | quiet | tail -13
+  done
+  stage_trees
+  op_ab 2
+  echo "=== table ==="
+  grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines.txt | cut -c1-200
 elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
