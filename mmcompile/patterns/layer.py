@@ -26,7 +26,7 @@ from mmcompile.kernels import sparse_attention_forward
 from . import estimate, intra
 from .boundary2d import boundary2d_index, pair_pattern
 from .index_builder import BlockSets, build_index, device_list, empty_sets, head_slice, stack_heads
-from .layout import MODALITY_NAMES, PAD, ModalityLayout, check_layout
+from .layout import MODALITY_NAMES, PAD, VIDEO, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
 DEFAULT_BLOCK = (128, 64)  # query x key tile of sparse indexes: fastest on the H100 (BENCHMARKS.md)
@@ -349,13 +349,6 @@ class Estimates:
             self._cache[key] = intra.column_scores(self.lines(modality, list(range(self.q.shape[1]))), self.ctx.n)
         return estimate.select_heads(self._cache[key], head_ids)
 
-    def keep_column_ranking(self, modality: str, head_ids: list[int], ranking: torch.Tensor) -> None:
-        """The ranking the policy chose per head (``column_scores``, or with the frame-stride lines
-        first: ``intra.line_class_scores``) for these heads (all of the layer's), so that a head
-        grown to the cap (its fallback) ranks its columns as the policy did."""
-        if head_ids == list(range(self.q.shape[1])):
-            self._cache[("columns", modality)] = ranking
-
     def adopting(self, q, k) -> "Estimates":
         """Estimates of ``q`` and ``k`` that start from this one's cached tensors (a replayed
         ``choice_graph``'s, computed from copies of q and k): what is computed anew reads q, k."""
@@ -414,10 +407,15 @@ def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: For
         return intra.dense_sets(patterns, batch, n, ctx.block_n, device)
     if kind is VerticalSlash:
         lines = estimates.lines(selector, head_ids)
+        ranking, ranked = estimates.column_ranking(selector, head_ids), estimates.vs_ranking(selector, head_ids)
+        if any(p.lines for p in patterns) and ctx.max_frame > 0:  # fallbacks: the policy's ranked sets are not theirs
+            lined = device_list([p.lines for p in patterns], device).bool()[None, :, None]
+            ranking = torch.where(lined, intra.line_class_scores(ranking, lines.vertical, ctx.modality == VIDEO,
+                                                                 ctx.frame_stride, ctx.max_frame), ranking)
+            ranked = None
         return intra.vertical_slash_sets(patterns, lines, n, ctx.block_m, ctx.block_n,
                                          explained=estimates.explained_by(lines, head_ids),
-                                         ranking=estimates.column_ranking(selector, head_ids),
-                                         ranked=estimates.vs_ranking(selector, head_ids))
+                                         ranking=ranking, ranked=ranked)
     if kind is BlockSparse:
         if len(set(patterns)) > 1:
             return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])

@@ -5,10 +5,7 @@ and size, the share of the estimation rows' attention mass the index would keep,
 head the cheapest (pattern, size) predicted to keep ``target`` of it within the density cap:
   A-shape         128 sink keys plus the L key blocks nearest the diagonal, L = 1 .. cap;
   Vertical-Slash  C far columns (C on a ladder) plus the R key blocks before the diagonal with the
-                  most diagonal mass (``intra.relative_block_mass``), R = 1 .. cap; on rows that see
-                  video keys with a frame stride, also with the video keys of the heaviest phase
-                  class ranked first (``intra.line_class_scores``: the grid's vertical lines over
-                  all frames as columns, the local band kept as slash blocks), per head the better;
+                  most diagonal mass (``intra.relative_block_mass``), R = 1 .. cap;
   Grid            (video rows with a known frame stride: a video-only input, or the video rows
                   of a mixed one) the phase lines, the sink and the same patch in the L earlier
                   frames the grid order's local blocks reach, L = 1 .. cap (``_grid``).
@@ -22,7 +19,8 @@ ranking. A-shape's and VS's predictions are the recall of exactly the index that
 the estimation rows (``row_recall``; at least that where a query block mixes modalities); Grid's
 is a lower bound. What a head keeps on other rows is measured after the kernel on held-out rows
 (``verify``), and a head under the target then runs its fallback (``choose_with_fallbacks``: the
-same family grown to the cap, never Grid), then dense.
+same family grown to the cap, never Grid; on rows that see video keys with a frame stride, VS at
+the cap with the frame-stride lines ranked first: ``VerticalSlash.lines``), then dense.
 
 With a plan (``families``: one HeadPattern per head) the plan fixes each head's family per query
 modality and the policy only sizes it for the input at hand (``_choose_sized``): budgets searched
@@ -40,7 +38,6 @@ from . import estimate, intra, row_recall
 from .estimate import LineScores
 from .index_builder import device_list
 from .layer import Estimates, ForwardContext
-from .layout import VIDEO
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 SINK = 128  # A-shape sink keys
@@ -163,15 +160,21 @@ def _caps(ctx: ForwardContext, density: float) -> tuple[float, int]:
     return cap_keys, max(min(int(cap_keys // ctx.block_n), -(-ctx.n // ctx.block_n)), 1)
 
 
-def _at_cap(pattern, ctx: ForwardContext, density: float):
+def _at_cap(pattern, ctx: ForwardContext, density: float, rows: str = "*"):
     """The same family grown to the density cap (what a head that missed the target tries before
-    dense): A-shape's window, VS's columns (the ladder's top under the cap) and slash blocks."""
+    dense): A-shape's window, VS's columns (the ladder's top under the cap) and slash blocks. On
+    ``rows`` that see video keys with a frame stride (``_weighs_lines``) both become VS at the cap
+    with the frame-stride lines ranked first: a line over recent frames only is heavy at the
+    estimation rows for their own frames, so the first choice ranked the lines the held-out rows
+    need too low; all frames of the phase class beside slash blocks (the local band) keep them."""
     cap_keys, cap_blocks = _caps(ctx, density)
+    columns = max([c for c in COLUMN_LADDER if c < cap_keys] or [COLUMN_LADDER[0]])
+    room = _slash_room(columns, cap_keys, cap_blocks, ctx.block_n)
+    if isinstance(pattern, (AShape, VerticalSlash)) and _weighs_lines(rows, ctx):
+        return VerticalSlash(columns, room, lines=True)
     if isinstance(pattern, AShape):
         return AShape(pattern.sink, max(pattern.local, cap_blocks * ctx.block_n))
     if isinstance(pattern, VerticalSlash):
-        columns = max([c for c in COLUMN_LADDER if c < cap_keys] or [COLUMN_LADDER[0]])
-        room = _slash_room(columns, cap_keys, cap_blocks, ctx.block_n)
         return VerticalSlash(max(pattern.vertical, columns), max(pattern.slash_blocks, room))
     return pattern
 
@@ -200,19 +203,9 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
     lines = estimates.lines(modality, heads)
     cap_keys, cap_blocks = _caps(ctx, density)
     a_recall, a_cost, a_local = _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target)
-    ranking = estimates.column_ranking(modality, heads)
-    vs = lambda scores: _vertical_slash(lines, scores, estimates.column_probs(lines, heads), cap_keys,  # noqa: E731
-                                        cap_blocks, ctx.n, ctx.block_m, ctx.block_n, target)
-    v_recall, v_cost, v_cols, v_blocks, ranked = vs(ranking)
-    if _weighs_lines(modality, ctx):  # the same family with the frame-stride lines ranked first, per head the better
-        lined = intra.line_class_scores(ranking, lines.vertical, ctx.modality == VIDEO, ctx.frame_stride, ctx.max_frame)
-        l_recall, l_cost, l_cols, l_blocks, l_ranked = vs(lined)
-        take = _better(l_recall, l_cost, v_recall, v_cost, target)
-        v_recall, v_cost, v_cols, v_blocks = (torch.where(take, new, old) for new, old in
-                                              ((l_recall, v_recall), (l_cost, v_cost), (l_cols, v_cols),
-                                               (l_blocks, v_blocks)))
-        ranked = tuple(torch.where(take[None, :, None], new, old) for new, old in zip(l_ranked, ranked))
-        estimates.keep_column_ranking(modality, heads, torch.where(take[None, :, None], lined, ranking))
+    v_recall, v_cost, v_cols, v_blocks, ranked = _vertical_slash(
+        lines, estimates.column_ranking(modality, heads), estimates.column_probs(lines, heads), cap_keys, cap_blocks,
+        ctx.n, ctx.block_m, ctx.block_n, target)
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
     g = (_grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, _row_count(ctx, modality), cap_keys,
                target) if grid else (None,) * 3)  # masses per row
@@ -375,7 +368,7 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
         inter = "none" if modalities == ["*"] else "q-boundary"
         head = HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities))
         chosen.append(head)
-        grown = HeadPattern(inter, tuple((m, _at_cap(picks[m][2][h], ctx, density)) for m in modalities))
+        grown = HeadPattern(inter, tuple((m, _at_cap(picks[m][2][h], ctx, density, m)) for m in modalities))
         if grown != head:
             fallbacks[h] = grown
     return chosen, fallbacks
@@ -401,8 +394,8 @@ def _family_code(pattern, grid: bool) -> int:
 
 
 def _weighs_lines(rows: str, ctx: ForwardContext) -> bool:
-    """VS with the frame-stride lines ranked first is a candidate for rows that see video keys with
-    a frame stride: the video rows, or all rows when they are one set."""
+    """Whether a row set's fallback ranks the frame-stride lines first: rows that see video keys
+    with a frame stride (the video rows, or all rows when they are one set)."""
     return ctx.max_frame > 0 and "video" in ctx.present and rows in ("video", "*")
 
 

@@ -24,9 +24,11 @@ class VerticalSlash:
     """From the last-query estimate: the top ``vertical`` key columns, and the ``slash_blocks`` key
     blocks at fixed distances before the diagonal that hold the most diagonal (slash) mass.
     Choosing slashes by block, not by diagonal, makes the cost exact (a block costs the same
-    whether it holds one heavy diagonal or a whole local band)."""
+    whether it holds one heavy diagonal or a whole local band). With ``lines`` the columns start
+    with the grid's vertical lines over all frames (``intra.line_class_scores``)."""
     vertical: int = 1000
     slash_blocks: int = 32
+    lines: bool = False  # the video keys of the heaviest phase class modulo the frame stride ranked first
 
 
 @dataclasses.dataclass(frozen=True)
