@@ -29,7 +29,7 @@
 #            video with its top kernels; the op at 128K on OLD and this tree, alternating, twice.
 #   families256  the families at 256K (mixed, video; seed 2) and 512K (mixed, seed 1), 128 rows; the
 #            index phase's host profile at 128K (video).
-#   lines    OLD=tree: GPU tests; the families at 256K (video, seed 2) and 128K (video, mixed; seed 1),
+#   lines    OLD=tree: GPU tests; the families at 256K (video, mixed; seed 2) and 128K (video, seed 1),
 #            128 rows; the op at 128K on OLD and this tree, alternating, twice (video, mixed).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
@@ -42,13 +42,13 @@ stage_trees() {  # $OLD and this checkout, each importable as the wheel lays it 
     && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
     && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
 }
-op_ab() {  # op_ab REPS: the op at 128K on the staged trees, alternating old and new (video, mixed)
+op_ab() {  # op_ab REPS: the op at 128K on the staged trees, alternating old and new (video, mixed); JSON to $OPDIR
   for rep in $(seq $1); do
     for layout in video mixed; do
       for which in old new; do
         echo -n "$which "
         PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
-          --out $OUT/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
+          --out ${OPDIR:-$OUT}/op_${layout}_${which}_$rep.json 2>&1 | quiet | tail -1
       done
     done
   done
@@ -153,14 +153,14 @@ elif [ "$part" = families256 ]; then
   grep -A8 "^graphs" $OUT/host.txt; grep -B2 -A30 "by tottime" $OUT/host.txt | head -40
 elif [ "$part" = lines ]; then  # OLD=tree before the lines-first VS: GPU tests, families, the op A/B
   timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
-  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 262144 --seeds 2 --rows 128 \
-    --out $OUT/families_video_256k.json 2>&1 | quiet | tail -13
   for layout in video mixed; do
-    timeout 90 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
-      --out $OUT/families_${layout}_128k.json 2>&1 | quiet | tail -13
+    timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 262144 --seeds 2 --rows 128 \
+      --out $OUT/f_${layout}_256k.json 2>&1 | quiet | tail -13
   done
+  timeout 90 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
+    --out $OUT/f_video_128k.json 2>&1 | quiet | tail -13
   stage_trees
-  op_ab 2
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2  # (their lines are in the log: $OUT brings back 8 files)
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines.txt | cut -c1-200
 elif [ "$part" = fused ]; then
