@@ -10,7 +10,10 @@ head the cheapest (pattern, size) predicted to keep ``target`` of it within the 
                   of a mixed one) the phase lines, the sink and the same patch in the L earlier
                   frames the grid order's local blocks reach, L = 1 .. cap (``_grid``).
 Costs are keys per query row, so the choice spends only what a head needs: a local head takes a
-few blocks, not the whole budget. If no size reaches the target, the family with the best
+few blocks, not the whole budget. A key of Grid counts ``GRID_KEY_COST`` keys: on the H100 at 128K
+the grid path computes 56-65% of A-shape's TFLOP/s on its blocks (BENCHMARKS.md, "Grid on copies
+(lost)"), and with the price in keys alone Grid on the video rows of a mixed input made the op
+~1.7 ms slower than the VS it replaced ("The honest estimates on the GPU"). If no size reaches the target, the family with the best
 prediction at the cap wins; below ``min_recall`` the head stays Dense (unstructured heads are not
 worth the risk). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
 (it does not depend on the estimate). Columns are ranked as the builder ranks them
@@ -43,6 +46,7 @@ from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 SINK = 128  # A-shape sink keys
 COLUMN_LADDER = (32, 128, 512, 2048, 8192)  # VS column counts tried (the cap trims the ladder)
 STATIC_BONUS = 1.2  # A-shape is kept unless another family costs 1/1.2 of it or less
+GRID_KEY_COST = 1.7  # a key of Grid costs ~1.7 keys of A-shape/VS: measured kernel cost (below)
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
 MIN_RECALL = 0.8  # predicted recall under which a head runs dense
 GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
@@ -209,6 +213,8 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
     g = (_grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, _row_count(ctx, modality), cap_keys,
                target) if grid else (None,) * 3)  # masses per row
+    if grid:  # priced at its measured kernel cost, so Grid wins only where it saves more than that
+        g = (g[0], g[1] * GRID_KEY_COST, g[2])
     return _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks, *g)
 
 
