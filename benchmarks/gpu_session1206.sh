@@ -31,6 +31,7 @@
 #            index phase's host profile at 128K (video).
 #   lines    OLD=tree: GPU tests; the families at 256K (video, mixed; seed 2) and 128K (video, seed 1),
 #            128 rows; the op at 128K on OLD and this tree, alternating, twice (video, mixed).
+#   lines2   the same, short: the families at 256K and 128K (video), the op A/B once.
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -163,6 +164,15 @@ elif [ "$part" = lines ]; then  # OLD=tree before the lines-first VS: GPU tests,
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2  # (their lines are in the log: $OUT brings back 8 files)
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines.txt | cut -c1-200
+elif [ "$part" = lines2 ]; then  # lines, short (a small device budget left): no GPU tests, 2 families runs, 1 op rep
+  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 262144 --seeds 2 --rows 128 \
+    --out $OUT/f_video_256k.json 2>&1 | quiet | tail -13
+  timeout 90 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
+    --out $OUT/f_video_128k.json 2>&1 | quiet | tail -13
+  stage_trees
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
+  echo "=== table ==="
+  grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines2.txt | cut -c1-200
 elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
