@@ -32,6 +32,7 @@
 #   lines    OLD=tree: GPU tests; the families at 256K (video, mixed; seed 2) and 128K (video, seed 1),
 #            128 rows; the op at 128K on OLD and this tree, alternating, twice (video, mixed).
 #   lines2   the same, short: the families at 256K and 128K (video), the op A/B once.
+#   lines3   the mixed layout's families after them: 256K (seed 2), 128K and 512K (seed 1).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
@@ -173,6 +174,11 @@ elif [ "$part" = lines2 ]; then  # lines, short (a small device budget left): no
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
   echo "=== table ==="
   grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines2.txt | cut -c1-200
+elif [ "$part" = lines3 ]; then  # the mixed layout after lines2's changes: 256K (seed 2), 128K and 512K (seed 1)
+  timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 262144 --seeds 2 --rows 128 \
+    --out $OUT/f_mixed_256k.json 2>&1 | quiet | tail -13
+  timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072,524288 --seeds 1 --rows 128 \
+    --out $OUT/f_mixed_128k_512k.json 2>&1 | quiet | tail -26
 elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
