@@ -1,13 +1,12 @@
-"""Head-parallel prefill on gloo: 2 and 4 CPU processes give the single-process op's output and
-per-head patterns (Ulysses and tensor-parallel heads, with a plan and with the online policy), and
-bad inputs fail with a message before any collective."""
+"""Head-parallel prefill on gloo: 2 ranks (this process and a spawned one) give the single-process
+op's output and per-head patterns (Ulysses and tensor-parallel heads, with a plan and with the online
+policy), and bad inputs fail with a message before any collective."""
 
 import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mmcompile.distributed import (gather_patterns, head_shard, sequence_shard, slice_plan,
                                    tensor_parallel_attention, ulysses_attention)
@@ -15,6 +14,7 @@ from mmcompile.patterns import (TEXT, VIDEO, AShape, Dense, Grid, HeadPattern, V
                                 from_segments, layer_attention)
 from mmcompile.patterns.planted import planted_qkv
 from mmcompile.patterns.policy import choose_patterns
+from gloo_ranks import run_ranks
 
 pytestmark = pytest.mark.interpreter
 
@@ -38,24 +38,20 @@ def _inputs():
 
 
 def _worker(rank, world, tmp):
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        q, k, v, ctx = _inputs()
-        shard = head_shard(HQ, HKV, world, rank)
-        seq = [sequence_shard(t, world, rank) for t in (q, k, v)]
-        heads = (q[:, shard.q], k[:, shard.kv], v[:, shard.kv])
-        results = {}
-        for name, plan in (("plan", PLAN), ("online", None)):
-            results["ulysses", name] = ulysses_attention(*seq, ctx, plan, density=DENSITY, return_patterns=True)
-            results["tp", name] = tensor_parallel_attention(*heads, ctx, plan, density=DENSITY, return_patterns=True)
-        op_like = dict(density=DENSITY, recall=0.95, plan_sizes="online", return_patterns=True)  # the op's defaults
-        results["ulysses", "sized"] = ulysses_attention(*seq, ctx, PLAN, **op_like)
-        results["tp", "sized"] = tensor_parallel_attention(*heads, ctx, PLAN, **op_like)
-        results["gathered"] = gather_patterns(results["ulysses", "online"][1])
-        results["errors"] = _collective_errors(q, k, v, ctx, seq)
-        torch.save(results, os.path.join(tmp, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    q, k, v, ctx = _inputs()
+    shard = head_shard(HQ, HKV, world, rank)
+    seq = [sequence_shard(t, world, rank) for t in (q, k, v)]
+    heads = (q[:, shard.q], k[:, shard.kv], v[:, shard.kv])
+    results = {}
+    for name, plan in (("plan", PLAN), ("online", None)):
+        results["ulysses", name] = ulysses_attention(*seq, ctx, plan, density=DENSITY, return_patterns=True)
+        results["tp", name] = tensor_parallel_attention(*heads, ctx, plan, density=DENSITY, return_patterns=True)
+    op_like = dict(density=DENSITY, recall=0.95, plan_sizes="online", return_patterns=True)  # the op's defaults
+    results["ulysses", "sized"] = ulysses_attention(*seq, ctx, PLAN, **op_like)
+    results["tp", "sized"] = tensor_parallel_attention(*heads, ctx, PLAN, **op_like)
+    results["gathered"] = gather_patterns(results["ulysses", "online"][1])
+    results["errors"] = _collective_errors(q, k, v, ctx, seq)
+    torch.save(results, os.path.join(tmp, f"rank{rank}.pt"))
 
 
 def _collective_errors(q, k, v, ctx, seq):
@@ -87,7 +83,7 @@ def test_head_parallel_equals_single_process(world, tmp_path):
                 "online": (layer_attention(q, k, v, ctx, online).out, online),
                 "sized": (sized.out, list(sized.patterns))}
     assert expected["sized"][1] != PLAN  # the plan's types, sized for this input and checked
-    mp.spawn(_worker, args=(world, str(tmp_path)), nprocs=world)
+    run_ranks(_worker, world, str(tmp_path))
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         shard = head_shard(HQ, HKV, world, rank)

@@ -5,11 +5,10 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mmcompile.patterns.specs import AShape, HeadPattern, VerticalSlash
 from mmcompile.plans import ModelShape, Plan, PlanError, load_plan, save_plan, shard_plan
+from gloo_ranks import run_ranks
 
 SHAPE = ModelShape("qwen2", 2, 4, 2, 32)
 HEADS = tuple(HeadPattern("none", (("*", AShape(sink=16, local=64 * (h + 1))),)) for h in range(3)) + \
@@ -47,26 +46,22 @@ def _rank(rank, world, tmp):
 
     import mmcompile.hf_attention as hf_attention
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        cfg = tf.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
-        model = tf.Qwen2ForCausalLM(cfg).eval()
-        stats = hf_attention.register({"plan": os.path.join(tmp, "plan.json"), "plan_sizes": "plan",
-                                       "min_sparse_len": 16, "recall": 0.0}, name="mminference-tp")
-        model.set_attn_implementation("mminference-tp")
-        with torch.no_grad():
-            model(input_ids=torch.randint(0, 128, (1, 300)))
-        torch.save([(r.layer, r.detail, r.patterns) for r in stats.records], os.path.join(tmp, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    cfg = tf.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    model = tf.Qwen2ForCausalLM(cfg).eval()
+    stats = hf_attention.register({"plan": os.path.join(tmp, "plan.json"), "plan_sizes": "plan",
+                                   "min_sparse_len": 16, "recall": 0.0}, name="mminference-tp")
+    model.set_attn_implementation("mminference-tp")
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 128, (1, 300)))
+    torch.save([(r.layer, r.detail, r.patterns) for r in stats.records], os.path.join(tmp, f"rank{rank}.pt"))
 
 
 @pytest.mark.interpreter
 def test_each_tensor_parallel_rank_runs_its_slice_of_one_plan(tmp_path):
     save_plan(PLAN, tmp_path / "plan.json")
-    mp.spawn(_rank, args=(2, str(tmp_path)), nprocs=2)
+    run_ranks(_rank, 2, str(tmp_path))
     for rank in range(2):
         records = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         heads = slice(2 * rank, 2 * rank + 2)
