@@ -194,7 +194,7 @@ def test_a_row_subset_launch_writes_only_its_rows():
 
 
 @pytest.mark.parametrize("orders", ["none", "shared", "separate"])
-@pytest.mark.parametrize("n", [232, 700])
+@pytest.mark.parametrize("n", [232, 456])  # 456: 7+ query blocks, 14+ key blocks of 32, neither a multiple
 def test_spans_and_shared_column_rows_match_reference(orders, n):
     heads = 3
     q, k, v = inputs(heads, 1, n, seed=n + len(orders))
