@@ -153,27 +153,20 @@ elif [ "$part" = families256 ]; then
     --out $OUT/families_mixed_512k.json 2>&1 | quiet | tail -13
   timeout 90 python3 benchmarks/op_phases.py --layout video --reps 5 --host 25 2>&1 | quiet | cut -c1-150 > $OUT/host.txt
   grep -A8 "^graphs" $OUT/host.txt; grep -B2 -A30 "by tottime" $OUT/host.txt | head -40
-elif [ "$part" = lines ]; then  # OLD=tree before the lines-first VS: GPU tests, families, the op A/B
-  timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
-  for layout in video mixed; do
+elif [ "$part" = lines ] || [ "$part" = lines2 ]; then  # OLD=tree before the lines-first VS
+  long=$([ "$part" = lines ] && echo 1)  # lines2: no GPU tests, video only at 256K, one op rep
+  reps=$([ -n "$long" ] && echo 2 || echo 1)
+  [ -n "$long" ] && timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  for layout in video ${long:+mixed}; do
     timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 262144 --seeds 2 --rows 128 \
       --out $OUT/f_${layout}_256k.json 2>&1 | quiet | tail -13
   done
   timeout 90 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
     --out $OUT/f_video_128k.json 2>&1 | quiet | tail -13
   stage_trees
-  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2  # (their lines are in the log: $OUT brings back 8 files)
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab $reps  # (their lines are in the log: $OUT brings back 8 files)
   echo "=== table ==="
-  grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines.txt | cut -c1-200
-elif [ "$part" = lines2 ]; then  # lines, short (a small device budget left): no GPU tests, 2 families runs, 1 op rep
-  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 262144 --seeds 2 --rows 128 \
-    --out $OUT/f_video_256k.json 2>&1 | quiet | tail -13
-  timeout 90 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
-    --out $OUT/f_video_128k.json 2>&1 | quiet | tail -13
-  stage_trees
-  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
-  echo "=== table ==="
-  grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_lines2.txt | cut -c1-200
+  grep -E "passed|failed|^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_$part.txt | cut -c1-200
 elif [ "$part" = lines3 ]; then  # the mixed layout after lines2's changes: 256K (seed 2), 128K and 512K (seed 1)
   timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 262144 --seeds 2 --rows 128 \
     --out $OUT/f_mixed_256k.json 2>&1 | quiet | tail -13

@@ -80,3 +80,13 @@ def _no_guard_latency_profile():
         if hasattr(guards, "profile_guard_manager"):
             patch.setattr(guards, "profile_guard_manager", lambda *args, **kwargs: 0.0)
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test of many small ops (under ``-n 0`` too): two OpenMP threads on a
+    shared 2-core machine wait at every parallel region for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

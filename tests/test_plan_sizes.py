@@ -19,12 +19,7 @@ from mmcompile.search import search_layer
 BLOCK = (128, 64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # small ops: two OpenMP threads on a shared 2-core machine are much slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def types(head: HeadPattern) -> list:

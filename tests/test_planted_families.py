@@ -12,12 +12,7 @@ N = 4096
 ROWS = torch.cat([torch.arange(N // 2, N, 61), torch.arange(N - 64, N, 7)])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # small ops: two OpenMP threads on a shared 2-core machine are 1000x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layout(seed=1):

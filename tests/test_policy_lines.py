@@ -1,7 +1,7 @@
 """Vertical-Slash with the frame-stride lines ranked first (issue 11, Grid where the paper uses it),
 the fallback on video rows: a grid head whose lines run over a window of recent frames keeps them
-on rows far from the estimation rows only when the whole phase class is taken as columns. CPU, no kernels: the recall is
-that of the built index's mask on sampled rows of dense attention."""
+on rows far from the estimation rows only when the whole phase class is taken as columns. CPU, no
+kernels: the recall is that of the built index's mask on sampled rows of dense attention."""
 
 import dataclasses
 
@@ -19,12 +19,7 @@ from mmcompile.patterns.specs import HeadPattern, VerticalSlash
 N = 4096
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # small ops: two OpenMP threads on a shared 2-core machine are much slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_phase_class_of_video_keys_ranks_first_and_a_prompt_sink_does_not_set_it():
@@ -74,3 +69,18 @@ def test_a_grid_window_heads_fallback_keeps_its_lines_on_rows_far_from_the_estim
     plain = HeadPattern(fallbacks[0].inter, tuple((m, dataclasses.replace(p, lines=False) if m == "video" else p)
                                                   for m, p in fallbacks[0].intra))
     assert recall(plain) < 0.95
+
+
+def test_lines_without_a_frame_stride_rank_as_plain_and_a_non_bool_is_refused():
+    """A plan's ``lines`` on an input with no frame stride (no layout) ranks the plain columns; a
+    plan entry whose ``lines`` is not a bool is refused with a message naming it."""
+    from mmcompile.plans.codec import PatternError, intra_from_dict
+
+    q, k, _, _ = family_qkv("grid-window", family_layout("video", 1024, 2, frame_tokens=(64, 256)), 2, 1, 64, seed=2)
+    ctx = forward_context(None, 1024, 1, "cpu", 64, 64)
+    indexes = [build_layer_indexes(q, k, [HeadPattern("none", (("*", VerticalSlash(128, 2, lines=lines)),))] * 2,
+                                   ctx)[0][1] for lines in (True, False)]
+    for name in ("block_count", "block_offset", "column_count", "column_index"):
+        assert torch.equal(getattr(indexes[0], name), getattr(indexes[1], name)), name
+    with pytest.raises(PatternError, match=r"verticalslash\.lines = 1"):
+        intra_from_dict({"type": "verticalslash", "vertical": 128, "slash_blocks": 2, "lines": 1}, "layer 0 head 0")

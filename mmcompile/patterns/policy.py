@@ -12,9 +12,9 @@ head the cheapest (pattern, size) predicted to keep ``target`` of it within the 
 Costs are keys per query row, so the choice spends only what a head needs: a local head takes a
 few blocks, not the whole budget. A key of Grid counts ``GRID_KEY_COST`` keys: on the H100 at 128K
 the grid path computes 56-65% of A-shape's TFLOP/s on its blocks (BENCHMARKS.md, "Grid on copies
-(lost)"), and with the price in keys alone Grid on the video rows of a mixed input made the op
-~1.7 ms slower than the VS it replaced ("The honest estimates on the GPU"). If no size reaches the target, the family with the best
-prediction at the cap wins; below ``min_recall`` the head stays Dense (unstructured heads are not
+(lost)"), and priced in keys alone, Grid on the video rows of a mixed input made the op ~1.7 ms
+slower than the VS it replaced ("The honest estimates on the GPU"). If no size reaches the target,
+the family with the best prediction at the cap wins; below ``min_recall`` the head stays Dense (unstructured heads are not
 worth the risk). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
 (it does not depend on the estimate). Columns are ranked as the builder ranks them
 (``intra.column_scores``), and the builder takes VS's columns and blocks from the policy's own
@@ -46,7 +46,7 @@ from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 SINK = 128  # A-shape sink keys
 COLUMN_LADDER = (32, 128, 512, 2048, 8192)  # VS column counts tried (the cap trims the ladder)
 STATIC_BONUS = 1.2  # A-shape is kept unless another family costs 1/1.2 of it or less
-GRID_KEY_COST = 1.7  # a key of Grid costs ~1.7 keys of A-shape/VS: measured kernel cost (below)
+GRID_KEY_COST = 1.7  # a key of Grid costs ~1.7 keys of A-shape/VS: measured kernel cost (docstring)
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
 MIN_RECALL = 0.8  # predicted recall under which a head runs dense
 GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
@@ -164,7 +164,7 @@ def _caps(ctx: ForwardContext, density: float) -> tuple[float, int]:
     return cap_keys, max(min(int(cap_keys // ctx.block_n), -(-ctx.n // ctx.block_n)), 1)
 
 
-def _at_cap(pattern, ctx: ForwardContext, density: float, rows: str = "*"):
+def _at_cap(pattern, ctx: ForwardContext, density: float, rows: str):
     """The same family grown to the density cap (what a head that missed the target tries before
     dense): A-shape's window, VS's columns (the ladder's top under the cap) and slash blocks. On
     ``rows`` that see video keys with a frame stride (``_weighs_lines``) both become VS at the cap
@@ -187,7 +187,7 @@ def _at_cap(pattern, ctx: ForwardContext, density: float, rows: str = "*"):
 class _Curves:
     """Per head (tensors [heads]), each family's cheapest size predicted to reach the target under
     the cap, its predicted recall and its cost (keys per row; A-shape's divided by
-    ``STATIC_BONUS``). Grid's are None where Grid was not weighed."""
+    ``STATIC_BONUS``, Grid's times ``GRID_KEY_COST``). Grid's are None where Grid was not weighed."""
 
     a_recall: torch.Tensor
     a_cost: torch.Tensor
@@ -211,11 +211,12 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
         lines, estimates.column_ranking(modality, heads), estimates.column_probs(lines, heads), cap_keys, cap_blocks,
         ctx.n, ctx.block_m, ctx.block_n, target)
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
-    g = (_grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx, _row_count(ctx, modality), cap_keys,
-               target) if grid else (None,) * 3)  # masses per row
-    if grid:  # priced at its measured kernel cost, so Grid wins only where it saves more than that
-        g = (g[0], g[1] * GRID_KEY_COST, g[2])
-    return _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks, *g)
+    c = _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks)
+    if grid:  # masses per row; priced at its measured kernel cost: Grid wins only where it saves more
+        c.g_recall, g_keys, c.g_local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
+                                              _row_count(ctx, modality), cap_keys, target)
+        c.g_cost = g_keys * GRID_KEY_COST
+    return c
 
 
 def _online_pick(c: _Curves, target: float):
