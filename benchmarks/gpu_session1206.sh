@@ -35,6 +35,9 @@
 #   lines3   the mixed layout's families after them: 256K (seed 2), 128K and 512K (seed 1).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
+#   attrib   GPU tests of the estimate; bench_estimate.py; OLD=tree: the op at 128K on it and this
+#            tree, alternating, twice; op_phases.py on video: the phases, then the eager choose and
+#            index phases' GPU time per source line (--lines).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -172,6 +175,16 @@ elif [ "$part" = lines3 ]; then  # the mixed layout after lines2's changes: 256K
     --out $OUT/f_mixed_256k.json 2>&1 | quiet | tail -13
   timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072,524288 --seeds 1 --rows 128 \
     --out $OUT/f_mixed_128k_512k.json 2>&1 | quiet | tail -26
+elif [ "$part" = attrib ]; then
+  timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
+  if [ -n "${OLD:-}" ]; then
+    stage_trees
+    mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2
+  fi
+  timeout 200 python3 benchmarks/op_phases.py --layout video --reps 3 --lines 45 2>&1 | quiet | cut -c1-170
+  echo "=== table ==="
+  grep -E "passed|failed|ms   max diff|pass 1|^(old|new) " $OUT/run_attrib.txt | cut -c1-200
 elif [ "$part" = fused ]; then
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet

@@ -12,6 +12,9 @@ is bound by the GPU. The syncs remove the overlap between phases, so the sum is 
 time; ``whole`` is ``layer_attention`` itself, without them. Medians of ``--reps`` after two warm
 calls. ``--kernels K``: then the K GPU kernels of most total time in one eager layer (profiler);
 ``--stacks S``: the K ops of most GPU time instead, each with the S Python frames that issued it.
+``--lines K``: then, for the eager choose and index phases apart, the K mmcompile source lines whose
+ops took the most GPU time (each op's kernels counted at the innermost mmcompile frame that issued it;
+Triton launches by kernel name), with their kernel counts and each phase's GPU total.
 ``--host K``: then the K functions of most host time in the index phase (cProfile over ``--reps``
 calls, own time and cumulative; cProfile slows Python, so read the shares, not the ms).
 """
@@ -76,6 +79,7 @@ def main():
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--kernels", type=int, default=0)
     parser.add_argument("--host", type=int, default=0)
+    parser.add_argument("--lines", type=int, default=0, help="GPU time of the choose and index phases by source line")
     parser.add_argument("--stacks", type=int, default=0, help="with --kernels: group them by this many Python frames")
     args = parser.parse_args()
     layout = standard_layout(args.layout, args.tokens)
@@ -108,8 +112,68 @@ def main():
         else:
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels,
                                             max_name_column_width=60))
+    if args.lines:
+        gpu_time_by_line(q, k, ctx, scale, args.lines)
     if args.host:
         index_host_profile(q, k, ctx, scale, args.reps, args.host)
+
+
+def gpu_time_by_line(q, k, ctx, scale, top: int) -> None:
+    """The eager choose and index phases' GPU time per mmcompile source line (``--lines``)."""
+    import collections
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ["MMINFERENCE_CUDA_GRAPHS"] = "0"
+    choose = functools.partial(policy.choice_tables, ctx=ctx, density=0.1, target=policy.TARGET, families=None)
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, 0.1, None)
+    state = {}
+
+    def choose_phase():
+        state["estimates"], tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
+        state["patterns"], _ = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, 0.1)
+
+    def index_phase():
+        layer.build_layer_indexes(q, k, state["patterns"], ctx, scale, state["estimates"])
+
+    for phase_name, phase in (("choose", choose_phase), ("index", index_phase)):
+        phase()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+            phase()
+            torch.cuda.synchronize()
+        totals, kernels = collections.Counter(), collections.Counter()
+        by_name, launches = collections.Counter(), collections.Counter()
+        for event in prof.events():  # every kernel by name; those an ATen op launched at its frame
+            if event.device_type == DeviceType.CUDA:
+                by_name[event.name[:60]] += event.time_range.end - event.time_range.start
+                launches[event.name[:60]] += 1
+            frames = _mmcompile_frames(event)[:2] if event.kernels else []  # the op's frame, its caller's
+            for kernel in event.kernels:
+                where = " < ".join(frames) if frames else f"[{kernel.name[:60]}]"
+                totals[where] += kernel.duration
+                kernels[where] += 1
+                by_name[kernel.name[:60]] -= kernel.duration
+                launches[kernel.name[:60]] -= 1
+        for name, spent in by_name.items():  # not launched by an ATen op: Triton's launcher
+            if spent > 0:
+                totals[f"[{name}]"] += spent
+                kernels[f"[{name}]"] += launches[name]
+        print(f"--- {phase_name} phase, eager: GPU {sum(totals.values()) / 1e3:.2f} ms in {sum(kernels.values())} kernels")
+        for where, spent in totals.most_common(top):
+            print(f"{spent / 1e3:8.3f} ms {kernels[where]:5d}  {where}")
+
+
+def _mmcompile_frames(event) -> list[str]:
+    """The mmcompile Python frames an op ran under, innermost first: the profiler (``with_stack``)
+    records each frame as a parent event named "path(line): function"."""
+    frames, parent = [], event.cpu_parent
+    while parent is not None:
+        if "mmcompile/" in parent.name:
+            frames.append(parent.name.split("mmcompile/")[-1])
+        parent = parent.cpu_parent
+    return frames
 
 
 def index_host_profile(q, k, ctx, scale, reps: int, top: int) -> None:
