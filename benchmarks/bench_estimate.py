@@ -1,8 +1,9 @@
 """The estimate's GPU time per layer (``estimate.line_scores`` on the kernel path: all query heads,
 the last 64 rows, per-block sums as the policy asks for them): every sum (columns, key blocks,
 consecutive rows' slashes) in the probabilities pass, against probabilities written to memory and
-read again (a skewed matrix-vector product and a block sum); the pass-2 key tiles per program
-(``line_scores_kernel.PASS2_TILES``); pass 1 alone for scale. (A finer pass-1 key split, 1024 keys,
+read again (a skewed matrix-vector product and a block sum); pass 1 alone for scale. (Several key
+tiles per pass-2 program, q loaded once for them, were measured once: 2-32 tiles 5.98-6.27 ms
+against 3.07 ms for one, dropped.) (A finer pass-1 key split, 1024 keys,
 was measured beside them once: 2.90 against 2.78 ms, dropped.)
 
 Usage: python benchmarks/bench_estimate.py [--tokens 131072] [--reps 20]
@@ -48,24 +49,22 @@ def main():
         return estimate.line_scores(q, k, pos, valid, 128 ** -0.5, start=int(n - 64), consecutive=True,
                                     use_kernel=True, block_n=64)
 
-    fuses, tiles = line_scores_kernel.fuses_block_sums, line_scores_kernel.PASS2_TILES
+    fuses = line_scores_kernel.fuses_block_sums
     variants = {  # without fused block sums the probabilities are written and read (the path before)
-        "probs in memory, 1 tile a program": (lambda b: False, 1),
-        "all sums in the kernel, 1 tile a program": (fuses, 1),
-        **{f"all sums in the kernel, {t} tiles a program": (fuses, t) for t in (2, 4, 8, 16, 32)},
+        "probs in memory (before)": lambda b: False,
+        "all sums in the kernel (now)": fuses,
     }
     first = None
-    print(f"line_scores, {n} tokens, 28/4 heads, 64 rows, bf16, {torch.cuda.get_device_name()} "
-          f"(default: {tiles} tiles a program)")
+    print(f"line_scores, {n} tokens, 28/4 heads, 64 rows, bf16, {torch.cuda.get_device_name()}")
     ms, _ = timed(lambda: line_scores_kernel.row_lse(q, k, pos, valid, 128 ** -0.5, None, slice(0, 28)), args.reps)
     print(f"{'pass 1 alone (row log-sum-exp)':45s} {ms:7.3f} ms")
-    for name, (fuse, per_program) in variants.items():
-        line_scores_kernel.fuses_block_sums, line_scores_kernel.PASS2_TILES = fuse, per_program
+    for name, fuse in variants.items():
+        line_scores_kernel.fuses_block_sums = fuse
         ms, lines = timed(run, args.reps)
         first = first or lines
         diff = max((getattr(lines, f) - getattr(first, f)).abs().max().item() for f in ("vertical", "slash", "blocks"))
         print(f"{name:45s} {ms:7.3f} ms   max diff {diff:.2e}")
-    line_scores_kernel.fuses_block_sums, line_scores_kernel.PASS2_TILES = fuses, tiles
+    line_scores_kernel.fuses_block_sums = fuses
 
 
 if __name__ == "__main__":

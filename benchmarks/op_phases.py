@@ -144,36 +144,37 @@ def gpu_time_by_line(q, k, ctx, scale, top: int) -> None:
             phase()
             torch.cuda.synchronize()
         totals, kernels = collections.Counter(), collections.Counter()
+        events = list(prof.events())
+        frames = sorted((e for e in events if "mmcompile/" in e.name and e.device_type == DeviceType.CPU),
+                        key=lambda e: e.time_range.start)
         by_name, launches = collections.Counter(), collections.Counter()
-        for event in prof.events():  # every kernel by name; those an ATen op launched at its frame
+        for event in events:  # every kernel by name; those a launch inside an mmcompile frame at that frame
             if event.device_type == DeviceType.CUDA:
                 by_name[event.name[:60]] += event.time_range.end - event.time_range.start
                 launches[event.name[:60]] += 1
-            frames = _mmcompile_frames(event)[:2] if event.kernels else []  # the op's frame, its caller's
             for kernel in event.kernels:
-                where = " < ".join(frames) if frames else f"[{kernel.name[:60]}]"
+                inside = _innermost(frames, event)
+                where = inside or f"[no frame: {kernel.name[:50]}]"
                 totals[where] += kernel.duration
                 kernels[where] += 1
                 by_name[kernel.name[:60]] -= kernel.duration
                 launches[kernel.name[:60]] -= 1
-        for name, spent in by_name.items():  # not launched by an ATen op: Triton's launcher
+        for name, spent in by_name.items():  # kernels no launch event was linked to
             if spent > 0:
-                totals[f"[{name}]"] += spent
-                kernels[f"[{name}]"] += launches[name]
+                totals[f"[unlinked: {name[:50]}]"] += spent
+                kernels[f"[unlinked: {name[:50]}]"] += launches[name]
         print(f"--- {phase_name} phase, eager: GPU {sum(totals.values()) / 1e3:.2f} ms in {sum(kernels.values())} kernels")
         for where, spent in totals.most_common(top):
             print(f"{spent / 1e3:8.3f} ms {kernels[where]:5d}  {where}")
 
 
-def _mmcompile_frames(event) -> list[str]:
-    """The mmcompile Python frames an op ran under, innermost first: the profiler (``with_stack``)
-    records each frame as a parent event named "path(line): function"."""
-    frames, parent = [], event.cpu_parent
-    while parent is not None:
-        if "mmcompile/" in parent.name:
-            frames.append(parent.name.split("mmcompile/")[-1])
-        parent = parent.cpu_parent
-    return frames
+def _innermost(frames, event) -> str:
+    """"frame < its caller" of the two innermost mmcompile Python frames (profiler events named
+    "path(line): function", sorted by start) whose time span holds ``event``'s start, or ""."""
+    at = event.time_range.start
+    holding = [f for f in frames if f.time_range.start <= at <= f.time_range.end]
+    holding.sort(key=lambda f: f.time_range.start, reverse=True)  # the latest-started is the innermost
+    return " < ".join(f.name.split("mmcompile/")[-1] for f in holding[:2])
 
 
 def index_host_profile(q, k, ctx, scale, reps: int, top: int) -> None:

@@ -98,30 +98,6 @@ def test_line_scores_in_head_chunks_equal_all_at_once(use_kernel, monkeypatch):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.interpreter
-@pytest.mark.parametrize("consecutive", [True, False])
-def test_key_tiles_per_program_do_not_change_the_sums(consecutive, monkeypatch):
-    """Pass 2 takes ``PASS2_TILES`` key tiles a program (q loaded once for them): 5 tiles in
-    programs of 2 (the last one past the end) give what one tile a program gives, exactly (each
-    key's slash sum is still two adds onto zero)."""
-    from mmcompile.patterns import line_scores_kernel
-
-    n = 600
-    q, k = _inputs(n)
-    pos, valid = last_queries(None, n, 2, last_q=16)
-    if not consecutive:
-        pos, valid = pos[:, ::2], valid[:, ::2]
-    run = lambda: line_scores(q, k, pos, valid, 0.25, start=int(pos.min()), consecutive=consecutive,  # noqa: E731
-                              use_kernel=True, block_n=64)
-    monkeypatch.setattr(line_scores_kernel, "PASS2_TILES", 1)
-    one = run()
-    monkeypatch.setattr(line_scores_kernel, "PASS2_TILES", 2)
-    two = run()
-    for name in ("vertical", "slash", "lse", "blocks"):
-        assert torch.equal(getattr(two, name), getattr(one, name)), name
-    assert one.vertical.abs().sum() > 0 and one.slash[..., n // 2:].abs().sum() > 0  # far keys were summed
-
-
 def test_kernel_sums_refuse_what_they_cannot_make():
     """The skewed slash sums take at most one key tile of rows; fused block sums need a block size
     dividing the key tile. Both say so before any launch (``line_scores`` never asks them for it)."""

@@ -20,7 +20,6 @@ from mmcompile.kernels import interpreting
 
 SPLIT = 4096  # keys per pass-1 program (finer splits, 4x the programs at 128K, were no faster: BENCHMARKS.md)
 BLOCK_K = 128  # key tile
-PASS2_TILES = 8  # key tiles per pass-2 program: its rows' q loaded once for all (BENCHMARKS.md)
 MAX_PROBS_BYTES = 1 << 29  # heads are processed in chunks whose probabilities fit in this (2 heads at 1M)
 
 
@@ -95,15 +94,15 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
                   stride_vb, stride_vh, stride_bb, stride_bh, stride_bl,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
                   HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr,
-                  WRITE_PROBS: tl.constexpr, SKEW: tl.constexpr, TILES: tl.constexpr):
+                  WRITE_PROBS: tl.constexpr, SKEW: tl.constexpr):
     """Pass 2: per (key tile, batch * head) the probabilities (zero where masked, and in the pad
     columns n .. width) and their sum over the valid rows; with ``BLOCK_N`` (> 0, dividing
     ``BLOCK_K``) also each row's sum per key block of that size, so nothing reads them again for it.
     ``SKEW`` (rows at consecutive positions, latest first): ByKey[c] += p[l, c - l] summed over
     rows l, the slash mass of row 0's offset pos[0] - c (``estimate._slash_skewed`` without the
     probabilities in memory); a key gets it from at most two tiles (ROWS <= BLOCK_K), each added
-    once onto zero, so the sums do not depend on the order the atomics land in. Each program takes
-    ``TILES`` consecutive key tiles: the rows' q and log-sum-exp are loaded once for all of them."""
+    once onto zero, so the sums do not depend on the order the atomics land in."""
+    tile = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // heads
     local = bh % heads
@@ -113,20 +112,6 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
     exists, row_ok, pos, q = _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
                                               HEAD_DIM, BLOCK_D, ROWS)
     lse = tl.load(Lse + bh * ROWS + offs_l)
-    for tile in range(tl.program_id(0) * TILES, tl.program_id(0) * TILES + TILES):
-        _probs_tile(q, K, KeyPad, Probs, Vertical, Blocks, ByKey, tile, b, h, bh, exists, row_ok, pos, lse,
-                    n, width, scale, group, rows, key_blocks, by_key_width, stride_kb, stride_kh, stride_kn,
-                    stride_vb, stride_vh, stride_bb, stride_bh, stride_bl, offs_l, offs_d,
-                    HEAD_DIM, ROWS, BLOCK_K, HAS_PAD, DOT_FP32, BLOCK_N, WRITE_PROBS, SKEW)
-
-
-@triton.jit
-def _probs_tile(q, K, KeyPad, Probs, Vertical, Blocks, ByKey, tile, b, h, bh, exists, row_ok, pos, lse,
-                n, width, scale, group, rows, key_blocks, by_key_width, stride_kb, stride_kh, stride_kn,
-                stride_vb, stride_vh, stride_bb, stride_bh, stride_bl, offs_l, offs_d,
-                HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_PAD: tl.constexpr,
-                DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr, WRITE_PROBS: tl.constexpr, SKEW: tl.constexpr):
-    """Pass 2 on one key tile (``_probs_kernel``); a tile past ``width`` writes nothing."""
     keys = tile * BLOCK_K + tl.arange(0, BLOCK_K)
     s = _tile_scores(q, K, b * stride_kb + (h // group) * stride_kh, keys, stride_kn, offs_d, n, scale, pos,
                      row_ok, KeyPad, b * n, HEAD_DIM, HAS_PAD, DOT_FP32)
@@ -230,13 +215,12 @@ def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *
     lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
     block_args = (blocks, blocks.shape[-1], blocks.stride(0), blocks.stride(1), blocks.stride(2)) if fused \
         else (vertical, 0, 0, 0, 0)
-    tiles = PASS2_TILES
-    _probs_kernel[(triton.cdiv(triton.cdiv(width, BLOCK_K), tiles), batch * count)](
+    _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
         q, k, pos32, valid8, pad, lse, vertical if probs is None else probs, vertical, block_args[0],
         vertical if by_key is None else by_key, n, width, scale, heads.start, count, group, rows, block_args[1],
         0 if by_key is None else by_key.shape[-1], *strides, vertical.stride(0), vertical.stride(1),
         *block_args[2:], BLOCK_N=block_n if fused else 0, WRITE_PROBS=probs is not None, SKEW=by_key is not None,
-        TILES=tiles, **common)
+        **common)
     return lse.view(batch, count, rows_pad)[..., :rows]
 
 
