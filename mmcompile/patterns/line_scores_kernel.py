@@ -120,13 +120,16 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
         tl.store(Probs + ((bh * rows + offs_l[:, None]) * width + keys[None, :]), p,
                  mask=exists[:, None] & (keys[None, :] < width))
     if SKEW:  # the tile's anti-diagonals: element (l, key) goes to key + l
-        j = tl.arange(0, 2 * BLOCK_K)
-        shift = j[None, :] - offs_l[:, None]  # [ROWS, 2 BLOCK_K]: the tile column row l gives to j
-        inside = (shift >= 0) & (shift < BLOCK_K)
-        skewed = tl.gather(p, tl.where(inside, shift, 0), 1)
-        part = tl.sum(tl.where(inside, skewed, 0.0), 0)
-        c = tile * BLOCK_K + j
-        tl.atomic_add(ByKey + bh * by_key_width + c, part, mask=(j < BLOCK_K + ROWS - 1) & (c < n), sem="relaxed")
+        # Row l rotated right by l (one gather of the tile's size): column m then holds the element
+        # that goes to m (m >= l) or, wrapped around, to m + BLOCK_K (m < l).
+        m = tl.arange(0, BLOCK_K)
+        rotated = tl.gather(p, (m[None, :] - offs_l[:, None] + BLOCK_K) % BLOCK_K, 1)
+        low = m[None, :] >= offs_l[:, None]
+        c = tile * BLOCK_K + m
+        by_key = ByKey + bh * by_key_width + c
+        tl.atomic_add(by_key, tl.sum(tl.where(low, rotated, 0.0), 0), mask=c < n, sem="relaxed")
+        tl.atomic_add(by_key + BLOCK_K, tl.sum(tl.where(low, 0.0, rotated), 0),
+                      mask=(m < ROWS - 1) & (c + BLOCK_K < n), sem="relaxed")
     tl.store(Vertical + b * stride_vb + h * stride_vh + keys, tl.sum(p, 0), mask=keys < n)
     if BLOCK_N > 0:  # keys past n have p = 0: a partial last block sums what it has
         PER_TILE: tl.constexpr = BLOCK_K // BLOCK_N
