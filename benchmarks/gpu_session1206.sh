@@ -36,8 +36,8 @@
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
 #   skew     GPU tests of the estimate; bench_estimate.py; OLD=tree: the op at 128K on it and this
-#            tree, alternating, twice; op_phases.py on video and mixed (the estimate's skewed sums by
-#            one rotation of the key tile, issue 11).
+#            tree, alternating, once; op_phases.py on video (the estimate's skewed sums by one
+#            rotation of the key tile, issue 11).
 #   attrib   GPU tests of the estimate; bench_estimate.py; OLD=tree: the op at 128K on it and this
 #            tree, alternating, twice; op_phases.py on video: the phases, then the eager choose and
 #            index phases' GPU time per source line (--lines).
@@ -182,10 +182,8 @@ elif [ "$part" = skew ]; then
   timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
   stage_trees
-  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2
-  for layout in video mixed; do
-    timeout 100 python3 benchmarks/op_phases.py --layout $layout --reps 3 2>&1 | quiet | cut -c1-170
-  done
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
+  timeout 100 python3 benchmarks/op_phases.py --layout video --reps 3 2>&1 | quiet | cut -c1-170
   echo "=== table ==="
   grep -E "passed|failed|ms   max diff|pass 1|^(old|new) |^ +[01] \|" $OUT/run_skew.txt | cut -c1-200
 elif [ "$part" = attrib ]; then
