@@ -12,9 +12,10 @@ is bound by the GPU. The syncs remove the overlap between phases, so the sum is 
 time; ``whole`` is ``layer_attention`` itself, without them. Medians of ``--reps`` after two warm
 calls. ``--kernels K``: then the K GPU kernels of most total time in one eager layer (profiler);
 ``--stacks S``: the K ops of most GPU time instead, each with the S Python frames that issued it.
-``--lines K``: then, for the eager choose and index phases apart, the K mmcompile source lines whose
-ops took the most GPU time (each op's kernels counted at the innermost mmcompile frame that issued it;
-Triton launches by kernel name), with their kernel counts and each phase's GPU total.
+``--lines K``: then, for the eager choose and index phases apart, their GPU total and the K places of
+most GPU time with their kernel counts: the two innermost mmcompile Python frames a launch ran
+under where the profiler recorded them (torch 2.13 on a CPU does), else the kernel's name ("no
+frame": torch 2.11 on the H100 recorded none; "unlinked": no launch event, Triton's launcher).
 ``--host K``: then the K functions of most host time in the index phase (cProfile over ``--reps``
 calls, own time and cumulative; cProfile slows Python, so read the shares, not the ms).
 """
