@@ -1,10 +1,10 @@
 """The estimate's GPU time per layer (``estimate.line_scores`` on the kernel path: all query heads,
 the last 64 rows, per-block sums as the policy asks for them): every sum (columns, key blocks,
 consecutive rows' slashes) in the probabilities pass, against probabilities written to memory and
-read again (a skewed matrix-vector product and a block sum); pass 1 alone for scale. (Several key
-tiles per pass-2 program, q loaded once for them, were measured once: 2-32 tiles 5.98-6.27 ms
-against 3.07 ms for one, dropped.) (A finer pass-1 key split, 1024 keys,
-was measured beside them once: 2.90 against 2.78 ms, dropped.)
+read again (a skewed matrix-vector product and a block sum); pass 1 alone for scale. Measured once
+and dropped: a finer pass-1 key split (1024 keys: 2.90 against 2.78 ms) and several key tiles per
+pass-2 program, q loaded once for them (2-32 tiles: 5.98-6.27 ms against 3.07 ms for one).
+``estimate_pass2_parts.py`` times pass 2's parts apart.
 
 Usage: python benchmarks/bench_estimate.py [--tokens 131072] [--reps 20]
 Prints one line per variant: median ms (CUDA events) and the largest difference from the first
