@@ -186,7 +186,7 @@ elif [ "$part" = skew ]; then
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
   timeout 100 python3 benchmarks/op_phases.py --layout video --reps 3 2>&1 | quiet | cut -c1-170
   echo "=== table ==="
-  grep -E "passed|failed|ms   max diff|pass 1|^(old|new) |^ +[01] \|" $OUT/run_skew.txt | cut -c1-200
+  grep -E "passed|failed|ms   max diff|pass 1|product|warps|^(old|new) |^ +[01] \|" $OUT/run_skew.txt | cut -c1-200
 elif [ "$part" = attrib ]; then
   timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
