@@ -35,9 +35,10 @@
 #   lines3   the mixed layout's families after them: 256K (seed 2), 128K and 512K (seed 1).
 #   phases   op_phases.py (video with the top GPU kernels, mixed); OLD=tree: the op at 128K on that
 #            tree and this one, alternating, twice (video, mixed).
-#   skew     GPU tests of the estimate; bench_estimate.py; estimate_pass2_parts.py; OLD=tree: the op at 128K on it and this
-#            tree, alternating, once; op_phases.py on video (the estimate's skewed sums by one
-#            rotation of the key tile, issue 11).
+#   skew     GPU tests of the estimate; bench_estimate.py; estimate_pass2_parts.py; OLD=tree: the op
+#            at 128K on video on it and this tree; op_phases.py on video (the estimate's skewed sums
+#            by one rotation of the key tile, issue 11). skew1: the same without bench_estimate and
+#            op_phases (~2 min).
 #   attrib   GPU tests of the estimate; bench_estimate.py; OLD=tree: the op at 128K on it and this
 #            tree, alternating, twice; op_phases.py on video: the phases, then the eager choose and
 #            index phases' GPU time per source line (--lines).
@@ -178,15 +179,19 @@ elif [ "$part" = lines3 ]; then  # the mixed layout after lines2's changes: 256K
     --out $OUT/f_mixed_256k.json 2>&1 | quiet | tail -13
   timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072,524288 --seeds 1 --rows 128 \
     --out $OUT/f_mixed_128k_512k.json 2>&1 | quiet | tail -26
-elif [ "$part" = skew ]; then
-  timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py 2>&1 | tail -1
-  timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
+elif [ "$part" = skew ] || [ "$part" = skew1 ]; then  # skew1: no bench_estimate, no phases, the op on video
+  short=$([ "$part" = skew1 ] && echo 1)
+  timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "line_scores or policy_layer" 2>&1 | tail -1
+  [ -z "$short" ] && timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
   timeout 60 python3 benchmarks/estimate_pass2_parts.py 2>&1 | quiet | grep -E "product|pass 1|warps 4 skew [13]"
   stage_trees
-  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
-  timeout 100 python3 benchmarks/op_phases.py --layout video --reps 3 2>&1 | quiet | cut -c1-170
+  for which in old new; do  # the op at 128K, video (one rep a tree)
+    echo -n "$which "
+    PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout video 2>&1 | quiet | tail -1
+  done
+  [ -z "$short" ] && timeout 100 python3 benchmarks/op_phases.py --layout video --reps 3 2>&1 | quiet | cut -c1-170
   echo "=== table ==="
-  grep -E "passed|failed|ms   max diff|pass 1|product|warps|^(old|new) |^ +[01] \|" $OUT/run_skew.txt | cut -c1-200
+  grep -E "passed|failed|ms   max diff|pass 1|product|warps|^(old|new) |^ +[01] \|" $OUT/run_$part.txt | cut -c1-200
 elif [ "$part" = attrib ]; then
   timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet
