@@ -19,10 +19,12 @@ import triton.language as tl
 from mmcompile.patterns import estimate
 from mmcompile.patterns import line_scores_kernel as lsk
 
+
 @triton.jit
 def _p2(Q, K, Pos, Lse, Vertical, Blocks, ByKey, n, scale, heads, group, stride_qh, stride_qn, stride_kh, stride_kn,
         HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
         SKEW: tl.constexpr, VERT: tl.constexpr, BLOCKS: tl.constexpr):
+    """Pass 2 for one key tile of one head (batch 1), its outputs as the switches say."""
     tile = tl.program_id(0)
     h = tl.program_id(1)
     offs_l = tl.arange(0, ROWS)
@@ -69,46 +71,61 @@ def _p2(Q, K, Pos, Lse, Vertical, Blocks, ByKey, n, scale, heads, group, stride_
         kb = tile * PER_TILE + tl.arange(0, PER_TILE)
         tl.store(Blocks + (h * ROWS + offs_l[:, None]) * (n // BLOCK_N) + kb[None, :], sums)
 
-def timed(fn, reps=1 if os.environ.get('TRITON_INTERPRET') == '1' else 20):
-    fn(); torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
 
-dry = os.environ.get("TRITON_INTERPRET") == "1"
-n = 1024 if dry else 131072
-dev = "cpu" if dry else "cuda"
-dtype = torch.float32 if dry else torch.bfloat16
-if dry:
-    torch.cuda.synchronize = lambda: None
-    class _E:
-        def __init__(self, **kw): pass
-        def record(self): pass
-        def synchronize(self): pass
-        def elapsed_time(self, other): return 0.0
-    torch.cuda.Event = _E
-g = torch.Generator(device=dev).manual_seed(0)
-q = torch.randn(1, 28, n, 128, device=dev, dtype=dtype, generator=g)
-k = torch.randn(1, 4, n, 128, device=dev, dtype=dtype, generator=g)
-pos, valid = estimate.last_queries(None, n, 1, device=dev)
-scale = 128 ** -0.5
-lse = lsk.row_lse(q, k, pos, valid, scale, None, slice(0, 28))
-pos32 = pos[0].to(torch.int32).contiguous()
-vert = torch.empty(28, n, device=dev)
-blocks = torch.empty(28, 64, n // 64, device=dev)
-def launch(skew, v, b, warps, by_key):
-    _p2[(n // 128, 28)](q, k, pos32, lse, vert, blocks, by_key, n, scale, 28, 7, q.stride(1), q.stride(2),
-                        k.stride(1), k.stride(2), HEAD_DIM=128, ROWS=64, BLOCK_K=128, BLOCK_N=64,
-                        SKEW=skew, VERT=v, BLOCKS=b, num_warps=warps)
-ref = torch.zeros(28, n + 256, device=dev)
-launch(1, 1, 1, 4, ref)
-print(f"product line_skew_sums (pass 1 + 2): {timed(lambda: lsk.line_skew_sums(q, k, pos, valid, scale, None, slice(0, 28), torch.empty(1, 28, n, device=dev), torch.empty(1, 28, 64, n // 64, device=dev), 64)):.3f} ms")
-print(f"pass 1 alone: {timed(lambda: lsk.row_lse(q, k, pos, valid, scale, None, slice(0, 28))):.3f} ms")
-for warps in ((4,) if dry else (4, 8)):
-    for skew, v, b in [(0, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1), (3, 0, 0), (3, 1, 1)]:
-        by_key = torch.zeros(28, n + 256, device=dev)
-        ms = timed(lambda: launch(skew, v, b, warps, by_key.zero_()))
-        same = "" if skew == 0 else f" by_key diff {(by_key - ref).abs().max().item():.1e}"
-        print(f"warps {warps} skew {skew} vert {v} blocks {b}: {ms:.3f} ms{same}")
+VARIANTS = [(0, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1), (3, 0, 0),
+            (3, 1, 1)]  # (skew, vert, blocks)
+
+
+def timed(fn, dry: bool, reps: int = 20) -> float:
+    """Median ms of ``fn`` by CUDA events after a warm call; NaN in a dry run (once, untimed)."""
+    fn()
+    if dry:
+        return float("nan")
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    dry = os.environ.get("TRITON_INTERPRET") == "1"
+    n, dev, dtype = (1024, "cpu", torch.float32) if dry else (131072, "cuda", torch.bfloat16)
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(1, 28, n, 128, device=dev, dtype=dtype, generator=g)
+    k = torch.randn(1, 4, n, 128, device=dev, dtype=dtype, generator=g)
+    pos, valid = estimate.last_queries(None, n, 1, device=dev)
+    scale = 128 ** -0.5
+    lse = lsk.row_lse(q, k, pos, valid, scale, None, slice(0, 28))
+    pos32 = pos[0].to(torch.int32).contiguous()
+    vert = torch.empty(28, n, device=dev)
+    blocks = torch.empty(28, 64, n // 64, device=dev)
+
+    def launch(skew, v, b, warps, by_key):
+        _p2[(n // 128, 28)](q, k, pos32, lse, vert, blocks, by_key, n, scale, 28, 7, q.stride(1), q.stride(2),
+                            k.stride(1), k.stride(2), HEAD_DIM=128, ROWS=64, BLOCK_K=128, BLOCK_N=64,
+                            SKEW=skew, VERT=v, BLOCKS=b, num_warps=warps)
+
+    def product():
+        lsk.line_skew_sums(q, k, pos, valid, scale, None, slice(0, 28), torch.empty(1, 28, n, device=dev),
+                           torch.empty(1, 28, 64, n // 64, device=dev), 64)
+
+    ref = torch.zeros(28, n + 256, device=dev)
+    launch(1, 1, 1, 4, ref)
+    print(f"product line_skew_sums (pass 1 + 2): {timed(product, dry):.3f} ms")
+    print(f"pass 1 alone: {timed(lambda: lsk.row_lse(q, k, pos, valid, scale, None, slice(0, 28)), dry):.3f} ms")
+    for warps in (4,) if dry else (4, 8):
+        for skew, v, b in VARIANTS:
+            by_key = torch.zeros(28, n + 256, device=dev)
+            ms = timed(lambda: launch(skew, v, b, warps, by_key.zero_()), dry)
+            same = "" if skew == 0 else f" by_key diff {(by_key - ref).abs().max().item():.1e}"
+            print(f"warps {warps} skew {skew} vert {v} blocks {b}: {ms:.3f} ms{same}")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,16 +36,26 @@ from mmcompile.patterns.planted import planted_qkv, standard_layout
 PHASES = ("choose", "index", "attend", "check")
 
 
+def estimate_and_choose(q, k, ctx, scale):
+    """The choose phase up to its host sync, as ``layer.choose_layer`` runs it (density 0.1)."""
+    choose = functools.partial(policy.choice_tables, ctx=ctx, density=0.1, target=policy.TARGET, families=None)
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, 0.1, None)
+    return choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
+
+
+def read_patterns(tables, ctx):
+    """The choose phase's host sync: the head patterns from the tables."""
+    return policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, 0.1)[0]
+
+
 def one_layer(q, k, v, ctx, scale):
     """{phase: (host ms, wall ms)} of one layer, plus the heads that missed the target."""
     times, clock = {}, time.perf_counter
     torch.cuda.synchronize()
     start = clock()
-    choose = functools.partial(policy.choice_tables, ctx=ctx, density=0.1, target=policy.TARGET, families=None)
-    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, 0.1, None)
-    estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
+    estimates, tables = estimate_and_choose(q, k, ctx, scale)
     issued = clock()
-    patterns, _ = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, 0.1)
+    patterns = read_patterns(tables, ctx)
     times["choose"] = (issued - start, clock() - start)
     start = clock()
     indexes = layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
@@ -127,13 +137,11 @@ def gpu_time_by_line(q, k, ctx, scale, top: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     os.environ["MMINFERENCE_CUDA_GRAPHS"] = "0"
-    choose = functools.partial(policy.choice_tables, ctx=ctx, density=0.1, target=policy.TARGET, families=None)
-    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, scale, 0.1, None)
     state = {}
 
     def choose_phase():
-        state["estimates"], tables = choice_graph.estimate_and_choose(q, k, ctx, scale, choose, key)
-        state["patterns"], _ = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, 0.1)
+        state["estimates"], tables = estimate_and_choose(q, k, ctx, scale)
+        state["patterns"] = read_patterns(tables, ctx)
 
     def index_phase():
         layer.build_layer_indexes(q, k, state["patterns"], ctx, scale, state["estimates"])
