@@ -42,6 +42,9 @@
 #   attrib   GPU tests of the estimate; bench_estimate.py; OLD=tree: the op at 128K on it and this
 #            tree, alternating, twice; op_phases.py on video: the phases, then the eager choose and
 #            index phases' GPU time per source line (--lines).
+#   streams  OLD=tree: the choice-graph GPU test (replay equals eager, bitwise); the op at 128K on OLD
+#            and this tree, alternating, twice (video, mixed); op_phases.py on video; the attend
+#            phase launch by launch (attend_launches.py, video).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -192,6 +195,14 @@ elif [ "$part" = skew ] || [ "$part" = skew1 ]; then  # skew1: no bench_estimate
   [ -z "$short" ] && timeout 100 python3 benchmarks/op_phases.py --layout video --reps 3 2>&1 | quiet | cut -c1-170
   echo "=== table ==="
   grep -E "passed|failed|ms   max diff|pass 1|product|warps|^(old|new) |^ +[01] \|" $OUT/run_$part.txt | cut -c1-200
+elif [ "$part" = streams ]; then
+  timeout 90 python3 -m pytest -q -m gpu tests/test_choice_graph.py tests/test_patterns_gpu.py 2>&1 | tail -1
+  stage_trees
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2
+  timeout 100 python3 benchmarks/op_phases.py --layout video --reps 5 2>&1 | quiet | cut -c1-170
+  timeout 100 python3 benchmarks/attend_launches.py --layout video --out $OUT/attend_video.json 2>&1 | quiet | tail -7
+  echo "=== table ==="
+  grep -E "passed|failed|^(old|new) |^ +[01] \|" $OUT/run_streams.txt | cut -c1-200
 elif [ "$part" = attrib ]; then
   timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 60 python3 benchmarks/bench_estimate.py 2>&1 | quiet

@@ -17,6 +17,10 @@ and replay. The tensors the estimate cached are handed to an ``Estimates`` of th
 compute anew (the held-out rows' dense log-sum-exp) comes from the real inputs. The graphs live
 in ``ForwardContext.replays``: they go, with their memory, when the forward's context does.
 
+While captured, the policy's independent parts (each row set; A-shape, VS and Grid of a row set)
+are captured on forked streams (``side_by_side``): each is a chain of small kernels that fills a
+fraction of the GPU, so the replay runs them side by side instead of one after another.
+
 A capture that fails (an op that syncs with the host, an unsupported call) is logged once and the
 forward runs eagerly from then on. Off on CPUs, while a stream is being captured already, above
 ``MAX_TOKENS`` (the q buffer is q's size) and with ``MMINFERENCE_CUDA_GRAPHS=0``.
@@ -103,6 +107,29 @@ def estimate_and_choose(q, k, ctx, scale: float, choose: Callable, key: tuple, c
         return estimates, choose(estimates)
     ctx.replays[key] = replay
     return estimates.adopting(q, k), tables
+
+
+def side_by_side(parts: list[Callable], device) -> list:
+    """Each part's result. While the current stream is being captured, the parts after the first
+    are captured on streams forked from it and joined back before returning, so a replay runs
+    them concurrently (the parts must be independent: they may read the same inputs, never each
+    other's results). Otherwise they run in turn on the current stream: eagerly, tensors made on
+    one stream and freed while another still reads them would need ``record_stream`` (during a
+    capture the graph's private pool and its fixed replay order make that safe)."""
+    device = torch.device(device)
+    if len(parts) < 2 or device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+        return [part() for part in parts]
+    main = torch.cuda.current_stream(device)
+    forks = [torch.cuda.Stream(device) for _ in parts[1:]]
+    results = [None] * len(parts)
+    for i, (fork, part) in enumerate(zip(forks, parts[1:]), 1):
+        fork.wait_stream(main)
+        with torch.cuda.stream(fork):
+            results[i] = part()
+    results[0] = parts[0]()
+    for fork in forks:
+        main.wait_stream(fork)
+    return results
 
 
 def cuda_graph(fn: Callable, device: torch.device):

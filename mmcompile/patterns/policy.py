@@ -33,11 +33,13 @@ at a calibration length are too small at four times that length, types carry ove
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import torch
 
 from . import estimate, intra, row_recall
+from .choice_graph import side_by_side
 from .estimate import LineScores
 from .index_builder import device_list
 from .layer import Estimates, ForwardContext
@@ -205,16 +207,21 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
             target: float, grid: bool) -> _Curves:
     """A-shape's, VS's and (when ``grid``) Grid's choice for these heads on one row set."""
     lines = estimates.lines(modality, heads)
+    lines.rows  # (cached on first use: computed here, not by two parts at once)
     cap_keys, cap_blocks = _caps(ctx, density)
-    a_recall, a_cost, a_local = _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target)
-    v_recall, v_cost, v_cols, v_blocks, ranked = _vertical_slash(
-        lines, estimates.column_ranking(modality, heads), estimates.column_probs(lines, heads), cap_keys, cap_blocks,
-        ctx.n, ctx.block_m, ctx.block_n, target)
+    parts = [lambda: _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target),
+             lambda: _vertical_slash(lines, estimates.column_ranking(modality, heads),
+                                     estimates.column_probs(lines, heads), cap_keys, cap_blocks, ctx.n, ctx.block_m,
+                                     ctx.block_n, target)]
+    if grid:  # masses per row; priced at its measured kernel cost: Grid wins only where it saves more
+        parts.append(lambda: _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
+                                   _row_count(ctx, modality), cap_keys, target))
+    (a_recall, a_cost, a_local), (v_recall, v_cost, v_cols, v_blocks, ranked), *g = side_by_side(
+        parts, estimates.q.device)
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
     c = _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks)
-    if grid:  # masses per row; priced at its measured kernel cost: Grid wins only where it saves more
-        c.g_recall, g_keys, c.g_local = _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
-                                              _row_count(ctx, modality), cap_keys, target)
+    if grid:
+        c.g_recall, g_keys, c.g_local = g[0]
         c.g_cost = g_keys * GRID_KEY_COST
     return c
 
@@ -345,17 +352,19 @@ def choice_tables(estimates: Estimates, ctx: ForwardContext, density: float, tar
     heads = list(range(estimates.q.shape[1]))
     modalities = ctx.row_sets()
     if families is None:
-        return torch.stack([_choose_one(estimates, m, heads, ctx, density, target, _weighs_grid(m, modalities, ctx))
-                            for m in modalities])
+        parts = [functools.partial(_choose_one, estimates, m, heads, ctx, density, target,
+                                   _weighs_grid(m, modalities, ctx)) for m in modalities]
+        return torch.stack(side_by_side(parts, estimates.q.device))
     if len(families) != len(heads):
         raise ValueError(f"{len(families)} plan head patterns for {len(heads)} query heads")
     kept = [not _sizable(head) for head in families]
-    return torch.stack([_choose_sized(estimates, m, heads, ctx, density, target,
-                                      [FAMILIES.index(Dense) if kept[h] else
-                                       _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
-                                       for h in heads],
-                                      _weighs_grid(m, modalities, ctx), [not fixed for fixed in kept])
-                        for m in modalities])
+    parts = [functools.partial(_choose_sized, estimates, m, heads, ctx, density, target,
+                               [FAMILIES.index(Dense) if kept[h] else
+                                _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
+                                for h in heads],
+                               _weighs_grid(m, modalities, ctx), [not fixed for fixed in kept])
+             for m in modalities]
+    return torch.stack(side_by_side(parts, estimates.q.device))
 
 
 def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, density: float,
