@@ -126,15 +126,18 @@ def _outside_listed(slots, in_row, valid, p, start, block_row, num_blocks, BLOCK
 
 
 @triton.jit
-def _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base, k_order_row,
+def _column_tile(acc, m_i, l_i, q, q_abs, q_min, slots, valid, n_k, k_offset, k_base, v_base, k_order_row,
                  stride_kn, stride_vn, offs_d, qk_scale,
                  HEAD_DIM: tl.constexpr, HAS_K_ORDER: tl.constexpr, DOT_FP32: tl.constexpr):
-    """A tile of single key columns (gathered rows), masked by ``valid`` and causally."""
+    """A tile of single key columns (gathered rows), masked by ``valid`` and causally; the mask is
+    applied only when a lane is invalid or a column follows the block's earliest row (most tiles
+    of a per-block list are whole and in the past)."""
     k_pos = _key_positions(k_order_row, slots, n_k, HAS_K_ORDER)
     k = _load_rows(k_base, k_pos, stride_kn, offs_d, valid, HEAD_DIM, False)
     v = _load_rows(v_base, k_pos, stride_vn, offs_d, valid, HEAD_DIM, False)
-    mask = valid[None, :] & ((k_pos + k_offset)[None, :] <= q_abs[:, None])
-    return _update(acc, m_i, l_i, q, k, v, mask, qk_scale, True, DOT_FP32)
+    k_abs = k_pos + k_offset
+    needs_mask = (tl.min(valid.to(tl.int32), 0) == 0) | (tl.max(tl.where(valid, k_abs, -1), 0) > q_min)
+    return _attend_listed(acc, m_i, l_i, q, q_abs, k, v, k_abs, valid, needs_mask, qk_scale, DOT_FP32)
 
 
 @triton.jit
@@ -288,8 +291,8 @@ def _sparse_attention_fwd(
                     valid &= (slots < span_lo) | (slots >= span_hi)
                 valid, p, next_block = _outside_listed(slots, in_row, valid, p, next_block, block_row, num_blocks,
                                                        BLOCK_N, FAR_SLOT)
-                acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base,
-                                             k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
+                acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, q_min, slots, valid, n_k, k_offset, k_base,
+                                             v_base, k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
                                              HEAD_DIM, HAS_K_ORDER, DOT_FP32)
                 c += BLOCK_N
                 next_column = tl.load(column_row + c, mask=c < column_width, other=FAR_SLOT)
@@ -300,8 +303,8 @@ def _sparse_attention_fwd(
                 listed = c + offs_n < num_columns
                 slots = tl.load(column_row + c + offs_n, mask=listed, other=-1)
                 valid = listed & (slots >= 0) & (slots < n_k) & ((slots < diag_lo) | (slots >= diag_hi))
-                acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, slots, valid, n_k, k_offset, k_base, v_base,
-                                             k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
+                acc, m_i, l_i = _column_tile(acc, m_i, l_i, q, q_abs, q_min, slots, valid, n_k, k_offset, k_base,
+                                             v_base, k_order_row, stride_kn, stride_vn, offs_d, qk_scale,
                                              HEAD_DIM, HAS_K_ORDER, DOT_FP32)
 
     # Rows that saw nothing keep acc = 0, l = 0: write 0 and lse = -inf instead of NaN.

@@ -49,6 +49,19 @@ def test_random_index_with_columns_matches_reference(group, n):
     assert_matches_reference(q, k, v, index)
 
 
+@pytest.mark.parametrize("orders", ["none", "keys"])
+def test_long_column_lists_in_whole_and_partial_tiles(orders):
+    """Blocks listing several tiles of columns: a whole tile of past columns runs without the mask,
+    a partial last tile, and (with a key order) columns after some rows of the block, with it."""
+    n, heads = 1000, 2
+    q, k, v = inputs(heads, 1, n, seed=11)
+    k_order = random_order(heads, n, 12) if orders == "keys" else None
+    index = random_index(1, heads, n, n, 0.05, max_columns=200, unaligned=True, k_order=k_order,
+                         generator=torch.Generator().manual_seed(11))
+    assert int(index.column_count.max()) >= 128
+    assert_matches_reference(q, k, v, index)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_random_permutations_of_queries_and_keys(dtype):
     n, heads = 300, 2
