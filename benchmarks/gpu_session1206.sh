@@ -45,8 +45,8 @@
 #   streams  OLD=tree: the choice-graph GPU test (replay equals eager, bitwise); the op at 128K on OLD
 #            and this tree, alternating, twice (video, mixed); op_phases.py on video; the attend
 #            phase launch by launch (attend_launches.py, video).
-#   columns  OLD=tree: the kernel's GPU tests; the attend phase launch by launch on OLD and this tree
-#            (video, then mixed); the op at 128K on both, alternating, twice (video, mixed).
+#   columns  OLD=tree: the kernel's and the choice graph's GPU tests; the attend phase launch by launch
+#            on OLD and this tree (video); the op at 128K on both, alternating, twice (video, mixed).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -206,9 +206,9 @@ elif [ "$part" = streams ]; then
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) |^ +[01] \|" $OUT/run_streams.txt | cut -c1-200
 elif [ "$part" = columns ]; then
-  timeout 150 python3 -m pytest -q -m gpu tests/test_kernel_gpu.py 2>&1 | tail -1
+  timeout 150 python3 -m pytest -q -m gpu tests/test_kernel_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   stage_trees
-  for layout in video mixed; do
+  for layout in video; do
     for which in old new; do
       echo "$which attend"
       PYTHONPATH=/tmp/$which timeout 100 python3 benchmarks/attend_launches.py --layout $layout 2>&1 | quiet | tail -5

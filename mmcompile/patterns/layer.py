@@ -14,6 +14,7 @@ writes only the rows an order lists, so the second replaces the first's work on 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections import defaultdict
@@ -145,14 +146,21 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
         indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
         out, lse = attend(q, k, v, indexes, scale, return_lse=True)
     else:  # each launch group as soon as it is built: the GPU runs it while the host builds the next
-        if recall is not None:
-            estimates.held_out_lse()  # the check's dense lse, queued now: the GPU needs only q and k
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        side = _side_stream(q.device)  # the dense work, beside the index building and sparse launches
+        if recall is not None:
+            with _on(side):
+                estimates.held_out_lse()  # the check's dense lse, queued now: the GPU needs only q and k
         indexes = []
         for group in launch_groups(q, k, patterns, ctx, scale, estimates=estimates):  # dense heads first
-            attend(q, k, v, [group], scale, out=out, lse=lse)
+            if group[1] is None:
+                _sdpa_heads(q, k, v, group[0], scale, out, lse, stream=side)
+            else:
+                attend(q, k, v, [group], scale, out=out, lse=lse)
             indexes.append(group)
+        if side is not None:
+            torch.cuda.current_stream(q.device).wait_stream(side)
     head_recall = None
     if recall is not None and lse is not None:
         head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
@@ -311,17 +319,39 @@ def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = Fals
     return (out, lse) if return_lse else out
 
 
-def _sdpa_heads(q, k, v, head_ids: list[int], scale: float, out, lse) -> None:
+def _sdpa_heads(q, k, v, head_ids: list[int], scale: float, out, lse, stream=None) -> None:
     """Dense heads of a mixed layer through SDPA (cuDNN on Hopper: faster than the Triton dense
-    path; math on a CPU: faster than the interpreter), written into ``out``. Their ``lse`` is
-    not computed (NaN): they are exact, and ``verify.held_out_recall`` counts them so."""
+    path; math on a CPU: faster than the interpreter), written into ``out``, on ``stream`` if
+    given (its head lists are made on the current one: a cached list must be on the device before
+    any stream reads it). Their ``lse`` is not computed (NaN): they are exact, and
+    ``verify.held_out_recall`` counts them so."""
     group = q.shape[1] // k.shape[1]
     ids = device_list(head_ids, q.device)
     kv = device_list([h // group for h in head_ids], q.device)
-    dense = torch.nn.functional.scaled_dot_product_attention(q.index_select(1, ids), k.index_select(1, kv),
-                                                             v.index_select(1, kv), is_causal=True, scale=scale)
-    out.index_copy_(1, ids, dense)
-    lse.index_fill_(1, ids, float("nan"))
+    with _on(stream):
+        dense = torch.nn.functional.scaled_dot_product_attention(q.index_select(1, ids), k.index_select(1, kv),
+                                                                 v.index_select(1, kv), is_causal=True, scale=scale)
+        out.index_copy_(1, ids, dense)
+        lse.index_fill_(1, ids, float("nan"))
+
+
+def _side_stream(device: torch.device):
+    """A stream forked from the current one (None on a CPU or while a CUDA graph is captured). On
+    it the layer queues its dense work (dense heads: SDPA saturates the GPU for ~8 ms a head at
+    128K; the check's dense log-sum-exp), so the small kernels of index building and the sparse
+    launches' tails fill the GPU beside it. The layer joins it before reading those results.
+    Eager cross-stream use is safe here: each fork waits for the current stream first, and every
+    tensor the side stream reads (q, k, v, ``out``, ``lse``, cached head lists) outlives the join."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return None
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    return side
+
+
+def _on(stream):
+    """``torch.cuda.stream(stream)``, or nothing for None."""
+    return contextlib.nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
 class Estimates:
