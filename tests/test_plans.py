@@ -15,7 +15,8 @@ from mmcompile.runtime import track
 
 SHAPE = ModelShape("qwen2", layers=2, heads_q=4, heads_kv=2, head_dim=16)
 NARROW = HeadPattern("none", (("*", AShape(sink=16, local=64)),))
-MIXED = HeadPattern("q-boundary", (("text", AShape(64, 128)), ("video", VerticalSlash(vertical=64, slash_blocks=4))))
+MIXED = HeadPattern("q-boundary", (("text", AShape(64, 128)), ("video", VerticalSlash(vertical=64, slash_blocks=4))),
+                    interchangeable=("text",))
 
 
 def plan(layers=None) -> Plan:
@@ -35,6 +36,7 @@ def test_round_trip_keeps_patterns_scores_and_settings(tmp_path):
     assert loaded.search == {"target": 0.95} and loaded.scores[(0, 0)] == {"ashape": [[64, 0.97, 0.01]]}
     assert patterns_from_arg(loaded.op_arg(1)) == plan().layers[1]
     assert json.load(open(path))["version"] == 1
+    assert "interchangeable" not in layer_arg([NARROW])  # absent when empty: older arguments read the same
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -69,6 +71,7 @@ def _rehashed(tmp_path, edit):
     (lambda d: d["layers"][0]["heads"][0]["intra"][0][1].update(width=3), r"has no parameter\(s\) \['width'\]"),
     (lambda d: d["layers"][0]["heads"][0]["intra"][0][1].update(local=-5), "expected a non-negative int"),
     (lambda d: d["layers"][0]["heads"][0].update(inter="sideways"), "unknown inter-modality type"),
+    (lambda d: d["layers"][0]["heads"][0].update(interchangeable="text"), "'interchangeable' must be a list"),
     (lambda d: d["layers"][0]["heads"].pop(), "layer 0 has 3 heads, its model 4 query heads"),
     (lambda d: d["model"].update(layers=1), "fingerprint"),
 ])

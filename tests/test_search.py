@@ -69,3 +69,16 @@ def test_capture_searches_each_layer_of_a_model_forward(tmp_path):
     assert all(len(heads) == 4 for heads in plan.layers.values())
     assert set(plan.scores[(1, 3)]) == {"text", "video"}  # the annotated layout reached the search
     assert plan.scores[(1, 3)]["video"]["ashape:128+128"]["cost"] > 0
+
+
+def test_rows_that_both_a_shape_and_vs_serve_are_listed_interchangeable():
+    from mmcompile.search.candidates import choose_from_scores
+
+    def entry(recall, cost):
+        return dict(recall=recall, err=0.0, cost=cost)
+    scores = {"text": {"ashape:128+512": entry(0.97, 0.10), "vs:128x4": entry(0.96, 0.09)},
+              "video": {"ashape:128+512": entry(0.90, 0.10), "vs:128x4": entry(0.96, 0.05)}}
+    head = choose_from_scores(scores, 0.95)
+    assert head.pattern_for("text") == AShape(128, 512) and head.pattern_for("video") == VerticalSlash(128, 4)
+    assert head.interchangeable == ("text",)  # video: A-shape misses the target there
+    assert choose_from_scores(scores, 0.965).interchangeable == ()  # only A-shape reaches 0.965 on text

@@ -326,7 +326,8 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
 
     ``families`` (one HeadPattern per query head, a plan's): per head and query modality of this
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
-    weighed, sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
+    weighed (both A-shape and VS where the plan lists those rows ``interchangeable``: its search
+    found both reaching the target), sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
     runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
     at the cap, or whose plan says Dense, gets the online choice among all families (as good a
     prediction or better; ``_choose_sized``): a type searched at 32K need not fit a 128K prompt, and the
@@ -360,7 +361,7 @@ def choice_tables(estimates: Estimates, ctx: ForwardContext, density: float, tar
     kept = [not _sizable(head) for head in families]
     parts = [functools.partial(_choose_sized, estimates, m, heads, ctx, density, target,
                                [FAMILIES.index(Dense) if kept[h] else
-                                _family_code(_plan_pattern(families[h], m), _weighs_grid(m, modalities, ctx))
+                                _family_code(families[h], m, _weighs_grid(m, modalities, ctx))
                                 for h in heads],
                                _weighs_grid(m, modalities, ctx), [not fixed for fixed in kept])
              for m in modalities]
@@ -402,11 +403,24 @@ def _sizable(head: HeadPattern) -> bool:
     return head.inter != "2d-boundary" and all(type(p) in FAMILIES for _, p in head.intra)
 
 
-def _family_code(pattern, grid: bool) -> int:
-    """The family a row set may take: the index of the pattern's type in ``FAMILIES``, ``EITHER``
-    for a Grid these rows cannot run."""
-    code = FAMILIES.index(type(pattern))
-    return EITHER if isinstance(pattern, Grid) and not grid else code
+def _family_code(head: HeadPattern, rows: str, grid: bool) -> int:
+    """The family a row set may take: the index of the type of the plan head's pattern for it
+    (``_plan_pattern``) in ``FAMILIES``; ``EITHER`` for a Grid these rows cannot run, and for an
+    A-shape or VS the plan lists as interchangeable on the entry that pattern came from."""
+    pattern = _plan_pattern(head, rows)
+    if isinstance(pattern, Grid):
+        return FAMILIES.index(Grid) if grid else EITHER
+    if isinstance(pattern, (AShape, VerticalSlash)) and _plan_entry(head, rows) in head.interchangeable:
+        return EITHER
+    return FAMILIES.index(type(pattern))
+
+
+def _plan_entry(head: HeadPattern, rows: str) -> str:
+    """The plan head's intra entry (modality or "*") that ``_plan_pattern`` reads for ``rows``."""
+    names = dict(head.intra)
+    if rows == "*":
+        return "*" if "*" in names else head.intra[0][0]
+    return rows if rows in names else "*"
 
 
 def _weighs_lines(rows: str, ctx: ForwardContext) -> bool:

@@ -62,9 +62,13 @@ INTER_TYPES = ("none", "k-boundary", "q-boundary", "2d-boundary")
 
 @dataclasses.dataclass(frozen=True)
 class HeadPattern:
-    """One head: its inter-modality type and its intra pattern per query modality ("*" = any)."""
+    """One head: its inter-modality type and its intra pattern per query modality ("*" = any).
+    ``interchangeable``: the query modalities whose A-shape or Vertical-Slash pattern a plan's
+    search found the other family also reaching its target with; sizing a plan for an input
+    (``plan_sizes="online"``) then takes the cheaper of the two there, not only the one searched."""
     inter: str = "none"
     intra: tuple = (("*", Dense()),)  # ((modality name or "*", Intra), ...)
+    interchangeable: tuple = ()  # (modality name or "*", ...)
 
     def __post_init__(self):
         if self.inter not in INTER_TYPES:

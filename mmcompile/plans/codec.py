@@ -41,7 +41,10 @@ def intra_from_dict(entry: dict, where: str):
 
 
 def head_to_dict(head: HeadPattern) -> dict:
-    return {"inter": head.inter, "intra": [[selector, intra_to_dict(p)] for selector, p in head.intra]}
+    out = {"inter": head.inter, "intra": [[selector, intra_to_dict(p)] for selector, p in head.intra]}
+    if head.interchangeable:  # (absent when empty: plans and op arguments written before it read the same)
+        out["interchangeable"] = list(head.interchangeable)
+    return out
 
 
 def head_from_dict(entry: dict, where: str) -> HeadPattern:
@@ -50,8 +53,11 @@ def head_from_dict(entry: dict, where: str) -> HeadPattern:
     intra = entry.get("intra")
     if not isinstance(intra, list) or not intra:
         raise PatternError(f"{where}: 'intra' must be a non-empty list of [selector, pattern] pairs")
+    either = entry.get("interchangeable", [])
+    if not isinstance(either, list) or not all(isinstance(m, str) for m in either):
+        raise PatternError(f"{where}: 'interchangeable' must be a list of query modality names, got {either!r}")
     return HeadPattern(entry["inter"], tuple((str(selector), intra_from_dict(p, f"{where} {selector}"))
-                                            for selector, p in intra))
+                                            for selector, p in intra), tuple(either))
 
 
 def layer_arg(patterns) -> str:

@@ -35,20 +35,25 @@ def candidates_for(has_video_frames: bool) -> list:
 def choose_from_scores(scores: dict, target: float) -> HeadPattern:
     """One head's pattern from its scores ({row set: {candidate name: {recall, err, cost}}}): per
     row set the cheapest candidate reaching ``target`` under ``MAX_COST`` (A-shape priced
-    ``STATIC_BONUS`` lower; ties go to the earlier candidate), Dense where none does. The search
-    and ``retarget`` both choose here."""
+    ``STATIC_BONUS`` lower; ties go to the earlier candidate), Dense where none does; row sets
+    where some A-shape and some VS both reach it are listed ``interchangeable`` (at another length
+    the other family may be the cheaper: a local band grows with the prompt, and its A-shape with
+    it). The search and ``retarget`` both choose here."""
     by_name = {candidate_name(p): p for p in candidates_for(True)}
-    picks = []
+    picks, either = [], []
     for rows, entries in scores.items():
-        best, price = Dense(), None
+        best, price, reaching = Dense(), None, set()
         for name, entry in entries.items():
             pattern = by_name.get(name)
             if pattern is None or entry["recall"] < target or entry["cost"] >= MAX_COST:
                 continue
+            reaching.add(type(pattern))
             p = entry["cost"] / STATIC_BONUS if isinstance(pattern, AShape) else entry["cost"]
             if price is None or p < price:
                 best, price = pattern, p
         picks.append((rows, best))
+        if {AShape, VerticalSlash} <= reaching and isinstance(best, (AShape, VerticalSlash)):
+            either.append(rows)  # both families served these rows: an input may size either
     if all(isinstance(p, Dense) for _, p in picks):
         return HeadPattern("none", (("*", Dense()),))
-    return HeadPattern("none" if [r for r, _ in picks] == ["*"] else "q-boundary", tuple(picks))
+    return HeadPattern("none" if [r for r, _ in picks] == ["*"] else "q-boundary", tuple(picks), tuple(either))

@@ -1,5 +1,6 @@
-"""What a plan holds, for people: a table per layer (patterns by type, and the recall and density the
-search measured for the chosen candidates) and a picture of the per-head pattern map."""
+"""What a plan holds, for people: a table per layer (patterns by type, the recall and density the
+search measured for the chosen candidates, and how many row sets A-shape and VS both served: "A|VS",
+sized either way at load) and a picture of the per-head pattern map."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def summary_lines(plan: Plan) -> list[str]:
     m = plan.model
     lines = [f"plan for {m.model_type}: {m.layers} layers, {m.heads_q}/{m.heads_kv} heads, head dim {m.head_dim}; "
              f"search {plan.search}", "",
-             f"{'layer':>5s}  {'patterns (query modality: type x heads)':60s} {'density':>8s} {'recall':>7s}"]
+             f"{'layer':>5s}  {'patterns (query modality: type x heads)':60s} {'density':>8s} {'recall':>7s} "
+             f"{'A|VS':>5s}"]
     for layer, heads in sorted(plan.layers.items()):
         kinds = collections.Counter(f"{sel}:{type(p).__name__}" for head in heads for sel, p in head.intra)
         measured = [e for h, head in enumerate(heads) for e in _chosen_scores(plan, layer, h, head)]
@@ -37,7 +39,8 @@ def summary_lines(plan: Plan) -> list[str]:
         density = (sum(e["cost"] for e in measured) + dense) / max(1, len(measured) + dense)
         recall = min((e["recall"] for e in measured), default=1.0)
         text = ", ".join(f"{k} x{c}" for k, c in sorted(kinds.items()))
-        lines.append(f"{layer:5d}  {text[:60]:60s} {density:8.3f} {recall:7.3f}")
+        either = sum(len(head.interchangeable) for head in heads)  # row sets where both families served
+        lines.append(f"{layer:5d}  {text[:60]:60s} {density:8.3f} {recall:7.3f} {either:5d}")
     return lines
 
 
