@@ -207,7 +207,7 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
             target: float, grid: bool) -> _Curves:
     """A-shape's, VS's and (when ``grid``) Grid's choice for these heads on one row set."""
     lines = estimates.lines(modality, heads)
-    lines.rows  # (cached on first use: computed here, not by two parts at once)
+    lines.rows  # a cached property: computed once here, not by two of the parts below at once
     cap_keys, cap_blocks = _caps(ctx, density)
     parts = [lambda: _a_shape(lines, cap_blocks, ctx.block_m, ctx.block_n, target),
              lambda: _vertical_slash(lines, estimates.column_ranking(modality, heads),
@@ -327,8 +327,8 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     ``families`` (one HeadPattern per query head, a plan's): per head and query modality of this
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
     weighed (both A-shape and VS where the plan lists those rows ``interchangeable``: its search
-    found both reaching the target), sized for this input (``_choose_sized``); a head predicted under ``min_recall`` still
-    runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
+    found both reaching the target), sized for this input (``_choose_sized``); a head predicted
+    under ``min_recall`` still runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
     at the cap, or whose plan says Dense, gets the online choice among all families (as good a
     prediction or better; ``_choose_sized``): a type searched at 32K need not fit a 128K prompt, and the
     search writes Dense where no candidate reached the target at its length while heads that need
