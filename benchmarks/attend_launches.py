@@ -71,28 +71,28 @@ def main():
     rows = []
     for head_ids, index in groups:
         run = lambda: layer.attend(q, k, v, [(head_ids, index)], scale, out=out, lse=lse)  # noqa: E731
-        ms = time_ms(run)["ms"]
-        if index is None:
-            density = 1.0 * len(head_ids)
-            pairs = n * (n + 1) / 2 * len(head_ids)
-            ref_ms = None
-        else:
+        row = dict(heads=len(head_ids), what=describe(head_ids, patterns, index), ms=time_ms(run)["ms"],
+                   mean_density=1.0, columns_per_block=None, blocks_per_block=None, a_shape_ms=None,
+                   a_shape_tflops=None, ms_at_a_shape_rate=None)
+        pairs = n * (n + 1) / 2 * len(head_ids)
+        if index is not None:
             per_head = index.density(n)[0].double()
-            density, pairs = float(per_head.sum()), float(per_head.sum()) * n * (n + 1) / 2
-            ref = a_shape_like(len(head_ids), n, float(per_head.mean()), index.block_m, index.block_n, q.device)
+            row.update(mean_density=float(per_head.mean()), columns_per_block=float(index.column_count.float().mean()),
+                       blocks_per_block=float(index.block_count.float().mean()))
+            pairs = float(per_head.sum()) * n * (n + 1) / 2
+            ref = a_shape_like(len(head_ids), n, row["mean_density"], index.block_m, index.block_n, q.device)
             ids = device_list(head_ids, q.device, torch.int32)
             ref_pairs = float(ref.density(n)[0].double().sum()) * n * (n + 1) / 2
-            ref_ms = time_ms(lambda: sparse_attention_forward(q, k, v, ref, scale, head_ids=ids, out=out, lse=lse))["ms"]
-            ref_tf = tflops(4 * d * ref_pairs, ref_ms)
-        tf = tflops(4 * d * pairs, ms)
-        cols = None if index is None else float(index.column_count.float().mean())
-        blocks = None if index is None else float(index.block_count.float().mean())
-        rows.append(dict(heads=len(head_ids), what=describe(head_ids, patterns, index), ms=ms,
-                         mean_density=density / len(head_ids), tflops=tf, columns_per_block=cols,
-                         blocks_per_block=blocks, a_shape_ms=ref_ms, a_shape_tflops=ref_tf if ref_ms else None,
-                         ms_at_a_shape_rate=None if ref_ms is None else ms * tf / ref_tf))
+            row["a_shape_ms"] = time_ms(lambda: sparse_attention_forward(q, k, v, ref, scale, head_ids=ids,
+                                                                         out=out, lse=lse))["ms"]
+            row["a_shape_tflops"] = tflops(4 * d * ref_pairs, row["a_shape_ms"])
+        row["tflops"] = tflops(4 * d * pairs, row["ms"])
+        if row["a_shape_ms"]:
+            row["ms_at_a_shape_rate"] = row["ms"] * row["tflops"] / row["a_shape_tflops"]
+        rows.append(row)
     env = environment()
-    print(f"{args.layout} {n} tokens, 28/4 heads, D={d}, bf16, {env.get('gpu', '')}: the attend phase's launches")
+    print(f"{args.layout} {n} tokens, 28/4 heads, D={d}, {str(q.dtype)[6:]}, {env.get('gpu', '')}: the attend phase's "
+          "launches")
     print("heads | what | ms | density | TFLOP/s | blocks/qblock | columns/qblock | A-shape same density: ms, "
           "TFLOP/s | this launch at A-shape's rate")
     for r in rows:
@@ -100,10 +100,12 @@ def main():
                if r["a_shape_ms"] else "- | -")
         extra = (f"{r['blocks_per_block']:.1f} | {r['columns_per_block']:.1f}" if r["blocks_per_block"] is not None
                  else "- | -")
-        print(f"{r['heads']} | {r['what']} | {r['ms']:.3f} | {r['mean_density']:.4f} | {r['tflops']:.0f} | {extra} | {ref}")
+        print(f"{r['heads']} | {r['what']} | {r['ms']:.3f} | {r['mean_density']:.4f} | {r['tflops']:.0f} | {extra} "
+              f"| {ref}")
     sparse = [r for r in rows if r["a_shape_ms"]]
+    dense_ms = sum(r["ms"] for r in rows if not r["a_shape_ms"])
     print(f"sparse launches {sum(r['ms'] for r in sparse):.3f} ms, at A-shape's rate "
-          f"{sum(r['ms_at_a_shape_rate'] for r in sparse):.3f} ms; dense {sum(r['ms'] for r in rows if not r['a_shape_ms']):.3f} ms")
+          f"{sum(r['ms_at_a_shape_rate'] for r in sparse):.3f} ms; dense {dense_ms:.3f} ms")
     if args.out:
         write_json(args.out, dict(env=env, tokens=n, layout=args.layout, launches=rows))
 
