@@ -9,22 +9,28 @@ example: a grid split by text segments becomes continuous). Per pair the pattern
                   (the modality's own previous tokens); Dense: the modality's whole slot range;
   other modality  AShape: its first ``sink`` keys plus its last ``local`` keys before the query
                   block (in original positions); Dense: its whole slot range.
+  either          VerticalSlash: estimated (method.md 1.5: per modality pair, from the last
+                  queries of the query modality): the ``vertical`` keys of the key modality that
+                  those rows weigh most (``Estimates.lines``, in original positions, mapped to
+                  their slots), plus ``slash_blocks`` key blocks of local band: the A-shape above
+                  with no sink and ``slash_blocks * block_n`` local keys. The plan fixes the
+                  budgets, the input the columns.
 ``AShape(0, 0)`` drops a pair (the diagonal block and block edges still spill a few keys). A pair
 the plan leaves out is Dense, so a partial plan is never less exact. The kernel merges every
 pair of a query block into one online softmax and masks causally in original positions.
-Pairs are static (no estimation): estimated pair patterns (VS in modality-major coordinates)
-are not supported yet.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from .index_builder import INVALID, BlockSets, build_index, device_list, stack_heads
 from .layout import MODALITY_NAMES
-from .specs import AShape, Dense, HeadPattern
+from .specs import AShape, Dense, HeadPattern, VerticalSlash
 
-PAIR_TYPES = (AShape, Dense)
+PAIR_TYPES = (AShape, Dense, VerticalSlash)
 
 
 def pair_pattern(head: HeadPattern, query: str, key: str):
@@ -56,8 +62,14 @@ def _range_blocks(lo: torch.Tensor, hi: torch.Tensor, width: int, block_n: int) 
     return torch.where(step < count[..., None], first[..., None] + step, INVALID)
 
 
-def _pair_sets(pattern, same: bool, qid: int, kid: int, layout_ranges, query_end_pos, heads, n, block_m, block_n):
-    """BlockSets [B, heads, ...] of one pair, in slot space (absolute sets per query block)."""
+def _pair_sets(pattern, same: bool, qid: int, kid: int, layout_ranges, query_end_pos, heads, n, block_m, block_n,
+               columns=None):
+    """BlockSets [B, heads, ...] of one pair, in slot space (absolute sets per query block).
+    ``columns()`` -> int64 [B, heads, C] key slots: a VerticalSlash pair's estimated columns."""
+    if isinstance(pattern, VerticalSlash):
+        band = _pair_sets(AShape(0, pattern.slash_blocks * block_n), same, qid, kid, layout_ranges, query_end_pos,
+                          heads, n, block_m, block_n)
+        return dataclasses.replace(band, columns=columns(pattern.vertical))
     keys, start, end = layout_ranges
     batch = start.shape[0]
     nkb = -(-n // block_n)
@@ -79,6 +91,17 @@ def _pair_sets(pattern, same: bool, qid: int, kid: int, layout_ranges, query_end
     return BlockSets(empty, absolute[:, None].expand(batch, heads, -1, -1), empty)
 
 
+def _columns_of(estimates, q_name: str, head_ids: list[int], modality, kid: int, slot_of):
+    """count -> the pair's estimated column slots (``_top_columns``) for these heads: read on
+    first use, so static pairs need no estimate."""
+    def columns(count: int) -> torch.Tensor:
+        if estimates is None:
+            raise ValueError(f"2d-boundary pair {q_name}>{MODALITY_NAMES[kid]}: a VerticalSlash pair needs the "
+                             "layer's estimates")
+        return _top_columns(estimates.lines(q_name, head_ids).vertical, modality, kid, count, slot_of)
+    return columns
+
+
 def _union(parts: list[BlockSets]) -> BlockSets:
     """One query modality's pairs together (absolute sets broadcast per query block)."""
     num_m = next((p.absolute.shape[2] for p in parts if p.absolute.dim() == 4), None)
@@ -88,13 +111,27 @@ def _union(parts: list[BlockSets]) -> BlockSets:
                      torch.cat([p.columns for p in parts], -1))
 
 
-def boundary2d_index(groups: dict, ctx):
+def _top_columns(vertical: torch.Tensor, modality: torch.Tensor, kid: int, count: int,
+                 slot_of: torch.Tensor) -> torch.Tensor:
+    """int64 [B, H, count]: the slots of the ``count`` keys of modality ``kid`` with the most
+    estimated mass (``vertical`` fp32 [B, H, N], original positions), INVALID past the keys
+    the estimation rows weigh at all (fewer keys, or none of that modality)."""
+    score = vertical.masked_fill((modality != kid)[:, None, :], 0.0)
+    top = score.topk(min(count, score.shape[-1]), -1)
+    slots = slot_of[:, None, :].expand_as(score).gather(-1, top.indices)
+    return torch.where(top.values > 0, slots, INVALID)
+
+
+def boundary2d_index(groups: dict, ctx, estimates=None):
     """One SparseIndex for all 2D-Boundary heads ({HeadPattern: [head ids]}), with the shared
-    modality-major order."""
+    modality-major order. ``estimates`` (``layer.Estimates``): the line scores VerticalSlash
+    pairs take their columns from."""
     if ctx.modality is None:
         raise ValueError("2d-boundary heads need a modality layout")
     n, bm, bn = ctx.n, ctx.block_m, ctx.block_n
     order, keys, start, end = modality_major(ctx.modality)
+    slot_of = torch.empty_like(order, dtype=torch.long).scatter_(
+        1, order.long(), torch.arange(n, device=order.device).expand_as(order))  # original position -> slot
     num_m = -(-n // bm)
     ids = {name: mid for mid, name in MODALITY_NAMES.items()}  # ids 0..3: also their column in start/end
     present_names = list(ctx.present)
@@ -109,7 +146,9 @@ def boundary2d_index(groups: dict, ctx):
             rows = (slot_block[None, :] < end[:, qi, None]) & (slot_block[None, :] + bm > start[:, qi, None])
             end_pos = order.long().gather(1, torch.minimum(last_slot[None, :], end[:, qi, None] - 1).clamp(min=0))
             parts = [_pair_sets(pair_pattern(head, q_name, k_name), q_name == k_name, qi, ids[k_name],
-                                (keys, start, end), end_pos, len(head_ids), n, bm, bn) for k_name in present_names]
+                                (keys, start, end), end_pos, len(head_ids), n, bm, bn,
+                                _columns_of(estimates, q_name, head_ids, ctx.modality, ids[k_name], slot_of))
+                     for k_name in present_names]
             entries.append((rows, _union(parts)))
         per_head.append(entries)
     # Same query modalities for every group: stack the heads of each entry.

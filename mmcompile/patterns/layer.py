@@ -295,7 +295,7 @@ def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale
     for rows, groups in by_rows.items():
         yield [h for ids in groups.values() for h in ids], _grid_index(groups, rows, estimates, ctx)
     if boundary:
-        yield [h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx)
+        yield [h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx, estimates)
 
 
 def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False, out=None, lse=None):
