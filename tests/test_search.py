@@ -2,6 +2,7 @@
 backend loads, and captures a real model's q, k, v one layer at a time."""
 
 import pytest
+import torch
 
 from mmcompile.patterns import forward_context
 from mmcompile.patterns.planted import planted_qkv, standard_layout
@@ -82,3 +83,26 @@ def test_rows_that_both_a_shape_and_vs_serve_are_listed_interchangeable():
     assert head.pattern_for("text") == AShape(128, 512) and head.pattern_for("video") == VerticalSlash(128, 4)
     assert head.interchangeable == ("text",)  # video: A-shape misses the target there
     assert choose_from_scores(scores, 0.965).interchangeable == ()  # only A-shape reaches 0.965 on text
+
+
+
+def test_search_prices_2d_boundary_pairs_and_takes_them_where_they_are_cheaper():
+    """On the planted 2D-Boundary family the estimated VS pairs reach the target on both row sets;
+    the search takes them for a head only where they cost less in all than the per-modality
+    choice (here plain VS in original order is cheaper still, so the heads keep it)."""
+    from mmcompile.patterns.families import family_layout, family_qkv
+    from mmcompile.search.candidates import choose_from_scores
+
+    n = 2048
+    layout = family_layout("video", n, 1, frame_tokens=(64, 256))
+    q, k, v, _ = family_qkv("2d-boundary", layout, 4, 1, 64, seed=1)
+    patterns, scores = search_layer(q, k, v, forward_context(layout, n, 1, "cpu", 64, 64), target=0.95)
+    for head, by_rows in zip(patterns, scores.values()):
+        pairs = [by_rows[rows]["2d:vs:512x8"] for rows in ("text", "video")]
+        assert all(e["recall"] >= 0.95 for e in pairs), pairs
+        chosen = sum(by_rows[rows][f"vs:{p.vertical}x{p.slash_blocks}"]["cost"] for rows, p in head.intra)
+        assert head.inter == "q-boundary" and chosen < sum(e["cost"] for e in pairs)
+    cheaper = {rows: {**entries, "2d:vs:512x8": dict(entries["2d:vs:512x8"], cost=0.01)}
+               for rows, entries in scores[0].items()}
+    head = choose_from_scores(cheaper, 0.95)
+    assert head.inter == "2d-boundary" and head.intra[0] == ("text>text", VerticalSlash(512, 8)), head

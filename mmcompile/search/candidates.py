@@ -13,7 +13,12 @@ GRID_LOCAL_FRAMES = (64, 128, 256)
 MAX_COST = 0.8  # a candidate visiting 80% of the causal keys saves too little: Dense instead
 
 
+PAIR_VS_SIZES = ((512, 8), (1000, 16), (2000, 64))  # 2D-Boundary candidates: VS of this size in every pair
+
+
 def candidate_name(pattern) -> str:
+    if isinstance(pattern, HeadPattern):  # a 2D-Boundary candidate, priced as a whole head
+        return "2d:" + candidate_name(pattern.intra[0][1])
     if isinstance(pattern, AShape):
         return f"ashape:{pattern.sink}+{pattern.local}"
     if isinstance(pattern, VerticalSlash):
@@ -32,15 +37,26 @@ def candidates_for(has_video_frames: bool) -> list:
     return out + [Dense()]
 
 
+def pair_candidates(modalities: list[str]) -> list[HeadPattern]:
+    """2D-Boundary heads for inputs of several query modalities (method.md 1.5): Vertical-Slash of
+    one size in every (query, key) modality pair, its columns estimated per pair at run time."""
+    if len(modalities) < 2:
+        return []
+    return [HeadPattern("2d-boundary", tuple((f"{a}>{b}", VerticalSlash(c, r)) for a in modalities for b in modalities))
+            for c, r in PAIR_VS_SIZES]
+
+
 def choose_from_scores(scores: dict, target: float) -> HeadPattern:
     """One head's pattern from its scores ({row set: {candidate name: {recall, err, cost}}}): per
     row set the cheapest candidate reaching ``target`` under ``MAX_COST`` (A-shape priced
     ``STATIC_BONUS`` lower; ties go to the earlier candidate), Dense where none does; row sets
     where some A-shape and some VS both reach it are listed ``interchangeable`` (at another length
     the other family may be the cheaper: a local band grows with the prompt, and its A-shape with
-    it). The search and ``retarget`` both choose here."""
+    it). A 2D-Boundary candidate (``pair_candidates``) replaces them all when it reaches the target
+    on every row set for less in all (summed costs, A-shape's discounted). The search and
+    ``retarget`` both choose here."""
     by_name = {candidate_name(p): p for p in candidates_for(True)}
-    picks, either = [], []
+    picks, either, prices = [], [], []
     for rows, entries in scores.items():
         best, price, reaching = Dense(), None, set()
         for name, entry in entries.items():
@@ -52,8 +68,27 @@ def choose_from_scores(scores: dict, target: float) -> HeadPattern:
             if price is None or p < price:
                 best, price = pattern, p
         picks.append((rows, best))
+        prices.append(1.0 if price is None else price)  # Dense: every causal key
         if {AShape, VerticalSlash} <= reaching and isinstance(best, (AShape, VerticalSlash)):
             either.append(rows)  # both families served these rows: an input may size either
+    whole = _cheaper_pairs(scores, target, sum(prices))
+    if whole is not None:
+        return whole
     if all(isinstance(p, Dense) for _, p in picks):
         return HeadPattern("none", (("*", Dense()),))
     return HeadPattern("none" if [r for r, _ in picks] == ["*"] else "q-boundary", tuple(picks), tuple(either))
+
+
+def _cheaper_pairs(scores: dict, target: float, price: float) -> HeadPattern | None:
+    """The cheapest 2D-Boundary candidate reaching ``target`` on every row set whose summed cost
+    over the row sets is below ``price`` (what the per-row-set choice costs), or None."""
+    best = None
+    for head in pair_candidates(list(scores)):
+        name = candidate_name(head)
+        entries = [scores[rows].get(name) for rows in scores]
+        if any(e is None or e["recall"] < target or e["cost"] >= MAX_COST for e in entries):
+            continue
+        cost = sum(e["cost"] for e in entries)
+        if cost < price:
+            best, price = head, cost
+    return best

@@ -16,7 +16,7 @@ from mmcompile.patterns.layer import Estimates, ForwardContext
 from mmcompile.patterns.layout import MODALITY_NAMES
 from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern
 
-from .candidates import candidate_name, candidates_for, choose_from_scores
+from .candidates import candidate_name, candidates_for, choose_from_scores, pair_candidates
 from .score import dense_rows, score_candidate
 
 
@@ -52,10 +52,11 @@ def search_layer(q, k, v, ctx: ForwardContext, target: float = 0.95, rows: int =
                                      or ctx.row_counts.get("video") is not None)
     inter = "none" if list(row_sets) == ["*"] else "q-boundary"
     scores = {h: {name: {} for name in row_sets} for h in range(q.shape[1])}
-    for pattern in candidates_for(grid_ok):
+    for pattern in candidates_for(grid_ok) + pair_candidates(list(row_sets)):
         if isinstance(pattern, Dense):
             continue  # recall 1, error 0, cost 1: the fallback
-        head = HeadPattern(inter, tuple((name, _for_rows(pattern, name)) for name in row_sets))
+        head = pattern if isinstance(pattern, HeadPattern) else \
+            HeadPattern(inter, tuple((name, _for_rows(pattern, name)) for name in row_sets))
         result = score_candidate(q, k, v, ctx, head, dense, row_sets, scale, estimates)
         for name in row_sets:
             if isinstance(pattern, Grid) and name not in ("*", "video"):
