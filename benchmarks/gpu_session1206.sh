@@ -47,10 +47,10 @@
 #            phase launch by launch (attend_launches.py, video).
 #   columns  OLD=tree: the kernel's and the choice graph's GPU tests; the attend phase launch by launch
 #            on OLD and this tree (video); the op at 128K on both, alternating, twice (video, mixed).
-#   plan12   OLD=tree: a plan searched on the families at 32K on the video layout (seed 0; it lists the
-#            rows A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes on
-#            this tree (the cheaper of the two there) and on OLD (the searched family only), and the
-#            online policy on the same inputs (128 rows).
+#   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
+#            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
+#            (the cheaper of the two there) and with those lists removed (the searched family only),
+#            and the online policy on the same inputs (128 rows).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -223,15 +223,17 @@ elif [ "$part" = columns ]; then
   grep -E "passed|failed|attend|^[0-9]+ \||^sparse|^(old|new) " $OUT/run_columns.txt | cut -c1-200
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
-  timeout 120 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
+  timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
     --out $PLAN 2>&1 | quiet | tail -2
-  stage_trees
+  python3 -c "import dataclasses, sys; from mmcompile.plans import load_plan, save_plan; p = load_plan(sys.argv[1]); \
+save_plan(dataclasses.replace(p, layers={l: tuple(dataclasses.replace(h, interchangeable=()) for h in hs) \
+for l, hs in p.layers.items()}), sys.argv[2])" $PLAN /tmp/plan_strict.json
+  mminference plan show $PLAN 2>&1 | quiet | tail -12
   for tokens in 131072 262144; do
-    for which in new old; do
-      echo "$which plan"
-      PYTHONPATH=/tmp/$which timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens \
-        --seeds 1 --plan $PLAN --plan-sizes online --rows 128 --out $OUT/families_${tokens}_plan_$which.json \
-        2>&1 | quiet | tail -13
+    for which in $PLAN /tmp/plan_strict.json; do
+      echo "plan $which"
+      timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens --seeds 1 --plan $which \
+        --plan-sizes online --rows 128 --out $OUT/families_${tokens}_$(basename $which .json).json 2>&1 | quiet | tail -13
     done
     timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens --seeds 1 --rows 128 \
       --out $OUT/families_${tokens}_online.json 2>&1 | quiet | tail -13
