@@ -50,7 +50,7 @@
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
-#            and the online policy on the same inputs (128 rows).
+#            and the online policy on the same inputs (128 rows). `plan12 131072`: 128K only.
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -229,7 +229,7 @@ elif [ "$part" = plan12 ]; then
 save_plan(dataclasses.replace(p, layers={l: tuple(dataclasses.replace(h, interchangeable=()) for h in hs) \
 for l, hs in p.layers.items()}), sys.argv[2])" $PLAN /tmp/plan_strict.json
   mminference plan show $PLAN 2>&1 | quiet | tail -12
-  for tokens in 131072 262144; do
+  for tokens in ${2:-131072 262144}; do
     for which in $PLAN /tmp/plan_strict.json; do
       echo "plan $which"
       timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens --seeds 1 --plan $which \
