@@ -50,7 +50,8 @@
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
-#            and the online policy on the same inputs (128 rows). `plan12 131072`: 128K only.
+#            and the online policy on the same inputs (128 rows). `plan12 131072 [plans-only]`: 128K only
+#            [and not the online policy].
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-verify}
@@ -235,8 +236,8 @@ for l, hs in p.layers.items()}), sys.argv[2])" $PLAN /tmp/plan_strict.json
       timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens --seeds 1 --plan $which \
         --plan-sizes online --rows 128 --out $OUT/families_${tokens}_$(basename $which .json).json 2>&1 | quiet | tail -13
     done
-    timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens --seeds 1 --rows 128 \
-      --out $OUT/families_${tokens}_online.json 2>&1 | quiet | tail -13
+    [ "${3:-}" = plans-only ] || timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens $tokens \
+      --seeds 1 --rows 128 --out $OUT/families_${tokens}_online.json 2>&1 | quiet | tail -13
   done
 elif [ "$part" = attrib ]; then
   timeout 80 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
