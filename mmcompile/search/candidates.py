@@ -11,8 +11,6 @@ A_SHAPE_LOCAL = (128, 256, 512, 1024, 2048, 4096, 8192)
 VS_SIZES = ((128, 4), (512, 8), (1000, 16), (1000, 32), (2000, 64), (4000, 128))
 GRID_LOCAL_FRAMES = (64, 128, 256)
 MAX_COST = 0.8  # a candidate visiting 80% of the causal keys saves too little: Dense instead
-
-
 PAIR_VS_SIZES = ((512, 8), (1000, 16), (2000, 64))  # 2D-Boundary candidates: VS of this size in every pair
 
 
