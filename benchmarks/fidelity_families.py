@@ -23,6 +23,8 @@ import time
 
 import torch
 
+if not torch.cuda.is_available():  # the kernels run in Triton's interpreter: set before any kernel module loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from mmcompile.patterns.families import FAMILIES, LAYOUTS, family_layout, family_qkv  # noqa: E402
@@ -74,7 +76,6 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)  # bf16 tl.dot is wrong in the interpreter
     heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
