@@ -149,3 +149,21 @@ def test_the_op_sizes_the_plan_types_online_or_runs_them_as_searched():
     assert (as_searched.detail, sized.detail) == ("plan", "plan types, online sizes")
     assert as_searched.patterns == (narrow,) * 2
     assert all(types(h) == [("*", AShape)] and h.intra[0][1].sink == 128 for h in sized.patterns), sized.patterns
+
+
+def test_a_plans_grid_is_not_sent_dense_by_its_lower_bound():
+    """Grid's predicted recall is a lower bound: with a plan its Grid runs and the held-out check
+    judges it (then the fallback, then dense); online, and for other families, a prediction under
+    ``min_recall`` still means dense."""
+    from mmcompile.patterns.policy import MIN_RECALL, patterns_from_tables
+
+    _, _, ctx = planted_video(layout_kind="video")
+    assert ctx.row_sets() == ["text", "video"]
+    vs = VerticalSlash(128, 4)
+    plan = [HeadPattern("q-boundary", (("text", vs), ("video", Grid())))]
+    picks = {"text": ([0.99], [vs], [vs]), "video": ([0.3], [Grid()], [vs])}
+    chosen, fallbacks = patterns_from_tables(picks, ctx, MIN_RECALL, 0.1, plan)
+    assert isinstance(chosen[0].pattern_for("video"), Grid) and 0 in fallbacks
+    assert types(patterns_from_tables(picks, ctx, MIN_RECALL, 0.1)[0][0]) == [("*", Dense)]
+    low_vs = {"text": ([0.99], [vs], [vs]), "video": ([0.3], [vs], [vs])}
+    assert types(patterns_from_tables(low_vs, ctx, MIN_RECALL, 0.1, plan)[0][0]) == [("*", Dense)]

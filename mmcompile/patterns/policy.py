@@ -328,7 +328,8 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
     weighed (both A-shape and VS where the plan lists those rows ``interchangeable``: its search
     found both reaching the target), sized for this input (``_choose_sized``); a head predicted
-    under ``min_recall`` still runs Dense. A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
+    under ``min_recall`` still runs Dense (a plan's Grid excepted: its prediction is a lower bound,
+    and the held-out check judges it). A row set whose plan family (A-shape or VS) is predicted short of ``target`` even
     at the cap, or whose plan says Dense, gets the online choice among all families (as good a
     prediction or better; ``_choose_sized``): a type searched at 32K need not fit a 128K prompt, and the
     search writes Dense where no candidate reached the target at its length while heads that need
@@ -379,7 +380,10 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
         if h in kept:
             chosen.append(kept[h])
             continue
-        if min(picks[m][0][h] for m in modalities) < min_recall:
+        # A plan's Grid is not judged by its prediction, a lower bound (``_choose_sized``): the
+        # held-out check measures it, and a head that misses runs its fallback, then dense.
+        judged = [m for m in modalities if families is None or not isinstance(picks[m][1][h], Grid)]
+        if judged and min(picks[m][0][h] for m in judged) < min_recall:
             chosen.append(HeadPattern("none", (("*", Dense()),)))
             continue
         inter = "none" if modalities == ["*"] else "q-boundary"
