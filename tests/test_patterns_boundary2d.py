@@ -158,3 +158,13 @@ def test_estimated_pairs_keep_the_2d_family_that_a_shape_pairs_lose():
         assert float(recall.min()) >= 0.95, (rows_of, recall)
         assert float(static_recall.mean()) < float(recall.mean()) - 0.1, (rows_of, static_recall, recall)
         assert float(cost.mean()) < float(static_cost.mean()), (rows_of, cost, static_cost)
+
+
+def test_a_vertical_slash_pair_without_the_estimates_is_a_clear_error():
+    from mmcompile.patterns.boundary2d import boundary2d_index
+
+    layout = from_segments(INTERLEAVED[:1])
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    with pytest.raises(ValueError, match="video>video: a VerticalSlash pair needs the layer's estimates"):
+        boundary2d_index({_with_pairs(video_video=VerticalSlash(24, 1)): [0]}, ctx)
+    assert boundary2d_index({ISOLATING: [0]}, ctx).block_count.shape[1] == 1  # static pairs need none

@@ -129,9 +129,7 @@ def boundary2d_index(groups: dict, ctx, estimates=None):
     if ctx.modality is None:
         raise ValueError("2d-boundary heads need a modality layout")
     n, bm, bn = ctx.n, ctx.block_m, ctx.block_n
-    order, keys, start, end = modality_major(ctx.modality)
-    slot_of = torch.empty_like(order, dtype=torch.long).scatter_(
-        1, order.long(), torch.arange(n, device=order.device).expand_as(order))  # original position -> slot
+    order, keys, start, end, slot_of = ctx.modality_order
     num_m = -(-n // bm)
     ids = {name: mid for mid, name in MODALITY_NAMES.items()}  # ids 0..3: also their column in start/end
     present_names = list(ctx.present)

@@ -25,7 +25,7 @@ import torch
 from mmcompile.kernels import sparse_attention_forward
 
 from . import estimate, intra
-from .boundary2d import boundary2d_index, pair_pattern
+from .boundary2d import boundary2d_index, modality_major, pair_pattern
 from .index_builder import BlockSets, build_index, device_list, empty_sets, head_slice, stack_heads
 from .layout import MODALITY_NAMES, PAD, VIDEO, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
@@ -65,6 +65,16 @@ class ForwardContext:
         """The estimation-row sets the policy chooses from and a layer is judged on: each query
         modality's when there are several (each is estimated apart), else the last rows overall."""
         return list(self.present) if len(self.present) > 1 else ["*"]
+
+    @functools.cached_property
+    def modality_order(self) -> tuple:
+        """(order, sort keys, start, end, slot_of): the 2D-Boundary heads' modality-major order
+        (``boundary2d.modality_major``) and, per original position, its slot (int64 [B, N]).
+        Built on first use, once per forward, not per layer."""
+        order, keys, start, end = modality_major(self.modality)
+        slot_of = torch.empty_like(order, dtype=torch.long).scatter_(
+            1, order.long(), torch.arange(self.n, device=order.device).expand_as(order))
+        return order, keys, start, end, slot_of
 
     @functools.cached_property
     def held_out(self) -> tuple:
@@ -154,10 +164,7 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
                 estimates.held_out_lse()  # the check's dense lse, queued now: the GPU needs only q and k
         indexes = []
         for group in launch_groups(q, k, patterns, ctx, scale, estimates=estimates):  # dense heads first
-            if group[1] is None:
-                _sdpa_heads(q, k, v, group[0], scale, out, lse, stream=side)
-            else:
-                attend(q, k, v, [group], scale, out=out, lse=lse)
+            attend(q, k, v, [group], scale, out=out, lse=lse, dense_stream=side)
             indexes.append(group)
         if side is not None:
             torch.cuda.current_stream(q.device).wait_stream(side)
@@ -298,8 +305,10 @@ def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale
         yield [h for ids in boundary.values() for h in ids], boundary2d_index(boundary, ctx, estimates)
 
 
-def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False, out=None, lse=None):
-    """The kernel launches of one layer, all writing into one output (index None: dense heads).
+def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = False, out=None, lse=None,
+           dense_stream=None):
+    """The kernel launches of one layer, all writing into one output (index None: dense heads,
+    queued on ``dense_stream`` if given: ``_side_stream``).
     Returns out, or (out, lse [B, Hq, N] float32 natural log; None when SDPA ran every head).
     ``out``/``lse`` given: the launches write into them (their other heads are left as they are)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -313,7 +322,7 @@ def attend(q, k, v, indexes, scale: float | None = None, return_lse: bool = Fals
     for head_ids, index in indexes:
         ids = device_list(head_ids, q.device, torch.int32)
         if index is None:
-            _sdpa_heads(q, k, v, head_ids, scale, out, lse)
+            _sdpa_heads(q, k, v, head_ids, scale, out, lse, stream=dense_stream)
         else:
             sparse_attention_forward(q, k, v, index, scale, head_ids=ids, out=out, lse=lse)
     return (out, lse) if return_lse else out

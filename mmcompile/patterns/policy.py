@@ -396,10 +396,18 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
 
 
 def _plan_pattern(head: HeadPattern, rows: str):
-    """A plan head's pattern for one row set of this input: ``pattern_for`` (the modality's, else
-    "*", else Dense); for "*" (an input of one modality) as the index builder reads a fixed head
-    (``layer._selectors``): its "*" pattern, else its first."""
-    return dict(head.intra).get("*", head.intra[0][1]) if rows == "*" else head.pattern_for(rows)
+    """A plan head's pattern for one row set of this input: its ``_plan_entry`` (Dense if none)."""
+    return dict(head.intra).get(_plan_entry(head, rows), Dense())
+
+
+def _plan_entry(head: HeadPattern, rows: str) -> str:
+    """The plan head's intra entry (modality or "*") for one row set of this input: as
+    ``pattern_for`` reads it (the modality's, else "*"); for "*" (an input of one modality) as the
+    index builder reads a fixed head (``layer._selectors``): its "*" entry, else its first."""
+    names = dict(head.intra)
+    if rows == "*":
+        return "*" if "*" in names else head.intra[0][0]
+    return rows if rows in names else "*"
 
 
 def _sizable(head: HeadPattern) -> bool:
@@ -417,14 +425,6 @@ def _family_code(head: HeadPattern, rows: str, grid: bool) -> int:
     if isinstance(pattern, (AShape, VerticalSlash)) and _plan_entry(head, rows) in head.interchangeable:
         return EITHER
     return FAMILIES.index(type(pattern))
-
-
-def _plan_entry(head: HeadPattern, rows: str) -> str:
-    """The plan head's intra entry (modality or "*") that ``_plan_pattern`` reads for ``rows``."""
-    names = dict(head.intra)
-    if rows == "*":
-        return "*" if "*" in names else head.intra[0][0]
-    return rows if rows in names else "*"
 
 
 def _weighs_lines(rows: str, ctx: ForwardContext) -> bool:
