@@ -74,9 +74,12 @@ def test_vertical_slash_index_matches_definition():
         vertical = lines.vertical[0, h].clone()
         for j in range(n):  # a key a diagonal explains better (some row's offset to it is heavier) is no column
             reaching = [lines.slash[0, h, int(pos[0, r]) - j] for r in range(pos.shape[1]) if int(pos[0, r]) >= j]
-            if reaching and lines.vertical[0, h, j] < intra.SLASH_DOMINANCE * max(reaching):
+            heaviest = max(reaching) if reaching else 0.0
+            if lines.vertical[0, h, j] < intra.SLASH_DOMINANCE * heaviest:
                 vertical[j] = 0.0
-        vertical[int(pos.min()) - n // 16:] = 0.0
+            near = j >= int(pos.min()) - n // 16  # left to slash blocks unless far heavier than any diagonal
+            if near and lines.vertical[0, h, j] < intra.GUARD_DOMINANCE * heaviest:
+                vertical[j] = 0.0
         vertical[:30] = float("inf")
         cols = vertical.topk(p.vertical).indices
         slash = lines.slash[0, h].clone()

@@ -82,6 +82,7 @@ def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torc
 
 SLASH_DOMINANCE = 0.5  # see column_scores
 LOCAL_GUARD = 1024  # keys this close before the estimation rows (at most N/16) are left to slash blocks
+GUARD_DOMINANCE = 4.0  # ... unless their vertical mass is this many times the heaviest offset reaching them
 
 
 def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
@@ -98,10 +99,11 @@ def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
     the estimation rows (a row elsewhere sees it at other keys): that cost the slash-band family of
     the independent planted generator half of its held-out recall."""
     vertical = lines.vertical
+    reaching = _reaching_slash(lines, n)
     near = torch.arange(n, device=vertical.device)[None, :] >= \
         lines.pos.min(-1).values[:, None] - min(LOCAL_GUARD, n // 16)
-    scores = vertical.masked_fill(near[:, None, :], 0.0)
-    scores = scores.masked_fill(vertical < SLASH_DOMINANCE * _reaching_slash(lines, n), 0.0)
+    scores = vertical.masked_fill(near[:, None, :] & (vertical < GUARD_DOMINANCE * reaching), 0.0)
+    scores = scores.masked_fill(vertical < SLASH_DOMINANCE * reaching, 0.0)
     scores[..., :FORCED_SINK_COLUMNS] = float("inf")
     return scores
 
