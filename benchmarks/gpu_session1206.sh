@@ -47,6 +47,9 @@
 #            phase launch by launch (attend_launches.py, video).
 #   columns  OLD=tree: the kernel's and the choice graph's GPU tests; the attend phase launch by launch
 #            on OLD and this tree (video); the op at 128K on both, alternating, twice (video, mixed).
+#   guard    OLD=tree: the families at 128K (video, mixed; seed 1, 128 rows) on OLD and this tree, then
+#            the op at 128K on both, alternating (video, mixed): a key just before the estimation rows
+#            kept as a column when its vertical mass dominates (issue 11, fidelity).
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -222,6 +225,19 @@ elif [ "$part" = columns ]; then
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 2
   echo "=== table ==="
   grep -E "passed|failed|attend|^[0-9]+ \||^sparse|^(old|new) " $OUT/run_columns.txt | cut -c1-200
+elif [ "$part" = guard ]; then
+  stage_trees
+  for which in old new; do
+    mkdir -p /tmp/$which/bench && cp benchmarks/fidelity_families.py /tmp/$which/bench/
+    for layout in video mixed; do
+      echo "$which $layout"
+      timeout 110 python3 /tmp/$which/bench/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 \
+        --rows 128 --out $OUT/f_${layout}_128k_$which.json 2>&1 | quiet | tail -13
+    done
+  done
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
+  echo "=== table ==="
+  grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_guard.txt | cut -c1-130
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
