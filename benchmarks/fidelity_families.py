@@ -68,6 +68,8 @@ def main():
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--recall", type=float, default=0.95, help="the op's recall target (0: no check)")
     ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--early-rows", action="store_true",
+                    help="sample rows from N/8 to N/2 (the default sample and the op's check see the later half)")
     ap.add_argument("--plan", default=None, help="a plan searched with `mminference search standard --source "
                     "families`: family i runs the patterns of the plan's layer i (the online policy otherwise)")
     ap.add_argument("--plan-sizes", default="online", choices=("online", "plan"),
@@ -86,7 +88,7 @@ def main():
     plan = load_plan(args.plan) if args.plan else None
     results, start = [], time.perf_counter()
     for n in (int(x) for x in args.tokens.split(",")):
-        rows = sample_rows(n, args.rows, device)
+        rows = sample_rows(n, args.rows, device, early=args.early_rows)
         for seed in (int(x) for x in args.seeds.split(",")):
             layout = family_layout(args.layout, n, seed)
             for fam in args.families.split(","):
@@ -103,6 +105,7 @@ def main():
     table = summarize(results)
     print(f"layout={args.layout} tokens={args.tokens} heads={args.heads} seeds={args.seeds} budget={args.density} "
           f"recall target={args.recall or 'off'} plan={args.plan or 'online'} "
+          f"rows={'early' if args.early_rows else 'late'} "
           f"{f'plan_sizes={args.plan_sizes} ' if args.plan else ''}"
           f"device={device} torch={torch.__version__} ({time.perf_counter() - start:.0f} s)")
     print(f"{'family':22s} {'heads':>5s} {'recall':>7s} {'worst5%':>7s} {'rel err':>8s} {'density':>8s} "

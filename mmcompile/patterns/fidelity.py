@@ -101,9 +101,12 @@ def index_density(index: SparseIndex, n: int) -> torch.Tensor:
     return index.density(n)[0]
 
 
-def sample_rows(n: int, count: int, device=None, seed: int = 0) -> torch.Tensor:
-    """The last 64 rows plus random rows from the second half (where sparsity matters)."""
+def sample_rows(n: int, count: int, device=None, seed: int = 0, early: bool = False) -> torch.Tensor:
+    """The last 64 rows plus random rows from the second half (where sparsity matters); ``early``:
+    random rows from N/8 to N/2 instead, which neither this sample nor the held-out check sees."""
     g = torch.Generator(device=device).manual_seed(seed)
+    if early:
+        return torch.unique(torch.randint(n // 8, n // 2, (count,), generator=g, device=device))
     tail = torch.arange(max(n - 64, 0), n, device=device)
     rand = torch.randint(n // 2, n, (max(count - tail.numel(), 0),), generator=g, device=device)
     return torch.unique(torch.cat([tail, rand]))
