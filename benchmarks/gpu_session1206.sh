@@ -49,7 +49,8 @@
 #            on OLD and this tree (video); the op at 128K on both, alternating, twice (video, mixed).
 #   guard    OLD=tree: the families at 128K (video, mixed; seed 1, 128 rows) on OLD and this tree, then
 #            the op at 128K on both, alternating (video, mixed): a key just before the estimation rows
-#            kept as a column when its vertical mass dominates (issue 11, fidelity).
+#            kept as a column when its vertical mass dominates (issue 11, fidelity). `guard video`:
+#            the families on the video layout only.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -229,7 +230,7 @@ elif [ "$part" = guard ]; then
   stage_trees
   for which in old new; do
     mkdir -p /tmp/$which/bench && cp benchmarks/fidelity_families.py /tmp/$which/bench/
-    for layout in video mixed; do
+    for layout in ${2:-video mixed}; do
       echo "$which $layout"
       timeout 110 python3 /tmp/$which/bench/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 \
         --rows 128 --out $OUT/f_${layout}_128k_$which.json 2>&1 | quiet | tail -13
