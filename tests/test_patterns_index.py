@@ -55,6 +55,26 @@ def test_relative_block_mass_is_the_mean_over_block_rows():
         torch.testing.assert_close(mass[..., t - 1], torch.stack(per_row).mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_relative_block_peak_is_the_heaviest_rows_mass_and_keeps_a_bands_blocks_together():
+    """Each relative block ranked by the most mass any row of the query block finds in it: a narrow
+    band at offset 830 falls in block 13 for most rows and in block 12 for the last two (BM = BN =
+    64); ranked by the mean, block 12 trails a diffuse block that every row sees a little of."""
+    for n, bm, bn in ((250, BM, BN), (1000, 128, 64), (300, 64, 64)):
+        slash = torch.rand(2, 3, n, generator=torch.Generator().manual_seed(n))
+        brute = torch.tensor([[[max(float(slash[b, h, min(n, r + bn * (t - 1) + 1):min(n, r + bn * t + 1)].sum())
+                                    for r in range(bm)) for t in range(1, -(-n // bn) + 1)]
+                               for h in range(3)] for b in range(2)])
+        torch.testing.assert_close(intra.relative_block_peak(slash, bm, bn), brute, rtol=1e-5, atol=1e-5)
+    n = 2048
+    slash = torch.zeros(1, 1, n)
+    slash[0, 0, 826:836] = 0.05  # the band: 0.5 of each row's mass
+    slash[0, 0, 64 * 20 + 1:64 * 22] = 0.2 / 128  # diffuse mass in blocks 21-22
+    peak, mean = intra.relative_block_peak(slash, 64, 64)[0, 0], intra.relative_block_mass(slash, 64, 64)[0, 0]
+    band = {11, 12, 13}  # t - 1 for blocks 12, 13 and 14
+    assert set(peak.topk(3).indices.tolist()) == band
+    assert set(mean.topk(3).indices.tolist()) != band
+
+
 def test_vertical_slash_index_matches_definition():
     n = 333
     g = torch.Generator().manual_seed(0)
@@ -87,7 +107,9 @@ def test_vertical_slash_index_matches_definition():
             for c in cols.tolist():
                 if c <= int(pos[0, r]):
                     slash[int(pos[0, r]) - c] -= probs[0, h, r, c]
-        mass = intra.relative_block_mass(slash.clamp(min=0)[None, None], BM, BN)[0, 0]
+        slash = slash.clamp(min=0)
+        mass = torch.tensor([max(float(slash[min(n, r + BN * (t - 1) + 1):min(n, r + BN * t + 1)].sum())
+                                 for r in range(BM)) for t in range(1, -(-n // BN) + 1)])  # the heaviest row's
         forced = -(-100 // BN)
         mass[:forced] = float("inf")
         blocks = (mass.topk(max(p.slash_blocks, forced)).indices + 1).tolist()

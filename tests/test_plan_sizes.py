@@ -47,16 +47,19 @@ def test_a_plan_searched_short_keeps_its_families_and_meets_the_target_three_tim
     for this input: the sink-local head's band outgrows its A-shape and VS covers it for less."""
     layout, q, k, v = family_heads(1024)
     plan, _ = search_layer(q, k, v, forward_context(layout, 1024, 1, "cpu", *BLOCK), target=0.95)
-    assert [types(h) for h in plan] == [[("text", AShape), ("video", AShape)],
-                                        [("text", VerticalSlash), ("video", VerticalSlash)]], plan
+    assert types(plan[0]) == [("text", AShape), ("video", AShape)], plan
     assert plan[0].interchangeable == ("text", "video"), plan
+    assert types(plan[1])[1] == ("video", VerticalSlash), plan  # its text rows: VS, or A-shape where VS also served
+    assert types(plan[1])[0] == ("text", VerticalSlash) or "text" in plan[1].interchangeable, plan
     layout, q, k, v = family_heads(3072)
     ctx = forward_context(layout, 3072, 1, "cpu", *BLOCK)
     sized = layer_attention(q, k, v, ctx, density=0.2, recall=0.95, families=plan)
     strict = layer_attention(q, k, v, ctx, density=0.2, recall=0.95,
                              families=[dataclasses.replace(h, interchangeable=()) for h in plan])
     searched = layer_attention(q, k, v, ctx, plan, density=0.2, recall=0.95)
-    assert [types(h) for h in strict.patterns] == [types(h) for h in plan]  # no head ran dense
+    for head, planned in zip(strict.patterns, plan):  # no head ran dense; a family short of the target is re-chosen
+        assert [rows for rows, _ in types(head)] == [rows for rows, _ in types(planned)], (head, planned)
+        assert all(family in (AShape, VerticalSlash) for _, family in types(head)), head
     for head, planned in zip(sized.patterns, plan):
         for (rows, pattern), (_, searched_pattern) in zip(head.intra, planned.intra):
             either = rows in planned.interchangeable

@@ -5,7 +5,7 @@ and size, the share of the estimation rows' attention mass the index would keep,
 head the cheapest (pattern, size) predicted to keep ``target`` of it within the density cap:
   A-shape         128 sink keys plus the L key blocks nearest the diagonal, L = 1 .. cap;
   Vertical-Slash  C far columns (C on a ladder) plus the R key blocks before the diagonal with the
-                  most diagonal mass (``intra.relative_block_mass``), R = 1 .. cap;
+                  most diagonal mass for a row (``intra.relative_block_peak``), R = 1 .. cap;
   Grid            (video rows with a known frame stride: a video-only input, or the video rows
                   of a mixed one) the phase lines, the sink and the same patch in the L earlier
                   frames the grid order's local blocks reach, L = 1 .. cap (``_grid``).
@@ -82,7 +82,7 @@ def _vertical_slash(lines: LineScores, ranking, probs_of, cap_keys, cap_blocks, 
     top = ranking.topk(min(ladder[-1], n), -1).indices
     probs = probs_of(top)  # [B, H, L, C]
     slash = (lines.slash - estimate.slash_of_columns(probs, lines, top, n)).clamp(min=0) / lines.rows
-    priority = intra.relative_block_mass(slash, block_m, block_n)
+    priority = intra.relative_block_peak(slash, block_m, block_n)
     forced = -(-intra.FORCED_LOCAL_DIAGONALS // block_n)
     priority[..., :forced] += 2.0  # forced blocks come first (masses are at most 1), as the builder takes them
     order = priority.argsort(-1, descending=True)
