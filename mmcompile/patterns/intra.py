@@ -67,8 +67,9 @@ def relative_block_mass(slash: torch.Tensor, block_m: int, block_n: int) -> torc
     the BN rows r' of one key-block-sized stretch a, offset BN a + j counts j times and offset
     BN (a+1) + j counts BN - j times: V[a] = M[a] + BN S[a+1] - M[a+1], with S and M the sum and
     first moment of each BN-bucket of offsets. E[t] sums V over the BM / BN stretches the block's
-    rows span. One read of the scores, no long prefix sums. For a given row the blocks partition
-    the keys, so the best R blocks are simply the R largest E[t].
+    rows span. One read of the scores, no long prefix sums. VS no longer ranks its blocks by this
+    mean but by the heaviest row (``relative_block_peak``, which says why); it stays as what the
+    average row finds in each block.
     """
     batch, heads, n = slash.shape
     steps = -(-n // block_n)
