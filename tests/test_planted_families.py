@@ -25,6 +25,12 @@ def _probs(q, k, rows):
     return s.masked_fill(torch.arange(q.shape[2])[None] > rows[:, None], float("-inf")).softmax(-1)
 
 
+# The planted keys' share of a row: 1 minus the background (2-10%) minus the band fit's slack
+# (``_calibrate_bands`` holds the union of cores within 10% of its target). A composite head fits
+# 2-4 bands beside three indicator components, so its slack is the fit's whole 10%.
+MIN_PLANTED_MASS = {"composite": 0.82}
+
+
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "unstructured"])
 def test_planted_keys_hold_most_mass(family):
     layout = _layout()
@@ -34,7 +40,7 @@ def test_planted_keys_hold_most_mass(family):
     for h, spec in enumerate(specs):
         mass = (probs[h] * planted_mask(spec, layout, ROWS)).sum(-1)
         assert kinds[h] == family
-        assert mass.mean() > 0.88, (family, h, mass.mean().item())
+        assert mass.mean() > MIN_PLANTED_MASS.get(family, 0.88), (family, h, mass.mean().item())
         assert mass.min() > 0.6, (family, h, mass.min().item())
         # and it is structure, not the whole row: the planted keys are a small share of the causal keys
         assert planted_mask(spec, layout, ROWS).float().sum(-1).mean() < 0.35 * ROWS.float().mean()
@@ -59,6 +65,31 @@ def test_grid_lines_at_the_heads_phase():
         line_mass, off_mass = probs[h][:, on_line].sum(-1), (probs[h] * far).sum(-1)
         assert line_mass.mean() > 0.3, line_mass.mean()  # lines draw 40-70% of video queries' mass
         assert off_mass.mean() < 0.1, off_mass.mean()  # far keys at other phases are background
+
+
+def test_composite_heads_mix_lines_keywords_and_bands():
+    """On video rows a composite head puts mass on its lines, the keywords and each slash band at
+    once (the families' other heads plant one structure each)."""
+    layout = family_layout("video", N, 2, frame_tokens=(64, 256))
+    q, k, _, _ = family_qkv("composite", layout, 4, 1, 64, seed=2)
+    specs = family_specs("composite", layout, 4, 1, 2)
+    rows = ROWS[layout.modality[0][ROWS] != TEXT]
+    assert rows.numel() > 20
+    probs = _probs(q, k, rows)
+    geo_start, size = int(layout.seg_start[0][0]), int(layout.frame_tokens[0][0])
+    pos = torch.arange(N)
+    in_video = (pos >= geo_start) & (pos < geo_start + int(layout.seg_len[0][0]))
+    for h, spec in enumerate(specs):
+        beh = spec["behaviour"]["visual"]
+        on_line = in_video & ((pos - geo_start) % size == int(spec["phase"] * size))
+        keywords = torch.zeros(N, dtype=torch.bool)
+        keywords[spec["keywords"]] = True
+        assert probs[h][:, on_line].sum(-1).mean() > 0.5 * beh["comps"]["lines"]
+        assert probs[h][:, keywords].sum(-1).mean() > 0.5 * beh["comps"]["keywords"]
+        d = rows[:, None] - pos[None]
+        for off, level, share in beh["bands"]:
+            core = (d - off).abs() < 8 * 2 ** level
+            assert (probs[h] * core).sum(-1).mean() > 0.33 * share, (h, off, share)
 
 
 def test_sink_local_band_and_sinks():

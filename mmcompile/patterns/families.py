@@ -42,7 +42,7 @@ import torch
 from .layout import IMAGE, TEXT, VIDEO, ModalityLayout, from_segments
 
 FAMILIES = ("grid-all", "grid-window", "grid-decay", "vertical-frame-start", "vertical-phase", "slash-bands",
-            "sink-local", "k-boundary", "q-boundary", "2d-boundary", "unstructured")
+            "sink-local", "k-boundary", "q-boundary", "2d-boundary", "unstructured", "composite")
 LAYOUTS = ("video", "videos", "images", "mixed")
 W0 = 8  # finest band core (tokens); core of ladder start level s is W0 * 2^s
 _SLOTS = ("sink", "frame_starts", "anyline", "text_keys", "keywords")  # indicator slots, then lines
@@ -168,6 +168,17 @@ def family_specs(family: str, layout: ModalityLayout, heads_q: int, heads_kv: in
         elif kind == "q-boundary":
             text = _behaviour(g, dict([sink]), n, width=int(torch.randint(1, 4, (1,), generator=g)))
             vis = _behaviour(g, dict([sink, lines]), n, line_profile=(_rand(g, 3, 5), int(torch.randint(0, 3, (1,), generator=g))))
+        elif kind == "composite":  # several families in one head, as real heads mix them: sink, keywords,
+            # 2-4 slash bands, and on video rows the lines of a grid profile drawn per head
+            prof = [None, (_rand(g, 3, 5), int(torch.randint(1, 4, (1,), generator=g))), (_rand(g, 0.4, 1.2), 0)][
+                int(torch.randint(0, 3, (1,), generator=g))]
+            for _ in range(40):  # slash centres that interfere are redrawn, on both row sets
+                text = _behaviour(g, {"sink": (0.02, 0.1), "keywords": (0.1, 0.25)}, n,
+                                  bands=int(torch.randint(2, 5, (1,), generator=g)))
+                vis = _behaviour(g, {"sink": (0.02, 0.1), "keywords": (0.05, 0.15), "lines": (0.2, 0.4)}, n,
+                                 bands=int(torch.randint(2, 5, (1,), generator=g)), line_profile=prof)
+                if _calibrate_bands(text, periods, n, device) and _calibrate_bands(vis, periods, n, device):
+                    break
         else:  # 2d-boundary: T->T local, T->V strong (frame starts), V->V lines, V->T weak
             text = _behaviour(g, dict([sink, ("frame_starts", (0.3, 0.5))]), n)
             vis = _behaviour(g, dict([sink, lines]), n, text_key_logit=-_rand(g, 2, 5))
