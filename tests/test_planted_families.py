@@ -92,6 +92,26 @@ def test_composite_heads_mix_lines_keywords_and_bands():
             assert (probs[h] * core).sum(-1).mean() > 0.33 * share, (h, off, share)
 
 
+def test_grid_temporal_heads_attend_the_same_patch_in_earlier_frames():
+    """Video rows of a grid-temporal head: their planted core (same patch and neighbours in their own
+    and earlier frames) holds most of the mass, and the exact same patch in earlier frames (keys at
+    multiples of the frame stride: periodic slashes) holds a large share by itself."""
+    layout = family_layout("video", N, 1, frame_tokens=(64, 256))
+    q, k, _, kinds = family_qkv("grid-temporal", layout, 4, 2, 64, seed=1)
+    specs = family_specs("grid-temporal", layout, 4, 2, 1)
+    rows = ROWS[layout.modality[0][ROWS] != TEXT]
+    assert rows.numel() > 20 and set(kinds) <= {"grid-temporal", "unstructured"}
+    probs = _probs(q, k, rows)
+    size, start = int(layout.frame_tokens[0][0]), int(layout.seg_start[0][0])
+    d = rows[:, None] - torch.arange(N)[None]
+    same_patch = (d > 0) & (d % size == 0) & (torch.arange(N)[None] >= start)
+    for h, spec in enumerate(specs):
+        planted = planted_mask(spec, layout, rows)
+        assert (probs[h] * planted).sum(-1).mean() > 0.85, h
+        assert (probs[h] * same_patch).sum(-1).mean() > 0.15, h
+        assert planted.float().sum(-1).mean() < 0.2 * rows.float().mean()  # a few patches per frame
+
+
 def test_sink_local_band_and_sinks():
     layout = _layout()
     q, k, _, _ = family_qkv("sink-local", layout, 2, 1, 64, seed=3)

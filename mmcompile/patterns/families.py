@@ -39,10 +39,12 @@ import math
 
 import torch
 
+from . import families_temporal as temporal
 from .layout import IMAGE, TEXT, VIDEO, ModalityLayout, from_segments
 
 FAMILIES = ("grid-all", "grid-window", "grid-decay", "vertical-frame-start", "vertical-phase", "slash-bands",
-            "sink-local", "k-boundary", "q-boundary", "2d-boundary", "unstructured", "composite")
+            "sink-local", "k-boundary", "q-boundary", "2d-boundary", "unstructured", "composite",
+            "grid-temporal")
 LAYOUTS = ("video", "videos", "images", "mixed")
 W0 = 8  # finest band core (tokens); core of ladder start level s is W0 * 2^s
 _SLOTS = ("sink", "frame_starts", "anyline", "text_keys", "keywords")  # indicator slots, then lines
@@ -81,22 +83,28 @@ def family_layout(name: str, tokens: int, seed: int = 0, frame_tokens=(64, 1024)
 
 
 def _token_geometry(layout: ModalityLayout, device):
-    """Per token (batch 0): visual mask, position within frame, frame size, global frame index
-    (text tokens: frames begun before them), frame-start mask."""
+    """Per token (batch 0): visual mask, position within frame, frame size and width, visual
+    segment (-1: text) and the list of (start, length, frame size) of the visual segments, global
+    frame index (text tokens: frames begun before them), frame-start mask."""
     n = layout.length
     pos = torch.arange(n, device=device)
     mod = layout.modality[0].to(device)
     visual = (mod == VIDEO) | (mod == IMAGE)
     size = torch.zeros(n, dtype=torch.long, device=device)
+    width = torch.zeros(n, dtype=torch.long, device=device)
     start = torch.zeros(n, dtype=torch.long, device=device)
-    for s0, ln, t in zip(*(getattr(layout, f)[0].tolist() for f in ("seg_start", "seg_len", "frame_tokens"))):
+    segment = torch.full((n,), -1, dtype=torch.long, device=device)
+    segments = []
+    fields = ("seg_start", "seg_len", "frame_tokens", "frame_w")
+    for i, (s0, ln, t, w) in enumerate(zip(*(getattr(layout, f)[0].tolist() for f in fields))):
         if ln > 0:
-            size[s0:s0 + ln], start[s0:s0 + ln] = t, s0
+            size[s0:s0 + ln], start[s0:s0 + ln], width[s0:s0 + ln], segment[s0:s0 + ln] = t, s0, w, i
+            segments.append((s0, ln, t))
     within = torch.where(visual, (pos - start) % size.clamp(min=1), 0)
     fstart = visual & (within == 0)
     frame = torch.cumsum(fstart.long(), 0) - 1
-    return dict(pos=pos, visual=visual, text=mod == TEXT, within=within, size=size, frame=frame.clamp(min=0),
-                frame_start=fstart, n_frames=int(fstart.sum()))
+    return dict(pos=pos, visual=visual, text=mod == TEXT, within=within, size=size, width=width, segment=segment,
+                segments=segments, frame=frame.clamp(min=0), frame_start=fstart, n_frames=int(fstart.sum()))
 
 
 def _rand(g, lo, hi):
@@ -152,6 +160,12 @@ def family_specs(family: str, layout: ModalityLayout, heads_q: int, heads_kv: in
         lines = ("lines", (0.4, 0.7))
         if kind == "unstructured":
             text = vis = None
+        elif kind == "grid-temporal":  # the same patch in earlier frames (families_temporal.py)
+            prof = [None, (_rand(g, 3, 5), int(torch.randint(1, 4, (1,), generator=g))), (_rand(g, 0.4, 1.2), 0)][
+                int(torch.randint(0, 3, (1,), generator=g))]
+            spec["amplitude"] = _rand(g, 2.0, 3.5) * len(temporal.spatial_periods(_token_geometry(layout, "cpu")))
+            text = _behaviour(g, dict([sink]), n)
+            vis = _behaviour(g, dict([sink, ("temporal", (0.5, 0.8))]), n, line_profile=prof)
         elif kind.startswith("grid"):
             prof = {"grid-all": None, "grid-window": (_rand(g, 3, 5), int(torch.randint(1, 4, (1,), generator=g))),
                     "grid-decay": (_rand(g, 0.4, 1.2), 0)}[kind]
@@ -251,23 +265,28 @@ def _line_sum(geo, phase, profile, frame_periods):
     return s
 
 
-def _key_codes(geo, phases, n_sink, keywords, periods, frame_periods):
-    """Indicator columns [N, 5 + phases] and per-line-key frame codes; indicator keys get no band codes."""
+def _key_codes(geo, phases, n_sink, keywords, periods, frame_periods, spatio_temporal=False):
+    """Indicator columns [N, 5 + phases], band codes, per-line-key frame codes and spatial codes;
+    indicator keys get no band codes. ``spatio_temporal`` (grid-temporal): every visual key is a line key
+    (the "anyline" slot is the kernel's constant, the frame codes its profile) with spatial codes,
+    and no band codes (``families_temporal``)."""
     vis = geo["visual"]
     lines = [vis & (geo["within"] == (p * geo["size"]).long()) for p in phases]
-    anyline = torch.stack(lines).any(0) if lines else torch.zeros_like(vis)
+    anyline = vis if spatio_temporal else torch.stack(lines).any(0) if lines else torch.zeros_like(vis)
     ind = torch.stack([geo["pos"] < n_sink, geo["frame_start"], anyline, geo["text"], keywords] + lines, -1).float()
     plain = ~(ind[:, [0, 1, 4]].bool().any(-1) | anyline)
     band = _ladder(geo["pos"], periods) * plain[:, None]
     frame = _ladder(geo["frame"], frame_periods) * anyline[:, None]
-    return ind, band, frame, plain
+    spatial = temporal.spatial_codes(geo) if spatio_temporal else torch.zeros(vis.numel(), 0, device=vis.device)
+    return ind, band, frame, spatial
 
 
-def _query_codes(spec, beh_rows, geo, ind_keys, periods, frame_periods, slot_of_phase, n, device):
+def _query_codes(spec, beh_rows, geo, ind_keys, periods, frame_periods, slot_of_phase, n, device, spatial_keys):
     """[N, slots] query coefficients of one head (logit space), per row by query modality."""
     ind = torch.zeros(n, ind_keys.shape[1], dtype=torch.float64, device=device)
     band = torch.zeros(n, 2 * len(periods), device=device)
     frame = torch.zeros(n, 2 * len(frame_periods), device=device)
+    spatial = torch.zeros_like(spatial_keys)
     for name, rows in beh_rows.items():
         beh = spec["behaviour"][name]
         if beh is None or not bool(rows.any()):
@@ -280,6 +299,14 @@ def _query_codes(spec, beh_rows, geo, ind_keys, periods, frame_periods, slot_of_
             mask = (torch.arange(len(periods)) >= level).float().repeat(2).to(device)
             band[rows] += a * _ladder(geo["pos"][rows] - off, periods) * mask
         for comp, share in beh["comps"].items():
+            if comp == "temporal":  # the kernel's constant: A s = A (s - 1) + A, profile codes = profile + b (L - s)
+                amp, prof = spec["amplitude"], beh["line_profile"]
+                spatial[rows] = amp / (spatial_keys.shape[1] // 2) * spatial_keys[rows]
+                peak = amp + (0.0 if prof is None else prof[0] * (len(frame_periods) - prof[1]))
+                log_s = temporal.kernel_log_sums(geo, geo["segments"], amp, prof, frame_periods)
+                lift = math.log(share / band_share) + log_b - log_s - peak
+                ind[rows, _SLOTS.index("anyline")] = torch.where(torch.isfinite(log_s), lift, -30.0)[rows]
+                continue
             if comp == "lines":
                 slot = slot_of_phase[spec["phase"]]
                 count = _line_sum(geo, spec["phase"], beh["line_profile"], frame_periods)
@@ -288,13 +315,14 @@ def _query_codes(spec, beh_rows, geo, ind_keys, periods, frame_periods, slot_of_
                 count = torch.cumsum(ind_keys[:, slot].double(), 0)
             lift = math.log(share / band_share) + log_b - count.clamp(min=1e-30).log()
             ind[rows, slot] = torch.where(count > 0, lift, 0.0)[rows]
-        if beh["line_profile"] is not None and "lines" in beh["comps"]:
+        if beh["line_profile"] is not None and ("lines" in beh["comps"] or "temporal" in beh["comps"]):
             b, s = beh["line_profile"]
             mask = (torch.arange(len(frame_periods)) >= s).float().repeat(2).to(device)
             frame[rows] = b * _ladder(geo["frame"][rows], frame_periods) * mask
-            ind[rows, _SLOTS.index("anyline")] = -b * (len(frame_periods) - s)
+            if "lines" in beh["comps"]:
+                ind[rows, _SLOTS.index("anyline")] = -b * (len(frame_periods) - s)
         ind[rows, _SLOTS.index("text_keys")] = beh["text_key_logit"]
-    return ind.float(), band, frame
+    return ind.float(), band, frame, spatial
 
 
 def family_qkv(family: str, layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: int = 128,
@@ -319,19 +347,21 @@ def family_qkv(family: str, layout: ModalityLayout, heads_q: int, heads_kv: int,
         phases = sorted({s["phase"] for s in hs})
         keywords = torch.zeros(n, dtype=torch.bool, device=device)
         keywords[hs[0]["keywords"].to(device)] = True
-        ind_k, band_k, frame_k, _ = _key_codes(geo, phases, hs[0]["n_sink"], keywords, periods, frame_periods)
-        used = ind_k.shape[1] + band_k.shape[1] + frame_k.shape[1]
+        ind_k, band_k, frame_k, spatial_k = _key_codes(geo, phases, hs[0]["n_sink"], keywords, periods, frame_periods,
+                                                       spatio_temporal=family == "grid-temporal")
+        used = ind_k.shape[1] + band_k.shape[1] + frame_k.shape[1] + spatial_k.shape[1]
         noise_dims = head_dim - used
         if noise_dims < 4:
             raise ValueError(f"head_dim {head_dim} too small: {used} code slots at {n} tokens, {len(phases)} phases")
         basis = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=gp))[0].to(device)
         noise_k = torch.randn(n, noise_dims, generator=g, device=device)
-        k[0, kv] = (torch.cat([ind_k, band_k, frame_k, noise_k], -1) @ basis.T * root).to(dtype)
+        k[0, kv] = (torch.cat([ind_k, band_k, frame_k, spatial_k, noise_k], -1) @ basis.T * root).to(dtype)
         slot_of_phase = {p: len(_SLOTS) + i for i, p in enumerate(phases)}
         for i, spec in enumerate(hs):
-            ind_q, band_q, frame_q = _query_codes(spec, beh_rows, geo, ind_k, periods, frame_periods, slot_of_phase, n, device)
+            ind_q, band_q, frame_q, spatial_q = _query_codes(spec, beh_rows, geo, ind_k, periods, frame_periods,
+                                                             slot_of_phase, n, device, spatial_k)
             noise_q = torch.randn(n, noise_dims, generator=g, device=device) * (spec["sigma"] / math.sqrt(noise_dims))
-            q[0, kv * group + i] = (torch.cat([ind_q, band_q, frame_q, noise_q], -1) @ basis.T * root).to(dtype)
+            q[0, kv * group + i] = (torch.cat([ind_q, band_q, frame_q, spatial_q, noise_q], -1) @ basis.T * root).to(dtype)
     return q, k, v, [s["kind"] for s in specs]
 
 
@@ -357,5 +387,9 @@ def planted_mask(spec: dict, layout: ModalityLayout, rows: torch.Tensor) -> torc
             m |= geo["frame_start"][None, :]
         if "keywords" in beh["comps"]:
             m[:, spec["keywords"].to(rows.device)] = True
+        if "temporal" in beh["comps"]:
+            frame_periods = _periods(max(geo["n_frames"], 2), 1)
+            m |= temporal.planted_keys(geo, rows[sel], spec["amplitude"], beh["line_profile"], frame_periods,
+                                       geo["segment"])
         out[sel] = m
     return out & (pos <= rows[:, None])
