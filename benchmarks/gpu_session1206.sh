@@ -50,7 +50,8 @@
 #   guard    OLD=tree: the families at 128K (video, mixed; seed 1, 128 rows) on OLD and this tree, then
 #            the op at 128K on both, alternating (video, mixed): a key just before the estimation rows
 #            kept as a column when its vertical mass dominates (issue 11, fidelity). `guard video`:
-#            the families on the video layout only.
+#            the families on the video layout only. This tree adds two families (composite,
+#            grid-temporal): they run on it alone.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -153,7 +154,7 @@ elif [ "$part" = phases ]; then  # OLD=tree: then the op on that tree and this o
 elif [ "$part" = planvideo ]; then  # issue 12 on the video layout: a plan of the families at 32K (seed 0), 128K seed 1
   timeout 60 python3 -m pytest -q -m gpu tests/test_choice_graph.py 2>&1 | tail -1
   PLAN=$OUT/plan_families_video_32k.json
-  timeout 120 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
+  timeout 120 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
     --out $PLAN 2>&1 | quiet | tail -2
   timeout 150 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
     --plan $PLAN --plan-sizes online --rows 128 --out $OUT/families_video_plan.json 2>&1 | quiet | tail -14
@@ -232,8 +233,9 @@ elif [ "$part" = guard ]; then
     mkdir -p /tmp/$which/bench && cp benchmarks/fidelity_families.py /tmp/$which/bench/
     for layout in ${2:-video mixed}; do
       echo "$which $layout"
-      timeout 110 python3 /tmp/$which/bench/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 \
-        --rows 128 --out $OUT/f_${layout}_128k_$which.json 2>&1 | quiet | tail -13
+      timeout $([ $which = new ] && echo 170 || echo 110) python3 /tmp/$which/bench/fidelity_families.py \
+        --layout $layout --tokens 131072 --seeds 1 --rows 128 --out $OUT/f_${layout}_128k_$which.json 2>&1 \
+        | quiet | tail -15
     done
   done
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
@@ -241,7 +243,7 @@ elif [ "$part" = guard ]; then
   grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_guard.txt | cut -c1-130
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
-  timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 11 \
+  timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
     --out $PLAN 2>&1 | quiet | tail -2
   python3 -c "import dataclasses, sys; from mmcompile.plans import load_plan, save_plan; p = load_plan(sys.argv[1]); \
 save_plan(dataclasses.replace(p, layers={l: tuple(dataclasses.replace(h, interchangeable=()) for h in hs) \
@@ -301,7 +303,7 @@ elif [ "$part" = verify ]; then
     done
   done
   echo "--- plan searched at 32K (mixed, seed 0), applied at 128K (seed 1)"
-  timeout 120 mminference search standard --source families --tokens 32768 --layout mixed --layers 11 \
+  timeout 120 mminference search standard --source families --tokens 32768 --layout mixed --layers 13 \
     --out $OUT/plan_families_32k.json 2>&1 | quiet | tail -4
   timeout 100 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 \
     --plan $OUT/plan_families_32k.json --plan-sizes online --out $OUT/families_plan_online.json 2>&1 | quiet | tail -14
