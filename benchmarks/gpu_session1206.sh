@@ -47,7 +47,7 @@
 #            phase launch by launch (attend_launches.py, video).
 #   columns  OLD=tree: the kernel's and the choice graph's GPU tests; the attend phase launch by launch
 #            on OLD and this tree (video); the op at 128K on both, alternating, twice (video, mixed).
-#   guard    OLD=tree: the families at 128K (video, mixed; seed 1, 128 rows) on OLD and this tree, then
+#   guard    OLD=tree: the GPU tests of the held-out check's dense rows and the layer; the families at 128K (video, mixed; seed 1, 128 rows) on OLD and this tree, then
 #            the op at 128K on both, alternating (video, mixed): a key just before the estimation rows
 #            kept as a column when its vertical mass dominates (issue 11, fidelity). `guard video`:
 #            the families on the video layout only. This tree adds two families (composite,
@@ -228,6 +228,7 @@ elif [ "$part" = columns ]; then
   echo "=== table ==="
   grep -E "passed|failed|attend|^[0-9]+ \||^sparse|^(old|new) " $OUT/run_columns.txt | cut -c1-200
 elif [ "$part" = guard ]; then
+  timeout 120 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "dense_rows or policy_layer" 2>&1 | quiet | tail -3
   stage_trees
   for which in old new; do
     mkdir -p /tmp/$which/bench && cp benchmarks/fidelity_families.py /tmp/$which/bench/

@@ -63,3 +63,77 @@ def test_heads_below_the_target_run_dense_and_exactly():
                                 torch.ones(1, 4, n, n, dtype=torch.bool).tril(), 0.125)
     torch.testing.assert_close(result.out[:, dense_heads], exact[:, dense_heads].float(), atol=2e-5, rtol=2e-5)
     assert result.head_density[dense_heads].eq(1).all()
+
+
+def test_dense_rows_equal_a_full_softmax_across_key_chunks_and_padding():
+    """``verify.dense_rows`` (the check's dense reference) merges key chunks by their log-sum-exp:
+    equal to one softmax over every causal, unpadded key; rows that see nothing, and rows not
+    valid, give -inf and 0."""
+    from mmcompile.patterns.verify import dense_rows
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 300, 16), torch.randn(1, 2, 300, 16), torch.randn(1, 2, 300, 16)
+    pad = torch.zeros(1, 300, dtype=torch.bool)
+    pad[0, :5] = True  # left padding: row 2 sees no key
+    pos = torch.tensor([[2, 40, 129, 299]])
+    valid = torch.tensor([[True, True, True, False]])
+    lse, out = dense_rows(q, k, v, pos, valid, 0.25, pad, chunk=64)
+    keys = torch.arange(300)
+    for h in range(4):
+        for i, p in enumerate(pos[0].tolist()):
+            seen = (keys <= p) & ~pad[0]
+            if not seen.any() or not valid[0, i]:  # nothing to see, or not a row of the check
+                assert lse[0, h, i] == float("-inf") and not out[0, h, i].any()
+                continue
+            s = (q[0, h, p] @ k[0, h // 2].T * 0.25).masked_fill(~seen, float("-inf"))
+            torch.testing.assert_close(lse[0, h, i], s.logsumexp(-1))
+            torch.testing.assert_close(out[0, h, i], torch.softmax(s, -1) @ v[0, h // 2])
+
+
+@pytest.mark.interpreter
+def test_a_head_that_keeps_the_mass_but_not_the_output_runs_dense():
+    """A slash-bands head on VS with 4 slash blocks keeps 0.96 of the held-out rows' mass, above a
+    0.95 target, but a narrow band's edge puts its output 0.19 off: the error check sends it dense
+    (and with the error tolerance lifted it stays VS, so it is the error that did)."""
+    from mmcompile.patterns import layer as layer_module
+    from mmcompile.patterns.families import family_layout, family_qkv
+    from mmcompile.patterns.specs import VerticalSlash
+
+    layout = family_layout("video", 3072, 1, frame_tokens=(64, 256))
+    q, k, v, _ = family_qkv("slash-bands", layout, 2, 1, 64, seed=1)
+    q, k, v = q[:, 1:], k, v  # the head of test_plan_sizes' slash-bands pair
+    ctx = forward_context(layout, 3072, 1, "cpu", 128, 64)
+    vs = HeadPattern("q-boundary", (("text", VerticalSlash(32, 4)), ("video", VerticalSlash(32, 4))))
+    checked = layer_attention(q, k, v, ctx, [vs], recall=0.95)
+    assert checked.patterns[0] == HeadPattern("none", (("*", Dense()),))
+    assert float(checked.head_error[0]) == 0.0 and float(checked.head_recall[0]) == 1.0
+    original = layer_module.error_tolerance
+    try:
+        layer_module.error_tolerance = lambda recall: 1.0
+        lifted = layer_attention(q, k, v, ctx, [vs], recall=0.95)
+    finally:
+        layer_module.error_tolerance = original
+    assert lifted.patterns[0] == vs
+    assert float(lifted.head_recall[0]) >= 0.95 and float(lifted.head_error[0]) > 0.1
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_rows_kernel_equals_the_pytorch_path(dtype):
+    """The Triton pass (pass 1 of ``line_scores_kernel`` with V) gives the PyTorch path's lse and
+    outputs over several key splits, with padding and a row that sees nothing."""
+    from mmcompile.patterns import line_scores_kernel
+    from mmcompile.patterns.verify import dense_rows
+
+    torch.manual_seed(1)
+    n = 2 * line_scores_kernel.SPLIT + 300
+    q, k, v = (torch.randn(1, h, n, 32).to(dtype) for h in (4, 2, 2))
+    pad = torch.zeros(1, n, dtype=torch.bool)
+    pad[0, :3] = True
+    pos = torch.tensor([[1, 700, 4100, n - 1, n - 2]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    want = dense_rows(q, k, v, pos, valid, 0.2, pad, use_kernel=False)
+    got = dense_rows(q, k, v, pos, valid, 0.2, pad, use_kernel=True)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-3)
+    assert got[0][0, :, 0].eq(float("-inf")).all() and not got[1][0, :, 0].any()

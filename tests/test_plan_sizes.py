@@ -57,10 +57,13 @@ def test_a_plan_searched_short_keeps_its_families_and_meets_the_target_three_tim
     strict = layer_attention(q, k, v, ctx, density=0.2, recall=0.95,
                              families=[dataclasses.replace(h, interchangeable=()) for h in plan])
     searched = layer_attention(q, k, v, ctx, plan, density=0.2, recall=0.95)
-    for head, planned in zip(strict.patterns, plan):  # no head ran dense; a family short of the target is re-chosen
+    # The sink-local head keeps its family. The slash-bands head's VS keeps 0.96 of the held-out rows'
+    # mass but is off by 0.19 in output (a narrow band's edge): the check sends it dense.
+    for head, planned in zip(strict.patterns[:1], plan):  # a family short of the target is re-chosen
         assert [rows for rows, _ in types(head)] == [rows for rows, _ in types(planned)], (head, planned)
         assert all(family in (AShape, VerticalSlash) for _, family in types(head)), head
-    for head, planned in zip(sized.patterns, plan):
+    assert types(strict.patterns[1]) == [("*", Dense)] and types(sized.patterns[1]) == [("*", Dense)]
+    for head, planned in zip(sized.patterns[:1], plan):
         for (rows, pattern), (_, searched_pattern) in zip(head.intra, planned.intra):
             either = rows in planned.interchangeable
             assert isinstance(pattern, (AShape, VerticalSlash) if either else type(searched_pattern)), (head, planned)
@@ -68,6 +71,7 @@ def test_a_plan_searched_short_keeps_its_families_and_meets_the_target_three_tim
     assert isinstance(sized.patterns[0].pattern_for("video"), VerticalSlash)  # the cheaper family here
     for result in (sized, strict):
         assert (result.head_recall >= 0.95).all(), result.head_recall
+        assert (result.head_error <= 0.05).all(), result.head_error
     assert any(types(h) == [("*", Dense)] for h in searched.patterns)  # a budget from 1024 misses: dense
     assert float(sized.head_density.sum()) < float(strict.head_density.sum()) <= \
         float(searched.head_density.sum()), (sized.head_density, strict.head_density, searched.head_density)

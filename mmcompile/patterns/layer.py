@@ -31,6 +31,7 @@ from .layout import MODALITY_NAMES, PAD, VIDEO, ModalityLayout, check_layout
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 
 DEFAULT_BLOCK = (128, 64)  # query x key tile of sparse indexes: fastest on the H100 (BENCHMARKS.md)
+ERROR_FLOOR = 0.01  # the least output error tolerance of the held-out check (``error_tolerance``)
 PLAN_SIZES = ("online", "plan")  # how a plan's head patterns run: types sized for the input, or as searched
 
 
@@ -130,6 +131,7 @@ class LayerResult:
     indexes: list  # [(query head ids, SparseIndex or None for dense heads)]
     head_density: torch.Tensor  # float32 [Hq] on q's device (1 for dense heads)
     head_recall: torch.Tensor | None = None  # float32 [Hq]: recall of its launches on held-out rows (verify.py)
+    head_error: torch.Tensor | None = None  # float32 [Hq]: their output error on those rows (verify.py)
 
 
 def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
@@ -143,7 +145,8 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     (``policy.choose_patterns`` with budget cap ``density``). The estimate is computed once and
     shared by the choice and the index builders. ``recall``: a target; what each head's launches
     kept of the attention mass of held-out rows (not the estimation rows) is read off the kernel's
-    log-sum-exp (``verify.held_out_recall``); a head below the target is recomputed once with the
+    log-sum-exp (``verify.held_out_recall``), and their output error against dense on those rows
+    (``verify.held_out_error``); a head below the target, or above ``error_tolerance``, is recomputed once with the
     policy's fallback (its best original-order pattern grown to the density cap:
     ``policy.choose_with_fallbacks``), and heads still below it dense. ``families``: one pattern per
     query head (a plan's) whose types, not sizes, the online choice keeps (``patterns`` must be None)."""
@@ -161,17 +164,16 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
         side = _side_stream(q.device)  # the dense work, beside the index building and sparse launches
         if recall is not None:
             with _on(side):
-                estimates.held_out_lse()  # the check's dense lse, queued now: the GPU needs only q and k
+                estimates.held_out_dense(v)  # the check's dense rows, queued now: they need only q, k, v
         indexes = []
         for group in launch_groups(q, k, patterns, ctx, scale, estimates=estimates):  # dense heads first
             attend(q, k, v, [group], scale, out=out, lse=lse, dense_stream=side)
             indexes.append(group)
         if side is not None:
             torch.cuda.current_stream(q.device).wait_stream(side)
-    head_recall = None
+    head_recall = head_error = None
     if recall is not None and lse is not None:
-        head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
-        failing = (head_recall < recall).nonzero().flatten().tolist()  # one host sync
+        head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # one host sync
         retry = [h for h in failing if h in fallbacks]
         if retry:  # heads that missed: their fallback (grown to the cap, never Grid), measured again
             trial = tuple(fallbacks[h] if h in retry else HeadPattern() for h in range(len(patterns)))
@@ -179,13 +181,33 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
                     if index is not None]
             attend(q, k, v, redo, scale, out=out, lse=lse)
             indexes, patterns = verify.replace_heads(indexes, patterns, retry, redo, trial)
-            head_recall = verify.held_out_recall(lse, estimates, ctx, _dense_heads(indexes))
-            failing = (head_recall < recall).nonzero().flatten().tolist()  # a second sync, only then
+            head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # only then
         if failing:  # recomputed dense, in place: these heads cannot meet the target with this input
             _sdpa_heads(q, k, v, failing, scale, out, lse)
             indexes, patterns = verify.demote(indexes, patterns, failing)
-            head_recall = head_recall.index_fill(0, device_list(failing, q.device), 1.0)  # dense: exact
-    return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall)
+            ids = device_list(failing, q.device)
+            head_recall, head_error = head_recall.index_fill(0, ids, 1.0), head_error.index_fill(0, ids, 0.0)
+    return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall,
+                       head_error)
+
+
+def _check(out, lse, v, estimates: "Estimates", ctx: ForwardContext, indexes, recall: float):
+    """(recall [Hq], output error [Hq], heads that fail): what each head's launches kept of the
+    held-out rows' mass and how far their outputs are from dense; a head fails below ``recall`` or
+    above an error of ``error_tolerance(recall)``. One host sync."""
+    from . import verify
+
+    exact = _dense_heads(indexes)
+    head_recall = verify.held_out_recall(lse, estimates, ctx, exact)
+    head_error = verify.held_out_error(out, estimates.held_out_dense(v)[1], ctx, exact)
+    failing = ((head_recall < recall) | (head_error > error_tolerance(recall))).nonzero().flatten().tolist()
+    return head_recall, head_error, failing
+
+
+def error_tolerance(recall: float) -> float:
+    """The output error a head may show on held-out rows at a recall target: the mass it may miss
+    (1 - recall), but never under ``ERROR_FLOOR`` (bf16 rounding of the output alone is ~0.004)."""
+    return max(1.0 - recall, ERROR_FLOOR)
 
 
 def plan_keywords(plan: Sequence[HeadPattern] | None, plan_sizes: str) -> dict:
@@ -402,6 +424,17 @@ class Estimates:
             pos, valid = self.ctx.held_out
             self._cache["held-out"] = estimate.dense_row_lse(self.q, self.k, pos, valid, self.scale, self.ctx.key_pad)
         return self._cache["held-out"]
+
+    def held_out_dense(self, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lse fp32 [B, Hq, S * L], out fp32 [B, Hq, S * L, D]): dense attention of the held-out
+        rows (``verify.dense_rows``), once per layer; its lse serves ``held_out_lse`` too."""
+        from . import verify
+
+        if "held-out-out" not in self._cache:
+            pos, valid = self.ctx.held_out
+            lse, out = verify.dense_rows(self.q, self.k, v, pos, valid, self.scale, self.ctx.key_pad)
+            self._cache["held-out"], self._cache["held-out-out"] = lse, out
+        return self._cache["held-out"], self._cache["held-out-out"]
 
     def explained_by(self, lines: estimate.LineScores, head_ids: list[int]):
         """columns -> the slash mass of ``lines`` those key columns account for."""

@@ -56,13 +56,14 @@ def _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn,
 
 
 @triton.jit
-def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
+def _row_stats_kernel(Q, K, V, Pos, Valid, KeyPad, MaxOut, SumOut, AccOut,
                       n, scale, head0, heads, group, rows, splits,
                       stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
                       BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_PAD: tl.constexpr,
-                      DOT_FP32: tl.constexpr):
-    """Pass 1: per (key split, batch * head) the running max and sum of exp of every row."""
+                      DOT_FP32: tl.constexpr, WITH_V: tl.constexpr):
+    """Pass 1: per (key split, batch * head) the running max and sum of exp of every row; with
+    ``WITH_V`` also the unnormalised output sum_k exp(s - max) v_k (V strided like K)."""
     split = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # offsets past 2**31 at 1M tokens
     b = bh // heads
@@ -74,17 +75,30 @@ def _row_stats_kernel(Q, K, Pos, Valid, KeyPad, MaxOut, SumOut,
     kv_base = b * stride_kb + (h // group) * stride_kh
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     for start in range(split * SPLIT, split * SPLIT + SPLIT, BLOCK_K):
         keys = start + tl.arange(0, BLOCK_K)
         s = _tile_scores(q, K, kv_base, keys, stride_kn, offs_d, n, scale, pos, row_ok, KeyPad, b * n,
                          HEAD_DIM, HAS_PAD, DOT_FP32)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), 1)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if WITH_V:
+            v = tl.load(V + kv_base + keys[:, None] * stride_kn + offs_d[None, :],
+                        mask=(keys[:, None] < n) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            if DOT_FP32:
+                pv = tl.dot(p, v.to(tl.float32))
+            else:
+                pv = tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + pv
         m_i = m_new
     out = (bh * splits + split) * ROWS + offs_l
     tl.store(MaxOut + out, m_i)
     tl.store(SumOut + out, l_i)
+    if WITH_V:
+        tl.store(AccOut + out[:, None] * BLOCK_D + offs_d[None, :], acc)
 
 
 @triton.jit
@@ -151,27 +165,47 @@ def _launch_args(q, k, pos, valid, key_pad):
     return pos32, valid8, pad, common, strides, rows_pad
 
 
-def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice) -> torch.Tensor:
+def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice, v=None):
     """fp32 [B * Hs, ROWS padded]: each row's log-sum-exp over its causal keys (pass 1 alone),
-    -inf where a row sees no key. ``row_lse_of`` trims it to [B, Hs, L]."""
-    batch, _, n, _ = q.shape
+    -inf where a row sees no key. ``row_lse_of`` trims it to [B, Hs, L]. With ``v`` (strided as
+    ``k``): (lse, out fp32 [B * Hs, ROWS padded, BLOCK_D]), the rows' dense attention output
+    (0 where a row sees no key), from the same pass."""
+    batch, _, n, d = q.shape
     count = heads.stop - heads.start
     pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
+    if v is not None and v.stride() != k.stride():
+        v = v.contiguous() if k.is_contiguous() else torch.empty_strided(k.shape, k.stride(), dtype=v.dtype,
+                                                                        device=v.device).copy_(v)
     splits = triton.cdiv(n, SPLIT)
     maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxes)
+    accs = maxes if v is None else torch.empty(*maxes.shape, common["BLOCK_D"], dtype=torch.float32, device=q.device)
     _row_stats_kernel[(splits, batch * count)](
-        q, k, pos32, valid8, pad, maxes, sums, n, scale, heads.start, count, q.shape[1] // k.shape[1],
-        pos.shape[1], splits, *strides, SPLIT=SPLIT, **common)
+        q, k, k if v is None else v, pos32, valid8, pad, maxes, sums, accs, n, scale, heads.start, count,
+        q.shape[1] // k.shape[1], pos.shape[1], splits, *strides, SPLIT=SPLIT, WITH_V=v is not None, **common)
     top = maxes.amax(1, keepdim=True)
     safe = torch.where(top == float("-inf"), 0.0, top)
-    return (safe[:, 0] + (sums * torch.exp(maxes - safe)).sum(1).log()).contiguous()  # -inf: no key seen
+    weight = torch.exp(maxes - safe)  # [B * Hs, splits, ROWS]
+    total = (sums * weight).sum(1)
+    lse = (safe[:, 0] + total.log()).contiguous()  # -inf: no key seen
+    if v is None:
+        return lse
+    out = (accs * weight[..., None]).sum(1) / total.clamp(min=1e-30)[..., None]
+    return lse, torch.where((total > 0)[..., None], out, 0.0)
 
 
 def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
     """fp32 [B, Hq, L]: ``row_lse`` for every query head."""
     lse = row_lse(q, k, pos, valid, scale, key_pad, slice(0, q.shape[1]))
     return lse.view(q.shape[0], q.shape[1], -1)[..., :pos.shape[1]]
+
+
+def row_lse_and_out_of(q, k, v, pos, valid, scale: float, key_pad):
+    """(lse fp32 [B, Hq, L], out fp32 [B, Hq, L, D]): ``row_lse`` with ``v`` for every query head."""
+    batch, heads, _, d = q.shape
+    lse, out = row_lse(q, k, pos, valid, scale, key_pad, slice(0, heads), v=v)
+    rows = pos.shape[1]
+    return (lse.view(batch, heads, -1)[..., :rows], out.view(batch, heads, -1, out.shape[-1])[:, :, :rows, :d])
 
 
 def fuses_block_sums(block_n: int | None) -> bool:

@@ -8,8 +8,14 @@ clipping), the dense one from one pass over the keys for those rows
 flatter a pattern whose terms overlap; and since the rows are held out, a pattern fitted to the
 last queries alone (columns only they use) shows as the loss it is elsewhere.
 
-Heads whose recall misses the target are recomputed (``layer_attention``); ``replace_heads`` and
-``demote`` keep the records straight.
+Recall does not bound the output error: a row that misses a band edge of mass m is off by about
+2 m, and with diffuse kept mass (the norm of the output small) more. So the same rows also give
+each head's output error against their dense output (``dense_rows``, ``held_out_error``), and a
+head whose error exceeds ``1 - target`` (0.05 at the default 0.95) fails the check as a recall
+miss does.
+
+Heads that miss are recomputed (``layer_attention``); ``replace_heads`` and ``demote`` keep the
+records straight.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import dataclasses
 
 import torch
 
-from mmcompile.kernels import SparseIndex
+from mmcompile.kernels import SparseIndex, triton_runs_on
 
 from .index_builder import device_list
 from .specs import Dense, HeadPattern
@@ -42,6 +48,59 @@ def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = 
     if exact_heads:
         worst = worst.index_fill(0, device_list(exact_heads, worst.device), 1.0)
     return worst
+
+
+def dense_rows(q, k, v, pos: torch.Tensor, valid: torch.Tensor, scale: float, key_pad=None, chunk: int = 32768,
+               use_kernel: bool | None = None):
+    """(lse fp32 [B, Hq, L], out fp32 [B, Hq, L, D]): dense causal attention of rows ``pos`` (padding
+    keys excluded; a row that sees no key, or is not ``valid``, has lse -inf and output 0).
+    ``use_kernel`` (default: where Triton runs): the Triton pass that otherwise gives the check its
+    lse alone (``line_scores_kernel.row_lse_and_out_of``); else one KV group and ``chunk`` keys at
+    a time in PyTorch, merged by their log-sum-exp (memory O(group L chunk), never L x N per head)."""
+    if triton_runs_on(q, has_reference=True) if use_kernel is None else use_kernel:
+        from .line_scores_kernel import row_lse_and_out_of
+
+        lse, out = row_lse_and_out_of(q, k, v, pos, valid, scale, key_pad)
+        return lse, torch.where(valid[:, None, :, None], out, 0.0)
+    batch, heads_q, n, d = q.shape
+    group, rows = heads_q // k.shape[1], pos.shape[1]
+    sel = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, rows, d))
+    lse = torch.full((batch, heads_q, rows), float("-inf"), dtype=torch.float32, device=q.device)
+    out = torch.zeros(batch, heads_q, rows, d, dtype=torch.float32, device=q.device)
+    for g in range(k.shape[1]):
+        heads = slice(g * group, (g + 1) * group)
+        for lo in range(0, n, chunk):
+            keys = torch.arange(lo, min(lo + chunk, n), device=q.device)
+            hidden = keys[None, None, :] > pos[:, :, None]  # [B, L, C]
+            if key_pad is not None:
+                hidden = hidden | key_pad[:, None, lo:lo + chunk]
+            scores = torch.matmul(sel[:, heads], k[:, g, None, lo:lo + chunk].transpose(-1, -2)).float() * scale
+            scores = scores.masked_fill(hidden[:, None], float("-inf"))
+            part = scores.logsumexp(-1)  # [B, G, L]
+            both = torch.logaddexp(lse[:, heads], part)
+            finite = torch.isfinite(both)
+            keep_old = torch.where(finite, torch.exp(lse[:, heads] - both), 0.0)
+            probs = torch.where(finite[..., None], torch.exp(scores - both[..., None]), 0.0)
+            out[:, heads] = out[:, heads] * keep_old[..., None] + torch.matmul(probs, v[:, g, None, lo:lo + chunk].float())
+            lse[:, heads] = both
+    return torch.where(valid[:, None, :], lse, float("-inf")), torch.where(valid[:, None, :, None], out, 0.0)
+
+
+def held_out_error(out: torch.Tensor, dense_out: torch.Tensor, ctx, exact_heads: list[int] = ()) -> torch.Tensor:
+    """float32 [Hq]: per query head, the largest (over row sets and batch) relative output error
+    ||O - O_dense|| / ||O_dense|| of the held-out rows (``ctx.held_out``; ``dense_out`` from
+    ``dense_rows``). ``exact_heads`` (dense, through SDPA) count as 0."""
+    pos, valid = ctx.held_out
+    batch, heads, _, d = out.shape
+    got = out.gather(2, pos[:, None, :, None].expand(batch, heads, pos.shape[1], d)).float()
+    per_set = (batch, heads, len(ctx.row_sets()), -1)
+    mask = valid[:, None, :, None]
+    diff = torch.where(mask, got - dense_out, 0.0).square().sum(-1).view(per_set).sum(-1)  # [B, H, S]
+    norm = torch.where(mask, dense_out, 0.0).square().sum(-1).view(per_set).sum(-1)
+    error = torch.where(norm > 0, (diff / norm.clamp(min=1e-30)).sqrt(), 0.0).amax((0, 2))
+    if exact_heads:
+        error = error.index_fill(0, device_list(exact_heads, error.device), 0.0)
+    return error
 
 
 _INDEX_TENSORS = ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order", "span",
