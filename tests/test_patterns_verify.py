@@ -119,11 +119,13 @@ def test_a_head_that_keeps_the_mass_but_not_the_output_runs_dense():
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_dense_rows_kernel_equals_the_pytorch_path(dtype):
+def test_dense_rows_kernel_equals_the_pytorch_path(dtype, monkeypatch):
     """The Triton pass (pass 1 of ``line_scores_kernel`` with V) gives the PyTorch path's lse and
-    outputs over several key splits, with padding and a row that sees nothing."""
+    outputs over several key splits and row launches, with padding and a row that sees nothing."""
     from mmcompile.patterns import line_scores_kernel
     from mmcompile.patterns.verify import dense_rows
+
+    monkeypatch.setattr(line_scores_kernel, "OUT_ROWS", 2)  # three launches of rows
 
     torch.manual_seed(1)
     n = 2 * line_scores_kernel.SPLIT + 300

@@ -361,7 +361,8 @@ def family_qkv(family: str, layout: ModalityLayout, heads_q: int, heads_kv: int,
             ind_q, band_q, frame_q, spatial_q = _query_codes(spec, beh_rows, geo, ind_k, periods, frame_periods,
                                                              slot_of_phase, n, device, spatial_k)
             noise_q = torch.randn(n, noise_dims, generator=g, device=device) * (spec["sigma"] / math.sqrt(noise_dims))
-            q[0, kv * group + i] = (torch.cat([ind_q, band_q, frame_q, spatial_q, noise_q], -1) @ basis.T * root).to(dtype)
+            codes = torch.cat([ind_q, band_q, frame_q, spatial_q, noise_q], -1)
+            q[0, kv * group + i] = (codes @ basis.T * root).to(dtype)
     return q, k, v, [s["kind"] for s in specs]
 
 

@@ -200,12 +200,21 @@ def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
     return lse.view(q.shape[0], q.shape[1], -1)[..., :pos.shape[1]]
 
 
+OUT_ROWS = 64  # rows per launch of the pass with V: its fp32 accumulator [rows, D] stays in registers
+
+
 def row_lse_and_out_of(q, k, v, pos, valid, scale: float, key_pad):
-    """(lse fp32 [B, Hq, L], out fp32 [B, Hq, L, D]): ``row_lse`` with ``v`` for every query head."""
+    """(lse fp32 [B, Hq, L], out fp32 [B, Hq, L, D]): ``row_lse`` with ``v`` for every query head,
+    ``OUT_ROWS`` rows per launch."""
     batch, heads, _, d = q.shape
-    lse, out = row_lse(q, k, pos, valid, scale, key_pad, slice(0, heads), v=v)
-    rows = pos.shape[1]
-    return (lse.view(batch, heads, -1)[..., :rows], out.view(batch, heads, -1, out.shape[-1])[:, :, :rows, :d])
+    lses, outs = [], []
+    for lo in range(0, pos.shape[1], OUT_ROWS):
+        part_pos, part_valid = pos[:, lo:lo + OUT_ROWS], valid[:, lo:lo + OUT_ROWS]
+        lse, out = row_lse(q, k, part_pos, part_valid, scale, key_pad, slice(0, heads), v=v)
+        rows = part_pos.shape[1]
+        lses.append(lse.view(batch, heads, -1)[..., :rows])
+        outs.append(out.view(batch, heads, -1, out.shape[-1])[:, :, :rows, :d])
+    return torch.cat(lses, -1), torch.cat(outs, -2)
 
 
 def fuses_block_sums(block_n: int | None) -> bool:

@@ -81,7 +81,8 @@ def dense_rows(q, k, v, pos: torch.Tensor, valid: torch.Tensor, scale: float, ke
             finite = torch.isfinite(both)
             keep_old = torch.where(finite, torch.exp(lse[:, heads] - both), 0.0)
             probs = torch.where(finite[..., None], torch.exp(scores - both[..., None]), 0.0)
-            out[:, heads] = out[:, heads] * keep_old[..., None] + torch.matmul(probs, v[:, g, None, lo:lo + chunk].float())
+            values = v[:, g, None, lo:lo + chunk].float()
+            out[:, heads] = out[:, heads] * keep_old[..., None] + torch.matmul(probs, values)
             lse[:, heads] = both
     return torch.where(valid[:, None, :], lse, float("-inf")), torch.where(valid[:, None, :, None], out, 0.0)
 
