@@ -52,6 +52,9 @@
 #            kept as a column when its vertical mass dominates (issue 11, fidelity). `guard video`:
 #            the families on the video layout only. This tree adds two families (composite,
 #            grid-temporal): they run on it alone.
+#   check    OLD=tree, short (~4 min): the GPU tests of the check's dense rows and the layer, the
+#            families at 128K (video, seed 1) on this tree, the op at 128K (video) on OLD and this
+#            tree, alternating, twice.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -242,6 +245,17 @@ elif [ "$part" = guard ]; then
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1
   echo "=== table ==="
   grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_guard.txt | cut -c1-130
+elif [ "$part" = check ]; then  # short: OLD=tree; the check's GPU tests, the families at 128K (video) on
+  # this tree only, the op at 128K (video) on OLD and this tree: the output-error check's cost
+  timeout 120 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "dense_rows or policy_layer" 2>&1 | quiet | tail -3
+  timeout 170 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
+    --out $OUT/f_video_128k_new.json 2>&1 | quiet | tail -15
+  stage_trees
+  for which in old new old new; do
+    echo -n "$which "
+    PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout video \
+      --out $OUT/op_video_$which.json 2>&1 | quiet | tail -1
+  done
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
