@@ -55,6 +55,8 @@
 #   check    OLD=tree, short (~4 min): the GPU tests of the check's dense rows and the layer, the
 #            families at 128K (video, seed 1) on this tree, the op at 128K (video) on OLD and this
 #            tree, alternating, twice.
+#   check1   the shortest: the check's GPU tests, the op at 128K (video) on OLD and this tree once, the
+#            families at 128K (video) in what is left of ${2:-270} s.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -256,6 +258,19 @@ elif [ "$part" = check ]; then  # short: OLD=tree; the check's GPU tests, the fa
     PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout video \
       --out $OUT/op_video_$which.json 2>&1 | quiet | tail -1
   done
+elif [ "$part" = check1 ]; then  # shortest (OLD=tree; the device time nearly spent): the check's GPU
+  # tests, the op at 128K (video) on OLD and this tree once, then the families at 128K (video) on
+  # this tree in what is left of ${2:-270} s
+  timeout 120 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "dense_rows or policy_layer" 2>&1 | quiet | tail -3
+  stage_trees
+  for which in old new; do
+    echo -n "$which "
+    PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout video \
+      --out $OUT/op_video_$which.json 2>&1 | quiet | tail -1
+  done
+  left=$(( ${2:-270} - SECONDS ))
+  [ $left -gt 40 ] && timeout $left python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
+    --rows 128 --out $OUT/f_video_128k_new.json 2>&1 | quiet | tail -15
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
