@@ -76,7 +76,29 @@ def index_to_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_o
     cols = k_pos[..., None, :].expand(batch, heads, n_q, n_k)
     mask_rows = torch.zeros_like(mask).scatter_(2, rows, slot_mask)  # rows to original positions
     mask.scatter_(3, cols, mask_rows)  # then columns
-    return mask & causal_mask(n_q, n_k, q_offset, k_offset, device)
+    return mask & causal_mask(n_q, n_k, q_offset, k_offset, device) & ~near_mask(index, n_q, n_k, q_offset, k_offset)
+
+
+def near_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_offset: int = 0) -> torch.Tensor:
+    """bool [1 or B, H, Nq, Nk]: the pairs ``index.near_keys`` leaves to an earlier launch (none
+    without it): on ``near_rows`` of heads with ``near_keys >= 0``, keys from the row's query block
+    start minus ``near_keys`` on."""
+    device = index.block_count.device
+    if index.near_keys is None:
+        return torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=device)
+    return near_pairs(index)[..., None] & _near_keys_mask(index, n_q, n_k, q_offset, k_offset)
+
+
+def near_pairs(index: SparseIndex) -> torch.Tensor:
+    """bool [B, H, Nq]: the (head, row) pairs that continue an earlier launch (``near_keys``)."""
+    return (index.near_keys >= 0)[None, :, None] & (index.near_rows != 0)[:, None, :]
+
+
+def _near_keys_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int, k_offset: int) -> torch.Tensor:
+    device = index.block_count.device
+    q_abs = torch.arange(n_q, device=device) + q_offset
+    first = (q_abs // index.block_m * index.block_m)[None, :, None] - index.near_keys.long()[:, None, None]
+    return (torch.arange(n_k, device=device) + k_offset)[None, None, :] >= first  # [H, Nq, Nk]
 
 
 def groups_to_mask(groups, heads_q: int, n_q: int, n_k: int) -> torch.Tensor:
@@ -93,8 +115,23 @@ def groups_to_mask(groups, heads_q: int, n_q: int, n_k: int) -> torch.Tensor:
         launch = index_to_mask(index, n_q, n_k)
         rows = torch.zeros(batch, len(ids), n_q, dtype=torch.bool, device=device)
         rows.scatter_(2, _slot_positions(index.q_order, batch, len(ids), n_q, device), True)
+        if index.near_keys is not None:  # those rows continue the earlier launch: they add up
+            launch = launch | (mask[:, ids] & (near_pairs(index) & rows)[..., None])
         mask[:, ids] = torch.where(rows[..., None], launch, mask[:, ids])
     return mask
+
+
+def continue_softmax(prior, part):
+    """(out, lse) of one softmax over two disjoint key sets from each one's (out, lse): what a
+    launch with ``near_keys`` computes from the earlier launch's ``prior``. Rows that saw nothing in
+    either give 0 and -inf."""
+    (out_a, lse_a), (out_b, lse_b) = prior, part
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = torch.where(torch.isinf(lse), 0.0, lse)
+    weight_a = torch.where(torch.isinf(lse_a), 0.0, torch.exp(lse_a - safe))[..., None]
+    weight_b = torch.where(torch.isinf(lse_b), 0.0, torch.exp(lse_b - safe))[..., None]
+    out = out_a.float() * weight_a + out_b.float() * weight_b
+    return out.to(out_a.dtype), lse
 
 
 def causal_mask(n_q: int, n_k: int, q_offset: int = 0, k_offset: int = 0, device=None) -> torch.Tensor:
@@ -123,12 +160,21 @@ def masked_attention(q, k, v, mask, scale=None):
 
 
 def sparse_attention_reference(q, k, v, index: SparseIndex, scale=None, q_offset: int = 0,
-                               k_offset: int = 0):
-    """Same contract and outputs as ``sparse_attention_forward``, in plain PyTorch."""
+                               k_offset: int = 0, prior=None):
+    """Same contract and outputs as ``sparse_attention_forward``, in plain PyTorch. ``prior``
+    (out, lse of the earlier launch): where the index has ``near_keys``, its ``near_pairs``
+    continue that softmax (``continue_softmax``)."""
     check_inputs(q, k, v)
     check_index(index, q, k, check_values=True)
     mask = index_to_mask(index, q.shape[2], k.shape[2], q_offset, k_offset)
-    return masked_attention(q, k, v, mask, scale)
+    out, lse = masked_attention(q, k, v, mask, scale)
+    if index.near_keys is None:
+        return out, lse
+    if prior is None:
+        raise ValueError("an index with near_keys continues an earlier launch: pass its (out, lse) as prior")
+    both = continue_softmax(prior, (out, lse))
+    on = near_pairs(index)
+    return torch.where(on[..., None], both[0], out), torch.where(on, both[1], lse)
 
 
 def dense_attention_reference(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0):

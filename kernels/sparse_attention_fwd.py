@@ -165,7 +165,7 @@ def _load_rows(base, positions, stride_n, offs_d, valid, HEAD_DIM: tl.constexpr,
 @triton.jit
 def _sparse_attention_fwd(
     Q, K, V, Out, Lse,
-    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder, HeadIds, Span, ColumnRow,
+    BlockCount, BlockOffset, ColumnCount, ColumnIndex, QOrder, KOrder, HeadIds, Span, ColumnRow, NearKeys, NearRows,
     qk_scale, n_q, n_k, q_offset, k_offset, heads_run, group,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -179,11 +179,12 @@ def _sparse_attention_fwd(
     stride_kob, stride_koh,
     stride_sb, stride_sh, stride_sm,
     stride_crb, stride_crh,
+    stride_nrb,
     column_width,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr, HAS_Q_ORDER: tl.constexpr, HAS_K_ORDER: tl.constexpr,
     HAS_HEAD_IDS: tl.constexpr, DOT_FP32: tl.constexpr, HAS_SPAN: tl.constexpr,
-    SHARED_COLUMNS: tl.constexpr,
+    SHARED_COLUMNS: tl.constexpr, HAS_NEAR: tl.constexpr,
 ):
     # Longest (last) query blocks first: with causal work that shrinks the tail of the launch.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -207,6 +208,11 @@ def _sparse_attention_fwd(
         q_pos = q_slots
     q = _load_rows(Q + b * stride_qb + h_q * stride_qh, q_pos, stride_qn, offs_d, q_valid, HEAD_DIM, True)
     q_abs = q_pos + q_offset
+    if HAS_NEAR:  # rows that leave the keys an earlier launch visited (``near_keys``) and continue its softmax
+        near = tl.load(NearKeys + h)
+        near_on = (near >= 0) & (tl.load(NearRows + b * stride_nrb + q_pos, mask=q_valid, other=0) != 0)
+        # Every mask below compares a key with q_abs: the last key this launch may visit per row.
+        q_abs = tl.where(near_on, (q_abs // BLOCK_M) * BLOCK_M - near - 1, q_abs)
 
     k_base = K + b * stride_kb + h_kv * stride_kh
     v_base = V + b * stride_vb + h_kv * stride_vh
@@ -215,6 +221,15 @@ def _sparse_attention_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if HAS_NEAR:  # the earlier launch's rows as the softmax state: m = its lse (log2 units), l = 1
+        prior_ok = q_valid & near_on
+        prior_lse = tl.load(Lse + b * stride_lb + h_q * stride_lh + q_pos, mask=prior_ok, other=float("-inf"))
+        seen = prior_lse > float("-inf")
+        m_i = tl.where(seen, prior_lse * 1.4426950408889634, m_i)
+        l_i = tl.where(seen, 1.0, l_i)
+        prior = tl.load(Out + b * stride_ob + h_q * stride_oh + q_pos[:, None] * stride_on + offs_d[None, :],
+                        mask=prior_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        acc = tl.where(seen[:, None], prior.to(tl.float32), acc)
 
     # The diagonal block, in key slots, clipped to [0, n_k).
     shift = q_offset - k_offset
@@ -354,7 +369,7 @@ def _prepare(q, k, v, scale, out=None, lse=None, rows_listed=True):
 
 
 def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, block_n, is_dense,
-         config=None, head_ids=None, query_slots=None):
+         config=None, head_ids=None, query_slots=None, near=None):
     batch, heads_q, n_q, head_dim = q.shape
     n_q = n_q if query_slots is None else query_slots  # the kernel's rows are slots
     heads_run = heads_q if head_ids is None else head_ids.shape[0]
@@ -365,12 +380,13 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
     ko = k_order if k_order is not None else dummy
     sp = span if span is not None else dummy[..., None]
     cr = column_row if column_row is not None else dummy
+    near_keys, near_rows = near if near is not None else (dummy, dummy)
     grid = (triton.cdiv(n_q, block_m), batch * heads_run)
     cfg = config or _launch_config(head_dim, block_m, block_n, q.dtype)
     _sparse_attention_fwd[grid](
         q, k, v, out, lse,
         block_count, block_offset, column_count, column_index, qo, ko,
-        head_ids if head_ids is not None else dummy, sp, cr,
+        head_ids if head_ids is not None else dummy, sp, cr, near_keys, near_rows,
         scale * LOG2E, n_q, k.shape[2], q_offset, k_offset, heads_run, heads_q // k.shape[1],
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -384,12 +400,13 @@ def _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders, block_m, b
         ko.stride(0), ko.stride(1),
         sp.stride(0), sp.stride(1), sp.stride(2),
         cr.stride(0), cr.stride(1),
+        near_rows.stride(0),
         column_index.shape[-1],
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_M=block_m, BLOCK_N=block_n,
         IS_DENSE=is_dense, HAS_Q_ORDER=q_order is not None, HAS_K_ORDER=k_order is not None,
         HAS_HEAD_IDS=head_ids is not None, DOT_FP32=interpreting() and q.dtype != torch.float32,
-        HAS_SPAN=span is not None, SHARED_COLUMNS=column_row is not None,
+        HAS_SPAN=span is not None, SHARED_COLUMNS=column_row is not None, HAS_NEAR=near is not None,
         **cfg,
     )
     return out, lse
@@ -405,7 +422,11 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
     ``head_ids`` (int32 [Hs]) runs only those query heads, with an index of Hs heads, writing into
     ``out``/``lse`` (given, or new): one launch per pattern group of a layer. An index whose
     ``q_order`` lists a subset of rows writes only those (new outputs: 0 and -inf elsewhere).
+    An index with ``near_keys`` continues, on its ``near_rows`` of heads with ``near_keys >= 0``,
+    the softmax an earlier launch wrote into ``out``/``lse`` (which must then be given).
     """
+    if index.near_keys is not None and (out is None or lse is None):
+        raise ValueError("an index with near_keys continues an earlier launch: pass its out and lse")
     q, k, v, scale, out, lse = _prepare(q, k, v, scale, out, lse, index.query_slots(q.shape[2]) == q.shape[2])
     if head_ids is not None:
         if head_ids.dtype != torch.int32 or head_ids.dim() != 1:
@@ -418,8 +439,9 @@ def sparse_attention_forward(q, k, v, index: SparseIndex, scale=None, q_offset: 
              index.column_row)
     lists = tuple(None if t is None else t.contiguous() for t in lists)
     orders = tuple(o.contiguous() if o is not None else None for o in (index.q_order, index.k_order))
+    near = None if index.near_keys is None else (index.near_keys.contiguous(), index.near_rows.contiguous())
     return _run(q, k, v, out, lse, scale, q_offset, k_offset, lists, orders,
-                index.block_m, index.block_n, False, config, head_ids, index.query_slots(q.shape[2]))
+                index.block_m, index.block_n, False, config, head_ids, index.query_slots(q.shape[2]), near)
 
 
 def dense_attention_forward(q, k, v, scale=None, q_offset: int = 0, k_offset: int = 0,

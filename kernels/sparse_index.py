@@ -33,6 +33,16 @@ Contract (shared by the Triton kernel and the PyTorch reference):
 * Every visited pair is masked causally in original positions:
   ``k_order[k] + k_offset <= q_order[q] + q_offset``. A row with nothing visible outputs zeros and
   log-sum-exp ``-inf``: never NaN.
+* Near keys (``near_keys`` int32 [H] with ``near_rows`` int32 [B, N_q], optional): on the rows
+  ``near_rows`` marks (non-zero; by original position) of a head with ``near_keys[h] >= 0``, the
+  launch leaves out every key at or after ``(q // block_m) * block_m - near_keys[h]`` (``q`` = the
+  row's position + ``q_offset``): its own query block's keys and the ``near_keys[h]`` before them,
+  in original positions, which is exactly what an original-order launch of this ``block_m`` with
+  no sink and ``near_keys[h]`` local keys visits where nothing else shares the row's block. On
+  those rows it continues that earlier launch's softmax from the ``out``/``lse`` it wrote (one
+  softmax over both), so a permuted launch (a grid) adds the original-order band it cannot hold.
+  Other rows and heads (-1) are as without. Internal launches only: the public op takes no
+  ``near_keys``.
 * GQA: query head ``h`` reads key/value head ``h // (n_q_heads // n_kv_heads)``. Orders and lists
   are per *query* head.
 
@@ -64,6 +74,8 @@ class SparseIndex:
     k_order: torch.Tensor | None = None  # int32 [B, H, N_k]: original position of each key slot
     span: torch.Tensor | None = None  # int32 [B, H, M, 2]: key slots [lo, hi) visited whole
     column_row: torch.Tensor | None = None  # int32 [B, H, M]: shared row of column_index read
+    near_keys: torch.Tensor | None = None  # int32 [H]: keys an earlier launch visited (-1: none)
+    near_rows: torch.Tensor | None = None  # int32 [B, N_q]: rows near_keys applies to (non-zero)
 
     @property
     def num_query_blocks(self) -> int:
@@ -195,11 +207,17 @@ def check_index(index: SparseIndex, q: torch.Tensor, k: torch.Tensor, check_valu
         raise ValueError(f"column_row has shape {tuple(index.column_row.shape)}, expected {expect}")
     if index.span is not None and tuple(index.span.shape) != expect + (2,):
         raise ValueError(f"span has shape {tuple(index.span.shape)}, expected {expect + (2,)}")
+    if (index.near_keys is None) != (index.near_rows is None):
+        raise ValueError("near_keys and near_rows come together")
+    if index.near_keys is not None and tuple(index.near_keys.shape) != (heads,):
+        raise ValueError(f"near_keys has shape {tuple(index.near_keys.shape)}, expected {(heads,)}")
+    if index.near_rows is not None and tuple(index.near_rows.shape) != (batch, n_q):
+        raise ValueError(f"near_rows has shape {tuple(index.near_rows.shape)}, expected {(batch, n_q)}")
     for name, order, n in (("q_order", index.q_order, slots), ("k_order", index.k_order, n_k)):
         if order is not None and tuple(order.shape) != (batch, heads, n):
             raise ValueError(f"{name} has shape {tuple(order.shape)}, expected {(batch, heads, n)}")
     for name in ("block_count", "block_offset", "column_count", "column_index", "q_order", "k_order", "span",
-                 "column_row"):
+                 "column_row", "near_keys", "near_rows"):
         t = getattr(index, name)
         if t is None:
             continue

@@ -97,3 +97,30 @@ def test_row_subset_launch(dtype):
     assert err(out[:, :, rows], ref) <= 2 * err(sdpa, ref) + 1e-4
     torch.testing.assert_close(lse[:, :, rows], ref_lse, atol=2e-2, rtol=1e-3)
     assert out[:, :, rest].eq(0).all() and lse[:, :, rest].eq(float("-inf")).all()
+
+
+@pytest.mark.parametrize("block_m", [64, 128])
+def test_near_keys_continue_an_a_shape_launch(block_m):
+    """A grid launch continuing an A-shape launch's softmax (``near_keys``: its own query block and
+    the 256 keys before, left to that launch) in bf16: within 2x SDPA's error on the union mask.
+    The partial output passes through bf16 once more than a single launch's (an extra rounding)."""
+    import dataclasses
+
+    from mmcompile.kernels.index_factories import a_shape_index
+
+    n, heads = 3000, 4
+    q, k, v = (t.to(torch.bfloat16) for t in rand(heads, 1, n))
+    band = a_shape_index(1, heads, n, 0, 256, block_m, 64, device="cuda")
+    out, lse = sparse_attention_forward(q, k, v, band)
+    grid = dataclasses.replace(grid_index(1, heads, n, 100, 7, 2, block_m, 64, device="cuda"),
+                               near_keys=torch.tensor([256, 256, -1, 256], dtype=torch.int32, device="cuda"),
+                               near_rows=torch.ones(1, n, dtype=torch.int32, device="cuda"))
+    out, lse = sparse_attention_forward(q, k, v, grid, out=out, lse=lse, check_values=True)
+    band_mask, grid_mask = index_to_mask(band, n, n), index_to_mask(grid, n, n)
+    union = torch.where(torch.tensor([True, True, False, True], device="cuda")[None, :, None, None],
+                        band_mask | grid_mask, grid_mask)
+    ref, ref_lse = masked_attention(q.float(), k.float(), v.float(), union)
+    sdpa = F.scaled_dot_product_attention(q, k.repeat_interleave(heads, 1), v.repeat_interleave(heads, 1),
+                                          attn_mask=union)
+    assert err(out, ref) <= 2 * err(sdpa, ref) + 1e-4, (err(out, ref), err(sdpa, ref))
+    torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=1e-3)

@@ -1,5 +1,7 @@
 """The sparse-attention kernel against its PyTorch reference, in the Triton interpreter (CPU)."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 from mmcompile.kernels import (SparseIndex, dense_attention_forward, dense_attention_reference,
                                sparse_attention_forward, sparse_attention_reference)
 from mmcompile.kernels.index_factories import a_shape_index, causal_index, grid_index, random_index, random_span_index
+from mmcompile.kernels.reference import groups_to_mask, index_to_mask, masked_attention
 
 pytestmark = pytest.mark.interpreter
 
@@ -224,3 +227,36 @@ def test_spans_and_shared_column_rows_match_reference(orders, n):
     no_columns = random_span_index(1, heads, n, n, 0.3, block_m=64, block_n=32, q_order=q_order, k_order=k_order,
                                    generator=g)
     assert_matches_reference(q, k, v, no_columns)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_near_keys_continue_the_earlier_launch(dtype):
+    """A grid launch whose first head leaves its original-order band (its own query block and the
+    128 keys before it: ``near_keys``) to an earlier A-shape launch and continues that softmax
+    on the ``near_rows`` equals one softmax over both launches' keys (disjoint: a key counted
+    twice would show); elsewhere (the second head, -1; rows 320-383) the grid alone overwrites
+    the earlier launch, and the first query block's rows get nothing from the grid."""
+    n = 384
+    q, k, v = inputs(2, 1, n, dtype=dtype, seed=5)
+    band = a_shape_index(1, 2, n, sink=0, local=128)
+    out, lse = sparse_attention_forward(q, k, v, band)
+    grid = dataclasses.replace(grid_index(1, 2, n, stride=48, phase=7, local_blocks=1),
+                               near_keys=torch.tensor([128, -1], dtype=torch.int32),
+                               near_rows=(torch.arange(n) < 320).int()[None])
+    with pytest.raises(ValueError, match="continues an earlier launch"):
+        sparse_attention_forward(q, k, v, grid)
+    got, got_lse = sparse_attention_forward(q, k, v, grid, out=out.clone(), lse=lse.clone(), check_values=True)
+
+    band_mask, grid_mask = index_to_mask(band, n, n), index_to_mask(grid, n, n)
+    near = (torch.arange(n) < 320)[None, :, None]
+    assert not (band_mask[:, 0] & grid_mask[:, 0])[near.expand(1, n, n)].any()
+    assert (band_mask[:, 0] & grid_mask[:, 0]).any() and (band_mask[:, 1] & grid_mask[:, 1]).any()
+    assert grid_mask[:, 0, 64:].any() and not grid_mask[:, 0, :64].any()  # the first block: all near
+    union = torch.stack([torch.where(near, band_mask[:, 0] | grid_mask[:, 0], grid_mask[:, 0]), grid_mask[:, 1]], 1)
+    ref, ref_lse = masked_attention(q, k, v, union)
+    assert rel_err(got, ref) < TOL[dtype]
+    torch.testing.assert_close(got_lse, ref_lse, atol=1e-3, rtol=1e-4)
+    same, same_lse = sparse_attention_reference(q, k, v, grid, prior=(out, lse))
+    assert rel_err(same, ref) < TOL[dtype]
+    torch.testing.assert_close(same_lse, ref_lse, atol=1e-4, rtol=1e-5)
+    assert torch.equal(groups_to_mask([([0, 1], band), ([0, 1], grid)], 2, n, n), union)
