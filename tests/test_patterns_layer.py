@@ -128,6 +128,34 @@ def test_q_boundary_grid_runs_on_its_video_rows_only():
     assert ((result.out - ref).norm() / ref.norm()) < 2e-5
 
 
+def test_grid_band_rows_continue_their_original_order_launch():
+    """Grid with ``band``: an original-order launch visits each grid row's query block and the band
+    before it, and the grid launch continues that softmax without those keys. On a Q-boundary head
+    the rows of blocks that mix text and video are recomputed by the grid alone (their original-
+    order launch also held text's sets); on an all-rows grid every row has its band. The output is
+    the reference of the union (a key counted twice would show), harness and reference agree."""
+    from mmcompile.patterns.fidelity import layer_row_masks
+
+    layout, n, q, k, v, ctx = _text_video_text(seed=1)
+    heads = [HeadPattern("q-boundary", (("text", VerticalSlash(30, 2)), ("video", Grid(local_frames=2, band=128)))),
+             HeadPattern("q-boundary", (("text", AShape(64, 64)), ("video", Grid(local_frames=2)))),
+             HeadPattern("none", (("*", Grid(local_frames=2, band=64)),)),
+             HeadPattern("none", (("*", AShape(64, 128)),))]
+    result = layer_attention(q, k, v, ctx, heads)
+    near = [index for _, index in result.indexes if index is not None and index.near_keys is not None]
+    assert len(near) == 2 and sorted(int(i.near_keys.max()) for i in near) == [64, 128]
+    (subset,) = [index for index in near if index.q_order.shape[-1] < n]
+    assert subset.near_keys.tolist() == [128, -1]
+    assert subset.near_rows[0, 128:576].eq(1).all() and subset.near_rows[0, 64:128].eq(0).all()  # mixed block
+    masks = layer_row_masks(result.indexes, torch.arange(n), n, 4)
+    assert torch.equal(masks[None], groups_to_mask(result.indexes, 4, n, n))
+    assert masks[0, 400, 256:401].all() and not masks[1, 400, 256:401].all()  # the band, or the grid alone
+    assert masks[2, 110, :111].all() and masks[2, 660, 576:661].all()  # all rows: every row its band
+    assert not masks[0, 110, 0:111].all()  # a mixed block's video row: the grid alone
+    ref, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), masks[None], 32 ** -0.5)
+    assert ((result.out - ref).norm() / ref.norm()) < 2e-5
+
+
 def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
     """layer_attention interleaves building and launching (dense heads first, then heads of fixed
     sets), so the host builds the next index while the GPU runs the last launch; the output is the

@@ -52,14 +52,25 @@ def index_row_mask(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Te
         by_pos = torch.zeros_like(visit)
         by_pos.scatter_(2, index.k_order[0].long()[:, None, :].expand_as(visit), visit)
         visit = by_pos
-    return visit & (key_slots[None, None, :] <= rows[None, :, None]) & computed[..., None]
+    visit &= (key_slots[None, None, :] <= rows[None, :, None]) & computed[..., None]
+    if index.near_keys is not None:  # keys an earlier launch visited (``SparseIndex.near_keys``)
+        first = rows // index.block_m * index.block_m
+        near = _row_continues(index, rows)[..., None] & (key_slots >= first[:, None] - index.near_keys.long()[:, None, None])
+        visit &= ~near
+    return visit
+
+
+def _row_continues(index: SparseIndex, rows: torch.Tensor) -> torch.Tensor:
+    """bool [H, R] (batch 0): rows that continue an earlier launch's softmax (``near_keys``)."""
+    return (index.near_keys >= 0)[:, None] & (index.near_rows[0, rows] != 0)[None, :]
 
 
 def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.Tensor:
     """bool [Hq, R, N]: for a layer's launch groups (``LayerResult.indexes``, in launch order),
     the keys each head's rows were computed with. A head may be in several groups (a Q-boundary
     head's grid launch over its video rows follows its original-order launch): a later launch's
-    rows replace the earlier ones, as in the output. Dense groups (index None): every causal key."""
+    rows replace the earlier ones, as in the output, but where it continues the earlier launch's
+    softmax (``SparseIndex.near_keys``), then both add up. Dense groups (index None): every causal key."""
     masks = torch.zeros(heads_q, rows.numel(), n, dtype=torch.bool, device=rows.device)
     causal = torch.arange(n, device=rows.device)[None, :] <= rows[:, None]
     for head_ids, index in indexes:
@@ -68,7 +79,10 @@ def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.
             masks[ids] = causal
             continue
         computed = _row_slots(index, rows, n) >= 0  # [H, R]
-        masks[ids] = torch.where(computed[..., None], index_row_mask(index, rows, n), masks[ids])
+        launch = index_row_mask(index, rows, n)
+        if index.near_keys is not None:
+            launch |= masks[ids] & _row_continues(index, rows)[..., None]
+        masks[ids] = torch.where(computed[..., None], launch, masks[ids])
     return masks
 
 

@@ -304,10 +304,14 @@ def launch_groups(q, k, heads: Sequence[HeadPattern], ctx: ForwardContext, scale
         elif any(isinstance(p, Grid) for _, p in head.intra):
             rows = _grid_rows(head, ctx)
             grid[(head, rows)].append(h)  # its own permutation: grouped by the exact pattern
-            if rows is not None:  # its other modalities' rows first, in original order
+            band = _grid_of(head).band
+            if rows is not None:  # its other modalities' rows first, in original order (the grid's: its band)
                 plain.append(h)
-                plain_heads[h] = HeadPattern(head.inter, tuple((m, None if isinstance(p, Grid) else p)
-                                                               for m, p in head.intra))
+                plain_heads[h] = HeadPattern(head.inter, tuple((m, (AShape(0, band) if band else None)
+                                                                if isinstance(p, Grid) else p) for m, p in head.intra))
+            elif band:  # every row's band first, in original order
+                plain.append(h)
+                plain_heads[h] = HeadPattern("none", (("*", AShape(0, band)),))
         else:
             plain.append(h)
     if dense:
@@ -537,10 +541,10 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     lines_of = rows or ("video" if "video" in ctx.last_rows else "*")
     mask = None if rows is None else ctx.rows_of(rows)
     slots = ctx.n if rows is None else ctx.row_counts[rows]
-    shared = defaultdict(list)  # patterns equal but for their window: one grid_sets call
+    shared = defaultdict(list)  # patterns equal but for their window and band: one grid_sets call
     for head, ids in heads.items():
-        pattern = next(p for _, p in head.intra if isinstance(p, Grid))
-        shared[dataclasses.replace(pattern, local_frames=0)] += [(h, pattern.local_frames) for h in ids]
+        pattern = _grid_of(head)
+        shared[dataclasses.replace(pattern, local_frames=0, band=0)] += [(h, pattern.local_frames) for h in ids]
     orders, parts, placed = [], [], []
     for pattern, members in shared.items():
         ids = [h for h, _ in members]
@@ -553,8 +557,30 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     wanted = [h for ids in heads.values() for h in ids]  # the launch group's head order
     back = [placed.index(h) for h in wanted]
     order = estimate.select_heads(orders[0] if len(orders) == 1 else torch.cat(orders, dim=1), back)
-    return build_index([(None, _in_order(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
-                       order=order.contiguous())
+    index = build_index([(None, _in_order(stack_heads(parts), back))], slots, ctx.n, ctx.block_m, ctx.block_n,
+                        order=order.contiguous())
+    bands = [_grid_of(head).band or -1 for head, ids in heads.items() for _ in ids]
+    if max(bands) < 0:
+        return index
+    return dataclasses.replace(index, near_keys=device_list(bands, order.device, torch.int32),
+                               near_rows=_band_rows(ctx, rows))
+
+
+def _grid_of(head: HeadPattern) -> Grid:
+    return next(p for _, p in head.intra if isinstance(p, Grid))
+
+
+def _band_rows(ctx: ForwardContext, rows: str | None) -> torch.Tensor:
+    """int32 [B, N]: the rows whose original-order launch visited their Grid band alone: all
+    (``rows`` None: that launch is the band), or the rows of modality ``rows`` in query blocks
+    holding no other rows (a mixed block's rows also get the other modality's sets there: the grid
+    launch then recomputes them whole, without the band, rather than count a key twice)."""
+    if rows is None:
+        return torch.ones(ctx.batch, ctx.n, dtype=torch.int32, device=ctx.frame_stride.device)
+    mine = ctx.modality == _modality_id(rows)  # [B, N]
+    tail = -ctx.n % ctx.block_m
+    pure = torch.nn.functional.pad(mine, (0, tail), value=True).view(ctx.batch, -1, ctx.block_m).all(-1)
+    return (pure.repeat_interleave(ctx.block_m, 1)[:, :ctx.n] & mine).to(torch.int32)
 
 
 def _in_order(sets: BlockSets, back: list[int]) -> BlockSets:

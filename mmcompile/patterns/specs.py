@@ -42,6 +42,10 @@ class Grid:
     max_stride: int = 1024
     local_frames: int = 4  # periodic slashes: the same patch in this many earlier frames
     sink: int = 64
+    # The row's own frame around it (the in-frame local band, which the grid order scatters): an
+    # original-order launch first visits the row's query block and the ``band`` keys before it,
+    # and the grid launch continues its softmax without them (``SparseIndex.near_keys``). 0: none.
+    band: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
