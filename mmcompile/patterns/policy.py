@@ -8,7 +8,8 @@ head the cheapest (pattern, size) predicted to keep ``target`` of it within the 
                   most diagonal mass for a row (``intra.relative_block_peak``), R = 1 .. cap;
   Grid            (video rows with a known frame stride: a video-only input, or the video rows
                   of a mixed one) the phase lines, the sink and the same patch in the L earlier
-                  frames the grid order's local blocks reach, L = 1 .. cap (``_grid``).
+                  frames the grid order's local blocks reach, L = 1 .. cap, with the row's own
+                  frame around it (its original-order band, ``GRID_BANDS`` keys) or not (``_grid``).
 Costs are keys per query row, so the choice spends only what a head needs: a local head takes a
 few blocks, not the whole budget. A key of Grid counts ``GRID_KEY_COST`` keys: on the H100 at 128K
 the grid path computes 56-65% of A-shape's TFLOP/s on its blocks (BENCHMARKS.md, "Grid on copies
@@ -52,6 +53,7 @@ GRID_KEY_COST = 1.7  # a key of Grid costs ~1.7 keys of A-shape/VS: measured ker
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
 MIN_RECALL = 0.8  # predicted recall under which a head runs dense
 GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
+GRID_BANDS = (0, 64, 128, 256, 512, 1024)  # original-order keys a grid row keeps before its query block (Grid.band)
 FAMILIES = (AShape, VerticalSlash, Grid, Dense)  # what a plan may fix; a family's code is its index
 EITHER = -1  # family code: A-shape or VS, whichever is better (a plan's Grid the input cannot run)
 
@@ -120,17 +122,23 @@ def _better(recall, cost, old_recall, old_cost, target):
     return torch.where(reach == old_reach, torch.where(reach, cost < old_cost, recall > old_recall), reach)
 
 
-def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
-    """Per head: (recall, cost, local frames) of the cheapest frame-stride Grid reaching the target.
+def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target, first_row: int):
+    """Per head: (recall, cost, local frames, band) of the cheapest frame-stride Grid reaching the
+    target; cost in A-shape keys (a grid key counts ``GRID_KEY_COST``).
 
     What the grid order keeps of a video row: the phase class (the vertical lines, the heaviest
     phase at the frame stride, as ``intra.grid_sets`` picks it), the same patch in the earlier
     frames its local blocks and diagonal block reach (slash mass at multiples of the stride), and
     the ``GRID_SINK`` first keys. The three are disjoint but for the sink keys in the phase class
-    (removed) and the phase class's own rows (1 / stride of them). The local band inside a frame
-    is not kept: heads that need it lose that mass here, as they do in the kernel. Costs are keys
-    per row: the line band, the local slots, half a diagonal block and the sink. The recall the
-    built index reaches is measured after the kernel (``verify``); this only ranks candidates."""
+    (removed) and the phase class's own rows (1 / stride of them). With a band (``Grid.band``) the
+    row also keeps its own frame around it: the slash mass at distances up to the band plus half a
+    query block (a row's average reach), the multiples of the stride left out (counted above), and
+    less the line mass of the phase keys from ``first_row`` (the first estimation row) minus that
+    reach on (a line key that near a row is in its band: counted once; with lines that decay over
+    frames the nearest is the heaviest). Costs are keys per row: the
+    line band, the local slots, half a diagonal block and the sink at the grid's price, the band
+    and half a query block at A-shape's. The recall the built index reaches is measured after the
+    kernel (``verify``); this only ranks candidates."""
     stride = ctx.frame_stride.clamp(min=1).long()  # [B]
     device = vertical.device
     pos = torch.arange(ctx.n, device=device)
@@ -148,11 +156,23 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target):
     steps = max(min(int(cap_keys // block_n), -(-frames // block_n)), 1)
     local = torch.arange(1, steps + 1, device=device) * block_n  # local slots: whole key blocks
     covered = (local + ctx.block_m // 2).clamp(max=frames)  # frames back a row reaches, on average
-    curve = (lines + sink_mass)[..., None] + reach.gather(-1, covered.expand(*reach.shape[:2], -1))
-    at, recall = _first_reaching(curve.clamp(max=1.0).mean(0), target)
-    band = rows / max(ctx.max_frame, 1) + block_n
-    cost = band + (at + 1).float() * block_n + ctx.block_m / 2 + GRID_SINK
-    return recall, cost, (at + 1) * block_n
+    curve = (lines + sink_mass)[..., None] + reach.gather(-1, covered.expand(*reach.shape[:2], -1))  # [B, H, S]
+    bands = [b for b in GRID_BANDS if b + ctx.block_m < cap_keys] or [0]
+    reach_keys = device_list([b + ctx.block_m // 2 if b else 0 for b in bands], device)  # [W]
+    in_frame = torch.where(pos % stride[:, None] == 0, 0.0, 1.0)[:, None, :] * slash  # [B, H, N]
+    in_frame = torch.cumsum(in_frame, -1).gather(-1, reach_keys.clamp(max=ctx.n - 1).expand(*slash.shape[:2], -1))
+    phase_mass = torch.where(pos % stride[:, None, None] == phase[..., None], vertical, 0.0)  # [B, H, N]
+    from_on = phase_mass.flip(-1).cumsum(-1).flip(-1)  # line mass of the phase keys at or after each position
+    near_lines = from_on.gather(-1, (first_row - reach_keys).clamp(0, ctx.n - 1).expand(*slash.shape[:2], -1))
+    in_frame = torch.where(reach_keys > 0, (in_frame - near_lines).clamp(min=0), 0.0)  # [B, H, W]
+    at, recall = _first_reaching((curve[:, :, None, :] + in_frame[..., None]).clamp(max=1.0).mean(0), target)
+    lines_keys = rows / max(ctx.max_frame, 1) + block_n
+    cost = (lines_keys + (at + 1).float() * block_n + ctx.block_m / 2 + GRID_SINK) * GRID_KEY_COST \
+        + reach_keys.float()  # [H, W]
+    reached = recall >= target
+    pick = torch.where(reached.any(-1), torch.where(reached, cost, float("inf")).argmin(-1), recall.argmax(-1))[:, None]
+    band = device_list(bands, device)[pick[:, 0]]
+    return recall.gather(-1, pick)[:, 0], cost.gather(-1, pick)[:, 0], (at.gather(-1, pick)[:, 0] + 1) * block_n, band
 
 
 def _row_count(ctx: ForwardContext, modality: str) -> int:
@@ -201,6 +221,7 @@ class _Curves:
     g_recall: torch.Tensor | None = None
     g_cost: torch.Tensor | None = None
     g_local: torch.Tensor | None = None
+    g_band: torch.Tensor | None = None
 
 
 def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardContext, density: float,
@@ -215,14 +236,13 @@ def _curves(estimates: Estimates, modality: str, heads: list[int], ctx: ForwardC
                                      ctx.block_n, target)]
     if grid:  # masses per row; priced at its measured kernel cost: Grid wins only where it saves more
         parts.append(lambda: _grid(lines.vertical / lines.rows, lines.slash / lines.rows, ctx,
-                                   _row_count(ctx, modality), cap_keys, target))
+                                   _row_count(ctx, modality), cap_keys, target, ctx.last_rows[modality][2]))
     (a_recall, a_cost, a_local), (v_recall, v_cost, v_cols, v_blocks, ranked), *g = side_by_side(
         parts, estimates.q.device)
     estimates.keep_vs_ranking(modality, heads, *ranked)  # the builder takes the same columns and blocks
     c = _Curves(a_recall, a_cost.float() / STATIC_BONUS, a_local, v_recall, v_cost.float(), v_cols, v_blocks)
     if grid:
-        c.g_recall, g_keys, c.g_local = g[0]
-        c.g_cost = g_keys * GRID_KEY_COST
+        c.g_recall, c.g_cost, c.g_local, c.g_band = g[0]
     return c
 
 
@@ -239,11 +259,12 @@ def _online_pick(c: _Curves, target: float):
 
 
 def _table(recall, names, plain, c: _Curves) -> torch.Tensor:
-    """float32 [heads, 7]: a row set's choice per head (recall, family, original-order family,
-    A-shape local, VS columns, VS blocks, Grid local), read by ``read_tables``."""
+    """float32 [heads, 8]: a row set's choice per head (recall, family, original-order family,
+    A-shape local, VS columns, VS blocks, Grid local, Grid band), read by ``read_tables``."""
     g_local = c.g_local if c.g_local is not None else torch.zeros_like(c.a_local)
+    g_band = c.g_band if c.g_band is not None else torch.zeros_like(c.a_local)
     return torch.stack([recall, names.float(), plain.float(), c.a_local.float(), c.v_cols.float(),
-                        c.v_blocks.float(), g_local.float()], -1)
+                        c.v_blocks.float(), g_local.float(), g_band.float()], -1)
 
 
 def read_tables(tables: torch.Tensor, ctx: ForwardContext) -> dict:
@@ -263,7 +284,7 @@ def _choose_one(estimates: Estimates, modality: str, heads: list[int], ctx: Forw
     return _table(*_online_pick(c, target), c)
 
 
-def _pattern(kind, local, cols, blks, frames):
+def _pattern(kind, local, cols, blks, frames, band):
     """The pattern of family code ``kind`` (index in ``FAMILIES``) with its chosen size (only that
     one is built: this runs per head and row set in every layer)."""
     kind = int(kind)
@@ -272,7 +293,7 @@ def _pattern(kind, local, cols, blks, frames):
     if kind == 1:
         return VerticalSlash(int(cols), int(blks))
     if kind == 2:
-        return Grid(stride_kind="frame", local_frames=int(frames), sink=GRID_SINK)
+        return Grid(stride_kind="frame", local_frames=int(frames), sink=GRID_SINK, band=int(band))
     return Dense()
 
 
@@ -348,7 +369,7 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
 
 def choice_tables(estimates: Estimates, ctx: ForwardContext, density: float, target: float,
                   families: Sequence[HeadPattern] | None = None) -> torch.Tensor:
-    """float32 [row sets, heads, 7]: every row set's ``_table`` (``ctx.row_sets()`` order), all
+    """float32 [row sets, heads, 8]: every row set's ``_table`` (``ctx.row_sets()`` order), all
     on the device and without a host sync or a data-dependent shape, so that a layer's estimate and
     choice can be captured once and replayed (``choice_graph``). Read by ``read_tables``."""
     heads = list(range(estimates.q.shape[1]))
