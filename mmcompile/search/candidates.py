@@ -10,6 +10,7 @@ from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern, VerticalS
 A_SHAPE_LOCAL = (128, 256, 512, 1024, 2048, 4096, 8192)
 VS_SIZES = ((128, 4), (512, 8), (1000, 16), (1000, 32), (2000, 64), (4000, 128))
 GRID_LOCAL_FRAMES = (64, 128, 256)
+GRID_BANDS = (0, 256)  # Grid.band: the row's own frame around it, from an original-order launch
 MAX_COST = 0.8  # a candidate visiting 80% of the causal keys saves too little: Dense instead
 PAIR_VS_SIZES = ((512, 8), (1000, 16), (2000, 64))  # 2D-Boundary candidates: VS of this size in every pair
 
@@ -22,7 +23,7 @@ def candidate_name(pattern) -> str:
     if isinstance(pattern, VerticalSlash):
         return f"vs:{pattern.vertical}x{pattern.slash_blocks}"
     if isinstance(pattern, Grid):
-        return f"grid:{pattern.stride_kind}/{pattern.local_frames}"
+        return f"grid:{pattern.stride_kind}/{pattern.local_frames}" + (f"+{pattern.band}" if pattern.band else "")
     return type(pattern).__name__.lower()
 
 
@@ -31,7 +32,7 @@ def candidates_for(has_video_frames: bool) -> list:
     out = [AShape(128, local) for local in A_SHAPE_LOCAL]
     out += [VerticalSlash(c, b) for c, b in VS_SIZES]
     if has_video_frames:
-        out += [Grid(stride_kind="frame", local_frames=f) for f in GRID_LOCAL_FRAMES]
+        out += [Grid(stride_kind="frame", local_frames=f, band=b) for b in GRID_BANDS for f in GRID_LOCAL_FRAMES]
     return out + [Dense()]
 
 
