@@ -52,9 +52,9 @@
 #            kept as a column when its vertical mass dominates (issue 11, fidelity). `guard video`:
 #            the families on the video layout only. This tree adds two families (composite,
 #            grid-temporal): they run on it alone.
-#   check    OLD=tree, short (~4 min): the GPU tests of the check's dense rows and the layer, the
-#            families at 128K (video, seed 1) on this tree, the op at 128K (video) on OLD and this
-#            tree, alternating, twice.
+#   check    OLD=tree, short (~4 min): the GPU tests of the check's dense rows, the layer and the
+#            kernel's near keys (Grid.band), the families at 128K (video, seed 1) on this tree, the
+#            op at 128K (video) on OLD and this tree, alternating, twice.
 #   check1   the shortest: the check's GPU tests, the op at 128K (video) on OLD and this tree once, the
 #            families at 128K (video) in what is left of ${2:-270} s.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
@@ -233,7 +233,7 @@ elif [ "$part" = columns ]; then
   echo "=== table ==="
   grep -E "passed|failed|attend|^[0-9]+ \||^sparse|^(old|new) " $OUT/run_columns.txt | cut -c1-200
 elif [ "$part" = guard ]; then
-  timeout 120 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "dense_rows or policy_layer" 2>&1 | quiet | tail -3
+  timeout 150 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_kernel_gpu.py -k "dense_rows or policy_layer or near_keys" 2>&1 | quiet | tail -3
   stage_trees
   for which in old new; do
     mkdir -p /tmp/$which/bench && cp benchmarks/fidelity_families.py /tmp/$which/bench/
@@ -249,7 +249,7 @@ elif [ "$part" = guard ]; then
   grep -E "^(old|new) |^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+" $OUT/run_guard.txt | cut -c1-130
 elif [ "$part" = check ]; then  # short: OLD=tree; the check's GPU tests, the families at 128K (video) on
   # this tree only, the op at 128K (video) on OLD and this tree: the output-error check's cost
-  timeout 120 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "dense_rows or policy_layer" 2>&1 | quiet | tail -3
+  timeout 150 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_kernel_gpu.py -k "dense_rows or policy_layer or near_keys" 2>&1 | quiet | tail -3
   timeout 170 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
     --out $OUT/f_video_128k_new.json 2>&1 | quiet | tail -15
   stage_trees
@@ -261,7 +261,7 @@ elif [ "$part" = check ]; then  # short: OLD=tree; the check's GPU tests, the fa
 elif [ "$part" = check1 ]; then  # shortest (OLD=tree; the device time nearly spent): the check's GPU
   # tests, the op at 128K (video) on OLD and this tree once, then the families at 128K (video) on
   # this tree in what is left of ${2:-270} s
-  timeout 120 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py -k "dense_rows or policy_layer" 2>&1 | quiet | tail -3
+  timeout 150 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_kernel_gpu.py -k "dense_rows or policy_layer or near_keys" 2>&1 | quiet | tail -3
   stage_trees
   for which in old new; do
     echo -n "$which "
