@@ -132,13 +132,13 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target, fir
     the ``GRID_SINK`` first keys. The three are disjoint but for the sink keys in the phase class
     (removed) and the phase class's own rows (1 / stride of them). With a band (``Grid.band``) the
     row also keeps its own frame around it: the slash mass at distances up to the band plus half a
-    query block (a row's average reach), the multiples of the stride left out (counted above), and
+    query block (a row's average reach), the multiples of the stride left out (counted above),
     less the line mass of the phase keys from ``first_row`` (the first estimation row) minus that
-    reach on (a line key that near a row is in its band: counted once; with lines that decay over
-    frames the nearest is the heaviest). Costs are keys per row: the
-    line band, the local slots, half a diagonal block and the sink at the grid's price, the band
-    and half a query block at A-shape's. The recall the built index reaches is measured after the
-    kernel (``verify``); this only ranks candidates."""
+    reach on (a line key so close to a row is in its band: counted once; with lines that decay
+    over frames the nearest is the heaviest). Costs are keys per row: the line band, the local
+    slots, half a diagonal block and the sink at the grid's price, the band and half a query block
+    at A-shape's. The recall the built index reaches is measured after the kernel (``verify``);
+    this only ranks candidates."""
     stride = ctx.frame_stride.clamp(min=1).long()  # [B]
     device = vertical.device
     pos = torch.arange(ctx.n, device=device)
