@@ -47,7 +47,8 @@ def dump(tokens: int, layout_kind: str, heads: str, density: float, out: str) ->
              "| head | planted | chosen | density | picture |", "|---|---|---|---|---|"]
     for h, pattern in enumerate(patterns):
         chosen = "; ".join(f"{m}: {p!r}" for m, p in pattern.intra)
-        picture = next((os.path.basename(p) for p in paths if p.endswith(f"head{h:02d}.png")), "(dense)")
+        picture = ", ".join(os.path.basename(p) for p in paths
+                            if os.path.basename(p).startswith(f"layer_head{h:02d}")) or "(dense)"  # one per launch
         lines.append(f"| {h} | {kinds[h]} | {pattern.inter}, {chosen} | {density_of[h]:.3f} | {picture} |")
     with open(os.path.join(out, "patterns.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

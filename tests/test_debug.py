@@ -49,8 +49,11 @@ def test_dump_command_writes_pictures_and_table(tmp_path):
     assert lines[0].startswith("# mixed layout") and len(lines) == 4 + 4
     written = sorted(p.name for p in tmp_path.iterdir())
     assert "patterns.md" in written
-    for p in tmp_path.glob("*.png"):
-        assert decode_gray_png(p.read_bytes()).shape[0] == -(-2048 // 128)
+    firsts = sorted(tmp_path.glob("layer_head??.png"))
+    assert firsts and all(decode_gray_png(p.read_bytes()).shape[0] == -(-2048 // 128) for p in firsts)
+    for p in set(tmp_path.glob("*.png")) - set(firsts):  # a head's later launch (a grid after its band
+        assert p.with_name(p.name[:-6] + ".png") in firsts  # or the rows of one modality): its own rows
+        assert 0 < decode_gray_png(p.read_bytes()).shape[0] <= -(-2048 // 128)
 
 
 def test_readme_demo_model_part_runs():

@@ -69,18 +69,23 @@ def png_bytes(gray: torch.Tensor, max_side: int = 1024) -> bytes:
 
 
 def write_mask_pictures(indexes, n_k: int, out_dir: str, prefix: str = "layer") -> list[str]:
-    """One PNG per sparse head of ``indexes`` ([(query head ids, SparseIndex or None for dense)]),
-    ``<prefix>_head<h>.png``, replacing the pictures an earlier call wrote under ``prefix``; returns paths."""
+    """One PNG per sparse head and launch of ``indexes`` ([(query head ids, SparseIndex or None for
+    dense)]): ``<prefix>_head<h>.png`` for a head's first launch, ``<prefix>_head<h>_<i>.png`` for
+    its i-th (a grid over some rows after the original-order launch, a grid after its band), each
+    with that launch's query blocks as rows; replaces the pictures an earlier call wrote under
+    ``prefix``; returns paths."""
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(out_dir):
         if name.startswith(f"{prefix}_head") and name.endswith(".png"):
             os.remove(os.path.join(out_dir, name))
-    paths = []
+    paths, launches = [], {}
     for head_ids, index in indexes:
         for local, head in enumerate(head_ids):
             if index is None:
                 continue  # dense heads: every causal block
-            path = os.path.join(out_dir, f"{prefix}_head{head:02d}.png")
+            launches[head] = launches.get(head, 0) + 1
+            later = f"_{launches[head]}" if launches[head] > 1 else ""
+            path = os.path.join(out_dir, f"{prefix}_head{head:02d}{later}.png")
             with open(path, "wb") as f:
                 f.write(png_bytes(block_map(index, n_k, local)))
             paths.append(path)
