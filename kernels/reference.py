@@ -86,7 +86,8 @@ def near_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int = 0, k_offse
     device = index.block_count.device
     if index.near_keys is None:
         return torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=device)
-    return near_pairs(index)[..., None] & _near_keys_mask(index, n_q, n_k, q_offset, k_offset)
+    q_abs = torch.arange(n_q, device=device) + q_offset
+    return near_pairs(index)[..., None] & near_keys_mask(index, q_abs, torch.arange(n_k, device=device) + k_offset)[None]
 
 
 def near_pairs(index: SparseIndex) -> torch.Tensor:
@@ -94,11 +95,12 @@ def near_pairs(index: SparseIndex) -> torch.Tensor:
     return (index.near_keys >= 0)[None, :, None] & (index.near_rows != 0)[:, None, :]
 
 
-def _near_keys_mask(index: SparseIndex, n_q: int, n_k: int, q_offset: int, k_offset: int) -> torch.Tensor:
-    device = index.block_count.device
-    q_abs = torch.arange(n_q, device=device) + q_offset
+def near_keys_mask(index: SparseIndex, q_abs: torch.Tensor, k_abs: torch.Tensor) -> torch.Tensor:
+    """bool [H, R, K]: keys ``k_abs`` [K] a near row at ``q_abs`` [R] leaves to the earlier launch
+    (from its query block's start minus ``near_keys`` on), for every head; ``near_pairs`` says
+    which rows and heads it applies to."""
     first = (q_abs // index.block_m * index.block_m)[None, :, None] - index.near_keys.long()[:, None, None]
-    return (torch.arange(n_k, device=device) + k_offset)[None, None, :] >= first  # [H, Nq, Nk]
+    return k_abs[None, None, :] >= first
 
 
 def groups_to_mask(groups, heads_q: int, n_q: int, n_k: int) -> torch.Tensor:

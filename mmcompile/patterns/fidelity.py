@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from mmcompile.kernels import SparseIndex, block_columns, span_stretches
+from mmcompile.kernels.reference import near_keys_mask, near_pairs
 
 
 def _row_slots(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Tensor:
@@ -54,15 +55,8 @@ def index_row_mask(index: SparseIndex, rows: torch.Tensor, n_k: int) -> torch.Te
         visit = by_pos
     visit &= (key_slots[None, None, :] <= rows[None, :, None]) & computed[..., None]
     if index.near_keys is not None:  # keys an earlier launch visited (``SparseIndex.near_keys``)
-        first = rows // index.block_m * index.block_m
-        near = _row_continues(index, rows)[..., None] & (key_slots >= first[:, None] - index.near_keys.long()[:, None, None])
-        visit &= ~near
+        visit &= ~(near_pairs(index)[0][:, rows, None] & near_keys_mask(index, rows, key_slots))
     return visit
-
-
-def _row_continues(index: SparseIndex, rows: torch.Tensor) -> torch.Tensor:
-    """bool [H, R] (batch 0): rows that continue an earlier launch's softmax (``near_keys``)."""
-    return (index.near_keys >= 0)[:, None] & (index.near_rows[0, rows] != 0)[None, :]
 
 
 def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.Tensor:
@@ -81,7 +75,7 @@ def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.
         computed = _row_slots(index, rows, n) >= 0  # [H, R]
         launch = index_row_mask(index, rows, n)
         if index.near_keys is not None:
-            launch |= masks[ids] & _row_continues(index, rows)[..., None]
+            launch |= masks[ids] & near_pairs(index)[0][:, rows, None]
         masks[ids] = torch.where(computed[..., None], launch, masks[ids])
     return masks
 

@@ -68,6 +68,12 @@ class ForwardContext:
         return list(self.present) if len(self.present) > 1 else ["*"]
 
     @functools.cached_property
+    def band_rows(self) -> dict:
+        """{grid row set (None: all rows, or a modality name): int32 [B, N]}: ``_band_rows`` of this
+        forward, filled on first use (the same for every layer)."""
+        return {}
+
+    @functools.cached_property
     def modality_order(self) -> tuple:
         """(order, sort keys, start, end, slot_of): the 2D-Boundary heads' modality-major order
         (``boundary2d.modality_major``) and, per original position, its slot (int64 [B, N]).
@@ -562,8 +568,10 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     bands = [_grid_of(head).band or -1 for head, ids in heads.items() for _ in ids]
     if max(bands) < 0:
         return index
+    if rows not in ctx.band_rows:
+        ctx.band_rows[rows] = _band_rows(ctx, rows)
     return dataclasses.replace(index, near_keys=device_list(bands, order.device, torch.int32),
-                               near_rows=_band_rows(ctx, rows))
+                               near_rows=ctx.band_rows[rows])
 
 
 def _grid_of(head: HeadPattern) -> Grid:
