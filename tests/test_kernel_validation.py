@@ -182,3 +182,19 @@ def test_density_counts_spans_and_shared_rows_exactly():
         mask = index_to_mask(index, n, n)
         assert int(index.column_count.sum()) > 0
         assert torch.allclose(index.density(n), mask.sum((-1, -2)).float() / (n * (n + 1) / 2))
+
+
+def test_near_keys_are_checked():
+    """``near_keys`` needs its ``near_rows`` (and the reverse), one entry per head and per (batch,
+    row), int32; the reference needs the earlier launch's (out, lse) to continue."""
+    q, k, v = qkv()
+    index = causal_index(1, 2, 130, 130)
+    keys, rows = torch.tensor([64, -1], dtype=torch.int32), torch.ones(1, 130, dtype=torch.int32)
+    bad = {"come together": dict(near_keys=keys), "near_rows has shape": dict(near_keys=keys, near_rows=rows[:, :7]),
+           "near_keys has shape": dict(near_keys=keys[:1], near_rows=rows),
+           "must be int32": dict(near_keys=keys.long(), near_rows=rows)}
+    for message, fields in bad.items():
+        with pytest.raises(ValueError, match=message):
+            sparse_attention_reference(q, k, v, replace(index, **fields), prior=(q, q[..., 0]))
+    with pytest.raises(ValueError, match="pass its \\(out, lse\\) as prior"):
+        sparse_attention_reference(q, k, v, replace(index, near_keys=keys, near_rows=rows))
