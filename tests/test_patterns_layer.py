@@ -156,6 +156,25 @@ def test_grid_band_rows_continue_their_original_order_launch():
     assert ((result.out - ref).norm() / ref.norm()) < 2e-5
 
 
+def test_a_demoted_head_leaves_its_group_s_near_keys_aligned():
+    """Demoting one head of a grid group with a band (the record after the check's dense retry)
+    takes its ``near_keys`` entry with it: the heads left keep theirs (a stale [H] tensor made the
+    128K harness fail and would misread which head continues its softmax)."""
+    from mmcompile.patterns import verify
+    from mmcompile.patterns.fidelity import layer_row_masks
+
+    _, n, q, k, v, ctx = _text_video_text(seed=1)
+    heads = [HeadPattern("q-boundary", (("text", AShape(64, 64)), ("video", Grid(local_frames=2, band=128)))),
+             HeadPattern("q-boundary", (("text", AShape(64, 64)), ("video", Grid(local_frames=2)))),
+             HeadPattern("none", (("*", AShape(64, 128)),)), HeadPattern("none", (("*", AShape(64, 128)),))]
+    result = layer_attention(q, k, v, ctx, heads)
+    indexes, _ = verify.demote(result.indexes, result.patterns, [1])
+    (grid,) = [index for _, index in indexes if index is not None and index.near_keys is not None]
+    assert grid.near_keys.tolist() == [128]
+    masks = layer_row_masks(indexes, torch.arange(n), n, 4)
+    assert torch.equal(masks[None], groups_to_mask(indexes, 4, n, n))
+    assert torch.equal(masks[0], layer_row_masks(result.indexes, torch.arange(n), n, 4)[0])
+
 def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
     """layer_attention interleaves building and launching (dense heads first, then heads of fixed
     sets), so the host builds the next index while the GPU runs the last launch; the output is the

@@ -109,10 +109,12 @@ _INDEX_TENSORS = ("block_count", "block_offset", "column_count", "column_index",
 
 
 def _index_heads(index: SparseIndex, positions: torch.Tensor) -> SparseIndex:
-    """The index restricted to the heads at ``positions`` (along its head dim)."""
-    return dataclasses.replace(index, **{f: None if getattr(index, f) is None else
-                                         getattr(index, f).index_select(1, positions).contiguous()
-                                         for f in _INDEX_TENSORS})
+    """The index restricted to the heads at ``positions`` (along its head dim; ``near_keys`` has no
+    batch dim)."""
+    near = None if index.near_keys is None else index.near_keys.index_select(0, positions).contiguous()
+    return dataclasses.replace(index, near_keys=near, **{f: None if getattr(index, f) is None else
+                                                         getattr(index, f).index_select(1, positions).contiguous()
+                                                         for f in _INDEX_TENSORS})
 
 
 def _without(indexes, heads: set):
