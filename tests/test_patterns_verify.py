@@ -65,6 +65,32 @@ def test_heads_below_the_target_run_dense_and_exactly():
     assert result.head_density[dense_heads].eq(1).all()
 
 
+@pytest.mark.interpreter
+def test_a_query_modality_that_misses_runs_dense_and_the_others_keep_their_pattern():
+    """The check judges each query modality apart: unstructured heads whose text rows get a narrow
+    window miss there and those rows run dense (exactly), while their video rows keep the window
+    that covers them; a head whose every modality misses runs dense whole."""
+    from mmcompile.kernels.reference import groups_to_mask, masked_attention
+
+    n = LAYOUT.length
+    q, k, v, _ = planted_qkv(LAYOUT, 4, 2, 64, kinds=["random"] * 4)
+    ctx = forward_context(LAYOUT, n, 1, "cpu", 64, 64)
+    split = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(64, n))))
+    narrow = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(16, 64))))
+    result = layer_attention(q, k, v, ctx, [split, split, narrow, split], recall=0.95)
+    for h in (0, 1, 3):
+        assert result.patterns[h] == HeadPattern("q-boundary", (("text", Dense()), ("video", AShape(64, n))))
+    assert result.patterns[2] == HeadPattern("none", (("*", Dense()),))
+    assert (result.head_recall > 1 - 1e-5).all() and (result.head_error < 1e-5).all()  # every row now exact
+    ids, rows_launch = result.indexes[-1]  # one launch over the text rows alone, these heads
+    text = torch.cat([torch.arange(100), torch.arange(612, 712)])
+    assert ids == [0, 1, 3] and rows_launch.q_order.shape[-1] == 200
+    assert rows_launch.q_order[0, :, :200].sort(-1).values.eq(text).all()
+    mask = groups_to_mask(result.indexes, 4, n, n)
+    assert mask.equal(torch.ones(1, 4, n, n, dtype=torch.bool).tril())
+    exact, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), mask, 0.125)
+    torch.testing.assert_close(result.out, exact.float(), atol=2e-5, rtol=2e-5)
+
 def test_dense_rows_equal_a_full_softmax_across_key_chunks_and_padding():
     """``verify.dense_rows`` (the check's dense reference) merges key chunks by their log-sum-exp:
     equal to one softmax over every causal, unpadded key; rows that see nothing, and rows not
@@ -139,3 +165,16 @@ def test_dense_rows_kernel_equals_the_pytorch_path(dtype, monkeypatch):
     torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got[1], want[1], rtol=1e-3, atol=1e-3)
     assert got[0][0, :, 0].eq(float("-inf")).all() and not got[1][0, :, 0].any()
+
+
+def test_few_missing_rows_run_dense_at_once_and_many_try_the_fallback_first():
+    """A row set that misses runs dense straight away when its rows cost less dense (each against
+    every key) than recomputing the head at the density cap; else the fallback is tried first."""
+    from mmcompile.patterns.layer import _dense_rows_first
+
+    ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)  # 200 text rows of 712
+    head = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(16, 64))))
+    assert _dense_rows_first(head, ["text"], ctx, density=0.6)  # 2 x 200 <= 0.6 x 712
+    assert not _dense_rows_first(head, ["text"], ctx, density=0.5)
+    assert not _dense_rows_first(head, ["text", "video"], ctx, density=1.0)  # every set: the head whole
+    assert not _dense_rows_first(HeadPattern("k-boundary", head.intra), ["text"], ctx, density=0.6)

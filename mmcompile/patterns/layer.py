@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from mmcompile.kernels import sparse_attention_forward
+from mmcompile.kernels import SparseIndex, sparse_attention_forward
 
 from . import estimate, intra
 from .boundary2d import boundary2d_index, modality_major, pair_pattern
@@ -152,11 +152,11 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     shared by the choice and the index builders. ``recall``: a target; what each head's launches
     kept of the attention mass of held-out rows (not the estimation rows) is read off the kernel's
     log-sum-exp (``verify.held_out_recall``), and their output error against dense on those rows
-    (``verify.held_out_error``); a head below the target, or above ``error_tolerance``, is recomputed once with the
-    policy's fallback (its best original-order pattern grown to the density cap:
-    ``policy.choose_with_fallbacks``), and heads still below it dense. ``families``: one pattern per
-    query head (a plan's) whose types, not sizes, the online choice keeps (``patterns`` must be None)."""
-    from . import verify
+    (``verify.held_out_error``), per query modality; a head's rows below the target, or above
+    ``error_tolerance``, are recomputed once with the policy's fallback (its best original-order
+    pattern grown to the density cap: ``policy.choose_with_fallbacks``), and rows still below it
+    dense (``_checked``). ``families``: one pattern per query head (a plan's) whose types, not sizes,
+    the online choice keeps (``patterns`` must be None)."""
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale,
@@ -179,34 +179,120 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
             torch.cuda.current_stream(q.device).wait_stream(side)
     head_recall = head_error = None
     if recall is not None and lse is not None:
-        head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # one host sync
-        retry = [h for h in failing if h in fallbacks]
-        if retry:  # heads that missed: their fallback (grown to the cap, never Grid), measured again
-            trial = tuple(fallbacks[h] if h in retry else HeadPattern() for h in range(len(patterns)))
-            redo = [(ids, index) for ids, index in build_layer_indexes(q, k, trial, ctx, scale, estimates)
-                    if index is not None]
-            attend(q, k, v, redo, scale, out=out, lse=lse)
-            indexes, patterns = verify.replace_heads(indexes, patterns, retry, redo, trial)
-            head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # only then
-        if failing:  # recomputed dense, in place: these heads cannot meet the target with this input
-            _sdpa_heads(q, k, v, failing, scale, out, lse)
-            indexes, patterns = verify.demote(indexes, patterns, failing)
-            ids = device_list(failing, q.device)
-            head_recall, head_error = head_recall.index_fill(0, ids, 1.0), head_error.index_fill(0, ids, 0.0)
+        out, patterns, indexes, head_recall, head_error = _checked(q, k, v, out, lse, estimates, ctx, patterns,
+                                                                   fallbacks, indexes, recall, scale, density)
     return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall,
                        head_error)
 
 
+def _checked(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallbacks: dict, indexes, recall: float,
+             scale: float, density: float):
+    """The held-out check and what follows it, per query modality (row set): a head's sets that
+    miss (``_check``) run its fallback's pattern there and are measured again, unless their rows
+    are few enough that running them dense costs less than recomputing the head at the cap
+    (``_dense_rows_first``). Sets still missing run dense in a launch over those rows alone
+    (``_dense_rows_index``); the head's other sets keep their pattern (the question rows that
+    Vertical-Slash serves badly need not take the video rows' Grid with them). A head whose every
+    set misses, or whose pattern is not per query modality, runs dense whole (SDPA). Returns (out,
+    patterns, indexes, recall [Hq], error [Hq]): each head's worst set."""
+    from . import verify
+
+    sets = ctx.row_sets()
+    head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # one host sync
+    retry = {h: rows for h, rows in failing.items() if h in fallbacks
+             and not _dense_rows_first(patterns[h], rows, ctx, density)
+             and _rows_replaced(patterns[h], fallbacks[h], rows, sets) != patterns[h]}
+    if retry:  # rows that missed: the head's fallback there (grown to the cap, never Grid), measured again
+        trial = {h: _rows_replaced(patterns[h], fallbacks[h], rows, sets) for h, rows in retry.items()}
+        indexes, patterns = _recompute(q, k, v, out, lse, estimates, ctx, patterns, indexes, trial, scale)
+        head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # only then
+    apart = {h: rows for h, rows in failing.items() if _dense_rows_apart(patterns[h], rows, ctx)}
+    whole = [h for h in failing if h not in apart]
+    if apart:  # those rows against every causal key, in one launch per row set: exact there
+        by_rows = defaultdict(list)
+        for h, rows in apart.items():
+            for m in rows:
+                by_rows[m].append(h)
+        groups = [(ids, _dense_rows_index(len(ids), m, ctx)) for m, ids in by_rows.items()]
+        attend(q, k, v, groups, scale, out=out, lse=lse)
+        indexes = list(indexes) + groups
+        patterns = tuple(_rows_replaced(head, HeadPattern(), apart[h], sets) if h in apart else head
+                         for h, head in enumerate(patterns))
+        exact = torch.zeros_like(head_recall, dtype=torch.bool)
+        for h, rows in apart.items():
+            exact[h, [sets.index(m) for m in rows]] = True
+        head_recall, head_error = head_recall.masked_fill(exact, 1.0), head_error.masked_fill(exact, 0.0)
+    if whole:  # recomputed dense, in place: these heads cannot meet the target with this input
+        _sdpa_heads(q, k, v, whole, scale, out, lse)
+        indexes, patterns = verify.demote(indexes, patterns, whole)
+        ids = device_list(whole, q.device)
+        head_recall, head_error = head_recall.index_fill(0, ids, 1.0), head_error.index_fill(0, ids, 0.0)
+    return out, patterns, indexes, head_recall.amin(-1), head_error.amax(-1)
+
+
+def _recompute(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, indexes, trial: dict, scale: float):
+    """(indexes, patterns) after the heads of ``trial`` {head: pattern} ran again with those
+    patterns, written over their rows of ``out`` and ``lse``."""
+    from . import verify
+
+    heads = tuple(trial.get(h, HeadPattern()) for h in range(len(patterns)))
+    redo = [(ids, index) for ids, index in build_layer_indexes(q, k, heads, ctx, scale, estimates)
+            if index is not None]
+    attend(q, k, v, redo, scale, out=out, lse=lse)
+    return verify.replace_heads(indexes, patterns, list(trial), redo, heads)
+
+
+def _rows_replaced(head: HeadPattern, other: HeadPattern, rows: list[str], sets: list[str]) -> HeadPattern:
+    """``head`` with ``other``'s pattern on the query modalities ``rows`` (``"*"``, or all of
+    ``sets``: ``other`` whole), the others as they were."""
+    if "*" in rows or set(rows) >= set(sets):
+        return other
+    return HeadPattern("q-boundary", tuple((m, other.pattern_for(m) if m in rows else head.pattern_for(m))
+                                          for m in sets))
+
+
+def _dense_rows_apart(head: HeadPattern, rows: list[str], ctx: ForwardContext) -> bool:
+    """Whether a head's missing ``rows`` (query modalities) can run dense without the rest of it:
+    some of its modalities pass, its pattern is one per query modality (not a boundary of keys),
+    and every sample has as many rows of each (one launch lists them: ``_dense_rows_index``)."""
+    return ("*" not in rows and not set(rows) >= set(ctx.row_sets()) and head.inter in ("none", "q-boundary")
+            and all(ctx.equal_rows(m) for m in rows))
+
+
+def _dense_rows_first(head: HeadPattern, rows: list[str], ctx: ForwardContext, density: float) -> bool:
+    """Whether missing ``rows`` run dense at once rather than try the head's fallback first: each
+    of those rows visits every key (``_dense_rows_index``), which costs less than recomputing
+    the head at the cap (``density`` of the causal area, n^2 / 2) when they are at most
+    ``density`` n / 2 (a video's question; not the text of a mixed layout)."""
+    return _dense_rows_apart(head, rows, ctx) and 2 * sum(ctx.row_counts[m] for m in rows) <= density * ctx.n
+
+
+def _dense_rows_index(heads: int, rows: str, ctx: ForwardContext) -> SparseIndex:
+    """One launch of ``heads`` heads over the rows of modality ``rows`` alone, each against every
+    causal key. Its order lists those rows first (as they come), then the other positions; keys
+    follow the same order and are all visited (a span over every key slot), masked causally in
+    original positions, so the launch writes those rows and no other."""
+    mask = ctx.rows_of(rows)
+    pos = torch.arange(ctx.n, device=mask.device)
+    order = torch.where(mask, pos, ctx.n + pos).argsort(-1).to(torch.int32)
+    sets = intra.dense_sets([Dense()] * heads, ctx.batch, ctx.n, ctx.block_n, mask.device)
+    return build_index([(None, sets)], ctx.row_counts[rows], ctx.n, ctx.block_m, ctx.block_n,
+                       order=order[:, None, :].expand(-1, heads, -1).contiguous())
+
+
 def _check(out, lse, v, estimates: "Estimates", ctx: ForwardContext, indexes, recall: float):
-    """(recall [Hq], output error [Hq], heads that fail): what each head's launches kept of the
-    held-out rows' mass and how far their outputs are from dense; a head fails below ``recall`` or
-    above an error of ``error_tolerance(recall)``. One host sync."""
+    """(recall [Hq, S], output error [Hq, S], {head: its row sets that fail}): what each head's
+    launches kept of the held-out rows' mass and how far their outputs are from dense, per row set
+    (``ctx.row_sets()``); a set fails below ``recall`` or above an error of
+    ``error_tolerance(recall)``. One host sync."""
     from . import verify
 
     exact = _dense_heads(indexes)
     head_recall = verify.held_out_recall(lse, estimates, ctx, exact)
     head_error = verify.held_out_error(out, estimates.held_out_dense(v)[1], ctx, exact)
-    failing = ((head_recall < recall) | (head_error > error_tolerance(recall))).nonzero().flatten().tolist()
+    sets, failing = ctx.row_sets(), {}
+    for h, s in ((head_recall < recall) | (head_error > error_tolerance(recall))).nonzero().tolist():
+        failing.setdefault(h, []).append(sets[s])
     return head_recall, head_error, failing
 
 

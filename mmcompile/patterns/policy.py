@@ -403,14 +403,17 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
             continue
         # A plan's Grid is not judged by its prediction, a lower bound (``_choose_sized``): the
         # held-out check measures it, and a head that misses runs its fallback, then dense.
+        # Rows predicted under ``min_recall`` run dense; the head's other query modalities keep theirs.
         judged = [m for m in modalities if families is None or not isinstance(picks[m][1][h], Grid)]
-        if judged and min(picks[m][0][h] for m in judged) < min_recall:
+        low = {m for m in judged if picks[m][0][h] < min_recall}
+        if low and low >= set(modalities):
             chosen.append(HeadPattern("none", (("*", Dense()),)))
             continue
         inter = "none" if modalities == ["*"] else "q-boundary"
-        head = HeadPattern(inter, tuple((m, picks[m][1][h]) for m in modalities))
+        head = HeadPattern(inter, tuple((m, Dense() if m in low else picks[m][1][h]) for m in modalities))
         chosen.append(head)
-        grown = HeadPattern(inter, tuple((m, _at_cap(picks[m][2][h], ctx, density, m)) for m in modalities))
+        grown = HeadPattern(inter, tuple((m, Dense() if m in low else _at_cap(picks[m][2][h], ctx, density, m))
+                                         for m in modalities))
         if grown != head:
             fallbacks[h] = grown
     return chosen, fallbacks

@@ -31,8 +31,8 @@ from .specs import Dense, HeadPattern
 
 
 def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = ()) -> torch.Tensor:
-    """float32 [Hq]: per query head, the smallest (over row sets and batch) mean share of the
-    held-out rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
+    """float32 [Hq, S]: per query head and row set (``ctx.row_sets()``), the smallest (over the
+    batch) mean share of the held-out rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
     log-sum-exp the kernels wrote (natural log). ``exact_heads`` (dense, through SDPA: no lse)
     count as 1. All row sets at once (``ctx.held_out``: S sets of L slots side by side), so the
     op count does not grow with the number of query modalities."""
@@ -44,7 +44,7 @@ def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = 
     per_set = (*seen.shape[:2], len(ctx.row_sets()), -1)  # [B, H, S, L]
     seen, kept = seen.view(per_set), kept.view(per_set)
     mean = kept.sum(-1) / seen.sum(-1).clamp(min=1)  # [B, H, S]; a mean of shares <= 1 is <= 1
-    worst = torch.where(seen.any(-1), mean, 1.0).amin((0, 2))
+    worst = torch.where(seen.any(-1), mean, 1.0).amin(0)
     if exact_heads:
         worst = worst.index_fill(0, device_list(exact_heads, worst.device), 1.0)
     return worst
@@ -88,8 +88,8 @@ def dense_rows(q, k, v, pos: torch.Tensor, valid: torch.Tensor, scale: float, ke
 
 
 def held_out_error(out: torch.Tensor, dense_out: torch.Tensor, ctx, exact_heads: list[int] = ()) -> torch.Tensor:
-    """float32 [Hq]: per query head, the largest (over row sets and batch) relative output error
-    ||O - O_dense|| / ||O_dense|| of the held-out rows (``ctx.held_out``; ``dense_out`` from
+    """float32 [Hq, S]: per query head and row set, the largest (over the batch) relative output
+    error ||O - O_dense|| / ||O_dense|| of the held-out rows (``ctx.held_out``; ``dense_out`` from
     ``dense_rows``). ``exact_heads`` (dense, through SDPA) count as 0."""
     pos, valid = ctx.held_out
     batch, heads, _, d = out.shape
@@ -98,7 +98,7 @@ def held_out_error(out: torch.Tensor, dense_out: torch.Tensor, ctx, exact_heads:
     mask = valid[:, None, :, None]
     diff = torch.where(mask, got - dense_out, 0.0).square().sum(-1).view(per_set).sum(-1)  # [B, H, S]
     norm = torch.where(mask, dense_out, 0.0).square().sum(-1).view(per_set).sum(-1)
-    error = torch.where(norm > 0, (diff / norm.clamp(min=1e-30)).sqrt(), 0.0).amax((0, 2))
+    error = torch.where(norm > 0, (diff / norm.clamp(min=1e-30)).sqrt(), 0.0).amax(0)
     if exact_heads:
         error = error.index_fill(0, device_list(exact_heads, error.device), 0.0)
     return error
