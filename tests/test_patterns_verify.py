@@ -70,6 +70,7 @@ def test_a_query_modality_that_misses_runs_dense_and_the_others_keep_their_patte
     """The check judges each query modality apart: unstructured heads whose text rows get a narrow
     window miss there and those rows run dense (exactly), while their video rows keep the window
     that covers them; a head whose every modality misses runs dense whole."""
+    from mmcompile.kernels import check_index
     from mmcompile.kernels.reference import groups_to_mask, masked_attention
 
     n = LAYOUT.length
@@ -85,7 +86,8 @@ def test_a_query_modality_that_misses_runs_dense_and_the_others_keep_their_patte
     ids, rows_launch = result.indexes[-1]  # one launch over the text rows alone, these heads
     text = torch.cat([torch.arange(100), torch.arange(612, 712)])
     assert ids == [0, 1, 3] and rows_launch.q_order.shape[-1] == 200
-    assert rows_launch.q_order[0, :, :200].sort(-1).values.eq(text).all()
+    assert rows_launch.q_order[0, :, :200].eq(text).all()
+    check_index(rows_launch, q[:, ids], k)  # a valid index: no key visited twice
     mask = groups_to_mask(result.indexes, 4, n, n)
     assert mask.equal(torch.ones(1, 4, n, n, dtype=torch.bool).tril())
     exact, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), mask, 0.125)
@@ -170,11 +172,13 @@ def test_dense_rows_kernel_equals_the_pytorch_path(dtype, monkeypatch):
 def test_few_missing_rows_run_dense_at_once_and_many_try_the_fallback_first():
     """A row set that misses runs dense straight away when its rows cost less dense (each against
     every key) than recomputing the head at the density cap; else the fallback is tried first."""
-    from mmcompile.patterns.layer import _dense_rows_first
+    from mmcompile.patterns.layer import _dense_rows_apart, _dense_rows_first
 
     ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)  # 200 text rows of 712
     head = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(16, 64))))
-    assert _dense_rows_first(head, ["text"], ctx, density=0.6)  # 2 x 200 <= 0.6 x 712
-    assert not _dense_rows_first(head, ["text"], ctx, density=0.5)
+    assert abs(ctx.row_area(["text"]) - (5050 + 66250) / (712 * 713 / 2)) < 1e-9  # rows 1-100 and 613-712
+    assert _dense_rows_first(head, ["text"], ctx, density=0.3)  # their share of the causal pairs: 0.28
+    assert not _dense_rows_first(head, ["text"], ctx, density=0.25)
+    assert not _dense_rows_apart(head, ["video"], ctx)  # 0.72 of the pairs: the head whole, through SDPA
     assert not _dense_rows_first(head, ["text", "video"], ctx, density=1.0)  # every set: the head whole
     assert not _dense_rows_first(HeadPattern("k-boundary", head.intra), ["text"], ctx, density=0.6)

@@ -68,6 +68,22 @@ class ForwardContext:
         return list(self.present) if len(self.present) > 1 else ["*"]
 
     @functools.cached_property
+    def causal_area(self) -> dict:
+        """{modality name: float}: the share of the causal (query, key) pairs held by that
+        modality's rows (largest over the batch), filled on first use by ``row_area``."""
+        return {}
+
+    def row_area(self, names) -> float:
+        """The share of the causal pairs that the rows of modalities ``names`` hold (what running
+        them dense costs, over a dense head). One host sync per modality and forward."""
+        for name in names:
+            if name not in self.causal_area:
+                pos = torch.arange(1, self.n + 1, device=self.modality.device, dtype=torch.float64)
+                held = torch.where(self.modality == _modality_id(name), pos, 0.0).sum(-1)
+                self.causal_area[name] = float(held.max()) / (self.n * (self.n + 1) / 2)
+        return sum(self.causal_area[name] for name in names)
+
+    @functools.cached_property
     def band_rows(self) -> dict:
         """{grid row set (None: all rows, or a modality name): int32 [B, N]}: ``_band_rows`` of this
         forward, filled on first use (the same for every layer)."""
@@ -251,33 +267,41 @@ def _rows_replaced(head: HeadPattern, other: HeadPattern, rows: list[str], sets:
                                           for m in sets))
 
 
+DENSE_ROWS_AREA = 0.5  # rows that miss run dense apart while they hold at most this share of the causal pairs
+
+
 def _dense_rows_apart(head: HeadPattern, rows: list[str], ctx: ForwardContext) -> bool:
-    """Whether a head's missing ``rows`` (query modalities) can run dense without the rest of it:
-    some of its modalities pass, its pattern is one per query modality (not a boundary of keys),
-    and every sample has as many rows of each (one launch lists them: ``_dense_rows_index``)."""
+    """Whether a head's missing ``rows`` (query modalities) run dense without the rest of it: some
+    of its modalities pass, its pattern is one per query modality (not a boundary of keys), every
+    sample has as many rows of each (one launch lists them: ``_dense_rows_index``), and they hold
+    at most ``DENSE_ROWS_AREA`` of the causal pairs (more, and SDPA on the whole head is cheaper
+    than our kernel on those rows after the head's sparse work)."""
     return ("*" not in rows and not set(rows) >= set(ctx.row_sets()) and head.inter in ("none", "q-boundary")
-            and all(ctx.equal_rows(m) for m in rows))
+            and all(ctx.equal_rows(m) for m in rows) and ctx.row_area(rows) <= DENSE_ROWS_AREA)
 
 
 def _dense_rows_first(head: HeadPattern, rows: list[str], ctx: ForwardContext, density: float) -> bool:
-    """Whether missing ``rows`` run dense at once rather than try the head's fallback first: each
-    of those rows visits every key (``_dense_rows_index``), which costs less than recomputing
-    the head at the cap (``density`` of the causal area, n^2 / 2) when they are at most
-    ``density`` n / 2 (a video's question; not the text of a mixed layout)."""
-    return _dense_rows_apart(head, rows, ctx) and 2 * sum(ctx.row_counts[m] for m in rows) <= density * ctx.n
+    """Whether missing ``rows`` run dense at once rather than try the head's fallback first:
+    dense they cost their share of the causal pairs, the fallback recomputes the head at the cap
+    (``density``) and may miss again (a video's question: at once; a mixed layout's text: not)."""
+    return _dense_rows_apart(head, rows, ctx) and ctx.row_area(rows) <= density
 
 
 def _dense_rows_index(heads: int, rows: str, ctx: ForwardContext) -> SparseIndex:
-    """One launch of ``heads`` heads over the rows of modality ``rows`` alone, each against every
-    causal key. Its order lists those rows first (as they come), then the other positions; keys
-    follow the same order and are all visited (a span over every key slot), masked causally in
-    original positions, so the launch writes those rows and no other."""
+    """One launch of ``heads`` heads over the rows of modality ``rows`` alone (``q_order``: those
+    rows, ascending; keys in original order), each against every causal key: a span from key 0 to
+    the last row of each query block, and its diagonal block. It writes those rows and no other."""
     mask = ctx.rows_of(rows)
-    pos = torch.arange(ctx.n, device=mask.device)
-    order = torch.where(mask, pos, ctx.n + pos).argsort(-1).to(torch.int32)
-    sets = intra.dense_sets([Dense()] * heads, ctx.batch, ctx.n, ctx.block_n, mask.device)
-    return build_index([(None, sets)], ctx.row_counts[rows], ctx.n, ctx.block_m, ctx.block_n,
-                       order=order[:, None, :].expand(-1, heads, -1).contiguous())
+    batch, n, slots, block_m = ctx.batch, ctx.n, ctx.row_counts[rows], ctx.block_m
+    pos = torch.arange(n, device=mask.device)
+    q_order = torch.where(mask, pos, n + pos).sort(-1).values[:, :slots]  # [B, slots]: the rows, ascending
+    num_m = -(-slots // block_m)
+    last = torch.nn.functional.pad(q_order, (0, num_m * block_m - slots), value=-1).view(batch, num_m, block_m)
+    span = torch.stack([torch.zeros_like(last[..., 0]), last.amax(-1) + 1], -1)  # [B, M, 2]
+    zeros = torch.zeros(batch, heads, num_m, dtype=torch.int32, device=mask.device)
+    return SparseIndex(zeros, zeros[..., None], zeros.clone(), zeros[..., None].clone(), block_m, ctx.block_n,
+                       q_order=q_order[:, None, :].expand(-1, heads, -1).to(torch.int32).contiguous(),
+                       span=span[:, None].expand(-1, heads, -1, -1).to(torch.int32).contiguous())
 
 
 def _check(out, lse, v, estimates: "Estimates", ctx: ForwardContext, indexes, recall: float):
