@@ -84,6 +84,12 @@ class ForwardContext:
         return sum(self.causal_area[name] for name in names)
 
     @functools.cached_property
+    def dense_rows(self) -> dict:
+        """{modality name: (q_order int32 [B, rows], span int32 [B, M, 2])}: the launch over that
+        modality's rows alone (``_dense_rows_index``) of this forward, filled on first use."""
+        return {}
+
+    @functools.cached_property
     def band_rows(self) -> dict:
         """{grid row set (None: all rows, or a modality name): int32 [B, N]}: ``_band_rows`` of this
         forward, filled on first use (the same for every layer)."""
@@ -291,17 +297,20 @@ def _dense_rows_index(heads: int, rows: str, ctx: ForwardContext) -> SparseIndex
     """One launch of ``heads`` heads over the rows of modality ``rows`` alone (``q_order``: those
     rows, ascending; keys in original order), each against every causal key: a span from key 0 to
     the last row of each query block, and its diagonal block. It writes those rows and no other."""
-    mask = ctx.rows_of(rows)
-    batch, n, slots, block_m = ctx.batch, ctx.n, ctx.row_counts[rows], ctx.block_m
-    pos = torch.arange(n, device=mask.device)
-    q_order = torch.where(mask, pos, n + pos).sort(-1).values[:, :slots]  # [B, slots]: the rows, ascending
-    num_m = -(-slots // block_m)
-    last = torch.nn.functional.pad(q_order, (0, num_m * block_m - slots), value=-1).view(batch, num_m, block_m)
-    span = torch.stack([torch.zeros_like(last[..., 0]), last.amax(-1) + 1], -1)  # [B, M, 2]
-    zeros = torch.zeros(batch, heads, num_m, dtype=torch.int32, device=mask.device)
-    return SparseIndex(zeros, zeros[..., None], zeros.clone(), zeros[..., None].clone(), block_m, ctx.block_n,
-                       q_order=q_order[:, None, :].expand(-1, heads, -1).to(torch.int32).contiguous(),
-                       span=span[:, None].expand(-1, heads, -1, -1).to(torch.int32).contiguous())
+    if rows not in ctx.dense_rows:  # the same for every layer of the forward
+        mask = ctx.rows_of(rows)
+        batch, n, slots, block_m = ctx.batch, ctx.n, ctx.row_counts[rows], ctx.block_m
+        pos = torch.arange(n, device=mask.device)
+        q_order = torch.where(mask, pos, n + pos).sort(-1).values[:, :slots]  # [B, slots]: the rows, ascending
+        num_m = -(-slots // block_m)
+        last = torch.nn.functional.pad(q_order, (0, num_m * block_m - slots), value=-1).view(batch, num_m, block_m)
+        span = torch.stack([torch.zeros_like(last[..., 0]), last.amax(-1) + 1], -1)  # [B, M, 2]
+        ctx.dense_rows[rows] = q_order.to(torch.int32), span.to(torch.int32)
+    q_order, span = ctx.dense_rows[rows]
+    zeros = torch.zeros(ctx.batch, heads, span.shape[1], dtype=torch.int32, device=span.device)
+    return SparseIndex(zeros, zeros[..., None], zeros.clone(), zeros[..., None].clone(), ctx.block_m, ctx.block_n,
+                       q_order=q_order[:, None, :].expand(-1, heads, -1).contiguous(),
+                       span=span[:, None].expand(-1, heads, -1, -1).contiguous())
 
 
 def _check(out, lse, v, estimates: "Estimates", ctx: ForwardContext, indexes, recall: float):
