@@ -33,6 +33,25 @@ def test_policy_layer_matches_reference_bf16(segments):
         assert err < 1e-2, (h, err)
 
 
+def test_missing_rows_run_dense_alone_bf16():
+    """The check's rows-alone launch (``q_order`` without ``k_order``, a causal span) in bf16:
+    unstructured heads whose text rows get a narrow window run those rows dense, their video rows
+    keep a window covering every key; the output equals float32 dense attention."""
+    from mmcompile.patterns.specs import AShape, HeadPattern
+
+    layout = from_segments([[(TEXT, 512), (VIDEO, 4096, 8, 8), (TEXT, 700)]])
+    n = layout.length
+    q, k, v, _ = planted_qkv(layout, 4, 2, 128, "cuda", torch.bfloat16, kinds=["random"] * 4)
+    ctx = forward_context(layout, n, 1, "cuda")
+    split = HeadPattern("q-boundary", (("text", AShape(64, 64)), ("video", AShape(64, n))))
+    result = layer_attention(q, k, v, ctx, [split] * 4, recall=0.95)
+    assert all(type(head.pattern_for("text")).__name__ == "Dense" for head in result.patterns), result.patterns
+    assert result.indexes[-1][1].q_order.shape[-1] == 1212  # the text rows alone
+    kk, vv = k.repeat_interleave(2, 1).float(), v.repeat_interleave(2, 1).float()
+    ref, _ = masked_attention(q.float(), kk, vv, torch.ones(1, 1, n, n, dtype=torch.bool, device="cuda").tril())
+    err = ((result.out.float() - ref).norm() / ref.norm()).item()
+    assert err < 1e-2, err
+
 @pytest.mark.parametrize("consecutive", [True, False])
 def test_line_scores_kernel_matches_pytorch_bf16(consecutive):
     """The Triton estimation passes against the PyTorch path (bf16 scores there) on a GPU."""
