@@ -71,9 +71,9 @@ def png_bytes(gray: torch.Tensor, max_side: int = 1024) -> bytes:
 def write_mask_pictures(indexes, n_k: int, out_dir: str, prefix: str = "layer") -> list[str]:
     """One PNG per sparse head and launch of ``indexes`` ([(query head ids, SparseIndex or None for
     dense)]): ``<prefix>_head<h>.png`` for a head's first launch, ``<prefix>_head<h>_<i>.png`` for
-    its i-th (a grid over some rows after the original-order launch, a grid after its band), each
-    with that launch's query blocks as rows; replaces the pictures an earlier call wrote under
-    ``prefix``; returns paths."""
+    its i-th (a grid over some rows after the original-order launch, a grid after its band, the
+    check's launch over rows that missed), each with that launch's query blocks as rows; replaces
+    the pictures an earlier call wrote under ``prefix``; returns paths."""
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(out_dir):
         if name.startswith(f"{prefix}_head") and name.endswith(".png"):
