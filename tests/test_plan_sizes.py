@@ -72,7 +72,7 @@ def test_a_plan_searched_short_keeps_its_families_and_meets_the_target_three_tim
     for result in (sized, strict):
         assert (result.head_recall >= 0.95).all(), result.head_recall
         assert (result.head_error <= 0.05).all(), result.head_error
-    assert any(Dense in [family for _, family in types(h)] for h in searched.patterns)  # a 1024 budget misses: dense rows
+    assert any(Dense in [family for _, family in types(h)] for h in searched.patterns)  # 1024's budget: dense rows
     assert float(sized.head_density.sum()) < float(strict.head_density.sum()), (sized.head_density,
                                                                                 strict.head_density)
 

@@ -12,10 +12,9 @@ Recall does not bound the output error: a row that misses a band edge of mass m 
 2 m, and with diffuse kept mass (the norm of the output small) more. So the same rows also give
 each head's output error against their dense output (``dense_rows``, ``held_out_error``), and a
 head whose error exceeds ``1 - target`` (0.05 at the default 0.95) fails the check as a recall
-miss does.
-
-Heads that miss are recomputed (``layer_attention``); ``replace_heads`` and ``demote`` keep the
-records straight.
+miss does. Both are per row set (query modality): a head's rows that miss are recomputed
+(``layer._checked``), its other rows keep their pattern; ``replace_heads`` and ``demote`` keep
+the records straight.
 """
 
 from __future__ import annotations
@@ -32,9 +31,9 @@ from .specs import Dense, HeadPattern
 
 def held_out_recall(lse: torch.Tensor, estimates, ctx, exact_heads: list[int] = ()) -> torch.Tensor:
     """float32 [Hq, S]: per query head and row set (``ctx.row_sets()``), the smallest (over the
-    batch) mean share of the held-out rows' softmax mass that the computed attention covered. ``lse`` [B, Hq, N]: the
-    log-sum-exp the kernels wrote (natural log). ``exact_heads`` (dense, through SDPA: no lse)
-    count as 1. All row sets at once (``ctx.held_out``: S sets of L slots side by side), so the
+    batch) mean share of the held-out rows' softmax mass that the computed attention covered.
+    ``lse`` [B, Hq, N]: the log-sum-exp the kernels wrote (natural log). ``exact_heads`` (dense,
+    through SDPA: no lse) count as 1. All row sets at once (``ctx.held_out``: S sets of L slots side by side), so the
     op count does not grow with the number of query modalities."""
     pos, valid = ctx.held_out
     got = lse.gather(2, pos[:, None, :].expand(-1, lse.shape[1], -1))  # [B, H, S * L]
