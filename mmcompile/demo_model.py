@@ -55,7 +55,7 @@ def run() -> None:
         for record in rep.runtime()["records"]:
             if record.path != "sparse":
                 continue
-            dense_heads = sum(p.intra[0][1] == Dense() for p in record.patterns)
+            dense_heads = sum(all(p == Dense() for _, p in head.intra) for head in record.patterns)
             predicted = "" if record.predicted_recall is None else \
                 f", predicted recall >= {record.predicted_recall:.3f}"
             print(f"  layer {record.layer}: sparse ({record.detail}), {record.n_q} tokens, density "
