@@ -161,7 +161,8 @@ def test_the_op_sizes_the_plan_types_online_or_runs_them_as_searched():
 def test_a_plans_grid_is_not_sent_dense_by_its_lower_bound():
     """Grid's predicted recall is a lower bound: with a plan its Grid runs and the held-out check
     judges it (then the fallback, then dense); online, and for other families, a prediction under
-    ``min_recall`` still means dense rows (those of that query modality: the text rows keep VS)."""
+    ``min_recall`` still means dense rows: the head's where those rows hold most of the causal pairs
+    (the video's), else those rows alone (the question's: the video rows keep VS)."""
     from mmcompile.patterns.policy import MIN_RECALL, patterns_from_tables
 
     _, _, ctx = planted_video(layout_kind="video")
@@ -171,9 +172,12 @@ def test_a_plans_grid_is_not_sent_dense_by_its_lower_bound():
     picks = {"text": ([0.99], [vs], [vs]), "video": ([0.3], [Grid()], [vs])}
     chosen, fallbacks = patterns_from_tables(picks, ctx, MIN_RECALL, 0.1, plan)
     assert isinstance(chosen[0].pattern_for("video"), Grid) and 0 in fallbacks
-    assert types(patterns_from_tables(picks, ctx, MIN_RECALL, 0.1)[0][0]) == [("text", VerticalSlash), ("video", Dense)]
+    assert types(patterns_from_tables(picks, ctx, MIN_RECALL, 0.1)[0][0]) == [("*", Dense)]
     low_vs = {"text": ([0.99], [vs], [vs]), "video": ([0.3], [vs], [vs])}
-    assert types(patterns_from_tables(low_vs, ctx, MIN_RECALL, 0.1, plan)[0][0]) == [("text", VerticalSlash),
-                                                                                      ("video", Dense)]
+    assert types(patterns_from_tables(low_vs, ctx, MIN_RECALL, 0.1, plan)[0][0]) == [("*", Dense)]
+    low_text = {"text": ([0.3], [vs], [vs]), "video": ([0.99], [vs], [vs])}
+    assert ctx.row_area(["text"]) < 0.5 < ctx.row_area(["video"])
+    assert types(patterns_from_tables(low_text, ctx, MIN_RECALL, 0.1)[0][0]) == [("text", Dense),
+                                                                                 ("video", VerticalSlash)]
     both_low = {"text": ([0.5], [vs], [vs]), "video": ([0.3], [vs], [vs])}
     assert types(patterns_from_tables(both_low, ctx, MIN_RECALL, 0.1)[0][0]) == [("*", Dense)]

@@ -43,7 +43,7 @@ from . import estimate, intra, row_recall
 from .choice_graph import side_by_side
 from .estimate import LineScores
 from .index_builder import device_list
-from .layer import Estimates, ForwardContext
+from .layer import DENSE_ROWS_AREA, Estimates, ForwardContext
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 SINK = 128  # A-shape sink keys
@@ -403,10 +403,11 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
             continue
         # A plan's Grid is not judged by its prediction, a lower bound (``_choose_sized``): the
         # held-out check measures it, and a head that misses runs its fallback, then dense.
-        # Rows predicted under ``min_recall`` run dense; the head's other query modalities keep theirs.
+        # Rows predicted under ``min_recall`` run dense; the head's other query modalities keep
+        # theirs, unless those rows hold most of the causal pairs (then SDPA on the head is cheaper).
         judged = [m for m in modalities if families is None or not isinstance(picks[m][1][h], Grid)]
         low = {m for m in judged if picks[m][0][h] < min_recall}
-        if low and low >= set(modalities):
+        if low and (low >= set(modalities) or ctx.row_area(sorted(low)) > DENSE_ROWS_AREA):
             chosen.append(HeadPattern("none", (("*", Dense()),)))
             continue
         inter = "none" if modalities == ["*"] else "q-boundary"
