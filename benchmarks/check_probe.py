@@ -4,7 +4,9 @@ error, the sets that fail, the launches), the check's Triton dense rows against 
 each head's final pattern and its output error on 256 sampled rows against float32 attention.
 
 Usage: python benchmarks/check_probe.py [--tokens 131072] [--layout video|mixed] [--no-error-bound]
-(``--no-error-bound``: a second call with the output-error bound lifted, recall alone judging).
+                                       [--kinds boundary,vertical-slash,grid,a-shape --kv-heads 1]
+(``--no-error-bound``: a second call with the output-error bound lifted, recall alone judging;
+``--kinds``: those planted query heads instead of the standard 28, sharing ``--kv-heads``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=131072)
     parser.add_argument("--layout", default="video", choices=("video", "mixed"))
     parser.add_argument("--no-error-bound", action="store_true")
+    parser.add_argument("--kinds", default="", help="comma-separated planted head kinds (default: the standard 28)")
+    parser.add_argument("--kv-heads", type=int, default=4)
     args = parser.parse_args()
     import mmcompile.ops  # noqa: F401
     from mmcompile.annotate import modality
@@ -31,7 +35,11 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n, scale = args.tokens, 128 ** -0.5
     layout = standard_layout(args.layout, n)
-    q, k, v, kinds = planted_qkv(layout, 28, 4, 128, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    kinds = args.kinds.split(",") if args.kinds else None
+    heads_q = len(kinds) if kinds else 28
+    q, k, v, kinds = planted_qkv(layout, heads_q, args.kv_heads, 128, device,
+                                 torch.bfloat16 if device == "cuda" else torch.float32, kinds=kinds)
+    group = heads_q // args.kv_heads
     original = layer._check
 
     def check(out, lse, v_, estimates, ctx, indexes, recall):
@@ -62,9 +70,9 @@ def main():
                                                           policy="online", density=0.1, recall=0.95, tag="check-probe")
         record = stats.records[-1]
         rows = sample_rows(n, 256, device)
-        scores = (q[0, :, rows].float() @ k[0].float().repeat_interleave(7, 0).transpose(-1, -2)) * scale
+        scores = (q[0, :, rows].float() @ k[0].float().repeat_interleave(group, 0).transpose(-1, -2)) * scale
         scores = scores.masked_fill(torch.arange(n, device=device)[None, :] > rows[:, None], float("-inf"))
-        dense = torch.softmax(scores, -1) @ v[0].float().repeat_interleave(7, 0)
+        dense = torch.softmax(scores, -1) @ v[0].float().repeat_interleave(group, 0)
         error = ((out[0, :, rows].float() - dense).square().sum((-1, -2)) / dense.square().sum((-1, -2))).sqrt()
         print(f"=== {title}: density {record.density:.3f}")
         for h, head in enumerate(record.patterns):

@@ -131,9 +131,10 @@ def test_q_boundary_grid_runs_on_its_video_rows_only():
 def test_grid_band_rows_continue_their_original_order_launch():
     """Grid with ``band``: an original-order launch visits each grid row's query block and the band
     before it, and the grid launch continues that softmax without those keys. On a Q-boundary head
-    the rows of blocks that mix text and video are recomputed by the grid alone (their original-
-    order launch also held text's sets); on an all-rows grid every row has its band. The output is
-    the reference of the union (a key counted twice would show), harness and reference agree."""
+    the video rows of blocks that mix text and video (their original-order launch also held text's
+    sets) are recomputed exactly, every causal key, in a launch of their own after the grid's; on
+    an all-rows grid every row has its band. The output is the reference of the union (a key
+    counted twice would show), harness and reference agree."""
     from mmcompile.patterns.fidelity import layer_row_masks
 
     layout, n, q, k, v, ctx = _text_video_text(seed=1)
@@ -151,7 +152,10 @@ def test_grid_band_rows_continue_their_original_order_launch():
     assert torch.equal(masks[None], groups_to_mask(result.indexes, 4, n, n))
     assert masks[0, 400, 256:401].all() and not masks[1, 400, 256:401].all()  # the band, or the grid alone
     assert masks[2, 110, :111].all() and masks[2, 660, 576:661].all()  # all rows: every row its band
-    assert not masks[0, 110, 0:111].all()  # a mixed block's video row: the grid alone
+    assert masks[0, 110, 0:111].all() and not masks[1, 110, 0:111].all()  # a mixed block's video row: exact
+    (gap,) = [(ids, index) for ids, index in result.indexes if index is not None and index.span is not None
+              and index.q_order is not None and index.block_count.sum() == 0]
+    assert gap[0] == [0] and gap[1].q_order[0, 0].tolist() == list(range(100, 128)) + list(range(576, 612))  # alone
     ref, _ = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), masks[None], 32 ** -0.5)
     assert ((result.out - ref).norm() / ref.norm()) < 2e-5
 
