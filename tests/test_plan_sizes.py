@@ -181,3 +181,19 @@ def test_a_plans_grid_is_not_sent_dense_by_its_lower_bound():
                                                                                  ("video", VerticalSlash)]
     both_low = {"text": ([0.5], [vs], [vs]), "video": ([0.3], [vs], [vs])}
     assert types(patterns_from_tables(both_low, ctx, MIN_RECALL, 0.1)[0][0]) == [("*", Dense)]
+
+
+def test_a_head_s_fallbacks_are_the_family_at_the_cap_then_grid_where_its_rows_weighed_it():
+    """``patterns_from_tables``: a head's fallbacks are its original-order family grown to the cap,
+    then Grid (at the sizes its rows' table gave) on the rows that weighed Grid and chose otherwise."""
+    from mmcompile.patterns.policy import MIN_RECALL, patterns_from_tables
+
+    _, _, ctx = planted_video(layout_kind="video")
+    vs, grid = VerticalSlash(128, 4), Grid(local_frames=2, band=128)
+    picks = {"text": ([0.99], [vs], [vs], [None]), "video": ([0.99], [vs], [vs], [grid])}
+    chosen, fallbacks = patterns_from_tables(picks, ctx, MIN_RECALL, 0.1)
+    grown, structural = fallbacks[0]
+    assert types(grown) == [("text", VerticalSlash), ("video", VerticalSlash)] and grown != chosen[0]
+    assert structural == HeadPattern("q-boundary", (("text", vs), ("video", grid)))
+    chosen_grid = {"text": ([0.99], [vs], [vs], [None]), "video": ([0.99], [grid], [vs], [grid])}
+    assert len(patterns_from_tables(chosen_grid, ctx, MIN_RECALL, 0.1)[1][0]) == 1  # Grid already: no second

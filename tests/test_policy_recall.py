@@ -76,10 +76,35 @@ def test_a_head_that_misses_runs_its_fallback_before_dense(monkeypatch):
     layout = standard_layout("video", 2048)
     q, k, v, _ = planted_qkv(layout, 2, 1, 64, kinds=["a-shape", "random"], seed=1)
     narrow, wide = HeadPattern("none", (("*", AShape(0, 0)),)), HeadPattern("none", (("*", AShape(128, 1024)),))
-    monkeypatch.setattr(policy, "patterns_from_tables", lambda *a, **kw: ([narrow, narrow], {0: wide, 1: wide}))
+    monkeypatch.setattr(policy, "patterns_from_tables", lambda *a, **kw: ([narrow, narrow], {0: (wide,), 1: (wide,)}))
     ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
     ctx = dataclasses.replace(ctx, modality=None, present={})  # one row set: both heads judged on all rows
     result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
     assert result.patterns[0] == wide and result.head_recall[0] >= 0.95
     assert result.patterns[1].intra == (("*", Dense()),)
+    torch.testing.assert_close(result.out, reference(q, k, v, result.indexes, 0.125), atol=2e-5, rtol=2e-5)
+
+
+def test_rows_that_miss_their_first_fallback_try_grid_before_dense(monkeypatch):
+    """The fallbacks are tried in turn on the rows that miss: a boundary head's video rows (lines at
+    the frame phase, a local band) miss with a small VS and with its first fallback, and Grid with
+    its band keeps them (0.997 of the mass), so they run Grid, not dense; the output is the
+    reference of the launches that ran."""
+    import mmcompile.patterns.policy as policy
+    from mmcompile.patterns.specs import AShape
+
+    layout = standard_layout("video", 4096)
+    q, k, v, _ = planted_qkv(layout, 2, 1, 64, kinds=["boundary", "boundary"], seed=1)
+
+    def head(video):
+        return HeadPattern("q-boundary", (("text", AShape(128, 1024)), ("video", video)))
+
+    grid = Grid(local_frames=2, band=128)
+    stages = (head(VerticalSlash(32, 1)), head(grid))
+    monkeypatch.setattr(policy, "patterns_from_tables",
+                        lambda *a, **kw: ([head(VerticalSlash(16, 1))] * 2, {0: stages, 1: stages}))
+    ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
+    result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
+    assert all(h.pattern_for("video") == grid for h in result.patterns), result.patterns
+    assert (result.head_recall >= 0.95).all() and (result.head_error <= 0.05).all()
     torch.testing.assert_close(result.out, reference(q, k, v, result.indexes, 0.125), atol=2e-5, rtol=2e-5)

@@ -175,9 +175,9 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     kept of the attention mass of held-out rows (not the estimation rows) is read off the kernel's
     log-sum-exp (``verify.held_out_recall``), and their output error against dense on those rows
     (``verify.held_out_error``), per query modality; a head's rows below the target, or above
-    ``error_tolerance``, are recomputed once with the policy's fallback (its best original-order
-    pattern grown to the density cap: ``policy.choose_with_fallbacks``), and rows still below it
-    dense (``_checked``). ``families``: one pattern per query head (a plan's) whose types, not sizes,
+    ``error_tolerance``, are recomputed with the policy's fallbacks (its best original-order
+    pattern grown to the density cap, then Grid: ``policy.choose_with_fallbacks``), and rows still
+    below it dense (``_checked``). ``families``: one pattern per query head (a plan's) whose types, not sizes,
     the online choice keeps (``patterns`` must be None)."""
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -210,9 +210,9 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
 def _checked(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallbacks: dict, indexes, recall: float,
              scale: float, density: float):
     """The held-out check and what follows it, per query modality (row set): a head's sets that
-    miss (``_check``) run its fallback's pattern there and are measured again, unless their rows
-    are few enough that running them dense costs less than recomputing the head at the cap
-    (``_dense_rows_first``). Sets still missing run dense in a launch over those rows alone
+    miss (``_check``) run its fallbacks' patterns there in turn (``policy.choose_with_fallbacks``),
+    measured again after each, unless their rows are few enough that running them dense costs
+    less than recomputing the head at the cap (``_dense_rows_first``). Sets still missing run dense in a launch over those rows alone
     (``_dense_rows_index``); the head's other sets keep their pattern (the question rows that
     Vertical-Slash serves badly need not take the video rows' Grid with them). A head whose every
     set misses, or whose pattern is not per query modality, runs dense whole (SDPA). Returns (out,
@@ -221,13 +221,13 @@ def _checked(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallba
 
     sets = ctx.row_sets()
     head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # one host sync
-    retry = {h: rows for h, rows in failing.items() if h in fallbacks
-             and not _dense_rows_first(patterns[h], rows, ctx, density)
-             and _rows_replaced(patterns[h], fallbacks[h], rows, sets) != patterns[h]}
-    if retry:  # rows that missed: the head's fallback there (grown to the cap, never Grid), measured again
-        trial = {h: _rows_replaced(patterns[h], fallbacks[h], rows, sets) for h, rows in retry.items()}
-        indexes, patterns = _recompute(q, k, v, out, lse, estimates, ctx, patterns, indexes, trial, scale)
-        head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # only then
+    for stage in range(max((len(f) for f in fallbacks.values()), default=0)):
+        trial = {h: _rows_replaced(patterns[h], fallbacks[h][stage], rows, sets) for h, rows in failing.items()
+                 if len(fallbacks.get(h, ())) > stage and not _dense_rows_first(patterns[h], rows, ctx, density)}
+        trial = {h: head for h, head in trial.items() if head != patterns[h]}
+        if trial:  # rows that missed: the head's next fallback there, measured again
+            indexes, patterns = _recompute(q, k, v, out, lse, estimates, ctx, patterns, indexes, trial, scale)
+            head_recall, head_error, failing = _check(out, lse, v, estimates, ctx, indexes, recall)  # only then
     apart = {h: rows for h, rows in failing.items() if _dense_rows_apart(patterns[h], rows, ctx)}
     whole = [h for h in failing if h not in apart]
     if apart:  # those rows against every causal key, in one launch per row set: exact there
@@ -374,7 +374,7 @@ def plan_keywords(plan: Sequence[HeadPattern] | None, plan_sizes: str) -> dict:
 def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,
                   density: float = 0.1, scale: float | None = None, families: Sequence[HeadPattern] | None = None):
     """What ``layer_attention`` does before the kernel: ``choose_layer``, then the indexes.
-    Returns (estimates, patterns, fallbacks {head: pattern}, indexes); ``benchmarks/index_memory.py``
+    Returns (estimates, patterns, fallbacks {head: patterns in order}, indexes); ``benchmarks/index_memory.py``
     measures exactly this."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale, families=families)

@@ -268,10 +268,13 @@ def _table(recall, names, plain, c: _Curves) -> torch.Tensor:
 
 
 def read_tables(tables: torch.Tensor, ctx: ForwardContext) -> dict:
-    """{row set: (predicted recall list, pattern list, original-order pattern list)} from
-    ``choice_tables``, read in the layer's one host sync."""
+    """{row set: (predicted recall list, pattern list, original-order pattern list, Grid list)} from
+    ``choice_tables``, read in the layer's one host sync; the Grid at its sized frames and band,
+    None where those rows weighed no Grid."""
+    grid = FAMILIES.index(Grid)
     return {name: ([r[0] for r in table], [_pattern(r[1], *r[3:]) for r in table],
-                   [_pattern(r[2], *r[3:]) for r in table])
+                   [_pattern(r[2], *r[3:]) for r in table],
+                   [_pattern(grid, *r[3:]) if r[6] > 0 else None for r in table])
             for name, table in zip(ctx.row_sets(), tables.tolist())}
 
 
@@ -340,10 +343,11 @@ def choose_with_fallbacks(q, k, ctx: ForwardContext, density: float = 0.1, min_r
                           scale: float | None = None, estimates: Estimates | None = None,
                           target: float = TARGET, families: Sequence[HeadPattern] | None = None,
                           ) -> tuple[list[HeadPattern], dict]:
-    """``choose_patterns`` plus {head: its fallback}: what ``layer_attention`` runs for a head
-    whose launches miss the recall target on the held-out rows, before it runs dense. The
-    fallback is the head's best original-order pattern (VS or A-shape instead of Grid) grown to the
-    density cap (``_at_cap``); heads already there have none.
+    """``choose_patterns`` plus {head: its fallbacks, in order}: what ``layer_attention`` runs
+    for a head's rows that miss the recall target on the held-out rows, before they run dense.
+    First the head's best original-order pattern (VS or A-shape instead of Grid) grown to the
+    density cap (``_at_cap``), then Grid at its sized frames and band on rows that weighed it and
+    chose otherwise; heads whose patterns these do not change have none.
 
     ``families`` (one HeadPattern per query head, a plan's): per head and query modality of this
     input, the family of the plan's pattern for those rows (``_plan_pattern``) is the only one
@@ -415,8 +419,15 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
         chosen.append(head)
         grown = HeadPattern(inter, tuple((m, Dense() if m in low else _at_cap(picks[m][2][h], ctx, density, m))
                                          for m in modalities))
-        if grown != head:
-            fallbacks[h] = grown
+        # Then Grid, where those rows weighed it and chose otherwise: its estimate is a lower bound
+        # (``_choose_sized``), and where VS's columns fit the last rows alone it holds the video's
+        # structure (a boundary head's video rows: VS at the cap 0.093 off, Grid 0.004; CPU, 32K).
+        grids = {m: picks[m][3][h] for m in modalities if len(picks[m]) > 3 and picks[m][3][h] is not None
+                 and m not in low and not isinstance(picks[m][1][h], Grid)}
+        stages = tuple(alt for alt in (grown, HeadPattern(inter, tuple((m, grids.get(m, p)) for m, p in head.intra)))
+                       if alt != head)
+        if stages:
+            fallbacks[h] = stages
     return chosen, fallbacks
 
 
