@@ -215,9 +215,9 @@ def _checked(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallba
     less than recomputing the head at the cap (``_dense_rows_first``). Sets still missing run
     dense in a launch over those rows alone (``_dense_rows_index``); the head's other sets keep
     their pattern (the question rows that Vertical-Slash serves badly need not take the video
-    rows' Grid with them). A head whose every
-    set misses, or whose pattern is not per query modality, runs dense whole (SDPA). Returns (out,
-    patterns, indexes, recall [Hq], error [Hq]): each head's worst set."""
+    rows' Grid with them). A head whose every set misses, or whose pattern is not per query
+    modality, runs dense whole (SDPA). Returns (out, patterns, indexes, recall [Hq], error [Hq]):
+    each head's worst set."""
     from . import verify
 
     sets = ctx.row_sets()
