@@ -15,16 +15,17 @@ few blocks, not the whole budget. A key of Grid counts ``GRID_KEY_COST`` keys: o
 the grid path computes 56-65% of A-shape's TFLOP/s on its blocks (BENCHMARKS.md, "Grid on copies
 (lost)"), and priced in keys alone, Grid on the video rows of a mixed input made the op ~1.7 ms
 slower than the VS it replaced ("The honest estimates on the GPU"). If no size reaches the target,
-the family with the best prediction at the cap wins; below ``min_recall`` the head stays Dense (unstructured heads are not
-worth the risk). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
+the family with the best prediction at the cap wins; below ``min_recall`` those rows run dense
+(unstructured heads are not worth the risk; the whole head when they hold most of its causal pairs). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
 (it does not depend on the estimate). Columns are ranked as the builder ranks them
 (``intra.column_scores``), and the builder takes VS's columns and blocks from the policy's own
 ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
 the estimation rows (``row_recall``; at least that where a query block mixes modalities); Grid's
 is a lower bound. What a head keeps on other rows is measured after the kernel on held-out rows
-(``verify``), and a head under the target then runs its fallback (``choose_with_fallbacks``: the
-same family grown to the cap, never Grid; on rows that see video keys with a frame stride, VS at
-the cap with the frame-stride lines ranked first: ``VerticalSlash.lines``), then dense.
+(``verify``), and a head's rows under the target then run its fallbacks (``choose_with_fallbacks``:
+the same family grown to the cap, never Grid; on rows that see video keys with a frame stride, VS
+at the cap with the frame-stride lines ranked first: ``VerticalSlash.lines``; then Grid where those
+rows weighed it and chose otherwise), then dense.
 
 With a plan (``families``: one HeadPattern per head) the plan fixes each head's family per query
 modality and the policy only sizes it for the input at hand (``_choose_sized``): budgets searched
