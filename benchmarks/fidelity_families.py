@@ -70,6 +70,9 @@ def main():
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--early-rows", action="store_true",
                     help="sample rows from N/8 to N/2 (the default sample and the op's check see the later half)")
+    ap.add_argument("--by-modality", action="store_true",
+                    help="also measure up to --rows rows of each modality's later half apart: each head's "
+                    "worst modality's error (a question's rows are a sliver of the pooled sample)")
     ap.add_argument("--plan", default=None, help="a plan searched with `mminference search standard --source "
                     "families`: family i runs the patterns of the plan's layer i (the online policy otherwise)")
     ap.add_argument("--plan-sizes", default="online", choices=("online", "plan"),
@@ -97,10 +100,15 @@ def main():
                     options["plan"] = plan.layers[FAMILIES.index(fam)]
                 out, groups, predicted, names, density = run_default_path(q, k, v, layout, options)
                 recall, err = measure(q, k, v, out, groups, rows)
+                worst = [0.0] * heads_q
+                if args.by_modality:
+                    for part in modality_rows(layout, args.rows, device).values():
+                        worst = [max(w, e) for w, e in zip(worst, measure(q, k, v, out, groups, part)[1])]
                 for h in range(heads_q):
                     results.append(dict(family=fam, kind=kinds[h], tokens=n, seed=seed, head=h, chosen=names[h],
                                         recall=recall[h], rel_err=err[h], density=density[h],
-                                        predicted=None if predicted is None else predicted[h]))
+                                        predicted=None if predicted is None else predicted[h],
+                                        modality_err=worst[h] if args.by_modality else None))
                 del q, k, v, out, groups
     table = summarize(results)
     print(f"layout={args.layout} tokens={args.tokens} heads={args.heads} seeds={args.seeds} budget={args.density} "
@@ -108,20 +116,35 @@ def main():
           f"rows={'early' if args.early_rows else 'late'} "
           f"{f'plan_sizes={args.plan_sizes} ' if args.plan else ''}"
           f"device={device} torch={torch.__version__} ({time.perf_counter() - start:.0f} s)")
+    by_modality = f" {'mod err':>8s} {'mod max':>8s}" if args.by_modality else ""
     print(f"{'family':22s} {'heads':>5s} {'recall':>7s} {'worst5%':>7s} {'rel err':>8s} {'max err':>8s} "
-          f"{'density':>8s} {'predict':>7s}  chosen")
+          f"{'density':>8s} {'predict':>7s}{by_modality}  chosen")
     for row in table:
         pred = f"{row['predicted']:7.4f}" if row["predicted"] is not None else "      -"
+        mod = f" {row['modality_err']:8.4f} {row['modality_max']:8.4f}" if args.by_modality else ""
         print(f"{row['family']:22s} {row['heads']:5d} {row['recall']:7.4f} {row['worst5']:7.4f} {row['rel_err']:8.4f} "
-              f"{row['max_err']:8.4f} {row['density']:8.4f} {pred}  {row['chosen'][:60]}")
+              f"{row['max_err']:8.4f} {row['density']:8.4f} {pred}{mod}  {row['chosen'][:60]}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(args=vars(args), families=table, heads=results), f, indent=1)
 
 
+def modality_rows(layout, rows: int, device) -> dict:
+    """{modality id: int64 [<= rows]}: rows spread over the later half of each modality's rows."""
+    modality = layout.modality[0].to(device)
+    picks = {}
+    for code in sorted(modality.unique().tolist()):
+        pos = torch.nonzero(modality == code).flatten()
+        pos = pos[len(pos) // 2:]
+        picks[code] = pos[torch.linspace(0, len(pos) - 1, min(rows, len(pos)), device=pos.device).round().long()]
+    return picks
+
+
 def summarize(results):
     """Per family (structured heads; the stray unstructured heads form their own row), worst first.
-    ``max_err``: the worst head's output error (a mean hides a head that misses a band or a line)."""
+    ``max_err``: the worst head's output error (a mean hides a head that misses a band or a line);
+    ``modality_err`` / ``modality_max`` (``--by-modality``): the mean and worst of each head's worst
+    modality's error."""
     by = collections.defaultdict(list)
     for r in results:
         by[r["family"] if r["kind"] != "unstructured" else "unstructured"].append(r)
@@ -135,8 +158,14 @@ def summarize(results):
                           rel_err=sum(r["rel_err"] for r in rs) / len(rs), max_err=max(r["rel_err"] for r in rs),
                           density=sum(r["density"] for r in rs) / len(rs),
                           predicted=sum(preds) / len(preds) if preds else None,
+                          **_modality_columns(rs),
                           chosen=", ".join(f"{c} x{m}" for c, m in chosen)))
     return sorted(table, key=lambda r: r["recall"])
+
+
+def _modality_columns(rs) -> dict:
+    worst = [r["modality_err"] for r in rs if r.get("modality_err") is not None]
+    return dict(modality_err=sum(worst) / len(worst), modality_max=max(worst)) if worst else {}
 
 
 if __name__ == "__main__":

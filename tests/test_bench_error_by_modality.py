@@ -25,3 +25,17 @@ def test_an_off_question_shows_under_text_and_not_under_video():
     off[0, :, -512:] += 0.1  # the question
     errors = error_by_modality(q, k, v, off, layout.modality[0], 0.25, 64)
     assert errors["text"] > 0.5 and errors["video"] < 1e-5
+
+
+def test_the_families_harness_samples_each_modality_apart():
+    """``fidelity_families.py --by-modality``: rows of each modality's later half, the question's
+    included (a pooled sample of the later half holds few of them)."""
+    from fidelity_families import modality_rows
+
+    layout = standard_layout("video", 2048)
+    picks = modality_rows(layout, 64, "cpu")
+    modality = layout.modality[0]
+    assert len(picks) == 2
+    for code, rows in picks.items():
+        mine = torch.nonzero(modality == code).flatten()
+        assert len(rows) == 64 and (modality[rows] == code).all() and (rows >= mine[len(mine) // 2]).all()
