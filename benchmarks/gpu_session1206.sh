@@ -59,8 +59,8 @@
 #            families at 128K (video) in what is left of ${2:-270} s.
 #   honest   OLD=tree (~6 min): the GPU tests of the check's rows-alone launch, the layer and the
 #            near keys; the op at 128K (video, mixed) on OLD and this tree; the op at 256K (video,
-#            mixed) on this tree; the families at 128K (mixed, seed 1, 128 rows): the per-modality
-#            check, the band-gap launch and Grid before dense (12-07) on the GPU.
+#            mixed) on this tree; the families at 128K (mixed, seed 1, 128 rows, --by-modality):
+#            the per-modality check, the band-gap launch and Grid before dense (12-07) on the GPU.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -290,8 +290,8 @@ elif [ "$part" = honest ]; then  # OLD=tree: the 12-07 check changes on the GPU
     timeout 100 python3 benchmarks/bench_prefill_op.py --layout $layout --tokens 262144 \
       --out $OUT/op_${layout}_256k.json 2>&1 | quiet | tail -1
   done
-  timeout 120 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 --rows 128 \
-    --out $OUT/f_mixed_128k.json 2>&1 | quiet | tail -15
+  timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 --rows 128 \
+    --by-modality --out $OUT/f_mixed_128k.json 2>&1 | quiet | tail -15
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
