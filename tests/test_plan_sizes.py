@@ -169,17 +169,17 @@ def test_a_plans_grid_is_not_sent_dense_by_its_lower_bound():
     assert ctx.row_sets() == ["text", "video"]
     vs = VerticalSlash(128, 4)
     plan = [HeadPattern("q-boundary", (("text", vs), ("video", Grid())))]
-    picks = {"text": ([0.99], [vs], [vs]), "video": ([0.3], [Grid()], [vs])}
+    picks = {"text": ([0.99], [vs], [vs], [None]), "video": ([0.3], [Grid()], [vs], [Grid()])}
     chosen, fallbacks = patterns_from_tables(picks, ctx, MIN_RECALL, 0.1, plan)
     assert isinstance(chosen[0].pattern_for("video"), Grid) and 0 in fallbacks
     assert types(patterns_from_tables(picks, ctx, MIN_RECALL, 0.1)[0][0]) == [("*", Dense)]
-    low_vs = {"text": ([0.99], [vs], [vs]), "video": ([0.3], [vs], [vs])}
+    low_vs = {"text": ([0.99], [vs], [vs], [None]), "video": ([0.3], [vs], [vs], [None])}
     assert types(patterns_from_tables(low_vs, ctx, MIN_RECALL, 0.1, plan)[0][0]) == [("*", Dense)]
-    low_text = {"text": ([0.3], [vs], [vs]), "video": ([0.99], [vs], [vs])}
+    low_text = {"text": ([0.3], [vs], [vs], [None]), "video": ([0.99], [vs], [vs], [None])}
     assert ctx.row_area(["text"]) < 0.5 < ctx.row_area(["video"])
     assert types(patterns_from_tables(low_text, ctx, MIN_RECALL, 0.1)[0][0]) == [("text", Dense),
                                                                                  ("video", VerticalSlash)]
-    both_low = {"text": ([0.5], [vs], [vs]), "video": ([0.3], [vs], [vs])}
+    both_low = {"text": ([0.5], [vs], [vs], [None]), "video": ([0.3], [vs], [vs], [None])}
     assert types(patterns_from_tables(both_low, ctx, MIN_RECALL, 0.1)[0][0]) == [("*", Dense)]
 
 

@@ -50,6 +50,10 @@ class ForwardContext:
     block_n: int = DEFAULT_BLOCK[1]
     row_counts: dict = dataclasses.field(default_factory=dict)  # modality name -> rows per sample (int), when equal
     check_rows: dict = dataclasses.field(default_factory=dict)  # as last_rows: held-out rows (pos, valid)
+    # modality name -> the share of the causal (query, key) pairs its rows hold (largest over the batch)
+    areas: dict = dataclasses.field(default_factory=dict)
+    # modality name -> its rows in query blocks shared with other rows (largest count over the batch)
+    shared_rows: dict = dataclasses.field(default_factory=dict)
     # choice_graph's captures, per key; not an init field, so a dataclasses.replace() starts without them
     replays: dict = dataclasses.field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -67,26 +71,15 @@ class ForwardContext:
         modality's when there are several (each is estimated apart), else the last rows overall."""
         return list(self.present) if len(self.present) > 1 else ["*"]
 
-    @functools.cached_property
-    def causal_area(self) -> dict:
-        """{modality name: float}: the share of the causal (query, key) pairs held by that
-        modality's rows (largest over the batch), filled on first use by ``row_area``."""
-        return {}
-
     def row_area(self, names) -> float:
         """The share of the causal pairs that the rows of modalities ``names`` hold (what running
-        them dense costs, over a dense head). One host sync per modality and forward."""
-        for name in names:
-            if name not in self.causal_area:
-                pos = torch.arange(1, self.n + 1, device=self.modality.device, dtype=torch.float64)
-                held = torch.where(self.modality == _modality_id(name), pos, 0.0).sum(-1)
-                self.causal_area[name] = float(held.max()) / (self.n * (self.n + 1) / 2)
-        return sum(self.causal_area[name] for name in names)
+        them dense costs, over a dense head)."""
+        return sum(self.areas[name] for name in names)
 
     @functools.cached_property
     def dense_rows(self) -> dict:
-        """{modality name: (q_order int32 [B, rows], span int32 [B, M, 2])}: the launch over that
-        modality's rows alone (``_dense_rows_index``) of this forward, filled on first use."""
+        """{modality name, or ("band gap", name): (q_order int32 [B, rows], span int32 [B, M, 2])}:
+        the launches over those rows alone (``_rows_alone``) of this forward, filled on first use."""
         return {}
 
     @functools.cached_property
@@ -135,14 +128,21 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
     key_pad = layout.modality == PAD
     last_rows = {name: _last_rows(layout.modality, n, layout.batch, None if name == "*" else _modality_id(name), device)
                  for name in ["*"] + list(present)}
-    counts = torch.stack([(layout.modality == _modality_id(name)).sum(-1) for name in present]).tolist() if present else []
-    row_counts = {name: c[0] if len(set(c)) == 1 else None for name, c in zip(present, counts)}
+    weight = torch.arange(1, n + 1, device=device, dtype=torch.float64)  # causal pairs of each row
+    def sums_of(mine):  # rows, rows in shared query blocks, causal pairs held: [3, B]
+        return torch.stack([mine.sum(-1).double(), (mine & ~_in_pure_blocks(mine, block_m)).sum(-1).double(),
+                            (mine * weight).sum(-1)])
+    sums = torch.stack([sums_of(layout.modality == _modality_id(name)) for name in present]).tolist() \
+        if present else []  # [modality][rows, shared, pairs][batch]: one host sync
+    row_counts = {name: int(c[0]) if len(set(c)) == 1 else None for name, (c, _, _) in zip(present, sums)}
+    shared_rows = {name: int(max(c)) for name, (_, c, _) in zip(present, sums)}
+    areas = {name: max(a) / (n * (n + 1) / 2) for name, (_, _, a) in zip(present, sums)}
     check_rows = {name: estimate.held_out_queries(layout.modality, n, layout.batch,
                                                   None if name == "*" else _modality_id(name), device=device)
                   for name in last_rows}
     return ForwardContext(n, layout.batch, layout.modality, key_pad if bool(key_pad.any()) else None,
                           stride, int(stride.max()) if stride.numel() else 0, present, last_rows, block_m, block_n,
-                          row_counts, check_rows)
+                          row_counts, check_rows, areas, shared_rows)
 
 
 def _last_rows(modality, n, batch, want, device):
@@ -177,8 +177,8 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     (``verify.held_out_error``), per query modality; a head's rows below the target, or above
     ``error_tolerance``, are recomputed with the policy's fallbacks (its best original-order
     pattern grown to the density cap, then Grid: ``policy.choose_with_fallbacks``), and rows still
-    below it dense (``_checked``). ``families``: one pattern per query head (a plan's) whose types, not sizes,
-    the online choice keeps (``patterns`` must be None)."""
+    below it dense (``_checked``). ``families``: one pattern per query head (a plan's) whose
+    types, not sizes, the online choice keeps (``patterns`` must be None)."""
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale,
@@ -298,7 +298,7 @@ def _dense_rows_index(heads: int, rows: str, ctx: ForwardContext) -> SparseIndex
     """One launch of ``heads`` heads over the rows of modality ``rows`` alone, each against every
     causal key (``_rows_alone_index``)."""
     if rows not in ctx.dense_rows:  # the same for every layer of the forward
-        ctx.dense_rows[rows] = _rows_alone(ctx.rows_of(rows), ctx)
+        ctx.dense_rows[rows] = _rows_alone(ctx.rows_of(rows), ctx.row_counts[rows], ctx)
     return _rows_alone_index(heads, *ctx.dense_rows[rows], ctx)
 
 
@@ -308,21 +308,21 @@ def _band_gap_index(heads: int, rows: str, ctx: ForwardContext) -> SparseIndex |
     are none). Those rows get no band (``_band_rows``), and the grid alone misses their own frame
     and the keys of the segment before them: a grid-temporal head's video rows at segment edges
     lost a third of their mass, 2 rows in 100 that held most of its output error (CPU, 32K)."""
+    if not ctx.shared_rows.get(rows):
+        return None
     key = ("band gap", rows)
     if key not in ctx.dense_rows:  # the same for every layer of the forward
-        if rows not in ctx.band_rows:
-            ctx.band_rows[rows] = _band_rows(ctx, rows)
-        gap = (ctx.modality == _modality_id(rows)) & (ctx.band_rows[rows] == 0)
-        ctx.dense_rows[key] = _rows_alone(gap, ctx) if bool(gap.any()) else None
-    return None if ctx.dense_rows[key] is None else _rows_alone_index(heads, *ctx.dense_rows[key], ctx)
+        gap = (ctx.modality == _modality_id(rows)) & (_band_rows(ctx, rows) == 0)
+        ctx.dense_rows[key] = _rows_alone(gap, ctx.shared_rows[rows], ctx)
+    return _rows_alone_index(heads, *ctx.dense_rows[key], ctx)
 
 
-def _rows_alone(mask: torch.Tensor, ctx: ForwardContext) -> tuple:
-    """(q_order int32 [B, S], span int32 [B, M, 2]) of a launch over the rows ``mask`` [B, N]
-    alone (ascending; a sample with fewer also lists its first other rows, which it then computes
+def _rows_alone(mask: torch.Tensor, slots: int, ctx: ForwardContext) -> tuple:
+    """(q_order int32 [B, slots], span int32 [B, M, 2]) of a launch over the rows ``mask`` [B, N]
+    alone (``slots``: the most any sample has, from ``forward_context``: no host sync here; they
+    come ascending, and a sample with fewer also lists its first other rows, which it then computes
     exactly too), each query block's span from key 0 to its last row."""
     batch, n, block_m = ctx.batch, ctx.n, ctx.block_m
-    slots = int(mask.sum(-1).max())
     pos = torch.arange(n, device=mask.device)
     q_order = torch.where(mask, pos, n + pos).sort(-1).values[:, :slots] % n  # [B, slots]: the rows, ascending
     num_m = -(-slots // block_m)
@@ -719,10 +719,8 @@ def _grid_index(heads: dict, rows: str | None, estimates: Estimates, ctx: Forwar
     bands = [_grid_of(head).band or -1 for head, ids in heads.items() for _ in ids]
     if max(bands) < 0:
         return index
-    if rows not in ctx.band_rows:
-        ctx.band_rows[rows] = _band_rows(ctx, rows)
     return dataclasses.replace(index, near_keys=device_list(bands, order.device, torch.int32),
-                               near_rows=ctx.band_rows[rows])
+                               near_rows=_band_rows(ctx, rows))
 
 
 def _grid_of(head: HeadPattern) -> Grid:
@@ -732,14 +730,24 @@ def _grid_of(head: HeadPattern) -> Grid:
 def _band_rows(ctx: ForwardContext, rows: str | None) -> torch.Tensor:
     """int32 [B, N]: the rows whose original-order launch visited their Grid band alone: all
     (``rows`` None: that launch is the band), or the rows of modality ``rows`` in query blocks
-    holding no other rows (a mixed block's rows also get the other modality's sets there: the grid
-    launch then recomputes them whole, without the band, rather than count a key twice)."""
-    if rows is None:
-        return torch.ones(ctx.batch, ctx.n, dtype=torch.int32, device=ctx.frame_stride.device)
-    mine = ctx.modality == _modality_id(rows)  # [B, N]
-    tail = -ctx.n % ctx.block_m
-    pure = torch.nn.functional.pad(mine, (0, tail), value=True).view(ctx.batch, -1, ctx.block_m).all(-1)
-    return (pure.repeat_interleave(ctx.block_m, 1)[:, :ctx.n] & mine).to(torch.int32)
+    holding no other rows (a shared block's rows also get the other modality's sets there: they
+    run exactly in a launch of their own after the grid's, ``_band_gap_index``, rather than count
+    a key twice). Once per forward (``ctx.band_rows``)."""
+    if rows not in ctx.band_rows:
+        if rows is None:
+            ctx.band_rows[rows] = torch.ones(ctx.batch, ctx.n, dtype=torch.int32, device=ctx.frame_stride.device)
+        else:
+            mine = ctx.modality == _modality_id(rows)  # [B, N]
+            ctx.band_rows[rows] = (_in_pure_blocks(mine, ctx.block_m) & mine).to(torch.int32)
+    return ctx.band_rows[rows]
+
+
+def _in_pure_blocks(mine: torch.Tensor, block_m: int) -> torch.Tensor:
+    """bool [B, N]: the positions in query blocks whose rows are all ``mine`` (the last block's
+    padding counts as such)."""
+    batch, n = mine.shape
+    pure = torch.nn.functional.pad(mine, (0, -n % block_m), value=True).view(batch, -1, block_m).all(-1)
+    return pure.repeat_interleave(block_m, 1)[:, :n]
 
 
 def _in_order(sets: BlockSets, back: list[int]) -> BlockSets:

@@ -16,8 +16,9 @@ the grid path computes 56-65% of A-shape's TFLOP/s on its blocks (BENCHMARKS.md,
 (lost)"), and priced in keys alone, Grid on the video rows of a mixed input made the op ~1.7 ms
 slower than the VS it replaced ("The honest estimates on the GPU"). If no size reaches the target,
 the family with the best prediction at the cap wins; below ``min_recall`` those rows run dense
-(unstructured heads are not worth the risk; the whole head when they hold most of its causal pairs). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS``
-(it does not depend on the estimate). Columns are ranked as the builder ranks them
+(unstructured heads are not worth the risk; the whole head when they hold most of its causal
+pairs). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS`` (it does not
+depend on the estimate). Columns are ranked as the builder ranks them
 (``intra.column_scores``), and the builder takes VS's columns and blocks from the policy's own
 ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
 the estimation rows (``row_recall``; at least that where a query block mixes modalities); Grid's
@@ -423,7 +424,7 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
         # Then Grid, where those rows weighed it and chose otherwise: its estimate is a lower bound
         # (``_choose_sized``), and where VS's columns fit the last rows alone it holds the video's
         # structure (a boundary head's video rows: VS at the cap 0.093 off, Grid 0.004; CPU, 32K).
-        grids = {m: picks[m][3][h] for m in modalities if len(picks[m]) > 3 and picks[m][3][h] is not None
+        grids = {m: picks[m][3][h] for m in modalities if picks[m][3][h] is not None
                  and m not in low and not isinstance(picks[m][1][h], Grid)}
         stages = tuple(alt for alt in (grown, HeadPattern(inter, tuple((m, grids.get(m, p)) for m, p in head.intra)))
                        if alt != head)
