@@ -182,3 +182,20 @@ def test_few_missing_rows_run_dense_at_once_and_many_try_the_fallback_first():
     assert not _dense_rows_apart(head, ["video"], ctx)  # 0.72 of the pairs: the head whole, through SDPA
     assert not _dense_rows_first(head, ["text", "video"], ctx, density=1.0)  # every set: the head whole
     assert not _dense_rows_first(HeadPattern("k-boundary", head.intra), ["text"], ctx, density=0.6)
+
+
+def test_missing_rows_that_one_launch_cannot_list_send_the_head_whole_to_sdpa():
+    """Bad input for the rows-alone launch: when samples hold different numbers of a modality's
+    rows (no equal count), or the head's pattern is not per query modality (a K-boundary), its
+    missing rows are not run apart: the head goes dense whole."""
+    import dataclasses
+
+    from mmcompile.patterns.layer import _dense_rows_apart
+
+    ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)
+    head = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(16, 64))))
+    assert _dense_rows_apart(head, ["text"], ctx)
+    unequal = dataclasses.replace(ctx, row_counts={**ctx.row_counts, "text": None})
+    assert not _dense_rows_apart(head, ["text"], unequal)
+    assert not _dense_rows_apart(HeadPattern("k-boundary", head.intra), ["text"], ctx)
+    assert not _dense_rows_apart(head, ["*"], ctx)
