@@ -55,7 +55,7 @@ def main():
     args = parser.parse_args()
     time_ms = timed if args.device == "cuda" else once_ms
     from mmcompile.kernels import sparse_attention_forward
-    from mmcompile.patterns import forward_context, layer
+    from mmcompile.patterns import forward_context, launch, layer
     from mmcompile.patterns.index_builder import device_list
     from mmcompile.patterns.planted import planted_qkv, standard_layout
 
@@ -70,7 +70,7 @@ def main():
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     rows = []
     for head_ids, index in groups:
-        run = lambda: layer.attend(q, k, v, [(head_ids, index)], scale, out=out, lse=lse)  # noqa: E731
+        run = lambda: launch.attend(q, k, v, [(head_ids, index)], scale, out=out, lse=lse)  # noqa: E731
         row = dict(heads=len(head_ids), what=describe(head_ids, patterns, index), ms=time_ms(run)["ms"],
                    mean_density=1.0, columns_per_block=None, blocks_per_block=None, a_shape_ms=None,
                    a_shape_tflops=None, ms_at_a_shape_rate=None)

@@ -42,7 +42,7 @@ from mmcompile.distributed import (head_shard, heads_to_seq, init_from_torchrun,
                                    sequence_shard, seq_to_heads, tensor_parallel_attention, ulysses_attention)
 from mmcompile.patterns import DEFAULT_BLOCK, Dense, HeadPattern, forward_context  # noqa: E402
 from mmcompile.patterns.fidelity import index_density  # noqa: E402
-from mmcompile.patterns.layer import build_layer_indexes  # noqa: E402
+from mmcompile.patterns.layer_index import build_layer_indexes  # noqa: E402
 from mmcompile.patterns.planted import planted_qkv, standard_layout  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402
 

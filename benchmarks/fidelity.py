@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 from mmcompile.patterns import forward_context, layer_attention  # noqa: E402
-from mmcompile.patterns.layer import attend, build_layer_indexes  # noqa: E402
+from mmcompile.patterns.launch import attend  # noqa: E402
+from mmcompile.patterns.layer_index import build_layer_indexes  # noqa: E402
 from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks, sample_rows  # noqa: E402
 from mmcompile.patterns.planted import planted_qkv, standard_layout  # noqa: E402
 from mmcompile.patterns.policy import choose_patterns  # noqa: E402

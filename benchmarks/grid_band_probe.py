@@ -21,7 +21,8 @@ if not torch.cuda.is_available():
 
 from mmcompile.patterns.families import family_layout, family_qkv  # noqa: E402
 from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks  # noqa: E402
-from mmcompile.patterns.layer import choose_layer, forward_context, layer_attention  # noqa: E402
+from mmcompile.patterns.context import forward_context  # noqa: E402
+from mmcompile.patterns.layer import choose_layer, layer_attention  # noqa: E402
 from mmcompile.patterns.layout import VIDEO  # noqa: E402
 from mmcompile.patterns.specs import Grid, HeadPattern  # noqa: E402
 

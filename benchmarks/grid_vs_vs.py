@@ -37,7 +37,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import environment  # noqa: E402
 from mmcompile.patterns import forward_context  # noqa: E402
 from mmcompile.patterns.fidelity import head_fidelity, index_density, index_row_mask, sample_rows  # noqa: E402
-from mmcompile.patterns.layer import Estimates, ForwardContext, attend, build_layer_indexes  # noqa: E402
+from mmcompile.patterns.context import ForwardContext  # noqa: E402
+from mmcompile.patterns.estimates import Estimates  # noqa: E402
+from mmcompile.patterns.launch import attend  # noqa: E402
+from mmcompile.patterns.layer_index import build_layer_indexes  # noqa: E402
 from mmcompile.patterns.layout import VIDEO  # noqa: E402
 from mmcompile.patterns.planted import planted_qkv, standard_layout  # noqa: E402
 from mmcompile.patterns.specs import Grid, HeadPattern, VerticalSlash  # noqa: E402

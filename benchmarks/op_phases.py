@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from mmcompile.patterns import choice_graph, forward_context, layer, policy, verify
+from mmcompile.patterns import choice_graph, forward_context, launch, layer, layer_index, policy, verify
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 
 PHASES = ("choose", "index", "attend", "check")
@@ -58,17 +58,17 @@ def one_layer(q, k, v, ctx, scale):
     patterns = read_patterns(tables, ctx)
     times["choose"] = (issued - start, clock() - start)
     start = clock()
-    indexes = layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+    indexes = layer_index.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
     issued = clock()
     torch.cuda.synchronize()
     times["index"] = (issued - start, clock() - start)
     start = clock()
-    _, lse = layer.attend(q, k, v, indexes, scale, return_lse=True)
+    _, lse = launch.attend(q, k, v, indexes, scale, return_lse=True)
     issued = clock()
     torch.cuda.synchronize()
     times["attend"] = (issued - start, clock() - start)
     start = clock()
-    recall = verify.held_out_recall(lse, estimates, ctx, layer._dense_heads(indexes))
+    recall = verify.held_out_recall(lse, estimates, ctx, launch.dense_heads(indexes))
     issued = clock()
     missed = len((recall < 0.95).nonzero().flatten().tolist())
     times["check"] = (issued - start, clock() - start)
@@ -144,7 +144,7 @@ def gpu_time_by_line(q, k, ctx, scale, top: int) -> None:
         state["patterns"] = read_patterns(tables, ctx)
 
     def index_phase():
-        layer.build_layer_indexes(q, k, state["patterns"], ctx, scale, state["estimates"])
+        layer_index.build_layer_indexes(q, k, state["patterns"], ctx, scale, state["estimates"])
 
     for phase_name, phase in (("choose", choose_phase), ("index", index_phase)):
         phase()
@@ -192,12 +192,12 @@ def index_host_profile(q, k, ctx, scale, reps: int, top: int) -> None:
     import pstats
 
     estimates, patterns, _ = layer.choose_layer(q, k, ctx, scale=scale)
-    layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+    layer_index.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
     torch.cuda.synchronize()
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(reps):
-        layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+        layer_index.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
     torch.cuda.synchronize()
     profiler.disable()
     for key in ("tottime", "cumulative"):

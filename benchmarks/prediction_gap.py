@@ -6,7 +6,7 @@ Usage: python benchmarks/prediction_gap.py [--tokens 8192] [--layout mixed|video
                                            [--seed 1] [--device cpu|cuda]
 
 For every family and row set: the policy's tables (``policy.choice_tables``: the predicted recall
-of each head's chosen pattern), the built indexes (``layer.build_layer_indexes``), and the exact
+of each head's chosen pattern), the built indexes (``layer_index.build_layer_indexes``), and the exact
 recall of those indexes on the estimation rows (the rows' dense float32 softmax summed over the
 keys each row visits, ``fidelity.layer_row_masks``). Prints predicted minus exact per chosen
 family (mean, largest over-prediction, largest under-prediction) and the worst heads. Grid is a
@@ -27,7 +27,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def main():
-    from mmcompile.patterns import forward_context, layer, policy
+    from mmcompile.patterns import forward_context, policy
+    from mmcompile.patterns.estimates import Estimates
+    from mmcompile.patterns.layer_index import build_layer_indexes
     from mmcompile.patterns.estimate import last_query_probs
     from mmcompile.patterns.families import FAMILIES, family_layout, family_qkv
     from mmcompile.patterns.fidelity import layer_row_masks
@@ -50,10 +52,10 @@ def main():
                              dtype=dtype)[:3]
         scale = d ** -0.5
         ctx = forward_context(layout, n, 1, args.device, 128, 64)
-        estimates = layer.Estimates(q, k, ctx, scale)
+        estimates = Estimates(q, k, ctx, scale)
         picks = policy.read_tables(policy.choice_tables(estimates, ctx, 0.1, policy.TARGET), ctx)
         patterns, _ = policy.patterns_from_tables(picks, ctx, policy.MIN_RECALL, 0.1)
-        indexes = layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+        indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates)
         for name in ctx.row_sets():
             pos, valid = ctx.last_rows[name][:2]
             rows = pos[0][valid[0]]

@@ -20,17 +20,18 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from mmcompile.patterns import estimate, forward_context, index_builder, index_columns, intra, layer, policy, verify
+from mmcompile.patterns import (estimate, forward_context, index_builder, index_columns, intra, launch, layer, layer_index,
+                                policy, verify)
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 from mmcompile.patterns.policy import choose_patterns
 
 PARTS = [(estimate, "line_scores"), (estimate, "column_slash"), (intra, "vertical_slash_sets"),
          (intra, "a_shape_sets"), (intra, "grid_sets"), (index_builder, "_dedup_compact"),
          (index_builder, "_fill"), (index_columns, "per_block_columns"), (index_columns, "shared_counts"),
-         (layer, "build_index"), (layer, "attend"), (policy, "_choose_one"),
+         (layer_index, "build_index"), (launch, "attend"), (policy, "_choose_one"),
          (policy, "_a_shape"), (policy, "_vertical_slash"), (policy, "_grid"), (intra, "column_scores"),
          (policy, "choose_with_fallbacks"), (estimate, "dense_row_lse"), (verify, "held_out_recall"),
-         (layer, "_sdpa_heads")]
+         (launch, "sdpa_heads")]
 
 
 def _labelled(module, name):
@@ -77,17 +78,17 @@ def _memory(q, k, ctx, patterns, args):
 def _profile(q, k, v, ctx, patterns):
     import triton
     bench = functools.partial(triton.testing.do_bench, warmup=25, rep=200, return_mode="median")
-    wall = {"build_layer_indexes": bench(lambda: layer.build_layer_indexes(q, k, patterns, ctx)),
+    wall = {"build_layer_indexes": bench(lambda: layer_index.build_layer_indexes(q, k, patterns, ctx)),
             "choose_patterns": bench(lambda: choose_patterns(q, k, ctx)),
             "prepare_layer (estimate + policy + index)": bench(lambda: layer.prepare_layer(q, k, ctx))}
     for module, name in PARTS:
         _labelled(module, name)
     for _ in range(3):
-        layer.build_layer_indexes(q, k, patterns, ctx)
+        layer_index.build_layer_indexes(q, k, patterns, ctx)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with record_function("part:WHOLE build_layer_indexes"):
-            layer.build_layer_indexes(q, k, patterns, ctx)
+            layer_index.build_layer_indexes(q, k, patterns, ctx)
         torch.cuda.synchronize()
         with record_function("part:WHOLE policy"):
             policy.choose_with_fallbacks(q, k, ctx)

@@ -1,4 +1,4 @@
-"""What the held-out check's rows-alone launch costs (``layer._dense_rows_index``: the rows of one
+"""What the held-out check's rows-alone launch costs (``rows_alone.dense_rows_index``: the rows of one
 modality against every causal key, one program per query block and head scanning all keys), beside
 SDPA cuDNN on whole heads (what a head sent dense costs) and SDPA on the question segment alone with
 a lower-right causal mask (a candidate for contiguous rows), all on the standard video layout.
@@ -28,7 +28,7 @@ def main():
 
     from mmcompile.kernels import sparse_attention_forward
     from mmcompile.patterns import forward_context
-    from mmcompile.patterns.layer import _dense_rows_index
+    from mmcompile.patterns.rows_alone import dense_rows_index
     from mmcompile.patterns.planted import standard_layout
 
     n, heads = args.tokens, args.heads
@@ -38,7 +38,7 @@ def main():
     k, v = torch.randn_like(q), torch.randn_like(q)
     out, lse = torch.zeros_like(q), torch.zeros(1, heads, n, device="cuda")
     ids = torch.arange(heads, device="cuda", dtype=torch.int32)
-    index = _dense_rows_index(heads, "text", ctx)
+    index = dense_rows_index(heads, "text", ctx)
     rows = int(index.q_order.shape[-1])
     launch = timed(lambda: sparse_attention_forward(q, k, v, index, 128 ** -0.5, head_ids=ids, out=out, lse=lse))
     whole = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q[:, :1], k[:, :1], v[:, :1],

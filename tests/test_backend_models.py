@@ -11,7 +11,7 @@ import torch
 import torch._dynamo.testing
 import transformers as tf
 
-import mmcompile.patterns.layer
+import mmcompile.patterns.launch
 from mmcompile.passes import SkipKind
 from mmcompile.runtime import DenseReason
 from mmcompile import report as mm_report
@@ -149,7 +149,7 @@ def test_sparse_prefill_equals_the_reference_of_the_same_index(report, monkeypat
         out[:], lse[:] = sparse_attention_reference(q, k, v, index, scale)
         return out, lse
 
-    monkeypatch.setattr(mmcompile.patterns.layer, "sparse_attention_forward", reference)
+    monkeypatch.setattr(mmcompile.patterns.launch, "sparse_attention_forward", reference)
     torch.testing.assert_close(logits(compiled, inputs), out, atol=1e-4, rtol=1e-4)
     assert report.runtime()["sparse_calls"] == 2 * LAYERS  # the same graph: no recompile
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from mmcompile.patterns import choice_graph, forward_context, layer, policy
+from mmcompile.patterns.estimates import Estimates
+from mmcompile.patterns.layer_index import build_layer_indexes
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 from mmcompile.patterns.specs import AShape, Grid, HeadPattern, VerticalSlash
 
@@ -54,14 +56,14 @@ def test_replayed_layers_choose_and_index_as_eager(kind):
             q, k, _, _ = planted_qkv(layout, 8, 2, 64, seed=seed)
             estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, SCALE, _choose(ctx, plan), key,
                                                                  capture=rerun)
-            eager = layer.Estimates(q, k, ctx, SCALE)
+            eager = Estimates(q, k, ctx, SCALE)
             expected = _choose(ctx, plan)(eager)
             assert torch.equal(tables, expected), (kind, plan is None, seed)
             picks = policy.patterns_from_tables(policy.read_tables(tables, ctx), ctx, policy.MIN_RECALL, 0.1, plan)
             assert picks == policy.patterns_from_tables(policy.read_tables(expected, ctx), ctx, policy.MIN_RECALL,
                                                         0.1, plan)
-            built = layer.build_layer_indexes(q, k, picks[0], ctx, SCALE, estimates)
-            want = layer.build_layer_indexes(q, k, picks[0], ctx, SCALE, eager)
+            built = build_layer_indexes(q, k, picks[0], ctx, SCALE, estimates)
+            want = build_layer_indexes(q, k, picks[0], ctx, SCALE, eager)
             assert all(torch.equal(a, b) for a, b in zip(_index_tensors(built), _index_tensors(want)))
             assert torch.equal(estimates.held_out_lse(), eager.held_out_lse())  # from the real q, not the buffer
         assert isinstance(ctx.replays[key], choice_graph._Replay)
@@ -79,7 +81,7 @@ def test_a_batch_of_two_layouts_replays_as_eager():
         g = torch.Generator().manual_seed(seed)
         q, k = torch.randn(2, 4, n, 32, generator=g), torch.randn(2, 2, n, 32, generator=g)
         _, tables = choice_graph.estimate_and_choose(q, k, ctx, 32 ** -0.5, _choose(ctx), "key", capture=rerun)
-        assert torch.equal(tables, _choose(ctx)(layer.Estimates(q, k, ctx, 32 ** -0.5)))
+        assert torch.equal(tables, _choose(ctx)(Estimates(q, k, ctx, 32 ** -0.5)))
 
 
 def test_the_buffers_hold_only_the_estimation_rows():
@@ -109,7 +111,7 @@ def test_a_capture_that_fails_runs_eagerly_and_says_so(caplog):
         for _ in range(2):
             estimates, tables = choice_graph.estimate_and_choose(q, k, ctx, SCALE, _choose(ctx), "key",
                                                                  capture=failing)
-            assert torch.equal(tables, _choose(ctx)(layer.Estimates(q, k, ctx, SCALE)))
+            assert torch.equal(tables, _choose(ctx)(Estimates(q, k, ctx, SCALE)))
     assert ctx.replays["key"] == choice_graph.EAGER
     assert sum("could not be captured" in r.message for r in caplog.records) == 1
 

@@ -11,7 +11,7 @@ from torch.nn.attention.flex_attention import create_block_mask, create_mask
 from mmcompile.kernels import index_to_mask, sparse_attention_reference
 from mmcompile.kernels.reference import causal_mask, dense_attention_reference
 from mmcompile.patterns import TEXT, VIDEO, Dense, Grid, HeadPattern, VerticalSlash, forward_context, from_segments
-from mmcompile.patterns.layer import build_layer_indexes
+from mmcompile.patterns.layer_index import build_layer_indexes
 from mmcompile.patterns.planted import planted_qkv
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))

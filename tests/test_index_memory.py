@@ -11,7 +11,7 @@ from mmcompile.patterns import AShape, Dense, Grid, HeadPattern, VerticalSlash, 
 from mmcompile.patterns import intra
 from mmcompile.patterns.estimate import last_queries, line_scores
 from mmcompile.patterns.index_builder import build_index
-from mmcompile.patterns.layer import build_layer_indexes
+from mmcompile.patterns.layer_index import build_layer_indexes
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))

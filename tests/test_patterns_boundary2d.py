@@ -83,7 +83,7 @@ def test_pairs_visit_their_keys_and_isolate_dropped_pairs():
 def test_2d_head_without_a_layout_uses_its_text_pattern():
     n = 300
     q, k, v = _qkv(n)
-    from mmcompile.patterns.layer import build_layer_indexes
+    from mmcompile.patterns.layer_index import build_layer_indexes
     ctx = forward_context(None, n, 1, "cpu", 64, 64)
     indexes = build_layer_indexes(q, k, [ISOLATING] * 4, ctx)
     plain = build_layer_indexes(q, k, [HeadPattern("none", (("*", AShape(16, 64)),))] * 4, ctx)
@@ -107,7 +107,7 @@ def _with_pairs(**pairs):
 def test_vertical_slash_pairs_visit_the_estimated_columns_of_their_key_modality():
     """Exact against the reference on the built mask; each video row sees the video keys its
     modality's estimation rows weigh most (up to the row), whatever segment they sit in."""
-    from mmcompile.patterns.layer import Estimates
+    from mmcompile.patterns.estimates import Estimates
 
     layout = from_segments(INTERLEAVED)
     n = layout.length
@@ -135,7 +135,7 @@ def test_estimated_pairs_keep_the_2d_family_that_a_shape_pairs_lose():
     >= 0.95 of each row set's attention mass; A-shape pairs with a wider band, at a higher cost,
     keep at least 0.1 less of it."""
     from mmcompile.patterns.families import family_layout, family_qkv
-    from mmcompile.patterns.layer import Estimates
+    from mmcompile.patterns.estimates import Estimates
     from mmcompile.search.layer_search import sampled_rows
     from mmcompile.search.score import dense_rows, score_candidate
 

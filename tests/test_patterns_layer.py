@@ -183,7 +183,7 @@ def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
     """layer_attention interleaves building and launching (dense heads first, then heads of fixed
     sets), so the host builds the next index while the GPU runs the last launch; the output is the
     reference's."""
-    from mmcompile.patterns import layer
+    from mmcompile.patterns import launch, layer_index
 
     events = []
 
@@ -193,11 +193,10 @@ def test_each_launch_group_is_launched_before_the_next_is_built(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(layer, "_plain_index", recording("build plain", layer._plain_index))
-    monkeypatch.setattr(layer, "_grid_index", recording("build grid", layer._grid_index))
-    monkeypatch.setattr(layer, "sparse_attention_forward", recording("launch sparse",
-                                                                     layer.sparse_attention_forward))
-    monkeypatch.setattr(layer, "_sdpa_heads", recording("launch dense", layer._sdpa_heads))
+    monkeypatch.setattr(layer_index, "_plain_index", recording("build plain", layer_index._plain_index))
+    monkeypatch.setattr(layer_index, "_grid_index", recording("build grid", layer_index._grid_index))
+    monkeypatch.setattr(launch, "sparse_attention_forward", recording("launch sparse", launch.sparse_attention_forward))
+    monkeypatch.setattr(launch, "sdpa_heads", recording("launch dense", launch.sdpa_heads))
     _, _, q, k, v, ctx = _text_video_text(seed=1)
     heads = [HeadPattern("q-boundary", (("text", VerticalSlash(30, 2)), ("video", Grid(local_frames=2)))),
              HeadPattern("none", (("*", AShape(64, 128)),)),

@@ -123,7 +123,7 @@ def test_a_head_that_keeps_the_mass_but_not_the_output_runs_dense():
     """A slash-bands head on VS with 4 slash blocks keeps 0.96 of the held-out rows' mass, above a
     0.95 target, but a narrow band's edge puts its output 0.19 off: the error check sends it dense
     (and with the error tolerance lifted it stays VS, so it is the error that did)."""
-    from mmcompile.patterns import layer as layer_module
+    from mmcompile.patterns import check as check_module
     from mmcompile.patterns.families import family_layout, family_qkv
     from mmcompile.patterns.specs import VerticalSlash
 
@@ -135,12 +135,12 @@ def test_a_head_that_keeps_the_mass_but_not_the_output_runs_dense():
     checked = layer_attention(q, k, v, ctx, [vs], recall=0.95)
     assert checked.patterns[0] == HeadPattern("none", (("*", Dense()),))
     assert float(checked.head_error[0]) == 0.0 and float(checked.head_recall[0]) == 1.0
-    original = layer_module.error_tolerance
+    original = check_module.error_tolerance
     try:
-        layer_module.error_tolerance = lambda recall: 1.0
+        check_module.error_tolerance = lambda recall: 1.0
         lifted = layer_attention(q, k, v, ctx, [vs], recall=0.95)
     finally:
-        layer_module.error_tolerance = original
+        check_module.error_tolerance = original
     assert lifted.patterns[0] == vs
     assert float(lifted.head_recall[0]) >= 0.95 and float(lifted.head_error[0]) > 0.1
 
@@ -172,16 +172,16 @@ def test_dense_rows_kernel_equals_the_pytorch_path(dtype, monkeypatch):
 def test_few_missing_rows_run_dense_at_once_and_many_try_the_fallback_first():
     """A row set that misses runs dense straight away when its rows cost less dense (each against
     every key) than recomputing the head at the density cap; else the fallback is tried first."""
-    from mmcompile.patterns.layer import _dense_rows_apart, _dense_rows_first
+    from mmcompile.patterns.check import dense_rows_apart, dense_rows_first
 
     ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)  # 200 text rows of 712
     head = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(16, 64))))
     assert abs(ctx.row_area(["text"]) - (5050 + 66250) / (712 * 713 / 2)) < 1e-9  # rows 1-100 and 613-712
-    assert _dense_rows_first(head, ["text"], ctx, density=0.3)  # their share of the causal pairs: 0.28
-    assert not _dense_rows_first(head, ["text"], ctx, density=0.25)
-    assert not _dense_rows_apart(head, ["video"], ctx)  # 0.72 of the pairs: the head whole, through SDPA
-    assert not _dense_rows_first(head, ["text", "video"], ctx, density=1.0)  # every set: the head whole
-    assert not _dense_rows_first(HeadPattern("k-boundary", head.intra), ["text"], ctx, density=0.6)
+    assert dense_rows_first(head, ["text"], ctx, density=0.3)  # their share of the causal pairs: 0.28
+    assert not dense_rows_first(head, ["text"], ctx, density=0.25)
+    assert not dense_rows_apart(head, ["video"], ctx)  # 0.72 of the pairs: the head whole, through SDPA
+    assert not dense_rows_first(head, ["text", "video"], ctx, density=1.0)  # every set: the head whole
+    assert not dense_rows_first(HeadPattern("k-boundary", head.intra), ["text"], ctx, density=0.6)
 
 
 def test_missing_rows_that_one_launch_cannot_list_send_the_head_whole_to_sdpa():
@@ -190,12 +190,12 @@ def test_missing_rows_that_one_launch_cannot_list_send_the_head_whole_to_sdpa():
     missing rows are not run apart: the head goes dense whole."""
     import dataclasses
 
-    from mmcompile.patterns.layer import _dense_rows_apart
+    from mmcompile.patterns.check import dense_rows_apart
 
     ctx = forward_context(LAYOUT, LAYOUT.length, 1, "cpu", 64, 64)
     head = HeadPattern("q-boundary", (("text", AShape(16, 64)), ("video", AShape(16, 64))))
-    assert _dense_rows_apart(head, ["text"], ctx)
+    assert dense_rows_apart(head, ["text"], ctx)
     unequal = dataclasses.replace(ctx, row_counts={**ctx.row_counts, "text": None})
-    assert not _dense_rows_apart(head, ["text"], unequal)
-    assert not _dense_rows_apart(HeadPattern("k-boundary", head.intra), ["text"], ctx)
-    assert not _dense_rows_apart(head, ["*"], ctx)
+    assert not dense_rows_apart(head, ["text"], unequal)
+    assert not dense_rows_apart(HeadPattern("k-boundary", head.intra), ["text"], ctx)
+    assert not dense_rows_apart(head, ["*"], ctx)

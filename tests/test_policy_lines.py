@@ -13,7 +13,8 @@ from mmcompile.patterns.families import family_layout, family_qkv
 from mmcompile.patterns.fidelity import layer_row_masks
 from mmcompile.patterns import intra
 from mmcompile.patterns.intra import LINE_RANK, line_class_scores
-from mmcompile.patterns.layer import build_layer_indexes, choose_layer
+from mmcompile.patterns.layer import choose_layer
+from mmcompile.patterns.layer_index import build_layer_indexes
 from mmcompile.patterns.layout import VIDEO
 from mmcompile.patterns.specs import HeadPattern, VerticalSlash
 

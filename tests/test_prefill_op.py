@@ -170,7 +170,7 @@ def test_options_travel_in_the_arguments_and_the_schema_checks():
 
 @pytest.mark.interpreter
 def test_a_failure_in_index_building_runs_that_call_dense_with_one_log_line(monkeypatch, caplog):
-    import mmcompile.patterns.layer as layer
+    import mmcompile.patterns.layer_index as layer_index
 
     class IndexBuildingBroke(RuntimeError):
         pass
@@ -178,7 +178,7 @@ def test_a_failure_in_index_building_runs_that_call_dense_with_one_log_line(monk
     def broken(*args, **kwargs):
         raise IndexBuildingBroke("injected")
 
-    monkeypatch.setattr(layer, "launch_groups", broken)  # build_layer_indexes reads it too
+    monkeypatch.setattr(layer_index, "launch_groups", broken)  # build_layer_indexes reads it too
     stats = track("test-fallback")
     q, k, v = qkv(n=300, seed=4)
     with caplog.at_level(logging.WARNING, logger="mmcompile.runtime.prefill"):

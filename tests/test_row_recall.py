@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcompile.patterns import forward_context, intra, layer, policy, row_recall
+from mmcompile.patterns import forward_context, intra, policy, row_recall
+from mmcompile.patterns.estimates import Estimates
+from mmcompile.patterns.layer_index import build_layer_indexes
 from mmcompile.patterns.estimate import last_query_probs, line_scores
 from mmcompile.patterns.families import family_layout, family_qkv
 from mmcompile.patterns.fidelity import layer_row_masks
@@ -42,10 +44,10 @@ def test_predicted_recall_is_the_built_index_recall_on_the_estimation_rows(famil
         lay = None  # one row set over the whole input
     scale = 64 ** -0.5
     ctx = forward_context(lay, N, 1, "cpu", *block)
-    estimates = layer.Estimates(q, k, ctx, scale)
+    estimates = Estimates(q, k, ctx, scale)
     picks = policy.read_tables(policy.choice_tables(estimates, ctx, 0.1, policy.TARGET), ctx)
     patterns, _ = policy.patterns_from_tables(picks, ctx, policy.MIN_RECALL, 0.1)
-    indexes = layer.build_layer_indexes(q, k, patterns, ctx, scale, estimates)
+    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates)
     checked = 0
     for name in ctx.row_sets():
         exact = _exact(q, k, ctx, scale, indexes, name)
@@ -119,8 +121,8 @@ def test_inputs_shorter_than_the_forced_blocks():
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 4, n, 16, generator=g), torch.randn(1, 2, n, 16, generator=g)
     ctx = forward_context(None, n, 1, "cpu", 128, 64)
-    estimates = layer.Estimates(q, k, ctx, 0.25)
+    estimates = Estimates(q, k, ctx, 0.25)
     picks = policy.read_tables(policy.choice_tables(estimates, ctx, 0.1, policy.TARGET), ctx)
     patterns, _ = policy.patterns_from_tables(picks, ctx, 0.0, 0.1)  # min_recall 0: nothing sent dense
-    exact = _exact(q, k, ctx, 0.25, layer.build_layer_indexes(q, k, patterns, ctx, 0.25, estimates), "*")
+    exact = _exact(q, k, ctx, 0.25, build_layer_indexes(q, k, patterns, ctx, 0.25, estimates), "*")
     torch.testing.assert_close(torch.tensor(picks["*"][0]), exact, atol=2e-5, rtol=0)

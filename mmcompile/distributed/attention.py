@@ -11,7 +11,9 @@ from typing import Sequence
 
 import torch
 
-from mmcompile.patterns.layer import ForwardContext, layer_attention, plan_keywords
+from mmcompile.patterns.context import ForwardContext
+
+from mmcompile.patterns.layer import layer_attention, plan_keywords
 from mmcompile.patterns.specs import HeadPattern
 
 from .comm import heads_to_seq, rank_world, seq_to_heads

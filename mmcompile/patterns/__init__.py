@@ -3,7 +3,8 @@
 Entry point: ``forward_context`` once per forward, then ``layer_attention`` per layer.
 """
 
-from .layer import DEFAULT_BLOCK, ForwardContext, LayerResult, forward_context, layer_attention
+from .context import DEFAULT_BLOCK, ForwardContext, forward_context
+from .layer import LayerResult, layer_attention
 from .layout import AUDIO, IMAGE, PAD, TEXT, VIDEO, ModalityLayout, check_layout, from_hf_inputs, from_segments
 from .specs import AShape, BlockSparse, Dense, Grid, HeadPattern, VerticalSlash
 

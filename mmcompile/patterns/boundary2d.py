@@ -124,7 +124,7 @@ def _top_columns(vertical: torch.Tensor, modality: torch.Tensor, kid: int, count
 
 def boundary2d_index(groups: dict, ctx, estimates=None):
     """One SparseIndex for all 2D-Boundary heads ({HeadPattern: [head ids]}), with the shared
-    modality-major order. ``estimates`` (``layer.Estimates``): the line scores VerticalSlash
+    modality-major order. ``estimates`` (``estimates.Estimates``): the line scores VerticalSlash
     pairs take their columns from."""
     if ctx.modality is None:
         raise ValueError("2d-boundary heads need a modality layout")

@@ -76,7 +76,7 @@ def estimate_and_choose(q, k, ctx, scale: float, choose: Callable, key: tuple, c
     ``capture(fn) -> (fn's result, replay)``, raising ``CaptureFailed`` when only the capture
     failed (default: a CUDA graph where ``graphs_apply``); tests pass one that re-runs ``fn`` to
     check the buffers' contract on a CPU."""
-    from .layer import Estimates
+    from .estimates import Estimates
 
     if capture is None and graphs_apply(q):
         capture = functools.partial(cuda_graph, device=q.device)

@@ -188,7 +188,7 @@ def vertical_slash_sets(patterns: list[VerticalSlash], lines: estimate.LineScore
     first 30 columns and the blocks holding the first 100 diagonals are always taken (MInference).
     ``explained(columns)`` -> [B, H, N]: the slash mass those columns account for
     (``estimate.column_slash``); it is removed before blocks are ranked. ``ranking``: these heads'
-    ``column_scores`` when already computed (``layer.Estimates.column_ranking``). ``ranked``: the
+    ``column_scores`` when already computed (``Estimates.column_ranking``). ``ranked``: the
     policy's (ranked columns, block order) for these heads (``policy._vertical_slash``), taken as
     they are when they are long enough: the sets the policy's recall was computed on."""
     want_list = [min(n, max(p.vertical, FORCED_SINK_COLUMNS)) for p in patterns]

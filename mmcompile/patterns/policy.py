@@ -45,7 +45,9 @@ from . import estimate, intra, row_recall
 from .choice_graph import side_by_side
 from .estimate import LineScores
 from .index_builder import device_list
-from .layer import DENSE_ROWS_AREA, Estimates, ForwardContext
+from .check import DENSE_ROWS_AREA
+from .context import ForwardContext
+from .estimates import Estimates
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 SINK = 128  # A-shape sink keys
@@ -334,7 +336,7 @@ def choose_patterns(q, k, ctx: ForwardContext, density: float = 0.1, min_recall:
     With one modality (or no layout) every head is No-Boundary. With several, each modality's
     queries are estimated from their own last queries and get their own pattern (Q-Boundary).
     Video rows with a known frame stride also weigh Grid (in a Q-boundary head it covers the
-    video rows alone: ``layer._grid_rows``). ``density`` caps each head's cost (keys per row
+    video rows alone: ``layer_index.grid_rows``). ``density`` caps each head's cost (keys per row
     over the causal area). ``families``: a plan's patterns, whose types (not sizes) each head
     keeps (``choose_with_fallbacks``).
     """
@@ -441,7 +443,7 @@ def _plan_pattern(head: HeadPattern, rows: str):
 def _plan_entry(head: HeadPattern, rows: str) -> str:
     """The plan head's intra entry (modality or "*") for one row set of this input: as
     ``pattern_for`` reads it (the modality's, else "*"); for "*" (an input of one modality) as the
-    index builder reads a fixed head (``layer._selectors``): its "*" entry, else its first."""
+    index builder reads a fixed head (``layer_index._selectors``): its "*" entry, else its first."""
     names = dict(head.intra)
     if rows == "*":
         return "*" if "*" in names else head.intra[0][0]

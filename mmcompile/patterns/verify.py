@@ -13,7 +13,7 @@ Recall does not bound the output error: a row that misses a band edge of mass m 
 each head's output error against their dense output (``dense_rows``, ``held_out_error``), and a
 head whose error exceeds ``1 - target`` (0.05 at the default 0.95) fails the check as a recall
 miss does. Both are per row set (query modality): a head's rows that miss are recomputed
-(``layer._checked``), its other rows keep their pattern; ``replace_heads`` and ``demote`` keep
+(``check.apply_check``), its other rows keep their pattern; ``replace_heads`` and ``demote`` keep
 the records straight.
 """
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from mmcompile.patterns.fidelity import sample_rows
-from mmcompile.patterns.layer import Estimates, ForwardContext
+from mmcompile.patterns.context import ForwardContext
+from mmcompile.patterns.estimates import Estimates
 from mmcompile.patterns.layout import MODALITY_NAMES
 from mmcompile.patterns.specs import AShape, Dense, Grid, HeadPattern
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from mmcompile.patterns.layer import forward_context
+from mmcompile.patterns.context import forward_context
 from mmcompile.plans import ModelShape, Plan
 
 from .layer_search import search_layer

@@ -16,7 +16,9 @@ import dataclasses
 import torch
 
 from mmcompile.patterns.fidelity import layer_row_masks
-from mmcompile.patterns.layer import Estimates, ForwardContext, build_layer_indexes
+from mmcompile.patterns.context import ForwardContext
+from mmcompile.patterns.estimates import Estimates
+from mmcompile.patterns.layer_index import build_layer_indexes
 from mmcompile.patterns.specs import HeadPattern
 
 
