@@ -1,0 +1,84 @@
+"""What the held-out check and its repairs cost beside the patterns they end with, on the op's
+planted input: is the layer's time in the patterns it needs (dense heads, dense rows) or in getting
+there (a check, retries, a second check, a separate launch for the rows that missed)?
+
+Usage: python benchmarks/check_cost.py [--tokens 131072] [--layout video|mixed] [--reps 10] [--heads 28/4]
+
+Three runs of ``layer_attention`` on one input (the same estimate, choice and kernels as the op):
+  checked  the default: first choice, check, fallbacks, dense rows or heads (recall 0.95);
+  final    the patterns ``checked`` ended with, given as fixed patterns: no check, and a row set it
+           sent dense runs as a Dense set inside its head's launch (not in a launch of its own);
+  first    the first choice alone, no check (what the op cost before the check existed).
+Each with its time (median of ``--reps`` after warm calls), density and output error against dense
+on 256 sampled rows per head (worst head, and the worst head's modality); then how many heads
+ended dense, with dense rows, or with a fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import environment, timed  # noqa: E402
+
+
+def head_errors(out, q, k, v, rows, scale):
+    """fp32 [Hq]: per head, ||out - dense|| / ||dense|| over ``rows`` (dense in float32)."""
+    group = q.shape[1] // k.shape[1]
+    keys = k[0].float().repeat_interleave(group, 0)
+    scores = (q[0, :, rows].float() @ keys.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(torch.arange(q.shape[2], device=q.device)[None, :] > rows[:, None], float("-inf"))
+    dense = torch.softmax(scores, -1) @ v[0].float().repeat_interleave(group, 0)
+    diff = (out[0, :, rows].float() - dense).square().sum((-1, -2))
+    return (diff / dense.square().sum((-1, -2))).sqrt()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--layout", default="video", choices=("video", "mixed"))
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--heads", default="28/4", help="query/KV heads")
+    args = parser.parse_args()
+    from mmcompile.patterns import Dense, forward_context, layer_attention
+    from mmcompile.patterns.fidelity import sample_rows
+    from mmcompile.patterns.planted import planted_qkv, standard_layout
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    n, scale = args.tokens, 128 ** -0.5
+    layout = standard_layout(args.layout, n)
+    heads_q, heads_kv = map(int, args.heads.split("/"))
+    q, k, v, _ = planted_qkv(layout, heads_q, heads_kv, 128, device, dtype)
+    ctx = forward_context(layout, n, 1, device)
+    rows = sample_rows(n, 256, device)
+    checked = layer_attention(q, k, v, ctx, density=0.1, scale=scale, recall=0.95)
+    runs = {"checked": lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale, recall=0.95),
+            "final": lambda: layer_attention(q, k, v, ctx, checked.patterns, scale=scale),
+            "first": lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale)}
+    print(environment())
+    lines = []
+    with torch.inference_mode():
+        for name, run in runs.items():
+            result = run()
+            ms = timed(run)["ms"] if device == "cuda" else float("nan")
+            errors = head_errors(result.out, q, k, v, rows, scale)
+            worst = int(errors.argmax())
+            lines.append(f"{name:8s} {ms:8.2f} ms  density {float(result.head_density.mean()):.3f}  "
+                         f"worst head err {float(errors[worst]):.4f} (h{worst})  mean err {float(errors.mean()):.4f}")
+    heads = checked.patterns
+    whole = sum(all(isinstance(p, Dense) for _, p in head.intra) for head in heads)
+    some = sum(any(isinstance(p, Dense) for _, p in head.intra) for head in heads) - whole
+    print(f"{args.layout}, {n} tokens: {whole} heads dense, {some} with dense rows; final patterns:")
+    for h, head in enumerate(heads):
+        print(f"  h{h:2d} " + " ".join(f"{m}:{type(p).__name__}" for m, p in head.intra))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
