@@ -8,6 +8,8 @@ Three runs of ``layer_attention`` on one input (the same estimate, choice and ke
   checked  the default: first choice, check, fallbacks, dense rows or heads (recall 0.95);
   final    the patterns ``checked`` ended with, given as fixed patterns: no check, and a row set it
            sent dense runs as a Dense set inside its head's launch (not in a launch of its own);
+  one-stage  ``checked`` with each head's first fallback only (the family at the cap, not then
+           Grid: the tree before 12-07's Grid stage), by wrapping ``layer.choose_layer``;
   first    the first choice alone, no check (what the op cost before the check existed).
 Each with its time (median of ``--reps`` after warm calls), density and output error against dense
 on 256 sampled rows per head (worst head, and the worst head's modality); then how many heads
@@ -38,6 +40,21 @@ def head_errors(out, q, k, v, rows, scale):
     return (diff / dense.square().sum((-1, -2))).sqrt()
 
 
+def first_stage_only(layer, run):
+    """``run()`` with every head's fallbacks cut to the first (``layer.choose_layer`` wrapped)."""
+    choose = layer.choose_layer
+
+    def cut(*args, **kwargs):
+        estimates, patterns, fallbacks = choose(*args, **kwargs)
+        return estimates, patterns, {h: stages[:1] for h, stages in fallbacks.items()}
+
+    layer.choose_layer = cut
+    try:
+        return run()
+    finally:
+        layer.choose_layer = choose
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=131072)
@@ -45,7 +62,7 @@ def main():
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--heads", default="28/4", help="query/KV heads")
     args = parser.parse_args()
-    from mmcompile.patterns import Dense, forward_context, layer_attention
+    from mmcompile.patterns import Dense, forward_context, layer, layer_attention
     from mmcompile.patterns.fidelity import sample_rows
     from mmcompile.patterns.planted import planted_qkv, standard_layout
 
@@ -60,6 +77,8 @@ def main():
     checked = layer_attention(q, k, v, ctx, density=0.1, scale=scale, recall=0.95)
     runs = {"checked": lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale, recall=0.95),
             "final": lambda: layer_attention(q, k, v, ctx, checked.patterns, scale=scale),
+            "one-stage": lambda: first_stage_only(layer, lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale,
+                                                                                recall=0.95)),
             "first": lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale)}
     print(environment())
     lines = []
