@@ -63,6 +63,8 @@
 #            the per-modality check, the band-gap launch and Grid before dense (12-07) on the GPU.
 #   cost     check_cost.py at 128K (video, mixed): the layer with the check and repairs, with the
 #            patterns they end with fixed, with the first fallback only, and the first choice alone.
+#   exact    OLD=tree (~6 min): the op at 128K on OLD and this tree, alternating, once (video, mixed);
+#            then `cost` on this tree.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -295,6 +297,12 @@ elif [ "$part" = honest ]; then  # OLD=tree: the 12-07 check changes on the GPU
   timeout 150 python3 benchmarks/fidelity_families.py --layout mixed --tokens 131072 --seeds 1 --rows 128 \
     --by-modality --out $OUT/f_mixed_128k.json 2>&1 | quiet | tail -15
 elif [ "$part" = cost ]; then
+  for layout in video mixed; do
+    timeout 200 python3 benchmarks/check_cost.py --layout $layout 2>&1 | quiet | tail -36
+  done
+elif [ "$part" = exact ]; then
+  stage_trees
+  op_ab 1
   for layout in video mixed; do
     timeout 200 python3 benchmarks/check_cost.py --layout $layout 2>&1 | quiet | tail -36
   done
