@@ -26,16 +26,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from bench_prefill_op import dense_rows_of  # noqa: E402
 from common import environment, timed  # noqa: E402
 
 
 def head_errors(out, q, k, v, rows, scale):
     """fp32 [Hq]: per head, ||out - dense|| / ||dense|| over ``rows`` (dense in float32)."""
-    group = q.shape[1] // k.shape[1]
-    keys = k[0].float().repeat_interleave(group, 0)
-    scores = (q[0, :, rows].float() @ keys.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(torch.arange(q.shape[2], device=q.device)[None, :] > rows[:, None], float("-inf"))
-    dense = torch.softmax(scores, -1) @ v[0].float().repeat_interleave(group, 0)
+    dense = dense_rows_of(q, k, v, rows, scale)
     diff = (out[0, :, rows].float() - dense).square().sum((-1, -2))
     return (diff / dense.square().sum((-1, -2))).sqrt()
 
