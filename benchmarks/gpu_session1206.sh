@@ -63,8 +63,8 @@
 #            the per-modality check, the band-gap launch and Grid before dense (12-07) on the GPU.
 #   cost     check_cost.py at 128K (video, mixed): the layer with the check and repairs, with the
 #            patterns they end with fixed, with the first fallback only, and the first choice alone.
-#   exact    OLD=tree (~6 min): the op at 128K on OLD and this tree, alternating, once (video, mixed);
-#            then `cost` on this tree.
+#   exact    OLD=tree (~4 min): the op at 128K on OLD and this tree, alternating, once (video, mixed);
+#            then check_cost.py on this tree (video).
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -303,9 +303,7 @@ elif [ "$part" = cost ]; then
 elif [ "$part" = exact ]; then
   stage_trees
   op_ab 1
-  for layout in video mixed; do
-    timeout 200 python3 benchmarks/check_cost.py --layout $layout 2>&1 | quiet | tail -36
-  done
+  timeout 120 python3 benchmarks/check_cost.py --layout video --reps 5 2>&1 | quiet | tail -36
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
