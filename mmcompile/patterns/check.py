@@ -20,15 +20,15 @@ from .specs import HeadPattern
 ERROR_FLOOR = 0.01  # the least output error tolerance of the held-out check (``error_tolerance``)
 
 
-def apply_check(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallbacks: dict, indexes, recall: float,
-             scale: float, density: float):
+def apply_check(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallbacks: dict, indexes,
+                recall: float, scale: float, density: float):
     """The held-out check and what follows it, per query modality (row set): a head's sets that
-    miss (``held_out_check``) run its fallbacks' patterns there in turn (``policy.choose_with_fallbacks``),
-    measured again after each, unless their rows are few enough that running them dense costs
-    less than recomputing the head at the cap (``dense_rows_first``). Sets still missing run
-    dense in a launch over those rows alone (``rows_alone.dense_rows_index``); the head's other sets keep
-    their pattern (the question rows that Vertical-Slash serves badly need not take the video
-    rows' Grid with them). A head whose every set misses, or whose pattern is not per query
+    miss (``held_out_check``) run its fallbacks' patterns there in turn
+    (``policy.choose_with_fallbacks``), measured again after each, unless their rows are few
+    enough that running them dense costs less than recomputing the head at the cap
+    (``dense_rows_first``). Sets still missing run dense in a launch over those rows alone
+    (``rows_alone.dense_rows_index``); the head's other sets keep their pattern (the question
+    rows that Vertical-Slash serves badly need not take the video rows' Grid with them). A head whose every set misses, or whose pattern is not per query
     modality, runs dense whole (SDPA). Returns (out, patterns, indexes, recall [Hq], error [Hq]):
     each head's worst set."""
     sets = ctx.row_sets()

@@ -96,7 +96,8 @@ def prepare_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | N
     measures exactly this."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     estimates, patterns, fallbacks = choose_layer(q, k, ctx, patterns, density=density, scale=scale, families=families)
-    return estimates, patterns, fallbacks, layer_index.build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    indexes = layer_index.build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    return estimates, patterns, fallbacks, indexes
 
 
 def choose_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | None = None, *,

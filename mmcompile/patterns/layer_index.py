@@ -121,7 +121,8 @@ def _sets_for(kind, patterns, head_ids, selector, estimates: Estimates, ctx: For
                                          ranking=ranking, ranked=ranked)
     if kind is BlockSparse:
         if len(set(patterns)) > 1:
-            return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx) for p, h in zip(patterns, head_ids)])
+            return stack_heads([_sets_for(kind, [p], [h], selector, estimates, ctx)
+                                for p, h in zip(patterns, head_ids)])
         group = estimates.q.shape[1] // estimates.k.shape[1]
         kv_heads = device_list([h // group for h in head_ids], device)
         queries = estimates.q.index_select(1, device_list(head_ids, device))

@@ -18,10 +18,10 @@ slower than the VS it replaced ("The honest estimates on the GPU"). If no size r
 the family with the best prediction at the cap wins; below ``min_recall`` those rows run dense
 (unstructured heads are not worth the risk; the whole head when they hold most of its causal
 pairs), and so do the rows of a query modality too small to be worth sparsity (``_exact_rows``:
-a video prompt's question at 128K and beyond). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS`` (it does not
-depend on the estimate). Columns are ranked as the builder ranks them
-(``intra.column_scores``), and the builder takes VS's columns and blocks from the policy's own
-ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
+a video prompt's question at 128K and beyond). A-shape wins unless another family is cheaper by
+more than ``STATIC_BONUS`` (it does not depend on the estimate). Columns are ranked as the
+builder ranks them (``intra.column_scores``), and the builder takes VS's columns and blocks from
+the policy's own ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
 the estimation rows (``row_recall``; at least that where a query block mixes modalities); Grid's
 is a lower bound. What a head keeps on other rows is measured after the kernel on held-out rows
 (``verify``), and a head's rows under the target then run its fallbacks (``choose_with_fallbacks``:
