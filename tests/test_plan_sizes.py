@@ -9,7 +9,7 @@ import torch
 
 import mmcompile.ops  # noqa: F401  (registers torch.ops.mminference.*)
 from mmcompile.config import config_from_options
-from mmcompile.patterns import TEXT, VIDEO, forward_context, from_segments, layer_attention
+from mmcompile.patterns import forward_context, layer_attention
 from mmcompile.patterns.families import family_layout, family_qkv
 from mmcompile.patterns.planted import planted_qkv, standard_layout
 from mmcompile.patterns.policy import choose_with_fallbacks
@@ -197,19 +197,3 @@ def test_a_head_s_fallbacks_are_the_family_at_the_cap_then_grid_where_its_rows_w
     assert structural == HeadPattern("q-boundary", (("text", vs), ("video", grid)))
     chosen_grid = {"text": ([0.99], [vs], [vs], [None]), "video": ([0.99], [grid], [vs], [grid])}
     assert len(patterns_from_tables(chosen_grid, ctx, MIN_RECALL, 0.1)[1][0]) == 1  # Grid already: no second
-
-
-def test_a_query_modality_too_small_to_be_worth_sparsity_runs_dense_from_the_start():
-    """The question of a long video prompt (at most ``EXACT_ROWS_AREA`` of the causal pairs) runs
-    dense in every head from the first choice, without waiting for the check to miss it; larger
-    text keeps its pattern."""
-    from mmcompile.patterns.policy import EXACT_ROWS_AREA, MIN_RECALL, patterns_from_tables
-
-    vs = VerticalSlash(128, 4)
-    picks = {"text": ([0.99], [vs], [vs], [None]), "video": ([0.99], [vs], [vs], [None])}
-    for question, dense in ((64, True), (512, False)):
-        layout = from_segments([[(TEXT, 64), (VIDEO, 16384, 8, 8), (TEXT, question)]])
-        ctx = forward_context(layout, layout.length, 1, "cpu")
-        assert (ctx.row_area(["text"]) <= EXACT_ROWS_AREA) == dense
-        chosen, _ = patterns_from_tables(picks, ctx, MIN_RECALL, 0.1)
-        assert types(chosen[0]) == [("text", Dense if dense else VerticalSlash), ("video", VerticalSlash)]

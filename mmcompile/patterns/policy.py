@@ -17,11 +17,10 @@ the grid path computes 56-65% of A-shape's TFLOP/s on its blocks (BENCHMARKS.md,
 slower than the VS it replaced ("The honest estimates on the GPU"). If no size reaches the target,
 the family with the best prediction at the cap wins; below ``min_recall`` those rows run dense
 (unstructured heads are not worth the risk; the whole head when they hold most of its causal
-pairs), and so do the rows of a query modality too small to be worth sparsity (``_exact_rows``:
-a video prompt's question at 128K and beyond). A-shape wins unless another family is cheaper by
-more than ``STATIC_BONUS`` (it does not depend on the estimate). Columns are ranked as the
-builder ranks them (``intra.column_scores``), and the builder takes VS's columns and blocks from
-the policy's own ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
+pairs). A-shape wins unless another family is cheaper by more than ``STATIC_BONUS`` (it does not
+depend on the estimate). Columns are ranked as the builder ranks them
+(``intra.column_scores``), and the builder takes VS's columns and blocks from the policy's own
+ranking. A-shape's and VS's predictions are the recall of exactly the index that is then built, on
 the estimation rows (``row_recall``; at least that where a query block mixes modalities); Grid's
 is a lower bound. What a head keeps on other rows is measured after the kernel on held-out rows
 (``verify``), and a head's rows under the target then run its fallbacks (``choose_with_fallbacks``:
@@ -57,7 +56,6 @@ STATIC_BONUS = 1.2  # A-shape is kept unless another family costs 1/1.2 of it or
 GRID_KEY_COST = 1.7  # a key of Grid costs ~1.7 keys of A-shape/VS: measured kernel cost (docstring)
 TARGET = 0.97  # predicted recall a head's pattern must reach, when the cap allows
 MIN_RECALL = 0.8  # predicted recall under which a head runs dense
-EXACT_ROWS_AREA = 0.01  # a query modality holding at most this share of the causal pairs runs dense from the start
 GRID_SINK = 64  # first keys every grid row keeps (columns in the grid order)
 GRID_BANDS = (0, 64, 128, 256, 512, 1024)  # original-order keys a grid row keeps before its query block (Grid.band)
 FAMILIES = (AShape, VerticalSlash, Grid, Dense)  # what a plan may fix; a family's code is its index
@@ -406,7 +404,6 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
     modalities = ctx.row_sets()
     heads = range(len(picks[modalities[0]][0]))
     kept = {} if families is None else {h: head for h, head in enumerate(families) if not _sizable(head)}
-    exact = _exact_rows(modalities, ctx)
     chosen, fallbacks = [], {}
     for h in heads:
         if h in kept:
@@ -417,7 +414,7 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
         # Rows predicted under ``min_recall`` run dense; the head's other query modalities keep
         # theirs, unless those rows hold most of the causal pairs (then SDPA on the head is cheaper).
         judged = [m for m in modalities if families is None or not isinstance(picks[m][1][h], Grid)]
-        low = {m for m in judged if picks[m][0][h] < min_recall} | exact
+        low = {m for m in judged if picks[m][0][h] < min_recall}
         if low and (low >= set(modalities) or ctx.row_area(sorted(low)) > DENSE_ROWS_AREA):
             chosen.append(HeadPattern("none", (("*", Dense()),)))
             continue
@@ -436,18 +433,6 @@ def patterns_from_tables(picks: dict, ctx: ForwardContext, min_recall: float, de
         if stages:
             fallbacks[h] = stages
     return chosen, fallbacks
-
-
-def _exact_rows(modalities: list[str], ctx: ForwardContext) -> set[str]:
-    """The query modalities every head runs dense from the start: those holding at most
-    ``EXACT_ROWS_AREA`` of the causal pairs, when the input has several. Sparse they save at most
-    that share of a dense head; when they miss, the held-out check repairs them after a host sync,
-    in a launch of their own. A video prompt's question is such a set (0.8% of the pairs at 128K):
-    with the first choice its rows were 0.06-0.11 off in a third of the op's planted heads (H100,
-    12-07), and it is what the answer is read from."""
-    if len(modalities) < 2:
-        return set()
-    return {m for m in modalities if ctx.row_area([m]) <= EXACT_ROWS_AREA}
 
 
 def _plan_pattern(head: HeadPattern, rows: str):
