@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from common import environment, rel_error, sdpa_default, sdpa_flash, timed, write_json  # noqa: E402
+from common import (dense_rows_of, environment, modality_rows, rel_error, sdpa_default, sdpa_flash,  # noqa: E402
+                    timed, write_json)
 
 
 def op_call(q, k, v, scale, recall: float, plan: str = "", plan_sizes: str = "online"):
@@ -52,28 +53,15 @@ def op_call(q, k, v, scale, recall: float, plan: str = "", plan_sizes: str = "on
         torch.inference_mode
 
 
-def dense_rows_of(q, k, v, rows: torch.Tensor, scale: float) -> torch.Tensor:
-    """float32 [Hq, R, D]: dense causal attention of ``rows`` (batch 0), every query head."""
-    group, n = q.shape[1] // k.shape[1], q.shape[2]
-    scores = (q[0, :, rows].float() @ k[0].float().repeat_interleave(group, 0).transpose(-1, -2)) * scale
-    scores = scores.masked_fill(torch.arange(n, device=q.device)[None, :] > rows[:, None], float("-inf"))
-    return torch.softmax(scores, -1) @ v[0].float().repeat_interleave(group, 0)
-
-
 def error_by_modality(q, k, v, out, modality: torch.Tensor, scale: float, rows: int) -> dict:
     """{modality name: the op's relative output error on up to ``rows`` rows of that modality,
     spread over its later half}: the pooled error of sampled rows is mostly video rows and hides
     a question whose rows are off (BENCHMARKS.md, "The output-error check on the GPU")."""
     from mmcompile.patterns.layout import MODALITY_NAMES
 
-    errors = {}
-    for code in sorted(modality.unique().tolist()):
-        pos = torch.nonzero(modality == code).flatten()
-        pos = pos[len(pos) // 2:]
-        pick = pos[torch.linspace(0, len(pos) - 1, min(rows, len(pos)), device=pos.device).round().long()]
-        name = MODALITY_NAMES.get(code, str(code))
-        errors[name] = rel_error(out[0, :, pick].float(), dense_rows_of(q, k, v, pick, scale))
-    return errors
+    return {MODALITY_NAMES.get(code, str(code)): rel_error(out[0, :, pick].float(),
+                                                           dense_rows_of(q, k, v, pick, scale))
+            for code, pick in modality_rows(modality, rows).items()}
 
 
 def main():

@@ -26,8 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_prefill_op import dense_rows_of  # noqa: E402
-from common import environment, timed  # noqa: E402
+from common import dense_rows_of, environment, timed  # noqa: E402
 
 
 def head_errors(out, q, k, v, rows, scale):

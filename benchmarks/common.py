@@ -86,6 +86,25 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+def dense_rows_of(q, k, v, rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """float32 [Hq, R, D]: dense causal attention of ``rows`` (batch 0), every query head."""
+    group, n = q.shape[1] // k.shape[1], q.shape[2]
+    scores = (q[0, :, rows].float() @ k[0].float().repeat_interleave(group, 0).transpose(-1, -2)) * scale
+    scores = scores.masked_fill(torch.arange(n, device=q.device)[None, :] > rows[:, None], float("-inf"))
+    return torch.softmax(scores, -1) @ v[0].float().repeat_interleave(group, 0)
+
+
+def modality_rows(modality: torch.Tensor, rows: int) -> dict:
+    """{modality id: int64 [<= rows]}: rows spread over the later half of each modality's rows of
+    ``modality`` [N] (a question's rows are a sliver of a pooled sample)."""
+    picks = {}
+    for code in sorted(modality.unique().tolist()):
+        pos = torch.nonzero(modality == code).flatten()
+        pos = pos[len(pos) // 2:]
+        picks[code] = pos[torch.linspace(0, len(pos) - 1, min(rows, len(pos)), device=pos.device).round().long()]
+    return picks
+
+
 def write_json(path: str, payload) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:

@@ -27,6 +27,7 @@ if not torch.cuda.is_available():  # the kernels run in Triton's interpreter: se
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from common import modality_rows  # noqa: E402
 from mmcompile.patterns.families import FAMILIES, LAYOUTS, family_layout, family_qkv  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def main():
                 recall, err = measure(q, k, v, out, groups, rows)
                 worst = [0.0] * heads_q
                 if args.by_modality:
-                    for part in modality_rows(layout, args.rows, device).values():
+                    for part in modality_rows(layout.modality[0].to(device), args.rows).values():
                         worst = [max(w, e) for w, e in zip(worst, measure(q, k, v, out, groups, part)[1])]
                 for h in range(heads_q):
                     results.append(dict(family=fam, kind=kinds[h], tokens=n, seed=seed, head=h, chosen=names[h],
@@ -127,17 +128,6 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(args=vars(args), families=table, heads=results), f, indent=1)
-
-
-def modality_rows(layout, rows: int, device) -> dict:
-    """{modality id: int64 [<= rows]}: rows spread over the later half of each modality's rows."""
-    modality = layout.modality[0].to(device)
-    picks = {}
-    for code in sorted(modality.unique().tolist()):
-        pos = torch.nonzero(modality == code).flatten()
-        pos = pos[len(pos) // 2:]
-        picks[code] = pos[torch.linspace(0, len(pos) - 1, min(rows, len(pos)), device=pos.device).round().long()]
-    return picks
 
 
 def summarize(results):

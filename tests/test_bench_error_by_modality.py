@@ -30,10 +30,10 @@ def test_an_off_question_shows_under_text_and_not_under_video():
 def test_the_families_harness_samples_each_modality_apart():
     """``fidelity_families.py --by-modality``: rows of each modality's later half, the question's
     included (a pooled sample of the later half holds few of them)."""
-    from fidelity_families import modality_rows
+    from common import modality_rows
 
     layout = standard_layout("video", 2048)
-    picks = modality_rows(layout, 64, "cpu")
+    picks = modality_rows(layout.modality[0], 64)
     modality = layout.modality[0]
     assert len(picks) == 2
     for code, rows in picks.items():
