@@ -3,6 +3,7 @@ planted input: is the layer's time in the patterns it needs (dense heads, dense 
 there (a check, retries, a second check, a separate launch for the rows that missed)?
 
 Usage: python benchmarks/check_cost.py [--tokens 131072] [--layout video|mixed] [--reps 10] [--heads 28/4]
+                                      [--plan PLAN.json]
 
 Three runs of ``layer_attention`` on one input (the same estimate, choice and kernels as the op):
   checked  the default: first choice, check, fallbacks, dense rows or heads (recall 0.95);
@@ -10,7 +11,9 @@ Three runs of ``layer_attention`` on one input (the same estimate, choice and ke
            sent dense runs as a Dense set inside its head's launch (not in a launch of its own);
   one-stage  ``checked`` with each head's first fallback only (the family at the cap, not then
            Grid: the tree before 12-07's Grid stage), by wrapping ``layer.choose_layer``;
-  first    the first choice alone, no check (what the op cost before the check existed).
+  first    the first choice alone, no check (what the op cost before the check existed);
+  plan     with ``--plan``: the plan's layer 0 as the op runs it by default (its types sized for the
+           input, ``plan_sizes="online"``), checked: what knowing each head's type up front saves.
 Each with its time (median of ``--reps`` after warm calls), density and output error against dense
 on 256 sampled rows per head (worst head, and the worst head's modality); then how many heads
 ended dense, with dense rows, or with a fallback.
@@ -57,6 +60,8 @@ def main():
     parser.add_argument("--layout", default="video", choices=("video", "mixed"))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--heads", default="28/4", help="query/KV heads")
+    parser.add_argument("--plan", default="", help="a plan file (`mminference search standard --source planted "
+                        "--layers 1`): its layer 0, checked, as a fifth run")
     args = parser.parse_args()
     from mmcompile.patterns import Dense, forward_context, layer, layer_attention
     from mmcompile.patterns.fidelity import sample_rows
@@ -76,6 +81,11 @@ def main():
             "one-stage": lambda: first_stage_only(layer, lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale,
                                                                                 recall=0.95)),
             "first": lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale)}
+    if args.plan:
+        from mmcompile.plans import load_plan
+        plan = load_plan(args.plan).for_call(0, heads_q, heads_kv, q.shape[-1]).layers[0]
+        runs["plan"] = lambda: layer_attention(q, k, v, ctx, density=0.1, scale=scale, recall=0.95,
+                                               **layer.plan_keywords(plan, "online"))
     print(environment())
     lines = []
     with torch.inference_mode():

@@ -69,7 +69,9 @@ def test_structure_no_candidate_expresses_runs_dense():
 def test_a_head_that_misses_runs_its_fallback_before_dense(monkeypatch):
     """The diagonal block alone misses the target on the held-out rows; the policy's
     fallback (the same family at the cap) is measured next and kept when it reaches the target;
-    a head whose fallback misses too runs dense."""
+    a head whose fallback misses too runs dense. Where the stage could save less dense work than
+    it costs (``check.STAGE_PAIRS``: two heads at 2K), both heads run dense at once, untried."""
+    import mmcompile.patterns.check as check
     import mmcompile.patterns.policy as policy
     from mmcompile.patterns.specs import AShape
 
@@ -79,6 +81,10 @@ def test_a_head_that_misses_runs_its_fallback_before_dense(monkeypatch):
     monkeypatch.setattr(policy, "patterns_from_tables", lambda *a, **kw: ([narrow, narrow], {0: (wide,), 1: (wide,)}))
     ctx = forward_context(layout, layout.length, 1, "cpu", 64, 64)
     ctx = dataclasses.replace(ctx, modality=None, present={})  # one row set: both heads judged on all rows
+    untried = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
+    assert all(p.intra == (("*", Dense()),) for p in untried.patterns)
+    torch.testing.assert_close(untried.out, reference(q, k, v, untried.indexes, 0.125), atol=2e-5, rtol=2e-5)
+    monkeypatch.setattr(check, "STAGE_PAIRS", 0.0)  # a stage costs nothing: always worth trying
     result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
     assert result.patterns[0] == wide and result.head_recall[0] >= 0.95
     assert result.patterns[1].intra == (("*", Dense()),)
@@ -90,9 +96,11 @@ def test_rows_that_miss_their_first_fallback_try_grid_before_dense(monkeypatch):
     the frame phase, a local band) miss with a small VS and with its first fallback, and Grid with
     its band keeps them (0.997 of the mass), so they run Grid, not dense; the output is the
     reference of the launches that ran."""
+    import mmcompile.patterns.check as check
     import mmcompile.patterns.policy as policy
     from mmcompile.patterns.specs import AShape
 
+    monkeypatch.setattr(check, "STAGE_PAIRS", 0.0)  # at 4K no stage would be worth its cost
     layout = standard_layout("video", 4096)
     q, k, v, _ = planted_qkv(layout, 2, 1, 64, kinds=["boundary", "boundary"], seed=1)
 
@@ -108,3 +116,20 @@ def test_rows_that_miss_their_first_fallback_try_grid_before_dense(monkeypatch):
     assert all(h.pattern_for("video") == grid for h in result.patterns), result.patterns
     assert (result.head_recall >= 0.95).all() and (result.head_error <= 0.05).all()
     torch.testing.assert_close(result.out, reference(q, k, v, result.indexes, 0.125), atol=2e-5, rtol=2e-5)
+
+
+def test_a_fallback_stage_is_tried_where_it_can_save_more_dense_work_than_it_costs():
+    """``check.stage_pays``: one head's rows at 128K (8.6e9 causal pairs, ~7.5 ms dense on an H100)
+    save less than a stage costs (~9 ms); two heads, or one at 256K, save more. A row set counts
+    its share of the causal pairs."""
+    from mmcompile.patterns.check import STAGE_PAIRS, stage_pays
+
+    def ctx_of(n):
+        return forward_context(standard_layout("video", n), n, 1, "cpu", 128, 64)
+
+    at_128k, at_256k = ctx_of(131072), ctx_of(262144)
+    assert STAGE_PAIRS > 0
+    assert not stage_pays({3: ["text", "video"]}, at_128k, 0.1)
+    assert stage_pays({3: ["text", "video"], 5: ["video"]}, at_128k, 0.1)
+    assert stage_pays({3: ["*"]}, at_256k, 0.1)
+    assert not stage_pays({3: ["text"], 5: ["text"]}, at_256k, 0.1)  # the question: under 1% of the pairs

@@ -18,6 +18,10 @@ from .specs import HeadPattern
 
 
 ERROR_FLOOR = 0.01  # the least output error tolerance of the held-out check (``error_tolerance``)
+# What one fallback stage costs (index, recompute, held-out check, host sync), in causal pairs of
+# dense attention: ~9 ms on an H100 at 128K (``benchmarks/check_cost.py``, 2026-12-07: the Grid
+# stage for one head), where cuDNN computes ~1.15e12 causal pairs/s (28 heads, 210 ms).
+STAGE_PAIRS = 1.0e10
 
 
 def apply_check(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fallbacks: dict, indexes,
@@ -26,7 +30,8 @@ def apply_check(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fal
     miss (``held_out_check``) run its fallbacks' patterns there in turn
     (``policy.choose_with_fallbacks``), measured again after each, unless their rows are few
     enough that running them dense costs less than recomputing the head at the cap
-    (``dense_rows_first``). Sets still missing run dense in a launch over those rows alone
+    (``dense_rows_first``), or the stage's heads together could save less dense work than a
+    stage costs (``stage_pays``). Sets still missing run dense in a launch over those rows alone
     (``rows_alone.dense_rows_index``); the head's other sets keep their pattern (the question
     rows that Vertical-Slash serves badly need not take the video rows' Grid with them). A head whose every set misses, or whose pattern is not per query
     modality, runs dense whole (SDPA). Returns (out, patterns, indexes, recall [Hq], error [Hq]):
@@ -37,7 +42,7 @@ def apply_check(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fal
         trial = {h: _rows_replaced(patterns[h], fallbacks[h][stage], rows, sets) for h, rows in failing.items()
                  if len(fallbacks.get(h, ())) > stage and not dense_rows_first(patterns[h], rows, ctx, density)}
         trial = {h: head for h, head in trial.items() if head != patterns[h]}
-        if trial:  # rows that missed: the head's next fallback there, measured again
+        if trial and stage_pays({h: failing[h] for h in trial}, ctx, density):  # the next fallback, measured again
             indexes, patterns = _recompute(q, k, v, out, lse, estimates, ctx, patterns, indexes, trial, scale)
             head_recall, head_error, failing = held_out_check(out, lse, v, estimates, ctx, indexes, recall)  # only then
     apart = {h: rows for h, rows in failing.items() if dense_rows_apart(patterns[h], rows, ctx)}
@@ -94,6 +99,17 @@ def dense_rows_apart(head: HeadPattern, rows: list[str], ctx: ForwardContext) ->
     than our kernel on those rows after the head's sparse work)."""
     return ("*" not in rows and not set(rows) >= set(ctx.row_sets()) and head.inter in ("none", "q-boundary")
             and all(ctx.equal_rows(m) for m in rows) and ctx.row_area(rows) <= DENSE_ROWS_AREA)
+
+
+def stage_pays(missing: dict, ctx: ForwardContext, density: float) -> bool:
+    """Whether a fallback stage over the heads of ``missing`` {head: its row sets that missed} can
+    save more than it costs: were every head to pass, their rows would run at most at ``density``
+    instead of dense. Under ``STAGE_PAIRS`` of dense work saved, running those rows dense at once is
+    faster even when the stage succeeds (one head at 128K: 8.6e9 pairs, ~7.5 ms dense on an H100,
+    against ~9 ms for a stage); with more heads, or longer inputs, the stage is tried."""
+    every = set(ctx.row_sets())
+    share = sum(1.0 if "*" in rows or set(rows) >= every else ctx.row_area(rows) for rows in missing.values())
+    return share * ctx.batch * ctx.n * (ctx.n + 1) / 2 * (1.0 - density) >= STAGE_PAIRS
 
 
 def dense_rows_first(head: HeadPattern, rows: list[str], ctx: ForwardContext, density: float) -> bool:
