@@ -56,15 +56,20 @@ def recorded(check, run):
 
 
 def head_stories(checks, trials, final_patterns) -> list[dict]:
-    """Per head that failed the first check: its first misses, then per stage tried whether it
-    still failed after it, and its final pattern names. Check i + 1 follows trial i."""
+    """Per head that failed the first check: its first misses, then per stage tried ("cap": its
+    family grown to the cap, "grid": Grid on the rows that missed) whether it still failed after
+    it, and its final pattern names. Check i precedes trial i, check i + 1 follows it."""
+    from mmcompile.patterns.specs import Grid
+
     stories = []
     for h, misses in (checks[0] if checks else {}).items():  # no check: every head ran dense from the start
         stages = []
         for i, trial in enumerate(trials):
             if h in trial:
                 after = checks[i + 1].get(h, [])
-                stages.append(dict(stage=i, pattern=_names(trial[h]), passed=not after, misses=after))
+                grid = any(isinstance(trial[h].pattern_for(m), Grid) for m, _, _ in checks[i][h])
+                stages.append(dict(stage="grid" if grid else "cap", pattern=_names(trial[h]), passed=not after,
+                                   misses=after))
         stories.append(dict(head=h, misses=misses, stages=stages, final=_names(final_patterns[h])))
     return stories
 
@@ -123,7 +128,7 @@ def main():
         for s in story["stages"]:
             tally[s["stage"], "tried"] += 1
             tally[s["stage"], "passed"] += s["passed"]
-    for stage in sorted({s for s, _ in tally}):
+    for stage in ("cap", "grid"):
         print(f"stage {stage}: tried {tally[stage, 'tried']}, passed {tally[stage, 'passed']}")
     if args.out:
         with open(args.out, "w") as f:
