@@ -5,7 +5,7 @@ there (a check, retries, a second check, a separate launch for the rows that mis
 Usage: python benchmarks/check_cost.py [--tokens 131072] [--layout video|mixed] [--reps 10] [--heads 28/4]
                                       [--plan PLAN.json]
 
-Three runs of ``layer_attention`` on one input (the same estimate, choice and kernels as the op):
+Runs of ``layer_attention`` on one input (the same estimate, choice and kernels as the op):
   checked  the default: first choice, check, fallbacks, dense rows or heads (recall 0.95);
   final    the patterns ``checked`` ended with, given as fixed patterns: no check, and a row set it
            sent dense runs as a Dense set inside its head's launch (not in a launch of its own);

@@ -33,9 +33,9 @@ def apply_check(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, fal
     (``dense_rows_first``), or the stage's heads together could save less dense work than a
     stage costs (``stage_pays``). Sets still missing run dense in a launch over those rows alone
     (``rows_alone.dense_rows_index``); the head's other sets keep their pattern (the question
-    rows that Vertical-Slash serves badly need not take the video rows' Grid with them). A head whose every set misses, or whose pattern is not per query
-    modality, runs dense whole (SDPA). Returns (out, patterns, indexes, recall [Hq], error [Hq]):
-    each head's worst set."""
+    rows that Vertical-Slash serves badly need not take the video rows' Grid with them). A head
+    whose every set misses, or whose pattern is not per query modality, runs dense whole (SDPA).
+    Returns (out, patterns, indexes, recall [Hq], error [Hq]): each head's worst set."""
     sets = ctx.row_sets()
     head_recall, head_error, failing = held_out_check(out, lse, v, estimates, ctx, indexes, recall)  # one host sync
     for stage in range(max((len(f) for f in fallbacks.values()), default=0)):
