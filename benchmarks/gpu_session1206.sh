@@ -3,6 +3,8 @@
 #   long N   bench_long.py at N tokens (default 1048576): eager (OOM expected at 1M), the backend with
 #            the KV cache at a fixed A-shape budget, the dense path on 1 and 2 layers (extrapolation);
 #            at 512K eager is timed once (--eager-reps 0) and the dense extrapolation is skipped.
+#            LOCAL=keys: the A-shape budget's local window (default 16384; 40960 at 1M is density ~0.08,
+#            the online policy's on the video layout's families at 1M).
 #   plans    OLD=tree: the op at 128K on that tree and this one, alternating; PLAN=file: the plan
 #            applied with online sizes at 128K and 256K (seed 1), the online
 #            policy at 256K; the families at 512K and 1M (online, 128 rows).
@@ -97,9 +99,9 @@ op_ab() {  # op_ab REPS: the op at 128K on the staged trees, alternating old and
 if [ "$part" = long ]; then
   tokens=${2:-1048576}
   if [ "$tokens" -ge 1000000 ]; then
-    timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --seq-chunk 65536 --out $OUT 2>&1 | quiet | tail -14
+    timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --seq-chunk 65536 --local ${LOCAL:-16384} --out $OUT 2>&1 | quiet | tail -14
   else
-    timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --eager-reps 0 --dense-layers "" \
+    timeout 575 python3 benchmarks/bench_long.py --tokens $tokens --eager-reps 0 --dense-layers "" --local ${LOCAL:-16384} \
       --out $OUT 2>&1 | quiet | tail -10
   fi
 elif [ "$part" = plans ]; then  # PLAN=<a plan searched at 32K, as verify writes it>; OLD=<tree to A/B>
