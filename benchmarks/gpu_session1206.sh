@@ -71,6 +71,9 @@
 #            (video) with a plan searched at 32K (planted video, seed 1); the op at 256K on both
 #            (video, mixed): the fallback stages tried only where they can save more dense work
 #            than they cost (check.stage_pays; it can only send rows dense sooner, never less exact).
+#   runs     OLD=tree (~9 min): GPU tests of the patterns and the choice graph; the op at 128K on OLD and
+#            this tree (video, mixed); the families at 128K (video, seed 1, 128 rows); the op at 256K on
+#            both; the families at 128K (mixed) if time is left: a run of sinks judged as a run.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -326,6 +329,23 @@ elif [ "$part" = gate ]; then  # OLD=tree (~8 min): a fallback stage only where 
   done
   echo "=== table ==="
   grep -E "^(old|new) |ms  density" $OUT/run_gate.txt | cut -c1-220
+elif [ "$part" = runs ]; then  # OLD=tree (~9 min): the lighter keys of a run of sinks stay columns
+  timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  stage_trees
+  op_ab 1
+  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
+    --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
+  for layout in video mixed; do
+    for which in new old; do
+      echo -n "$which "
+      PYTHONPATH=/tmp/$which timeout 70 python3 benchmarks/bench_prefill_op.py --layout $layout --tokens 262144 \
+        --out $OUT/op_${layout}_256k_$which.json 2>&1 | quiet | tail -1
+    done
+  done
+  [ $SECONDS -lt 440 ] && timeout $((580 - SECONDS)) python3 benchmarks/fidelity_families.py --layout mixed \
+    --tokens 131072 --seeds 1 --rows 128 --out $OUT/families_mixed_131072.json 2>&1 | quiet | tail -13
+  echo "=== table ==="
+  grep -E "passed|failed|^(old|new) " $OUT/run_runs.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
