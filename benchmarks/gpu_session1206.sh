@@ -73,7 +73,8 @@
 #            than they cost (check.stage_pays; it can only send rows dense sooner, never less exact).
 #   runs     OLD=tree (~9 min): GPU tests of the patterns and the choice graph; the op at 128K on OLD and
 #            this tree (video, mixed); the families at 128K (video, seed 1, 128 rows); the op at 256K on
-#            both; the families at 128K (mixed) if time is left: a run of sinks judged as a run.
+#            both (`runs new`: this tree alone); the families at 128K (mixed) if time is left: a run of
+#            sinks judged as a run.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -336,7 +337,7 @@ elif [ "$part" = runs ]; then  # OLD=tree (~9 min): the lighter keys of a run of
   timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
     --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
   for layout in video mixed; do
-    for which in new old; do
+    for which in $(echo "new ${2:-old}" | tr " " "\n" | sort -u -r); do  # `runs new`: this tree alone at 256K
       echo -n "$which "
       PYTHONPATH=/tmp/$which timeout 70 python3 benchmarks/bench_prefill_op.py --layout $layout --tokens 262144 \
         --out $OUT/op_${layout}_256k_$which.json 2>&1 | quiet | tail -1
