@@ -333,16 +333,17 @@ elif [ "$part" = gate ]; then  # OLD=tree (~8 min): a fallback stage only where 
 elif [ "$part" = runs ]; then  # OLD=tree (~9 min): the lighter keys of a run of sinks stay columns
   timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   stage_trees
-  op_ab 1
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/  # at most 8 files come back
   timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
     --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
   for layout in video mixed; do
     for which in $(echo "new ${2:-old}" | tr " " "\n" | sort -u -r); do  # `runs new`: this tree alone at 256K
       echo -n "$which "
       PYTHONPATH=/tmp/$which timeout 70 python3 benchmarks/bench_prefill_op.py --layout $layout --tokens 262144 \
-        --out $OUT/op_${layout}_256k_$which.json 2>&1 | quiet | tail -1
+        --out /tmp/op/op_${layout}_256k_$which.json 2>&1 | quiet | tail -1
     done
   done
+  cp /tmp/op/op_*_256k_new.json $OUT/
   [ $SECONDS -lt 440 ] && timeout $((580 - SECONDS)) python3 benchmarks/fidelity_families.py --layout mixed \
     --tokens 131072 --seeds 1 --rows 128 --out $OUT/families_mixed_131072.json 2>&1 | quiet | tail -13
   echo "=== table ==="
