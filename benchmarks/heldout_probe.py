@@ -1,0 +1,88 @@
+"""What the first choice keeps on the rows it was estimated from and on held-out rows: per head
+and query modality, the recall and output error of the built index (the layer's own launch
+groups, ``fidelity.layer_row_masks``) against dense float32 attention, on the estimation rows
+(``ctx.last_rows``) and on the held-out check's rows (``ctx.check_rows``). A pattern that fits the
+last rows alone shows as the gap between the two; on the GPU the check then sends those rows dense.
+
+It found the sink run (BENCHMARKS.md, 2026-12-07 16:00): the lighter sinks of a 64-key run were
+left to one far offset that crosses the run from the estimation rows only.
+
+Usage: python benchmarks/heldout_probe.py [--tokens 131072] [--layout video|mixed]
+                                         [--family grid-all --seed 1] [--heads 28/4]
+(no ``--family``: the op's planted input, ``planted_qkv``; with it: that family of
+``patterns/families.py`` on ``family_layout(layout)``). CPU or GPU, no kernel: index building and
+masks only (about 1 min at 128K with 28 heads on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def measure(q, k, v, mask, rows, scale):
+    """(recall, relative output error) of keys ``mask`` [R, N] for query rows ``q`` [R, D] at
+    positions ``rows`` against their dense causal attention over ``k``, ``v`` [N, D]."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    causal = torch.arange(k.shape[0], device=q.device)[None, :] <= rows[:, None]
+    scores = scores.masked_fill(~causal, float("-inf"))
+    probs = scores.softmax(-1)
+    dense = probs @ v
+    sparse = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    return float((probs * mask).sum(-1).mean()), float((sparse - dense).norm() / dense.norm())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=131072)
+    parser.add_argument("--layout", default="video")
+    parser.add_argument("--family", default="", help="a planted family (patterns/families.py); default: planted_qkv")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", default="28/4")
+    parser.add_argument("--target", type=float, default=0.95)
+    args = parser.parse_args()
+    from mmcompile.patterns import forward_context
+    from mmcompile.patterns.check import error_tolerance
+    from mmcompile.patterns.fidelity import layer_row_masks
+    from mmcompile.patterns.layer import choose_layer
+    from mmcompile.patterns.layer_index import build_layer_indexes
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    heads_q, heads_kv = (int(x) for x in args.heads.split("/"))
+    n, scale = args.tokens, 128 ** -0.5
+    if args.family:
+        from mmcompile.patterns.families import family_layout, family_qkv
+        layout = family_layout(args.layout, n, args.seed)
+        q, k, v, kinds = family_qkv(args.family, layout, heads_q, heads_kv, 128, device, torch.float32, args.seed)
+    else:
+        from mmcompile.patterns.planted import planted_qkv, standard_layout
+        layout = standard_layout(args.layout, n)
+        q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, 128, device, torch.float32, seed=args.seed)
+    ctx = forward_context(layout, n, 1, device)
+    estimates, patterns, _ = choose_layer(q, k, ctx, density=0.1, scale=scale)
+    indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    group = heads_q // heads_kv
+    tolerance = error_tolerance(args.target)
+    misses, gaps = 0, []
+    for m in ctx.row_sets():
+        found = {}
+        for name, (pos, valid) in (("est", ctx.last_rows[m][:2]), ("held", ctx.check_rows[m])):
+            rows = pos[0][valid[0]]
+            masks = layer_row_masks(indexes, rows, n, heads_q)
+            found[name] = [measure(q[0, h, rows], k[0, h // group], v[0, h // group], masks[h], rows, scale)
+                           for h in range(heads_q)]
+        print(f"rows {m}:")
+        for h in range(heads_q):
+            (er, ee), (hr, he) = found["est"][h], found["held"][h]
+            miss = hr < args.target or he > tolerance
+            misses += miss
+            gaps.append(er - hr)
+            print(f"  h{h:2d} {kinds[h][:14]:14s} {str(patterns[h].pattern_for(m))[:60]:60s} est {er:.3f}/{ee:.3f} "
+                  f"held {hr:.3f}/{he:.3f}{'  MISS' if miss else ''}")
+    print(f"{misses} head row sets miss on held-out rows (recall < {args.target} or error > {tolerance}); "
+          f"estimation minus held-out recall: mean {sum(gaps) / len(gaps):+.4f}, largest {max(gaps):+.4f}")
+
+
+if __name__ == "__main__":
+    main()
