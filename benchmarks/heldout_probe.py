@@ -80,7 +80,7 @@ def main():
             gaps.append(er - hr)
             print(f"  h{h:2d} {kinds[h][:14]:14s} {str(patterns[h].pattern_for(m))[:60]:60s} est {er:.3f}/{ee:.3f} "
                   f"held {hr:.3f}/{he:.3f}{'  MISS' if miss else ''}")
-    print(f"{misses} head row sets miss on held-out rows (recall < {args.target} or error > {tolerance}); "
+    print(f"{misses} head row sets miss on held-out rows (recall < {args.target} or error > {tolerance:.3f}); "
           f"estimation minus held-out recall: mean {sum(gaps) / len(gaps):+.4f}, largest {max(gaps):+.4f}")
 
 
