@@ -98,7 +98,8 @@ def test_vertical_slash_index_matches_definition():
             reaching = [float(lines.slash[0, h, int(pos[0, r]) - j]) for r in range(last) if int(pos[0, r]) >= j]
             heaviest.append(max(reaching) if reaching else 0.0)
         mass = lines.vertical[0, h].tolist()
-        heavy_run = [sum(mass[s:s + last]) / last >= intra.SLASH_DOMINANCE * max(heaviest[s:s + last])
+        capped = [min(m, top) for m, top in zip(mass, heaviest)]  # a key counts at most its heaviest offset
+        heavy_run = [sum(capped[s:s + last]) / last >= intra.SLASH_DOMINANCE * max(heaviest[s:s + last])
                      for s in range(n - last + 1)]  # windows of `last` keys heavy on average
         for j in range(n):  # a key a diagonal explains better (some row's offset to it is heavier) is no column,
             in_run = any(heavy_run[max(0, j - last + 1):j + 1]) and mass[j] >= intra.RUN_FLOOR * heaviest[j]

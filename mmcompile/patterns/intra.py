@@ -127,14 +127,15 @@ def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
     the independent planted generator half of its held-out recall.
 
     A run's keys are judged together: a key also stays a column when some L consecutive keys
-    holding it carry, on average, ``SLASH_DOMINANCE`` times the heaviest offset reaching any of
-    them (``_in_heavy_run``) and it holds ``RUN_FLOOR`` of its own (not the empty keys beside a
-    few sinks): a band's keys average what each holds (under the bar), a run of sinks about that
-    offset's mass. Judged alone, the lighter keys of a run of sinks fell under the
-    bar (0.46-0.48 in a run whose masses vary 0.2-2.6x), were left to the one far offset that
-    crosses the run from these rows, and were lost to every other row: 0.012 of a held-out row's
-    mass on three sinks, output error 0.10 there against 0.03 on the estimation rows (planted
-    A-shape heads, 128K, CPU, 2026-12-07)."""
+    holding it carry, on average (each at most its own heaviest offset), ``SLASH_DOMINANCE`` times
+    the heaviest offset reaching any of them (``_in_heavy_run``) and it holds ``RUN_FLOOR`` of its
+    own (not the empty keys beside a few sinks): a band's keys average what each holds (under the
+    bar), a run of sinks about that offset's mass. Judged alone, the lighter keys of a run of sinks
+    fell under the bar (0.46-0.48 in a run whose masses vary 0.2-2.6x), were left to the one far
+    offset that crosses the run from these rows, and were lost to every other row: 0.012 of a
+    held-out row's mass on three sinks, output error 0.10 there against 0.03 on the estimation rows
+    (planted heads, 128K, CPU, 2026-12-07; on the H100 the mixed layout's op went from 134.5 to
+    33.4 ms at the same error: BENCHMARKS.md)."""
     vertical = lines.vertical
     reaching = _reaching_slash(lines, n)
     near = torch.arange(n, device=vertical.device)[None, :] >= \
