@@ -8,7 +8,7 @@ It found the sink run (BENCHMARKS.md, 2026-12-07 16:00): the lighter sinks of a 
 left to one far offset that crosses the run from the estimation rows only.
 
 Usage: python benchmarks/heldout_probe.py [--tokens 131072] [--layout video|mixed]
-                                         [--family grid-all --seed 1] [--heads 28/4]
+                                         [--family grid-all --seed 1] [--heads 28/4] [--bf16]
 (no ``--family``: the op's planted input, ``planted_qkv``; with it: that family of
 ``patterns/families.py`` on ``family_layout(layout)``). CPU or GPU, no kernel: index building and
 masks only (about 1 min at 128K with 28 heads on 2 cores).
@@ -41,6 +41,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", default="28/4")
     parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--bf16", action="store_true", help="choose and index on bf16 q, k (as the op runs)")
     args = parser.parse_args()
     from mmcompile.patterns import forward_context
     from mmcompile.patterns.check import error_tolerance
@@ -60,8 +61,11 @@ def main():
         layout = standard_layout(args.layout, n)
         q, k, v, kinds = planted_qkv(layout, heads_q, heads_kv, 128, device, torch.float32, seed=args.seed)
     ctx = forward_context(layout, n, 1, device)
+    if args.bf16:  # the op's inputs; the measure below stays float32 on the rounded values
+        q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     estimates, patterns, _ = choose_layer(q, k, ctx, density=0.1, scale=scale)
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    q, k, v = q.float(), k.float(), v.float()
     group = heads_q // heads_kv
     tolerance = error_tolerance(args.target)
     misses, gaps = 0, []
