@@ -93,9 +93,9 @@ def test_a_head_that_misses_runs_its_fallback_before_dense(monkeypatch):
 
 def test_rows_that_miss_their_first_fallback_try_grid_before_dense(monkeypatch):
     """The fallbacks are tried in turn on the rows that miss: a boundary head's video rows (lines at
-    the frame phase, a local band) miss with a small VS and with its first fallback, and Grid with
-    its band keeps them (0.999 of the mass at 2K; VS 0.52-0.57), so they run Grid, not dense; the output is the
-    reference of the launches that ran."""
+    the frame phase, a local band) miss with a small VS and with its first fallback (0.52-0.57 of
+    the mass at 2K), and Grid with its band keeps them (0.999), so they run Grid, not dense; the
+    output is the reference of the launches that ran."""
     import mmcompile.patterns.check as check
     import mmcompile.patterns.policy as policy
     from mmcompile.patterns.specs import AShape
