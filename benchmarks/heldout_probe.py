@@ -4,7 +4,7 @@ groups, ``fidelity.layer_row_masks``) against dense float32 attention, on the es
 (``ctx.last_rows``) and on the held-out check's rows (``ctx.check_rows``). A pattern that fits the
 last rows alone shows as the gap between the two; on the GPU the check then sends those rows dense.
 
-It found the sink run (BENCHMARKS.md, 2026-12-07 16:00): the lighter sinks of a 64-key run were
+It found the sink run (BENCHMARKS.md, "A run of sinks judged as a run"): the lighter sinks of a run were
 left to one far offset that crosses the run from the estimation rows only.
 
 Usage: python benchmarks/heldout_probe.py [--tokens 131072] [--layout video|mixed]
