@@ -1,6 +1,7 @@
 """What the first choice keeps on the rows it was estimated from and on held-out rows: per head
 and query modality, the recall and output error of the built index (the layer's own launch
-groups, ``fidelity.layer_row_masks``) against dense float32 attention, on the estimation rows
+groups, ``fidelity.layer_row_masks``, their output as ``fidelity.head_fidelity`` derives it from
+the masks) against dense float32 attention, on the estimation rows
 (``ctx.last_rows``) and on the held-out check's rows (``ctx.check_rows``). A pattern that fits the
 last rows alone shows as the gap between the two; on the GPU the check then sends those rows dense.
 
@@ -21,18 +22,6 @@ import argparse
 import torch
 
 
-def measure(q, k, v, mask, rows, scale):
-    """(recall, relative output error) of keys ``mask`` [R, N] for query rows ``q`` [R, D] at
-    positions ``rows`` against their dense causal attention over ``k``, ``v`` [N, D]."""
-    scores = (q @ k.transpose(-1, -2)) * scale
-    causal = torch.arange(k.shape[0], device=q.device)[None, :] <= rows[:, None]
-    scores = scores.masked_fill(~causal, float("-inf"))
-    probs = scores.softmax(-1)
-    dense = probs @ v
-    sparse = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
-    return float((probs * mask).sum(-1).mean()), float((sparse - dense).norm() / dense.norm())
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=131072)
@@ -45,7 +34,7 @@ def main():
     args = parser.parse_args()
     from mmcompile.patterns import forward_context
     from mmcompile.patterns.check import error_tolerance
-    from mmcompile.patterns.fidelity import layer_row_masks
+    from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks
     from mmcompile.patterns.layer import choose_layer
     from mmcompile.patterns.layer_index import build_layer_indexes
 
@@ -66,16 +55,14 @@ def main():
     estimates, patterns, _ = choose_layer(q, k, ctx, density=0.1, scale=scale)
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
     q, k, v = q.float(), k.float(), v.float()
-    group = heads_q // heads_kv
     tolerance = error_tolerance(args.target)
     misses, gaps = 0, []
     for m in ctx.row_sets():
         found = {}
         for name, (pos, valid) in (("est", ctx.last_rows[m][:2]), ("held", ctx.check_rows[m])):
             rows = pos[0][valid[0]]
-            masks = layer_row_masks(indexes, rows, n, heads_q)
-            found[name] = [measure(q[0, h, rows], k[0, h // group], v[0, h // group], masks[h], rows, scale)
-                           for h in range(heads_q)]
+            fid = head_fidelity(q, k, v, None, layer_row_masks(indexes, rows, n, heads_q), rows, scale)
+            found[name] = list(zip(fid["recall"].tolist(), fid["rel_err"].tolist()))
         print(f"rows {m}:")
         for h in range(heads_q):
             (er, ee), (hr, he) = found["est"][h], found["held"][h]

@@ -126,3 +126,25 @@ def test_inputs_shorter_than_the_forced_blocks():
     patterns, _ = policy.patterns_from_tables(picks, ctx, 0.0, 0.1)  # min_recall 0: nothing sent dense
     exact = _exact(q, k, ctx, 0.25, build_layer_indexes(q, k, patterns, ctx, 0.25, estimates), "*")
     torch.testing.assert_close(torch.tensor(picks["*"][0]), exact, atol=2e-5, rtol=0)
+
+
+def test_head_fidelity_without_an_output_measures_the_output_the_masks_give():
+    """``head_fidelity(out=None)`` (what ``benchmarks/heldout_probe.py`` reads) equals the metrics of
+    the output that attention restricted to the masks writes, a row whose mask keeps nothing
+    included (its output 0, as the kernel writes for a row that sees no key)."""
+    from mmcompile.kernels.reference import masked_attention
+    from mmcompile.patterns.fidelity import head_fidelity
+
+    n, rows = 96, torch.tensor([5, 40, 77, 95])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 4, n, 16, generator=g), torch.randn(1, 2, n, 16, generator=g), \
+        torch.randn(1, 2, n, 16, generator=g)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    masks = (torch.rand(4, rows.numel(), n, generator=g) < 0.3) & causal[rows]
+    masks[1, 2] = False  # keeps nothing
+    full = causal.expand(1, 4, n, n).clone()
+    full[0][:, rows] = masks
+    out, _ = masked_attention(q, k, v, full)
+    want, got = head_fidelity(q, k, v, out, masks, rows), head_fidelity(q, k, v, None, masks, rows)
+    for name in ("recall", "rel_err", "cosine"):
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5)

@@ -82,10 +82,15 @@ def _recompute(q, k, v, out, lse, estimates, ctx: ForwardContext, patterns, inde
 def _rows_replaced(head: HeadPattern, other: HeadPattern, rows: list[str], sets: list[str]) -> HeadPattern:
     """``head`` with ``other``'s pattern on the query modalities ``rows`` (``"*"``, or all of
     ``sets``: ``other`` whole), the others as they were."""
-    if "*" in rows or set(rows) >= set(sets):
+    if _whole(rows, sets):
         return other
     return HeadPattern("q-boundary", tuple((m, other.pattern_for(m) if m in rows else head.pattern_for(m))
                                           for m in sets))
+
+
+def _whole(rows: list[str], sets: list[str]) -> bool:
+    """Whether row sets ``rows`` of a head are all of its rows (``"*"``, or every one of ``sets``)."""
+    return "*" in rows or set(rows) >= set(sets)
 
 
 DENSE_ROWS_AREA = 0.5  # rows that miss run dense apart while they hold at most this share of the causal pairs
@@ -97,7 +102,7 @@ def dense_rows_apart(head: HeadPattern, rows: list[str], ctx: ForwardContext) ->
     sample has as many rows of each (one launch lists them: ``rows_alone.dense_rows_index``), and they hold
     at most ``DENSE_ROWS_AREA`` of the causal pairs (more, and SDPA on the whole head is cheaper
     than our kernel on those rows after the head's sparse work)."""
-    return ("*" not in rows and not set(rows) >= set(ctx.row_sets()) and head.inter in ("none", "q-boundary")
+    return (not _whole(rows, ctx.row_sets()) and head.inter in ("none", "q-boundary")
             and all(ctx.equal_rows(m) for m in rows) and ctx.row_area(rows) <= DENSE_ROWS_AREA)
 
 
@@ -107,8 +112,8 @@ def stage_pays(missing: dict, ctx: ForwardContext, density: float) -> bool:
     instead of dense. Under ``STAGE_PAIRS`` of dense work saved, running those rows dense at once is
     faster even when the stage succeeds (one head at 128K: 8.6e9 pairs, ~7.5 ms dense on an H100,
     against ~9 ms for a stage); with more heads, or longer inputs, the stage is tried."""
-    every = set(ctx.row_sets())
-    share = sum(1.0 if "*" in rows or set(rows) >= every else ctx.row_area(rows) for rows in missing.values())
+    sets = ctx.row_sets()
+    share = sum(1.0 if _whole(rows, sets) else ctx.row_area(rows) for rows in missing.values())
     return share * ctx.batch * ctx.n * (ctx.n + 1) / 2 * (1.0 - density) >= STAGE_PAIRS
 
 

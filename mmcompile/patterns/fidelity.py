@@ -82,7 +82,9 @@ def layer_row_masks(indexes, rows: torch.Tensor, n: int, heads_q: int) -> torch.
 
 def head_fidelity(q, k, v, out, masks: torch.Tensor, rows: torch.Tensor, scale=None) -> dict:
     """Per query head metrics on ``rows``: q, k, v [1, H*, N, D], out [1, Hq, N, D] (sparse),
-    masks bool [Hq, R, N]. Returns tensors [Hq] of recall, rel_err, cosine. One KV group at a
+    masks bool [Hq, R, N]. Returns tensors [Hq] of recall, rel_err, cosine. ``out`` None: the
+    output the masks themselves give (their keys' renormalized probabilities), what launches with
+    those masks write, without running them (``benchmarks/heldout_probe.py``). One KV group at a
     time: its [group, R, N] fp32 probabilities are the peak (3.5 GiB at 1M tokens and 128 rows;
     all 28 heads at once did not fit an H100 next to the layer)."""
     group = q.shape[1] // k.shape[1]
@@ -90,15 +92,19 @@ def head_fidelity(q, k, v, out, masks: torch.Tensor, rows: torch.Tensor, scale=N
     causal = torch.arange(k.shape[2], device=q.device)[None, :] <= rows[:, None]
     recall = torch.empty(q.shape[1], dtype=torch.float32, device=q.device)
     dense = torch.empty(q.shape[1], rows.numel(), v.shape[-1], dtype=torch.float32, device=q.device)
+    masked = torch.empty_like(dense) if out is None else None
     for g in range(k.shape[1]):
         heads = slice(g * group, (g + 1) * group)
         scores = (q[0, heads][:, rows].float() @ k[0, g].float().T) * scale
         probs = torch.softmax(scores.masked_fill_(~causal, float("-inf")), -1)
         del scores
-        recall[heads] = (probs * masks[heads]).sum(-1).mean(-1)
+        kept = probs * masks[heads]
+        recall[heads] = kept.sum(-1).mean(-1)
         dense[heads] = probs @ v[0, g].float()
-        del probs
-    sparse = out[0, :, rows].float()
+        if masked is not None:  # a row that keeps nothing writes 0, as the kernel does
+            masked[heads] = (kept @ v[0, g].float()) / kept.sum(-1, keepdim=True).clamp(min=1e-30)
+        del probs, kept
+    sparse = masked if out is None else out[0, :, rows].float()
     err = (sparse - dense).flatten(1).norm(dim=-1) / dense.flatten(1).norm(dim=-1)
     cos = torch.nn.functional.cosine_similarity(sparse.flatten(1), dense.flatten(1), dim=-1)
     return dict(recall=recall, rel_err=err, cosine=cos)
