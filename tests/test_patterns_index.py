@@ -289,3 +289,15 @@ def test_the_lighter_keys_of_a_run_of_sinks_stay_columns():
     scores = intra.column_scores(lines, n)[0, 0]
     assert (scores[:sinks] > 0).all()
     assert sorted(scores.topk(sinks).indices.tolist()) == list(range(sinks))
+
+
+def test_column_scores_of_inputs_shorter_than_a_run_window():
+    """Fewer keys than estimation rows (the run window is then the whole input): finite scores of
+    the input's length, the forced first keys first."""
+    g = torch.Generator().manual_seed(1)
+    for n in (1, 7, 40, 65):
+        q, k = torch.randn(1, 2, n, 16, generator=g), torch.randn(1, 1, n, 16, generator=g)
+        pos, valid = last_queries(None, n, 1)
+        scores = intra.column_scores(line_scores(q, k, pos, valid, 0.25), n)
+        assert scores.shape == (1, 2, n) and not scores.isnan().any()
+        assert (scores[..., :min(n, intra.FORCED_SINK_COLUMNS)] == float("inf")).all()
