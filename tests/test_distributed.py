@@ -33,7 +33,7 @@ PLAN = [HeadPattern("none", (("*", AShape(64, 128)),)),
 
 def _inputs():
     layout = from_segments(SEGMENTS)
-    q, k, v, _ = planted_qkv(layout, HQ, HKV, D, seed=0)
+    q, k, v, _ = planted_qkv(layout, HQ, HKV, D, seed=1)  # seed 1: its online choice mixes A-shape sizes and Grid
     return q, k, v, forward_context(layout, layout.length, 1, "cpu", 64, 64)
 
 

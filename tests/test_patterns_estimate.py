@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmcompile.patterns.estimate import last_queries, last_query_probs, line_scores, rows_are_consecutive
+from mmcompile.patterns.estimate import held_out_queries, last_queries, last_query_probs, line_scores, row_step
 
 
 def reference_lines(probs, pos, valid):
@@ -32,21 +32,20 @@ KERNEL = [pytest.param(False, id="pytorch"), pytest.param(True, id="triton", mar
 
 
 @pytest.mark.parametrize("use_kernel", KERNEL)
-@pytest.mark.parametrize("consecutive", [True, False])
+@pytest.mark.parametrize("step", [1, 2, 0], ids=["consecutive", "spread", "irregular"])
 @pytest.mark.parametrize("block_n", [32, 256])  # the kernel sums blocks that divide its key tile itself
-def test_line_scores_equal_reference_sums(consecutive, use_kernel, block_n):
+def test_line_scores_equal_reference_sums(step, use_kernel, block_n):
     n = 200
     q, k = _inputs(n)
-    # Sample 0: the last 24 tokens; sample 1: modality rows ending earlier, with a gap (not consecutive).
+    # Every token: the last 24 (step 1) or every other of the last 48 (step 2, the default);
+    # modality 2: none in sample 0, in sample 1 rows ending earlier with a gap (irregular).
     modality = torch.zeros(2, n, dtype=torch.int32)
     modality[1, 150:170] = 2
     modality[1, 100:110] = 2
-    want = 2 if not consecutive else None
-    pos, valid = last_queries(modality, n, 2, want=want, last_q=24)
-    assert rows_are_consecutive(pos, valid) == consecutive
+    pos, valid = last_queries(modality, n, 2, want=2 if step == 0 else None, last_q=24, step=max(step, 1))
+    assert row_step(pos, valid) == step
     start = int(pos.min())
-    lines = line_scores(q, k, pos, valid, 0.25, start=start, consecutive=consecutive, use_kernel=use_kernel,
-                        block_n=block_n)
+    lines = line_scores(q, k, pos, valid, 0.25, start=start, step=step, use_kernel=use_kernel, block_n=block_n)
     probs = last_query_probs(q, k, pos, valid, 0.25)
     vertical, slash = reference_lines(probs, pos, valid)
     torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
@@ -61,6 +60,24 @@ def test_line_scores_equal_reference_sums(consecutive, use_kernel, block_n):
     torch.testing.assert_close(lines.lse[live], scores.logsumexp(-1)[live], rtol=1e-5, atol=1e-5)
 
 
+def test_estimation_rows_sit_at_every_place_of_a_query_block_and_held_out_rows_before_them():
+    """Every other row of the last 128 of a set at least 256 long: one of each pair of in-block
+    places of a 128-row query block (the last 64 were its second half only); a shorter set keeps
+    its last 64. Held-out rows stay before the rows the estimate spans."""
+    n = 1000
+    modality = torch.zeros(2, n, dtype=torch.int32)
+    modality[0, 700:] = 2  # 300 rows: spread
+    modality[1, 800:] = 2  # 200 rows: consecutive
+    pos, valid = last_queries(modality, n, 2, want=2)
+    assert valid.all() and row_step(pos[:1], valid[:1]) == 2 and row_step(pos[1:], valid[1:]) == 1
+    assert pos[0].tolist() == list(range(999, 871, -2)) and pos[1].tolist() == list(range(999, 935, -1))
+    assert sorted((pos[0] % 128 // 2).tolist()) == list(range(64))
+    held, held_valid = held_out_queries(modality, n, 2, want=2)
+    assert held_valid.any(-1).all()
+    assert (held[0][held_valid[0]] < 872).all() and (held[1][held_valid[1]] < 936).all()
+    assert last_queries(None, n, 1)[0][0, :3].tolist() == [999, 997, 995]
+
+
 @pytest.mark.parametrize("use_kernel", KERNEL)
 def test_line_scores_with_missing_rows_and_key_padding(use_kernel):
     n = 96
@@ -71,8 +88,7 @@ def test_line_scores_with_missing_rows_and_key_padding(use_kernel):
     for want in (None, 2):
         pos, valid = last_queries(modality, n, 2, want=want, last_q=16)
         key_pad = modality == -1
-        consecutive = rows_are_consecutive(pos, valid)
-        lines = line_scores(q, k, pos, valid, 0.3, key_pad=key_pad, start=int(pos.min()), consecutive=consecutive,
+        lines = line_scores(q, k, pos, valid, 0.3, key_pad=key_pad, start=int(pos.min()), step=row_step(pos, valid),
                             use_kernel=use_kernel)
         vertical, slash = reference_lines(last_query_probs(q, k, pos, valid, 0.3, key_pad), pos, valid)
         torch.testing.assert_close(lines.vertical, vertical, rtol=1e-5, atol=1e-6)
@@ -83,23 +99,23 @@ def test_line_scores_with_missing_rows_and_key_padding(use_kernel):
 @pytest.mark.parametrize("use_kernel", KERNEL)
 def test_line_scores_in_head_chunks_equal_all_at_once(use_kernel, monkeypatch):
     """Bounded memory (1M tokens: one head's probabilities are 256 MiB): chunks of query heads,
-    here 2 of a KV group of 3, give the scores all heads at once give. (Rows read as not
-    consecutive: the kernel sums consecutive rows' slashes without any probabilities in memory.)"""
+    here 2 of a KV group of 3, give the scores all heads at once give. (Rows read as
+    irregular: the kernel sums regular rows' slashes without any probabilities in memory.)"""
     from mmcompile.patterns import line_scores_kernel
 
     n = 150
     q, k = _inputs(n, heads_q=6, heads_kv=2)
     pos, valid = last_queries(None, n, 2, last_q=16)
-    whole = line_scores(q, k, pos, valid, 0.25, consecutive=False, use_kernel=use_kernel)
+    whole = line_scores(q, k, pos, valid, 0.25, step=0, use_kernel=use_kernel)
     budget = 2 * 16 * n * 4 * (1 if use_kernel else 4)  # the PyTorch path takes a quarter
     monkeypatch.setattr(line_scores_kernel, "MAX_PROBS_BYTES", budget)
-    chunked = line_scores(q, k, pos, valid, 0.25, consecutive=False, use_kernel=use_kernel)
+    chunked = line_scores(q, k, pos, valid, 0.25, step=0, use_kernel=use_kernel)
     for name in ("vertical", "slash", "lse"):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=1e-7)
 
 
 def test_kernel_sums_refuse_what_they_cannot_make():
-    """The skewed slash sums take at most one key tile of rows; fused block sums need a block size
+    """The skewed slash sums take rows spanning less than one key tile; fused block sums need a block size
     dividing the key tile. Both say so before any launch (``line_scores`` never asks them for it)."""
     from mmcompile.patterns import line_scores_kernel as lsk
 
@@ -107,7 +123,7 @@ def test_kernel_sums_refuse_what_they_cannot_make():
     q, k = _inputs(n)
     too_many = torch.arange(n - 1, n - 1 - (lsk.BLOCK_K + 1), -1)[None].expand(2, -1)
     vertical = torch.empty(2, 4, n)
-    with pytest.raises(ValueError, match="at most 128 rows"):
+    with pytest.raises(ValueError, match="spanning under 128 positions"):
         lsk.line_skew_sums(q, k, too_many, torch.ones_like(too_many, dtype=torch.bool), 0.25, None, slice(0, 4),
                            vertical)
     pos, valid = last_queries(None, n, 2, last_q=8)

@@ -52,21 +52,21 @@ def test_missing_rows_run_dense_alone_bf16():
     err = ((result.out.float() - ref).norm() / ref.norm()).item()
     assert err < 1e-2, err
 
-@pytest.mark.parametrize("consecutive", [True, False])
-def test_line_scores_kernel_matches_pytorch_bf16(consecutive):
+@pytest.mark.parametrize("step", [1, 2, 0], ids=["consecutive", "spread", "irregular"])
+def test_line_scores_kernel_matches_pytorch_bf16(step):
     """The Triton estimation passes against the PyTorch path (bf16 scores there) on a GPU."""
-    from mmcompile.patterns.estimate import last_queries, line_scores, rows_are_consecutive
+    from mmcompile.patterns.estimate import last_queries, line_scores, row_step
     n = 20000
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, 2, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     modality = torch.zeros(1, n, dtype=torch.int32, device="cuda")
     modality[0, :100] = -1  # left padding
-    if not consecutive:
+    if step == 0:
         modality[0, 5000:19000:7] = 2
-    pos, valid = last_queries(modality, n, 1, want=2 if not consecutive else None)
-    assert rows_are_consecutive(pos, valid) == consecutive
-    args = (q, k, pos, valid, 128 ** -0.5, modality == -1, int(pos.min()), consecutive)
+    pos, valid = last_queries(modality, n, 1, want=2 if step == 0 else None, step=max(step, 1))
+    assert row_step(pos, valid) == step
+    args = (q, k, pos, valid, 128 ** -0.5, modality == -1, int(pos.min()), step)
     fast, slow = line_scores(*args, use_kernel=True), line_scores(*args, use_kernel=False)
     for name in ("vertical", "slash"):
         a, b = getattr(fast, name), getattr(slow, name)

@@ -30,8 +30,8 @@ def types(head: HeadPattern) -> list:
 
 def family_heads(n: int):
     """A sink-local head and a slash-bands head (one KV head each) of the planted families at ``n``
-    tokens: seed 1 draws wider bands at 3072 than at 1024 (``families._behaviour``), as a model's
-    heads reach farther in a longer prompt."""
+    tokens: the widest band a seed may draw grows with the length (``families._behaviour``), as a
+    model's heads reach farther in a longer prompt."""
     layout = family_layout("video", n, 1, frame_tokens=(64, 256))
     local = family_qkv("sink-local", layout, 2, 1, 64, seed=1)
     bands = family_qkv("slash-bands", layout, 2, 1, 64, seed=1)
@@ -41,24 +41,24 @@ def family_heads(n: int):
 
 
 @pytest.mark.interpreter
-def test_a_plan_searched_short_keeps_its_families_and_meets_the_target_three_times_longer():
-    """Sized at 3x the search's length: each row set runs the plan's family, or where the search
+def test_a_plan_searched_short_keeps_its_families_and_meets_the_target_twice_as_long():
+    """Sized at twice the search's length (2K -> 4K; at 1K a VS of 512 columns costs ~0.8 of dense): each row set runs the plan's family, or where the search
     found A-shape and VS both reaching the target (``interchangeable``), the cheaper of the two
     for this input: the sink-local head's band outgrows its A-shape and VS covers it for less."""
-    layout, q, k, v = family_heads(1024)
-    plan, _ = search_layer(q, k, v, forward_context(layout, 1024, 1, "cpu", *BLOCK), target=0.95)
+    layout, q, k, v = family_heads(2048)
+    plan, _ = search_layer(q, k, v, forward_context(layout, 2048, 1, "cpu", *BLOCK), target=0.95)
     assert types(plan[0]) == [("text", AShape), ("video", AShape)], plan
     assert plan[0].interchangeable == ("text", "video"), plan
     assert types(plan[1])[1] == ("video", VerticalSlash), plan  # its text rows: VS, or A-shape where VS also served
     assert types(plan[1])[0] == ("text", VerticalSlash) or "text" in plan[1].interchangeable, plan
-    layout, q, k, v = family_heads(3072)
-    ctx = forward_context(layout, 3072, 1, "cpu", *BLOCK)
+    layout, q, k, v = family_heads(4096)
+    ctx = forward_context(layout, 4096, 1, "cpu", *BLOCK)
     sized = layer_attention(q, k, v, ctx, density=0.2, recall=0.95, families=plan)
     strict = layer_attention(q, k, v, ctx, density=0.2, recall=0.95,
                              families=[dataclasses.replace(h, interchangeable=()) for h in plan])
     searched = layer_attention(q, k, v, ctx, plan, density=0.2, recall=0.95)
-    # The sink-local head keeps its family. The slash-bands head's VS keeps 0.96 of the held-out rows'
-    # mass but is off by 0.19 in output (a narrow band's edge): the check sends it dense.
+    # The sink-local head keeps its family. The slash-bands head's VS keeps most of the held-out
+    # rows' mass but is off in output (a narrow band's edge): the check sends it dense.
     for head, planned in zip(strict.patterns[:1], plan):  # a family short of the target is re-chosen
         assert [rows for rows, _ in types(head)] == [rows for rows, _ in types(planned)], (head, planned)
         assert all(family in (AShape, VerticalSlash) for _, family in types(head)), head

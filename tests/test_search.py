@@ -85,6 +85,17 @@ def test_rows_that_both_a_shape_and_vs_serve_are_listed_interchangeable():
     assert choose_from_scores(scores, 0.965).interchangeable == ()  # only A-shape reaches 0.965 on text
 
 
+def test_a_candidate_off_in_output_does_not_reach_the_target_whatever_its_recall():
+    """The search judges candidates as the run-time check does: recall and output error."""
+    from mmcompile.search.candidates import choose_from_scores
+
+    scores = {"video": {"grid:frame/256": dict(recall=0.976, err=0.22, cost=0.58),
+                        "vs:512x8": dict(recall=1.0, err=0.0, cost=0.61)}}
+    assert choose_from_scores(scores, 0.95).pattern_for("video") == VerticalSlash(512, 8)
+    scores["video"]["grid:frame/256"]["err"] = 0.04
+    assert isinstance(choose_from_scores(scores, 0.95).pattern_for("video"), Grid)
+
+
 
 def test_search_prices_2d_boundary_pairs_and_takes_them_where_they_are_cheaper():
     """On the planted 2D-Boundary family the estimated VS pairs reach the target on both row sets;

@@ -29,7 +29,7 @@ class ForwardContext:
     frame_stride: torch.Tensor  # int32 [B]
     max_frame: int
     present: dict  # modality name -> bool [B, M]: query blocks holding rows of that modality
-    last_rows: dict  # "*" or modality name -> (positions [B, L], valid [B, L], earliest position int, consecutive)
+    last_rows: dict  # "*" or modality name -> (positions [B, L], valid [B, L], earliest position int, row step)
     block_m: int = DEFAULT_BLOCK[0]
     block_n: int = DEFAULT_BLOCK[1]
     row_counts: dict = dataclasses.field(default_factory=dict)  # modality name -> rows per sample (int), when equal
@@ -131,7 +131,7 @@ def forward_context(layout: ModalityLayout | None, n: int, batch: int, device,
 
 def _last_rows(modality, n, batch, want, device):
     pos, valid = estimate.last_queries(modality, n, batch, want, device=device)
-    return pos, valid, int(pos.min()) if pos.numel() else n, estimate.rows_are_consecutive(pos, valid)
+    return pos, valid, int(pos.min()) if pos.numel() else n, estimate.row_step(pos, valid)
 
 
 def modality_id(name: str) -> int:

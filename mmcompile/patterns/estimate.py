@@ -1,11 +1,13 @@
 """Online estimation from the last queries (MInference Alg. 2, MMInference Alg. 1).
 
-``last_queries`` picks, per sample, the last ``last_q`` tokens (of one modality, for boundary
-heads). ``line_scores`` reads off their float32 softmax over all keys (causal in original
-positions) what every pattern needs: the mass per key column (vertical) and per diagonal offset
-(slash), and each row's mass per key block. The softmax itself is never kept: on the GPU the
-kernel reduces consecutive rows' tiles as it computes them (nothing [L, N] in memory); otherwise
-it is built a few heads at a time and reduced at once (``line_scores_kernel.MAX_PROBS_BYTES``).
+``last_queries`` picks, per sample, ``last_q`` of the last tokens (of one modality, for boundary
+heads): every other one of the last ``2 last_q`` (``ROW_STEP``) where the set is twice that long,
+so the rows sit in every part of a query block, as the rows they stand for do. ``line_scores``
+reads off their float32 softmax over all keys (causal in original positions) what every pattern
+needs: the mass per key column (vertical) and per diagonal offset (slash), and each row's mass per
+key block. The softmax itself is never kept: on the GPU the kernel reduces the rows' tiles as it
+computes them (nothing [L, N] in memory); otherwise it is built a few heads at a time and reduced
+at once (``line_scores_kernel.MAX_PROBS_BYTES``).
 ``last_query_probs`` is the plain reference of the same softmax, for tests.
 ``held_out_queries`` and ``dense_row_lse`` give the rows (disjoint from the estimation rows) and
 dense log-sum-exp on which ``verify`` measures what a layer's launches really kept.
@@ -25,6 +27,14 @@ from .index_builder import device_list
 from .layout import PAD
 
 LAST_Q = 64
+# Estimation rows are every ROW_STEP-th of the last LAST_Q * ROW_STEP rows: over 128 consecutive
+# positions they sit at every in-block position of a 128-row query block (one parity), where the
+# last 64 rows are its second half alone. Block-granular bands (A-shape's local blocks, VS's slash
+# blocks, Grid's band launch) reach back from a query block's start, so a second-half row sees half
+# a block more of them than a typical row: the estimates of band-heavy heads were optimistic by that
+# much (per 64-key bin a Grid launch kept [64, 64, 32.5] of the estimation rows' nearest keys against
+# [64, 49.6, 16.5] of held-out rows, 128K, CPU, 2026-12-07). The same rows, the same cost.
+ROW_STEP = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +44,7 @@ class LineScores:
     vertical: fp32 [B, H, N], mass on each key column;
     slash:    fp32 [B, H, N], mass on each diagonal offset o (key = query position - o);
     pos, valid: int64/bool [B, L], the rows (latest first) and which exist;
+    step: row l at pos[:, 0] - step l in every sample (``row_step``), 0 when they are not so regular;
     lse: fp32 [B, H, L], the rows' log-sum-exp (to recompute single entries of their softmax);
     blocks: fp32 [B, H, L, ceil(N / block_n)], each row's mass per key block, when ``line_scores``
     was given a ``block_n`` (the exact recall of candidate indexes on these rows: ``row_recall``).
@@ -44,6 +55,7 @@ class LineScores:
     valid: torch.Tensor
     lse: torch.Tensor
     blocks: torch.Tensor | None = None
+    step: int = 1
 
     def heads(self, ids: list[int]) -> "LineScores":
         if ids == list(range(self.vertical.shape[1])):
@@ -67,17 +79,33 @@ def select_heads(t: torch.Tensor, ids: list[int]) -> torch.Tensor:
 
 
 def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
-                 last_q: int = LAST_Q, device=None):
-    """Positions int64 [B, L] of the last ``last_q`` tokens (of modality ``want``; non-pad if None),
-    latest first, and a bool [B, L] saying which exist."""
+                 last_q: int = LAST_Q, device=None, step: int = ROW_STEP):
+    """Positions int64 [B, L] of ``last_q`` of the last tokens (of modality ``want``; non-pad if
+    None), latest first: every ``step``-th of the last ``step * last_q`` where the set holds twice
+    that many (``ROW_STEP``; a shorter set keeps its earlier rows for ``held_out_queries``), else
+    the last ``last_q``; and a bool [B, L] saying which exist."""
     last_q = min(last_q, n)
     if modality is None:
-        pos = torch.arange(n - 1, n - 1 - last_q, -1, device=device).expand(batch, last_q)
+        step = step if 2 * step * last_q <= n else 1
+        pos = torch.arange(n - 1, n - 1 - step * last_q, -step, device=device).expand(batch, last_q)
         return pos, torch.ones(batch, last_q, dtype=torch.bool, device=device)
     hit = modality != PAD if want is None else modality == want
     score = torch.where(hit, torch.arange(n, device=modality.device), -1)
-    top = score.topk(last_q, dim=1).values
+    top = score.topk(min(step * last_q, n), dim=1).values  # latest first
+    ranks = torch.arange(last_q, device=modality.device)
+    spread = hit.sum(-1, keepdim=True) >= 2 * step * last_q  # [B, 1]: this sample's set is long enough
+    top = top.gather(1, torch.where(spread, ranks * step, ranks))
     return top.clamp(min=0), top >= 0
+
+
+def estimation_span(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
+                    last_q: int = LAST_Q, step: int = ROW_STEP, device=None) -> torch.Tensor:
+    """int64 [B]: how many of the set's last rows ``last_queries`` spans (``step * last_q`` where the
+    set holds twice that many, else ``last_q``; at most the set), which the held-out rows stay out of."""
+    count = (torch.full((batch,), n, device=device) if modality is None else
+             (modality != PAD if want is None else modality == want).sum(-1))
+    spread = count >= 2 * step * last_q
+    return torch.minimum(torch.where(spread, step * last_q, last_q), count)
 
 
 def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
@@ -89,7 +117,7 @@ def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: in
     hit = (torch.ones(batch, n, dtype=torch.bool, device=device) if modality is None else
            modality != PAD if want is None else modality == want)
     rank = hit.long().cumsum(-1)  # [B, N]: rows of the set up to each position
-    others = (rank[:, -1] - last_q).clamp(min=0)  # rows before the estimation rows
+    others = (rank[:, -1] - estimation_span(modality, n, batch, want, last_q, device=hit.device)).clamp(min=0)
     step = torch.arange(last_q, device=hit.device)
     wanted = others[:, None] - others[:, None] // 2 + ((step[None, :] + 0.5) * (others[:, None] // 2 + 1) /
                                                        last_q).long()  # 1-based ranks in the later half
@@ -100,37 +128,40 @@ def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: in
     return pos, valid
 
 
-def rows_are_consecutive(pos: torch.Tensor, valid: torch.Tensor) -> bool:
-    """Whether every sample's valid rows are consecutive tokens (one host sync: call once per forward).
-    Then slash scores need no gather (``line_scores``)."""
+def row_step(pos: torch.Tensor, valid: torch.Tensor) -> int:
+    """s when every sample's valid rows are at pos[:, 0] - s l (s = 1: consecutive tokens; s =
+    ``ROW_STEP``: spread), else 0 (one host sync: call once per forward). Then slash scores need
+    no gather (``line_scores``)."""
     if pos.shape[1] < 2:
-        return True
-    return bool(((pos[:, :-1] - pos[:, 1:] == 1) | ~valid[:, 1:]).all())
+        return 1
+    gaps = pos[:, :-1] - pos[:, 1:]
+    steps = [s for s in sorted({1, ROW_STEP}) if bool(((gaps == s) | ~valid[:, 1:]).all())]
+    return steps[0] if steps else 0
 
 
 def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,
-                key_pad: torch.Tensor | None = None, start: int = 0, consecutive: bool = False,
+                key_pad: torch.Tensor | None = None, start: int = 0, step: int = 0,
                 use_kernel: bool | None = None, block_n: int | None = None) -> LineScores:
     """Vertical and slash scores of all query heads from the rows ``pos`` (GQA without K copies).
 
     The product runs in the inputs' dtype (fp32 accumulate), the softmax in fp32: enough to rank
     columns and diagonals. ``start`` (<= every valid position, known once per forward) limits the
-    causal masking to the keys from there on. ``consecutive`` (``rows_are_consecutive``): row l is
-    at pos[:, 0] - l, so the slash sums are read off a skewed view of the softmax instead of a
-    gathered copy; K then gets L zero rows so that the skew never reads a neighbouring row's keys.
-    ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column sums,
-    block sums and log-sum-exp by the Triton passes of ``line_scores_kernel`` (fp32 scores); the
-    slash sums there too for consecutive rows (nothing [L, N] in memory), else from their
+    causal masking to the keys from there on. ``step`` (``row_step``; 0: irregular rows): row l is
+    at pos[:, 0] - step l, so the slash sums are read off a skewed view of the softmax instead of a
+    gathered copy; K then gets step L zero rows so that the skew never reads a neighbouring row's
+    keys. ``use_kernel`` (default: where Triton runs, ``kernels.triton_runs_on``): softmax, column
+    sums, block sums and log-sum-exp by the Triton passes of ``line_scores_kernel`` (fp32 scores);
+    the slash sums there too for regular rows (nothing [L, N] in memory), else from their
     probabilities as here.
     ``block_n``: also each row's mass per key block of that size (``LineScores.blocks``).
     """
     if triton_runs_on(q, has_reference=True) if use_kernel is None else use_kernel:
-        return _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n)
+        return _line_scores_kernel(q, k, pos, valid, scale, key_pad, step, block_n)
     batch, heads_q, n, d = q.shape
     heads_kv, last = k.shape[1], pos.shape[1]
     group = heads_q // heads_kv
     rows = q.gather(2, pos[:, None, :, None].expand(batch, heads_q, last, d)) * scale
-    width = n + last if consecutive else n
+    width = n + step * last
     weight = valid.to(torch.float32)
     future = torch.arange(start, width, device=q.device)[None, None, :] > pos[:, :, None]  # [B, L, W - start]
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
@@ -142,11 +173,11 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
     chunk = min(group, line_scores_kernel.head_chunk(last, 4 * width))
     chunks = [slice(h, min(h + chunk, (g + 1) * group)) for g in range(heads_kv)
               for h in range(g * group, (g + 1) * group, chunk)]
-    keys, skew = None, _skew_keys(pos[:, 0], n) if consecutive else None
+    keys, skew = None, _skew_keys(pos[:, 0], n) if step else None
     for heads in chunks:  # heads of one KV group at a time: one [chunk, L, W] softmax
         count, first = heads.stop - heads.start, heads.start
         if first % group == 0:  # this group's keys (zero rows after them for the skew: a copy of one KV head)
-            keys = torch.nn.functional.pad(k[:, first // group], (0, 0, 0, last)) if consecutive else k[:, first // group]
+            keys = torch.nn.functional.pad(k[:, first // group], (0, 0, 0, step * last)) if step else k[:, first // group]
         scores = torch.matmul(rows[:, heads].reshape(batch, count * last, d),
                               keys.transpose(-1, -2)).view(batch, count, last, width)
         scores[..., start:].masked_fill_(future[:, None], float("-inf"))
@@ -159,27 +190,27 @@ def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torc
         # p >= 1/N there, so lse = s_max - log p_max is exact to fp32 rounding.
         lse[:, heads] = scores.amax(-1).float() - probs.amax(-1).log()
         vertical[:, heads] = torch.matmul(weight[:, None, None, :], probs)[:, :, 0, :n]
-        slash[:, heads] = (_slash_skewed(probs, skew, weight, n) if consecutive
+        slash[:, heads] = (_slash_skewed(probs, skew, weight, n, step) if step
                            else _slash_gathered(probs, pos, weight))
         if blocks is not None:
             blocks[:, heads] = _block_sums(probs, n, block_n)
-    return LineScores(vertical, slash, pos, valid, lse, blocks)
+    return LineScores(vertical, slash, pos, valid, lse, blocks, step)
 
 
-def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=None) -> LineScores:
+def _line_scores_kernel(q, k, pos, valid, scale, key_pad, step, block_n=None) -> LineScores:
     batch, heads_q, n, _ = q.shape
     last = pos.shape[1]
     vertical = torch.empty(batch, heads_q, n, dtype=torch.float32, device=q.device)
     blocks = _empty_blocks(batch, heads_q, last, n, block_n, q.device)
-    skew = _skew_keys(pos[:, 0], n) if consecutive else None
+    skew = _skew_keys(pos[:, 0], n) if step else None
     fused = blocks is not None and line_scores_kernel.fuses_block_sums(block_n)
-    if consecutive and (fused or blocks is None) and last <= line_scores_kernel.BLOCK_K:
+    if step and (fused or blocks is None) and step * (last - 1) < line_scores_kernel.BLOCK_K:
         # Every sum in the kernel, no probabilities in memory: all heads in one launch.
         by_key, row_lse = line_scores_kernel.line_skew_sums(q, k, pos, valid, scale, key_pad, slice(0, heads_q),
-                                                            vertical, blocks, block_n)
-        return LineScores(vertical, _offsets_of_keys(by_key, skew), pos, valid, row_lse.contiguous(), blocks)
+                                                            vertical, blocks, block_n, step)
+        return LineScores(vertical, _offsets_of_keys(by_key, skew), pos, valid, row_lse.contiguous(), blocks, step)
     # Otherwise the probabilities, a few heads at a time, and the sums the kernel did not make.
-    width = n + last if consecutive else n  # zero pad columns for the skewed view
+    width = n + step * last  # zero pad columns for the skewed view
     weight = valid.to(torch.float32)
     slash, lse = [], []  # per chunk; one chunk (up to ~64K tokens with 64 rows) needs no copy
     chunk = line_scores_kernel.head_chunk(last, width)
@@ -188,10 +219,10 @@ def _line_scores_kernel(q, k, pos, valid, scale, key_pad, consecutive, block_n=N
         probs, chunk_lse = line_scores_kernel.line_probs(q, k, pos, valid, scale, key_pad, heads, width, vertical,
                                                          blocks if fused else None, block_n)
         lse.append(chunk_lse)
-        slash.append(_slash_skewed(probs, skew, weight, n) if consecutive else _slash_gathered(probs, pos, weight))
+        slash.append(_slash_skewed(probs, skew, weight, n, step) if step else _slash_gathered(probs, pos, weight))
         if blocks is not None and not fused:
             blocks[:, heads] = _block_sums(probs, n, block_n)
-    return LineScores(vertical, _cat_heads(slash), pos, valid, _cat_heads(lse), blocks)
+    return LineScores(vertical, _cat_heads(slash), pos, valid, _cat_heads(lse), blocks, step)
 
 
 def _empty_blocks(batch, heads, rows, n, block_n, device):
@@ -278,13 +309,13 @@ def _skew_keys(first, n):
     return key.clamp(min=0)[:, None, :], (key < 0)[:, None, :]
 
 
-def _slash_skewed(probs, skew_keys, weight, n):
-    """probs [B, G, L, N + L] with zero pad columns, row l at position first - l (``skew_keys``:
-    ``_skew_keys(first, n)``). The view skew[c, l] = probs[l, c - l] (row stride W - 1) lands on pad
-    zeros when c < l; summing it over l gives the mass per key c of row 0's diagonal, i.e. offset
-    first - c."""
+def _slash_skewed(probs, skew_keys, weight, n, step: int = 1):
+    """probs [B, G, L, N + step L] with zero pad columns, row l at position first - step l
+    (``skew_keys``: ``_skew_keys(first, n)``). The view skew[c, l] = probs[l, c - step l] (row
+    stride W - step) lands on pad zeros when c < step l; summing it over l gives the mass per key c
+    of row 0's diagonal, i.e. offset first - c."""
     batch, group, last, width = probs.shape
-    skew = probs.as_strided((batch, group, n, last), (group * last * width, last * width, 1, width - 1),
+    skew = probs.as_strided((batch, group, n, last), (group * last * width, last * width, 1, width - step),
                             probs.storage_offset())
     return _offsets_of_keys(torch.matmul(skew, weight[:, None, :, None])[..., 0], skew_keys)  # by key [B, G, n]
 

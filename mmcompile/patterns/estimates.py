@@ -21,9 +21,9 @@ class Estimates:
 
     def lines(self, modality: str, head_ids: list[int]) -> estimate.LineScores:
         if modality not in self._cache:
-            pos, valid, start, consecutive = self.ctx.last_rows[modality]
+            pos, valid, start, step = self.ctx.last_rows[modality]
             self._cache[modality] = estimate.line_scores(self.q, self.k, pos, valid, self.scale,
-                                                         self.ctx.key_pad, start, consecutive,
+                                                         self.ctx.key_pad, start, step,
                                                          block_n=self.ctx.block_n)
         return self._cache[modality].heads(head_ids)
 

@@ -188,11 +188,12 @@ def _in_heavy_run(vertical: torch.Tensor, reaching: torch.Tensor, rows: int) -> 
 
 def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
     """[B, H, N]: per key j, the largest slash mass among the offsets p - j of the estimation rows
-    p (a window of offsets: exact for consecutive rows, a close bound otherwise)."""
-    last = int(lines.pos.shape[-1])
+    p (a window of the offsets between the first and last row's: exact for consecutive rows, a
+    close bound for rows ``step`` apart, an approximation for irregular rows)."""
+    span = (max(lines.step, 1)) * (int(lines.pos.shape[-1]) - 1) + 1  # positions the rows cover
     first = lines.pos[:, 0]  # the latest row
-    window = window_max(lines.slash, last)  # max slash[o .. o+L-1]
-    offset = (first[:, None] - last + 1 - torch.arange(n, device=first.device)[None, :]).clamp(min=0)  # [B, N]
+    window = window_max(lines.slash, span)  # max slash[o .. o+span-1]
+    offset = (first[:, None] - span + 1 - torch.arange(n, device=first.device)[None, :]).clamp(min=0)  # [B, N]
     return window.gather(2, offset[:, None, :].expand_as(window))
 
 
@@ -273,7 +274,9 @@ def grid_sets(pattern: Grid, vertical, frame_stride: torch.Tensor, max_frame: in
     device = vertical.device
     if pattern.stride_kind == "frame":
         stride = frame_stride.clamp(min=1).long()[:, None].expand(batch, heads)
-        _, phase = frame_phase(vertical, frame_stride, max_frame)
+        # The lines' phase on the grid's own rows' keys: a sink in the prompt (kept as a column
+        # anyway) once outweighed the lines seen from rows spread over 128 positions (2K, CPU).
+        _, phase = frame_phase(vertical if rows is None else vertical * rows[:, None, :], frame_stride, max_frame)
     else:
         # At least 8 periods: with fewer, one heavy key makes any long stride look like a grid.
         candidates = estimate.stride_candidates(max_frame, min(pattern.max_stride, n // 8))

@@ -4,8 +4,8 @@
 bf16 scores, an fp32 softmax and two max reductions each re-read a [rows, N] tensor per head. Here
 pass 1 computes each row's log-sum-exp per key split (an online softmax over score tiles, like
 FlashAttention) and pass 2 recomputes the scores tile by tile and reduces the column sums and each
-row's sums per key block. For rows at consecutive positions it also reduces the slash sums (each
-tile's anti-diagonals) and writes no probabilities; for other rows it writes the normalised
+row's sums per key block. For rows at regular positions (row l at pos[0] - step l) it also
+reduces the slash sums (each tile's anti-diagonals, ``step`` apart) and writes no probabilities; for other rows it writes the normalised
 probabilities once, and the slash sums are a gathered read of them in PyTorch. Scores are fp32
 accumulations of the inputs' dtype, causal in original positions, padding keys excluded.
 """
@@ -108,14 +108,14 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
                   stride_vb, stride_vh, stride_bb, stride_bh, stride_bl,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
                   HAS_PAD: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr,
-                  WRITE_PROBS: tl.constexpr, SKEW: tl.constexpr):
+                  WRITE_PROBS: tl.constexpr, SKEW: tl.constexpr, STEP: tl.constexpr):
     """Pass 2: per (key tile, batch * head) the probabilities (zero where masked, and in the pad
     columns n .. width) and their sum over the valid rows; with ``BLOCK_N`` (> 0, dividing
     ``BLOCK_K``) also each row's sum per key block of that size, so nothing reads them again for it.
-    ``SKEW`` (rows at consecutive positions, latest first): ByKey[c] += p[l, c - l] summed over
+    ``SKEW`` (row l at pos[0] - STEP l, latest first): ByKey[c] += p[l, c - STEP l] summed over
     rows l, the slash mass of row 0's offset pos[0] - c (``estimate._slash_skewed`` without the
-    probabilities in memory); a key gets it from at most two tiles (ROWS <= BLOCK_K), each added
-    once onto zero, so the sums do not depend on the order the atomics land in."""
+    probabilities in memory); a key gets it from at most two tiles (STEP (ROWS - 1) < BLOCK_K),
+    each added once onto zero, so the sums do not depend on the order the atomics land in."""
     tile = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // heads
@@ -133,17 +133,18 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
     if WRITE_PROBS:
         tl.store(Probs + ((bh * rows + offs_l[:, None]) * width + keys[None, :]), p,
                  mask=exists[:, None] & (keys[None, :] < width))
-    if SKEW:  # the tile's anti-diagonals: element (l, key) goes to key + l
-        # Row l rotated right by l (one gather of the tile's size): column m then holds the element
-        # that goes to m (m >= l) or, wrapped around, to m + BLOCK_K (m < l).
+    if SKEW:  # the tile's anti-diagonals: element (l, key) goes to key + STEP l
+        # Row l rotated right by STEP l (one gather of the tile's size): column m then holds the
+        # element that goes to m (m >= STEP l) or, wrapped around, to m + BLOCK_K (m < STEP l).
         m = tl.arange(0, BLOCK_K)
-        rotated = tl.gather(p, (m[None, :] - offs_l[:, None] + BLOCK_K) % BLOCK_K, 1)
-        low = m[None, :] >= offs_l[:, None]
+        shift = offs_l[:, None] * STEP
+        rotated = tl.gather(p, (m[None, :] - shift + BLOCK_K) % BLOCK_K, 1)
+        low = m[None, :] >= shift
         c = tile * BLOCK_K + m
         by_key = ByKey + bh * by_key_width + c
         tl.atomic_add(by_key, tl.sum(tl.where(low, rotated, 0.0), 0), mask=c < n, sem="relaxed")
         tl.atomic_add(by_key + BLOCK_K, tl.sum(tl.where(low, 0.0, rotated), 0),
-                      mask=(m < ROWS - 1) & (c + BLOCK_K < n), sem="relaxed")
+                      mask=(m < STEP * (ROWS - 1)) & (c + BLOCK_K < n), sem="relaxed")
     tl.store(Vertical + b * stride_vb + h * stride_vh + keys, tl.sum(p, 0), mask=keys < n)
     if BLOCK_N > 0:  # keys past n have p = 0: a partial last block sums what it has
         PER_TILE: tl.constexpr = BLOCK_K // BLOCK_N
@@ -235,20 +236,23 @@ def line_probs(q, k, pos, valid, scale: float, key_pad, heads: slice, width: int
 
 
 def line_skew_sums(q, k, pos, valid, scale: float, key_pad, heads: slice, vertical: torch.Tensor,
-                   blocks: torch.Tensor | None = None, block_n: int | None = None):
-    """``line_probs`` for rows at consecutive positions (row l at pos[:, 0] - l), without the
+                   blocks: torch.Tensor | None = None, block_n: int | None = None, step: int = 1):
+    """``line_probs`` for rows at regular positions (row l at pos[:, 0] - step l), without the
     probabilities: (by_key fp32 [B, Hs, N], lse fp32 [B, Hs, L]) where by_key[c] is the sum over
-    the rows of p[l, c - l] (``estimate._slash_skewed`` turns it into slash sums)."""
+    the rows of p[l, c - step l] (``estimate._slash_skewed`` turns it into slash sums)."""
     batch, _, n, _ = q.shape
-    if pos.shape[1] > BLOCK_K:
-        raise ValueError(f"skewed sums take at most {BLOCK_K} rows, got {pos.shape[1]}")
+    if step * (pos.shape[1] - 1) >= BLOCK_K:
+        raise ValueError(f"skewed sums take rows spanning under {BLOCK_K} positions, got {pos.shape[1]} rows "
+                         f"{step} apart")
     count = heads.stop - heads.start
     by_key = torch.zeros(batch, count, n + 2 * BLOCK_K, dtype=torch.float32, device=q.device)
-    lse = _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, by_key=by_key, width=n)
+    lse = _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, by_key=by_key, width=n,
+                 step=step)
     return by_key[..., :n], lse
 
 
-def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *, width, probs=None, by_key=None):
+def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *, width, probs=None, by_key=None,
+           step=1):
     """Pass 1, then pass 2 writing ``probs`` and/or the skewed sums ``by_key``; returns lse [B, Hs, L]."""
     batch, _, n, _ = q.shape
     rows = pos.shape[1]
@@ -266,7 +270,7 @@ def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *
         vertical if by_key is None else by_key, n, width, scale, heads.start, count, group, rows, block_args[1],
         0 if by_key is None else by_key.shape[-1], *strides, vertical.stride(0), vertical.stride(1),
         *block_args[2:], BLOCK_N=block_n if fused else 0, WRITE_PROBS=probs is not None, SKEW=by_key is not None,
-        **common)
+        STEP=step, **common)
     return lse.view(batch, count, rows_pad)[..., :rows]
 
 

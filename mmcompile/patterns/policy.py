@@ -48,6 +48,7 @@ from .index_builder import device_list
 from .check import DENSE_ROWS_AREA
 from .context import ForwardContext
 from .estimates import Estimates
+from .layout import VIDEO
 from .specs import AShape, Dense, Grid, HeadPattern, VerticalSlash
 
 SINK = 128  # A-shape sink keys
@@ -146,7 +147,8 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target, fir
     stride = ctx.frame_stride.clamp(min=1).long()  # [B]
     device = vertical.device
     pos = torch.arange(ctx.n, device=device)
-    lines, phase = intra.frame_phase(vertical, ctx.frame_stride, ctx.max_frame)  # [B, H]
+    on_video = vertical if ctx.modality is None else vertical * (ctx.modality == VIDEO)[:, None, :]
+    lines, phase = intra.frame_phase(on_video, ctx.frame_stride, ctx.max_frame)  # [B, H]: as intra.grid_sets
     sink = vertical[..., :GRID_SINK]
     in_phase = (pos[:GRID_SINK][None, None, :] % stride[:, None, None]) == phase[..., None]
     sink_mass = (sink * ~in_phase).sum(-1)
@@ -165,7 +167,7 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target, fir
     reach_keys = device_list([b + ctx.block_m // 2 if b else 0 for b in bands], device)  # [W]
     in_frame = torch.where(pos % stride[:, None] == 0, 0.0, 1.0)[:, None, :] * slash  # [B, H, N]
     in_frame = torch.cumsum(in_frame, -1).gather(-1, reach_keys.clamp(max=ctx.n - 1).expand(*slash.shape[:2], -1))
-    phase_mass = torch.where(pos % stride[:, None, None] == phase[..., None], vertical, 0.0)  # [B, H, N]
+    phase_mass = torch.where(pos % stride[:, None, None] == phase[..., None], on_video, 0.0)  # [B, H, N]
     from_on = phase_mass.flip(-1).cumsum(-1).flip(-1)  # line mass of the phase keys at or after each position
     near_lines = from_on.gather(-1, (first_row - reach_keys).clamp(0, ctx.n - 1).expand(*slash.shape[:2], -1))
     in_frame = torch.where(reach_keys > 0, (in_frame - near_lines).clamp(min=0), 0.0)  # [B, H, W]
