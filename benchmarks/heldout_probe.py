@@ -35,7 +35,7 @@ def main():
     from mmcompile.patterns import forward_context
     from mmcompile.patterns.check import error_tolerance
     from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks
-    from mmcompile.patterns.layer import choose_layer
+    from mmcompile.patterns.layer import _head_density, choose_layer
     from mmcompile.patterns.layer_index import build_layer_indexes
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,6 +54,7 @@ def main():
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     estimates, patterns, _ = choose_layer(q, k, ctx, density=0.1, scale=scale)
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
+    density = _head_density(indexes, heads_q, n, q.device)
     q, k, v = q.float(), k.float(), v.float()
     tolerance = error_tolerance(args.target)
     misses, gaps = 0, []
@@ -72,7 +73,9 @@ def main():
             print(f"  h{h:2d} {kinds[h][:14]:14s} {str(patterns[h].pattern_for(m))[:60]:60s} est {er:.3f}/{ee:.3f} "
                   f"held {hr:.3f}/{he:.3f}{'  MISS' if miss else ''}")
     print(f"{misses} head row sets miss on held-out rows (recall < {args.target} or error > {tolerance:.3f}); "
-          f"estimation minus held-out recall: mean {sum(gaps) / len(gaps):+.4f}, largest {max(gaps):+.4f}")
+          f"estimation minus held-out recall: mean {sum(gaps) / len(gaps):+.4f}, largest {max(gaps):+.4f}; "
+          f"first choice's density: mean {density.mean().item():.4f} "
+          f"(heads {' '.join(f'{x:.3f}' for x in density.tolist())})")
 
 
 if __name__ == "__main__":
