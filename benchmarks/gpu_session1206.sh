@@ -74,7 +74,7 @@
 #   runs     OLD=tree (~9 min): GPU tests of the patterns and the choice graph; the op at 128K on OLD and
 #            this tree (video, mixed); the families at 128K (video, seed 1, 128 rows); the op at 256K on
 #            both (`runs new`: this tree alone); the families at 128K (mixed) if time is left: a run of
-#            sinks judged as a run.
+#            sinks judged as a run. Then, if time is left, heldout_probe.py on the video layout (bf16).
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -346,6 +346,8 @@ elif [ "$part" = runs ]; then  # OLD=tree (~9 min): the lighter keys of a run of
   cp /tmp/op/op_*_256k_new.json $OUT/
   [ $SECONDS -lt 440 ] && timeout $((580 - SECONDS)) python3 benchmarks/fidelity_families.py --layout mixed \
     --tokens 131072 --seeds 1 --rows 128 --out $OUT/families_mixed_131072.json 2>&1 | quiet | tail -13
+  [ $SECONDS -lt 530 ] && timeout $((590 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
+    2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) " $OUT/run_runs.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then

@@ -122,7 +122,8 @@ def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
     it crosses, while a run of K heavy keys puts L m on each key and min(K, L) m on the offsets
     reaching it. So a key whose vertical mass is under ``SLASH_DOMINANCE`` times the heaviest
     offset reaching it is a band narrower than L / 2, not a column; wider bands and runs of keys
-    (sinks) look alike from these rows and stay columns. Taken as columns, a band's keys serve only
+    (sinks) look alike from these rows and stay columns. (Rows ``step`` apart, ``estimate.ROW_STEP``:
+    a band crosses a key from w / step rows, so bands narrower than step L / 2 are told apart.) Taken as columns, a band's keys serve only
     the estimation rows (a row elsewhere sees it at other keys): that cost the slash-band family of
     the independent planted generator half of its held-out recall.
 

@@ -5,9 +5,10 @@ bf16 scores, an fp32 softmax and two max reductions each re-read a [rows, N] ten
 pass 1 computes each row's log-sum-exp per key split (an online softmax over score tiles, like
 FlashAttention) and pass 2 recomputes the scores tile by tile and reduces the column sums and each
 row's sums per key block. For rows at regular positions (row l at pos[0] - step l) it also
-reduces the slash sums (each tile's anti-diagonals, ``step`` apart) and writes no probabilities; for other rows it writes the normalised
-probabilities once, and the slash sums are a gathered read of them in PyTorch. Scores are fp32
-accumulations of the inputs' dtype, causal in original positions, padding keys excluded.
+reduces the slash sums (each tile's anti-diagonals, ``step`` apart) and writes no probabilities;
+for other rows it writes the normalised probabilities once, and the slash sums are a gathered read
+of them in PyTorch. Scores are fp32 accumulations of the inputs' dtype, causal in original
+positions, padding keys excluded.
 """
 
 from __future__ import annotations
