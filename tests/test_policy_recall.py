@@ -133,3 +133,20 @@ def test_a_fallback_stage_is_tried_where_it_can_save_more_dense_work_than_it_cos
     assert stage_pays({3: ["text", "video"], 5: ["video"]}, at_128k, 0.1)
     assert stage_pays({3: ["*"]}, at_256k, 0.1)
     assert not stage_pays({3: ["text"], 5: ["text"]}, at_256k, 0.1)  # the question: under 1% of the pairs
+
+
+def test_grid_must_leave_out_less_than_a_shape_and_vs_may():
+    """``policy.grid_target``: at the policy's target 0.97 a Grid must keep 0.985; one predicted at
+    0.975 loses to a costlier VS at 0.97, one at 0.99 wins, and the record keeps Grid's own recall."""
+    from mmcompile.patterns import policy
+
+    def curves(grid_recall):
+        one = torch.ones(1)
+        return policy._Curves(a_recall=one * 0.9, a_cost=one * 100, a_local=one, v_recall=one * 0.97,
+                              v_cost=one * 500, v_cols=one, v_blocks=one, g_recall=one * grid_recall,
+                              g_cost=one * 200, g_local=one, g_band=one * 0)
+    assert policy.grid_target(0.97) == pytest.approx(0.985)
+    recall, names, _ = policy._online_pick(curves(0.975), 0.97)
+    assert names.item() == 1 and recall.item() == pytest.approx(0.97)  # VS
+    recall, names, _ = policy._online_pick(curves(0.99), 0.97)
+    assert names.item() == 2 and recall.item() == pytest.approx(0.99)  # Grid, at its own prediction
