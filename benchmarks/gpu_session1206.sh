@@ -75,6 +75,9 @@
 #            this tree (video, mixed); the families at 128K (video, seed 1, 128 rows); the op at 256K on
 #            both (`runs new`: this tree alone); the families at 128K (mixed) if time is left: a run of
 #            sinks judged as a run. Then, if time is left, heldout_probe.py on the video layout (bf16).
+#   gridt    OLD=tree (~5 min): the choice graph's GPU test; the op at 128K on OLD and this tree (video, mixed);
+#            the families at 128K (video, seed 1, 128 rows); heldout_probe.py (bf16): Grid sized to
+#            policy.grid_target.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -350,6 +353,16 @@ elif [ "$part" = runs ]; then  # OLD=tree (~9 min): the lighter keys of a run of
     2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) " $OUT/run_runs.txt | cut -c1-260
+elif [ "$part" = gridt ]; then  # OLD=tree (~5 min): Grid sized to policy.grid_target
+  timeout 60 python3 -m pytest -q -m gpu tests/test_choice_graph.py 2>&1 | tail -1
+  stage_trees
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
+  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
+    --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
+  [ $SECONDS -lt 330 ] && timeout $((400 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
+    2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
+  echo "=== table ==="
+  grep -E "passed|failed|^(old|new) " $OUT/run_gridt.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
