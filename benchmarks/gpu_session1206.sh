@@ -78,6 +78,7 @@
 #   gridt    OLD=tree (~5 min): the choice graph's GPU test; the op at 128K on OLD and this tree (video, mixed);
 #            the families at 128K (video, seed 1, 128 rows); heldout_probe.py (bf16): Grid sized to
 #            policy.grid_target.
+#   gridt1   gridt's op A/B alone (~3 min), then the probe if time is left.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -363,6 +364,13 @@ elif [ "$part" = gridt ]; then  # OLD=tree (~5 min): Grid sized to policy.grid_t
     2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) " $OUT/run_gridt.txt | cut -c1-260
+elif [ "$part" = gridt1 ]; then  # OLD=tree (~3 min): gridt's op A/B at 128K, then the probe if time is left
+  stage_trees
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
+  [ $SECONDS -lt 200 ] && timeout $((270 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
+    2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
+  echo "=== table ==="
+  grep -E "^(old|new) " $OUT/run_gridt1.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
