@@ -127,12 +127,12 @@ def grid_target(target: float) -> float:
     ``GRID_MISS_SHARE`` of their share. What Grid leaves out is the near part of the local band
     (it keeps lines, the same patch in recent frames and a band of its own frame), keys the output
     leans on: the boundary heads' video rows at recall 0.975 were off by 0.07-0.10 in output where
-    VS at 0.97 was off by 0.03 (128K, CPU, 2026-12-07), and on the GPU's draw those Grids missed
-    the check's 0.05 narrowly (a fallback stage, 4.6 ms of a 39 ms op)."""
+    VS at 0.97 was off by 0.03 (128K, CPU, 2026-12-07: three draws, 13 misses -> 0). Where no size
+    reaches it (the GPU's draw: 0.981 at the cap), the best prediction at the cap wins as before."""
     return 1.0 - (1.0 - target) * GRID_MISS_SHARE
 
 
-def _as_plain(grid_recall: torch.Tensor, target: float) -> torch.Tensor:
+def _as_plain(grid_recall: torch.Tensor) -> torch.Tensor:
     """A Grid's predicted recall on the scale A-shape's and VS's are judged on (``grid_target``
     maps to ``target``), to compare them in ``_better``."""
     return 1.0 - (1.0 - grid_recall) / GRID_MISS_SHARE
@@ -278,7 +278,7 @@ def _online_pick(c: _Curves, target: float):
     recall = torch.where(plain == 1, c.v_recall, c.a_recall)
     names = plain
     if c.g_recall is not None:
-        take_grid = _better(_as_plain(c.g_recall, target), c.g_cost, recall,
+        take_grid = _better(_as_plain(c.g_recall), c.g_cost, recall,
                             torch.where(plain == 1, c.v_cost, c.a_cost), target)
         recall, names = torch.where(take_grid, c.g_recall, recall), torch.where(take_grid, 2, names)
     return recall, names, plain
