@@ -127,7 +127,7 @@ def grid_target(target: float) -> float:
     ``GRID_MISS_SHARE`` of their share. What Grid leaves out is the near part of the local band
     (it keeps lines, the same patch in recent frames and a band of its own frame), keys the output
     leans on: the boundary heads' video rows at recall 0.975 were off by 0.07-0.10 in output where
-    VS at 0.97 was off by 0.03 (128K, CPU, 2026-12-07: three draws, 13 misses -> 0). Where no size
+    VS at 0.97 was off by 0.03 (128K, CPU, 2026-12-07: five draws, 20 misses -> 1). Where no size
     reaches it (the GPU's draw: 0.981 at the cap), the best prediction at the cap wins as before."""
     return 1.0 - (1.0 - target) * GRID_MISS_SHARE
 
