@@ -78,7 +78,7 @@
 #   gridt    OLD=tree (~5 min): the choice graph's GPU test; the op at 128K on OLD and this tree (video, mixed);
 #            the families at 128K (video, seed 1, 128 rows); heldout_probe.py (bf16): Grid sized to
 #            policy.grid_target.
-#   gridt1   gridt's op A/B alone (~3 min), then the probe if time is left.
+#            `gridt short` (~3 min; 2026-12-07 20:02 as part gridt1): the op A/B, then the probe.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -354,23 +354,18 @@ elif [ "$part" = runs ]; then  # OLD=tree (~9 min): the lighter keys of a run of
     2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) " $OUT/run_runs.txt | cut -c1-260
-elif [ "$part" = gridt ]; then  # OLD=tree (~5 min): Grid sized to policy.grid_target
-  timeout 60 python3 -m pytest -q -m gpu tests/test_choice_graph.py 2>&1 | tail -1
+elif [ "$part" = gridt ]; then  # OLD=tree (~5 min; `gridt short` ~3 min): Grid sized to policy.grid_target
+  short=${2:-}
+  [ -z "$short" ] && timeout 60 python3 -m pytest -q -m gpu tests/test_choice_graph.py 2>&1 | tail -1
   stage_trees
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
-  timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 --rows 128 \
-    --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
-  [ $SECONDS -lt 330 ] && timeout $((400 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
-    2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
+  [ -z "$short" ] && timeout 100 python3 benchmarks/fidelity_families.py --layout video --tokens 131072 --seeds 1 \
+    --rows 128 --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
+  left=$([ -z "$short" ] && echo 400 || echo 270)
+  [ $SECONDS -lt $((left - 70)) ] && timeout $((left - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 \
+    --bf16 2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) " $OUT/run_gridt.txt | cut -c1-260
-elif [ "$part" = gridt1 ]; then  # OLD=tree (~3 min): gridt's op A/B at 128K, then the probe if time is left
-  stage_trees
-  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
-  [ $SECONDS -lt 200 ] && timeout $((270 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
-    2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
-  echo "=== table ==="
-  grep -E "^(old|new) " $OUT/run_gridt1.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \

@@ -35,7 +35,7 @@ def main():
     from mmcompile.patterns import forward_context
     from mmcompile.patterns.check import error_tolerance
     from mmcompile.patterns.fidelity import head_fidelity, layer_row_masks
-    from mmcompile.patterns.layer import _head_density, choose_layer
+    from mmcompile.patterns.layer import choose_layer, head_density
     from mmcompile.patterns.layer_index import build_layer_indexes
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,7 +54,7 @@ def main():
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     estimates, patterns, _ = choose_layer(q, k, ctx, density=0.1, scale=scale)
     indexes = build_layer_indexes(q, k, patterns, ctx, scale, estimates=estimates)
-    density = _head_density(indexes, heads_q, n, q.device)
+    density = head_density(indexes, heads_q, n, q.device)
     q, k, v = q.float(), k.float(), v.float()
     tolerance = error_tolerance(args.target)
     misses, gaps = 0, []

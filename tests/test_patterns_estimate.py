@@ -126,6 +126,10 @@ def test_kernel_sums_refuse_what_they_cannot_make():
     with pytest.raises(ValueError, match="spanning under 128 positions"):
         lsk.line_skew_sums(q, k, too_many, torch.ones_like(too_many, dtype=torch.bool), 0.25, None, slice(0, 4),
                            vertical)
+    too_wide = torch.arange(n - 1, n - 1 - 2 * 65, -2)[None].expand(2, -1)  # 65 rows 2 apart: 129 positions
+    with pytest.raises(ValueError, match="spanning under 128 positions"):
+        lsk.line_skew_sums(q, k, too_wide, torch.ones_like(too_wide, dtype=torch.bool), 0.25, None, slice(0, 4),
+                           vertical, step=2)
     pos, valid = last_queries(None, n, 2, last_q=8)
     blocks = torch.empty(2, 4, 8, -(-n // 48))
     with pytest.raises(ValueError, match="block sums of 48 keys"):

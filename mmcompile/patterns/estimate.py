@@ -64,6 +64,11 @@ class LineScores:
         return dataclasses.replace(self, vertical=pick(self.vertical), slash=pick(self.slash), lse=pick(self.lse),
                                    blocks=None if self.blocks is None else pick(self.blocks))
 
+    @property
+    def span(self) -> int:
+        """Positions from the earliest estimation row to the latest (irregular rows: as many as rows)."""
+        return max(self.step, 1) * (self.pos.shape[-1] - 1) + 1
+
     @functools.cached_property
     def rows(self) -> torch.Tensor:
         """fp32 [B, 1, 1]: valid rows per sample (at least 1), to turn sums into per-row means.
@@ -81,31 +86,33 @@ def select_heads(t: torch.Tensor, ids: list[int]) -> torch.Tensor:
 def last_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
                  last_q: int = LAST_Q, device=None, step: int = ROW_STEP):
     """Positions int64 [B, L] of ``last_q`` of the last tokens (of modality ``want``; non-pad if
-    None), latest first: every ``step``-th of the last ``step * last_q`` where the set holds twice
-    that many (``ROW_STEP``; a shorter set keeps its earlier rows for ``held_out_queries``), else
-    the last ``last_q``; and a bool [B, L] saying which exist."""
+    None), latest first: every ``step``-th of the last ``step * last_q`` where the set is long
+    enough (``_spreads``; a shorter set keeps its earlier rows for ``held_out_queries``), else the
+    last ``last_q``; and a bool [B, L] saying which exist."""
     last_q = min(last_q, n)
     if modality is None:
-        step = step if 2 * step * last_q <= n else 1
+        step = step if _spreads(n, last_q, step) else 1
         pos = torch.arange(n - 1, n - 1 - step * last_q, -step, device=device).expand(batch, last_q)
         return pos, torch.ones(batch, last_q, dtype=torch.bool, device=device)
     hit = modality != PAD if want is None else modality == want
     score = torch.where(hit, torch.arange(n, device=modality.device), -1)
     top = score.topk(min(step * last_q, n), dim=1).values  # latest first
     ranks = torch.arange(last_q, device=modality.device)
-    spread = hit.sum(-1, keepdim=True) >= 2 * step * last_q  # [B, 1]: this sample's set is long enough
+    spread = _spreads(hit.sum(-1, keepdim=True), last_q, step)  # [B, 1]
     top = top.gather(1, torch.where(spread, ranks * step, ranks))
     return top.clamp(min=0), top >= 0
 
 
-def estimation_span(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
-                    last_q: int = LAST_Q, step: int = ROW_STEP, device=None) -> torch.Tensor:
-    """int64 [B]: how many of the set's last rows ``last_queries`` spans (``step * last_q`` where the
-    set holds twice that many, else ``last_q``; at most the set), which the held-out rows stay out of."""
-    count = (torch.full((batch,), n, device=device) if modality is None else
-             (modality != PAD if want is None else modality == want).sum(-1))
-    spread = count >= 2 * step * last_q
-    return torch.minimum(torch.where(spread, step * last_q, last_q), count)
+def _spreads(count, last_q: int, step: int):
+    """Whether a set of ``count`` rows (int or tensor) takes its estimation rows ``step`` apart: it
+    holds at least twice the ``step * last_q`` rows they span."""
+    return count >= 2 * step * last_q
+
+
+def estimation_span(count: torch.Tensor, last_q: int = LAST_Q, step: int = ROW_STEP) -> torch.Tensor:
+    """How many of a set's last rows ``last_queries`` spans, for sets of ``count`` rows (int64 [B]):
+    ``step * last_q`` where they spread, else ``last_q``, at most the set. Held-out rows stay before them."""
+    return torch.minimum(torch.where(_spreads(count, last_q, step), step * last_q, last_q), count)
 
 
 def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
@@ -117,7 +124,7 @@ def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: in
     hit = (torch.ones(batch, n, dtype=torch.bool, device=device) if modality is None else
            modality != PAD if want is None else modality == want)
     rank = hit.long().cumsum(-1)  # [B, N]: rows of the set up to each position
-    others = (rank[:, -1] - estimation_span(modality, n, batch, want, last_q, device=hit.device)).clamp(min=0)
+    others = (rank[:, -1] - estimation_span(rank[:, -1], last_q)).clamp(min=0)  # rows before the estimation rows
     step = torch.arange(last_q, device=hit.device)
     wanted = others[:, None] - others[:, None] // 2 + ((step[None, :] + 0.5) * (others[:, None] // 2 + 1) /
                                                        last_q).long()  # 1-based ranks in the later half
@@ -135,8 +142,7 @@ def row_step(pos: torch.Tensor, valid: torch.Tensor) -> int:
     if pos.shape[1] < 2:
         return 1
     gaps = pos[:, :-1] - pos[:, 1:]
-    steps = [s for s in sorted({1, ROW_STEP}) if bool(((gaps == s) | ~valid[:, 1:]).all())]
-    return steps[0] if steps else 0
+    return next((s for s in (1, ROW_STEP) if bool(((gaps == s) | ~valid[:, 1:]).all())), 0)
 
 
 def line_scores(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, scale: float,

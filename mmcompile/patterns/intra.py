@@ -123,9 +123,10 @@ def column_scores(lines: estimate.LineScores, n: int) -> torch.Tensor:
     reaching it. So a key whose vertical mass is under ``SLASH_DOMINANCE`` times the heaviest
     offset reaching it is a band narrower than L / 2, not a column; wider bands and runs of keys
     (sinks) look alike from these rows and stay columns. (Rows ``step`` apart, ``estimate.ROW_STEP``:
-    a band crosses a key from w / step rows, so bands narrower than step L / 2 are told apart.) Taken as columns, a band's keys serve only
-    the estimation rows (a row elsewhere sees it at other keys): that cost the slash-band family of
-    the independent planted generator half of its held-out recall.
+    a band crosses a key from w / step rows, so bands narrower than step L / 2 are told apart.)
+    Taken as columns, a band's keys serve only the estimation rows (a row elsewhere sees it at
+    other keys): that cost the slash-band family of the independent planted generator half of its
+    held-out recall.
 
     A run's keys are judged together: a key also stays a column when some L consecutive keys
     holding it carry, on average (each at most its own heaviest offset), ``SLASH_DOMINANCE`` times
@@ -191,7 +192,7 @@ def _reaching_slash(lines: estimate.LineScores, n: int) -> torch.Tensor:
     """[B, H, N]: per key j, the largest slash mass among the offsets p - j of the estimation rows
     p (a window of the offsets between the first and last row's: exact for consecutive rows, a
     close bound for rows ``step`` apart, an approximation for irregular rows)."""
-    span = (max(lines.step, 1)) * (int(lines.pos.shape[-1]) - 1) + 1  # positions the rows cover
+    span = lines.span
     first = lines.pos[:, 0]  # the latest row
     window = window_max(lines.slash, span)  # max slash[o .. o+span-1]
     offset = (first[:, None] - span + 1 - torch.arange(n, device=first.device)[None, :]).clamp(min=0)  # [B, N]

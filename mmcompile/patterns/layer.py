@@ -76,7 +76,7 @@ def layer_attention(q, k, v, ctx: ForwardContext, patterns: Sequence[HeadPattern
     if recall is not None and lse is not None:
         out, patterns, indexes, head_recall, head_error = check.apply_check(q, k, v, out, lse, estimates, ctx, patterns,
                                                                    fallbacks, indexes, recall, scale, density)
-    return LayerResult(out, patterns, indexes, _head_density(indexes, q.shape[1], ctx.n, q.device), head_recall,
+    return LayerResult(out, patterns, indexes, head_density(indexes, q.shape[1], ctx.n, q.device), head_recall,
                        head_error)
 
 
@@ -119,7 +119,7 @@ def choose_layer(q, k, ctx: ForwardContext, patterns: Sequence[HeadPattern] | No
     return estimates, tuple(patterns), fallbacks
 
 
-def _head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
+def head_density(indexes, heads_q: int, n: int, device) -> torch.Tensor:
     """Per query head, the sum over its launches (a head may run in two: ``layer_index.grid_rows``): dense
     heads count 1, and the sparse launches' densities are added in one ``index_add`` (in launch
     order, as one per launch would) rather than a few ops per launch group."""
