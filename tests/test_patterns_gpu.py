@@ -33,6 +33,14 @@ def test_policy_layer_matches_reference_bf16(segments):
         assert err < 1e-2, (h, err)
 
 
+def test_planted_input_is_the_cpu_draw_on_the_gpu():
+    """A GPU benchmark of a seed runs the input a CPU probe of that seed analyses."""
+    layout = from_segments([[(TEXT, 256), (VIDEO, 2048, 8, 8), (TEXT, 256)]])
+    on_gpu = planted_qkv(layout, 4, 1, 64, "cuda", torch.bfloat16, seed=2, periodic_frames=4)[:3]
+    on_cpu = planted_qkv(layout, 4, 1, 64, None, torch.bfloat16, seed=2, periodic_frames=4)[:3]
+    assert all(a.is_cuda and torch.equal(a.cpu(), b) for a, b in zip(on_gpu, on_cpu))
+
+
 def test_missing_rows_run_dense_alone_bf16():
     """The check's rows-alone launch (``q_order`` without ``k_order``, a causal span) in bf16:
     unstructured heads whose text rows get a narrow window run those rows dense, their video rows

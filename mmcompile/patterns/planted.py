@@ -84,9 +84,13 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
     lines' 10.5, or those 64 + one-per-frame keys would keep most of the mass: at 16 frames ~80% of
     a video query's mass is on same-patch keys, mostly within 30 frames, ~15% on sinks and lines.
     The features (``_periodic_features``) take half of the band's dimensions, so the band's far
-    field grows (std ``strength / sqrt(dims)``) in every head of the KV group."""
+    field grows (std ``strength / sqrt(dims)``) in every head of the KV group.
+
+    Drawn on the CPU whatever ``device``, then moved: a CPU probe then analyses the very input a
+    GPU benchmark of the same seed runs (CUDA's generator draws other numbers)."""
     n = layout.length
-    g = torch.Generator(device=device).manual_seed(seed)
+    target, device = device, torch.device("cpu")
+    g = torch.Generator().manual_seed(seed)
     kinds = kinds or head_kinds(heads_q)
     group = heads_q // heads_kv
     q = torch.randn(1, heads_q, n, head_dim, generator=g, device=device) * 0.3
@@ -132,7 +136,7 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
             if kind == "vertical-slash":
                 add += scale * col_dir
             q[0, h] += add
-    return q.to(dtype), k.to(dtype), v.to(dtype), kinds
+    return q.to(dtype).to(target), k.to(dtype).to(target), v.to(dtype).to(target), kinds
 
 
 def standard_layout(kind: str, n: int, frame_hw=(16, 16)) -> ModalityLayout:
