@@ -79,6 +79,13 @@
 #            the families at 128K (video, seed 1, 128 rows); heldout_probe.py (bf16): Grid sized to
 #            policy.grid_target.
 #            `gridt short` (~3 min; 2026-12-07 20:02 as part gridt1): the op A/B, then the probe.
+#   draw     OLD=tree (~8 min; 2026-12-07 second session): the op's planted input now drawn on the CPU
+#            (the CPU probe's input): GPU tests (patterns, choice graph); the op at 128K on OLD (its
+#            device draw) and this tree; op_phases.py (video, GPU time by source line); the families at 128K (video,
+#            mixed; seed 1); heldout_probe.py (bf16) while time is left.
+#   layouts  (~8 min) the families at 128K on the layouts never run on a GPU (several videos of different
+#            frame sizes; images between long text; seed 1), the videos layout's early rows; the op at
+#            256K (video, mixed); the families at 256K (mixed, seed 1) while time is left.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -366,6 +373,34 @@ elif [ "$part" = gridt ]; then  # OLD=tree (~5 min; `gridt short` ~3 min): Grid 
     --bf16 2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) " $OUT/run_gridt.txt | cut -c1-260
+elif [ "$part" = draw ]; then
+  timeout 90 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
+  stage_trees
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
+  timeout 120 python3 benchmarks/op_phases.py --layout video --lines 20 2>&1 | quiet | cut -c1-200
+  for layout in video mixed; do
+    timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
+      --out $OUT/families_${layout}_131072.json 2>&1 | quiet | tail -13
+  done
+  [ $SECONDS -lt 480 ] && timeout $((585 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
+    2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
+  echo "=== table ==="
+  grep -E "passed|failed|^(old|new) |^ *[01] \|" $OUT/run_draw.txt | cut -c1-260
+elif [ "$part" = layouts ]; then
+  for layout in videos images; do
+    timeout 110 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
+      --out $OUT/families_${layout}_131072.json 2>&1 | quiet | tail -13
+  done
+  timeout 110 python3 benchmarks/fidelity_families.py --layout videos --tokens 131072 --seeds 1 --rows 128 \
+    --early-rows --out $OUT/families_videos_131072_early.json 2>&1 | quiet | tail -13
+  for layout in video mixed; do
+    timeout 70 python3 benchmarks/bench_prefill_op.py --layout $layout --tokens 262144 \
+      --out $OUT/op_${layout}_256k.json 2>&1 | quiet | tail -1
+  done
+  [ $SECONDS -lt 460 ] && timeout $((590 - SECONDS)) python3 benchmarks/fidelity_families.py --layout mixed \
+    --tokens 262144 --seeds 1 --rows 128 --out $OUT/families_mixed_262144.json 2>&1 | quiet | tail -13
+  echo "=== table ==="
+  grep -E "^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+|262144 28/4" $OUT/run_layouts.txt | cut -c1-200
 elif [ "$part" = plan12 ]; then
   PLAN=$OUT/plan_families_video_32k.json
   timeout 150 mminference search standard --source families --tokens 32768 --layout video --layers 13 \
