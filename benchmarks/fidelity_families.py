@@ -70,7 +70,7 @@ def main():
     ap.add_argument("--recall", type=float, default=0.95, help="the op's recall target (0: no check)")
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--early-rows", action="store_true",
-                    help="sample rows from N/8 to N/2 (the default sample and the op's check see the later half)")
+                    help="sample rows from N/8 to N/2 (the default sample sees the later half; the op's check, every part)")
     ap.add_argument("--by-modality", action="store_true",
                     help="also measure up to --rows rows of each modality's later half apart: each head's "
                     "worst modality's error (a question's rows are a sliver of the pooled sample)")

@@ -63,7 +63,7 @@ def test_line_scores_equal_reference_sums(step, use_kernel, block_n):
 def test_estimation_rows_sit_at_every_place_of_a_query_block_and_held_out_rows_before_them():
     """Every other row of the last 128 of a set at least 256 long: one of each pair of in-block
     places of a 128-row query block (the last 64 were its second half only); a shorter set keeps
-    its last 64. Held-out rows stay before the rows the estimate spans."""
+    its last 64. Held-out rows stay before the rows the estimate spans, spread over all of them."""
     n = 1000
     modality = torch.zeros(2, n, dtype=torch.int32)
     modality[0, 700:] = 2  # 300 rows: spread
@@ -75,6 +75,9 @@ def test_estimation_rows_sit_at_every_place_of_a_query_block_and_held_out_rows_b
     held, held_valid = held_out_queries(modality, n, 2, want=2)
     assert held_valid.any(-1).all()
     assert (held[0][held_valid[0]] < 872).all() and (held[1][held_valid[1]] < 936).all()
+    # over every row before them, not their later half: an earlier part of the prompt may differ
+    assert held[0][held_valid[0]].min() < 702 and held[0][held_valid[0]].max() > 868
+    assert held_valid.sum(-1).tolist() == [128, 128] and held[0][held_valid[0]].unique().numel() == 128
     assert last_queries(None, n, 1)[0][0, :3].tolist() == [999, 997, 995]
 
 

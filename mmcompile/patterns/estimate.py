@@ -27,6 +27,7 @@ from .index_builder import device_list
 from .layout import PAD
 
 LAST_Q = 64
+HELD_OUT = 128  # held-out rows per row set (``held_out_queries``): as many in each half as the later half had
 # Estimation rows are every ROW_STEP-th of the last LAST_Q * ROW_STEP rows: over 128 consecutive
 # positions they sit at every in-block position of a 128-row query block (one parity), where the
 # last 64 rows are its second half alone. Block-granular bands (A-shape's local blocks, VS's slash
@@ -116,18 +117,21 @@ def estimation_span(count: torch.Tensor, last_q: int = LAST_Q, step: int = ROW_S
 
 
 def held_out_queries(modality: torch.Tensor | None, n: int, batch: int, want: int | None = None,
-                     last_q: int = LAST_Q, device=None):
-    """Positions int64 [B, L] (ascending) and valid bool [B, L] of ``last_q`` rows of the same set
-    as ``last_queries`` but disjoint from them: evenly spaced over the later half of the set's
-    other rows. The recall a layer reports is measured here, on rows the index was not built
-    from, so a pattern fitted to the last rows alone (columns only those rows use) shows."""
+                     count: int = HELD_OUT, device=None):
+    """Positions int64 [B, L] (ascending) and valid bool [B, L] of ``count`` rows of the same set
+    as ``last_queries`` but disjoint from them: evenly spaced over all the set's other rows. The
+    recall a layer reports is measured here, on rows the index was not built from, so a pattern
+    fitted to the last rows alone (columns only those rows use) shows. Over the whole set, not its
+    later half: the estimation rows see only the last part of a prompt, and where an earlier part
+    has another structure (several videos of different frame sizes: their own lines) only rows
+    there show what the pattern misses (128K, several videos, H100: 12 heads of 364 off by 0.06-0.52
+    on rows the later half never held)."""
     hit = (torch.ones(batch, n, dtype=torch.bool, device=device) if modality is None else
            modality != PAD if want is None else modality == want)
     rank = hit.long().cumsum(-1)  # [B, N]: rows of the set up to each position
-    others = (rank[:, -1] - estimation_span(rank[:, -1], last_q)).clamp(min=0)  # rows before the estimation rows
-    step = torch.arange(last_q, device=hit.device)
-    wanted = others[:, None] - others[:, None] // 2 + ((step[None, :] + 0.5) * (others[:, None] // 2 + 1) /
-                                                       last_q).long()  # 1-based ranks in the later half
+    others = (rank[:, -1] - estimation_span(rank[:, -1])).clamp(min=0)  # rows before the estimation rows
+    step = torch.arange(count, device=hit.device)
+    wanted = 1 + ((step[None, :] + 0.5) * others[:, None] / count).long()  # 1-based ranks, evenly spaced
     wanted = torch.minimum(wanted, others[:, None])
     pos = torch.searchsorted(rank, wanted.contiguous()).clamp(max=n - 1)
     valid = (wanted >= 1) & (others[:, None] >= 1)

@@ -117,7 +117,8 @@ def index_density(index: SparseIndex, n: int) -> torch.Tensor:
 
 def sample_rows(n: int, count: int, device=None, seed: int = 0, early: bool = False) -> torch.Tensor:
     """The last 64 rows plus random rows from the second half (where sparsity matters); ``early``:
-    random rows from N/8 to N/2 instead, which neither this sample nor the held-out check sees."""
+    random rows from N/8 to N/2 instead, which this sample does not see (the held-out check
+    spreads its rows over all of them)."""
     g = torch.Generator(device=device).manual_seed(seed)
     if early:
         return torch.unique(torch.randint(n // 8, n // 2, (count,), generator=g, device=device))

@@ -1,6 +1,6 @@
 """What a layer's launches really kept, read off the kernel's own result, on rows the index was not
 built from: for held-out rows of each row set the policy chose from (``estimate.held_out_queries``:
-rows of the same modality spread over its later half, disjoint from the last queries), the share
+rows of the same modality spread over all its rows, disjoint from the last queries), the share
 of each row's attention mass the kernel covered is ``exp(lse_sparse - lse_dense)``. The kernel's
 log-sum-exp comes from exactly the index it walked (its blocks, columns, permutation and causal
 clipping), the dense one from one pass over the keys for those rows
