@@ -52,13 +52,14 @@ def scattered_keys(n=2048, seed=0):
 
 def test_structure_no_candidate_expresses_runs_dense():
     """The estimation rows alone would say VS keeps ~99% (their own targets become columns); the
-    held-out rows say ~3%, so the heads run dense and exactly."""
+    held-out rows say about a third (spread over every row: an early row's local blocks often hold
+    its target), so the heads run dense and exactly."""
     q, k, v = scattered_keys()
     n = q.shape[2]
     ctx = forward_context(None, n, 1, "cpu", 64, 64)
     fitted = [HeadPattern("none", (("*", VerticalSlash(128, 2)),))] * 2
     measured = layer_attention(q, k, v, ctx, fitted, recall=0.0).head_recall
-    assert (measured < 0.2).all(), measured
+    assert (measured < 0.5).all(), measured
     result = layer_attention(q, k, v, ctx, density=0.1, recall=0.95)
     assert all(p.intra == (("*", Dense()),) for p in result.patterns)
     dense = masked_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
