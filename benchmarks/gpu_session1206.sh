@@ -88,7 +88,7 @@
 #            256K (video, mixed); the families at 256K (mixed, seed 1) while time is left.
 #   heldall  OLD=tree (~7 min): held-out rows over the whole row set: the op at 128K on OLD and this tree
 #            (video, mixed); the families at 128K on several videos (seed 1), early rows then the default
-#            sample; the families at 128K (video, seed 1).
+#            sample; the families at 128K (video, seed 1). `heldall short` (~4 min): the op A/B, early rows.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -407,12 +407,13 @@ elif [ "$part" = layouts ]; then
 elif [ "$part" = heldall ]; then
   stage_trees
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
-  for rows in --early-rows ""; do
-    timeout 110 python3 benchmarks/fidelity_families.py --layout videos --tokens 131072 --seeds 1 --rows 128 $rows \
-      --out $OUT/families_videos_131072${rows:+_early}.json 2>&1 | quiet | tail -13
+  for which in early ${2:-late}; do  # `heldall short`: early rows only
+    [ "$which" = short ] && continue
+    timeout 110 python3 benchmarks/fidelity_families.py --layout videos --tokens 131072 --seeds 1 --rows 128 \
+      $([ $which = early ] && echo --early-rows) --out $OUT/families_videos_131072_$which.json 2>&1 | quiet | tail -13
   done
-  [ $SECONDS -lt 470 ] && timeout $((585 - SECONDS)) python3 benchmarks/fidelity_families.py --layout video \
-    --tokens 131072 --seeds 1 --rows 128 --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
+  [ -z "${2:-}" ] && [ $SECONDS -lt 470 ] && timeout $((585 - SECONDS)) python3 benchmarks/fidelity_families.py \
+    --layout video --tokens 131072 --seeds 1 --rows 128 --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_heldall.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then
