@@ -88,7 +88,7 @@
 #            256K (video, mixed); the families at 256K (mixed, seed 1) while time is left.
 #   heldall  OLD=tree (~7 min): held-out rows over the whole row set: the op at 128K on OLD and this tree
 #            (video, mixed); the families at 128K on several videos (seed 1), early rows then the default
-#            sample; the families at 128K (video, seed 1). `heldall short` (~4 min): the op A/B, early rows.
+#            sample; the families at 128K (video, seed 1). `heldall short` (~3 min): the op A/B on video, early rows.
 #   plan12   a plan searched on the families at 32K on the video layout (seed 0; it lists the rows
 #            A-shape and VS both served), applied at 128K and 256K (seed 1) with online sizes as it is
 #            (the cheaper of the two there) and with those lists removed (the searched family only),
@@ -103,9 +103,9 @@ stage_trees() {  # $OLD and this checkout, each importable as the wheel lays it 
     && cp -r $OLD/passes /tmp/old/mmcompile/passes && cp -r mmcompile /tmp/new/ \
     && cp -r kernels /tmp/new/mmcompile/kernels && cp -r passes /tmp/new/mmcompile/passes
 }
-op_ab() {  # op_ab REPS: the op at 128K on the staged trees, alternating old and new (video, mixed); JSON to $OPDIR
+op_ab() {  # op_ab REPS [LAYOUTS]: the op at 128K on the staged trees, alternating old and new (video, mixed); JSON to $OPDIR
   for rep in $(seq $1); do
-    for layout in video mixed; do
+    for layout in ${2:-video mixed}; do
       for which in old new; do
         echo -n "$which "
         PYTHONPATH=/tmp/$which timeout 60 python3 benchmarks/bench_prefill_op.py --layout $layout \
@@ -113,6 +113,12 @@ op_ab() {  # op_ab REPS: the op at 128K on the staged trees, alternating old and
       done
     done
   done
+}
+families_at() {  # families_at LAYOUT TOKENS NAME [ARGS...]: the families (seed 1, 128 rows) -> $OUT/families_NAME.json
+  local layout=$1 tokens=$2 name=$3
+  shift 3
+  timeout 110 python3 benchmarks/fidelity_families.py --layout $layout --tokens $tokens --seeds 1 --rows 128 "$@" \
+    --out $OUT/families_$name.json 2>&1 | quiet | tail -13
 }
 if [ "$part" = long ]; then
   tokens=${2:-1048576}
@@ -381,39 +387,31 @@ elif [ "$part" = draw ]; then
   stage_trees
   mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
   timeout 120 python3 benchmarks/op_phases.py --layout video --lines 20 2>&1 | quiet | cut -c1-200
-  for layout in video mixed; do
-    timeout 100 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
-      --out $OUT/families_${layout}_131072.json 2>&1 | quiet | tail -13
-  done
+  families_at video 131072 video_131072
+  families_at mixed 131072 mixed_131072
   [ $SECONDS -lt 480 ] && timeout $((585 - SECONDS)) python3 benchmarks/heldout_probe.py --tokens 131072 --bf16 \
     2>&1 | quiet | grep -E "MISS|miss on" | cut -c1-400
   echo "=== table ==="
   grep -E "passed|failed|^(old|new) |^ *[01] \|" $OUT/run_draw.txt | cut -c1-260
 elif [ "$part" = layouts ]; then
-  for layout in videos images; do
-    timeout 110 python3 benchmarks/fidelity_families.py --layout $layout --tokens 131072 --seeds 1 --rows 128 \
-      --out $OUT/families_${layout}_131072.json 2>&1 | quiet | tail -13
-  done
-  timeout 110 python3 benchmarks/fidelity_families.py --layout videos --tokens 131072 --seeds 1 --rows 128 \
-    --early-rows --out $OUT/families_videos_131072_early.json 2>&1 | quiet | tail -13
+  families_at videos 131072 videos_131072
+  families_at images 131072 images_131072
+  families_at videos 131072 videos_131072_early --early-rows
   for layout in video mixed; do
     timeout 70 python3 benchmarks/bench_prefill_op.py --layout $layout --tokens 262144 \
       --out $OUT/op_${layout}_256k.json 2>&1 | quiet | tail -1
   done
-  [ $SECONDS -lt 460 ] && timeout $((590 - SECONDS)) python3 benchmarks/fidelity_families.py --layout mixed \
-    --tokens 262144 --seeds 1 --rows 128 --out $OUT/families_mixed_262144.json 2>&1 | quiet | tail -13
+  [ $SECONDS -lt 460 ] && families_at mixed 262144 mixed_262144
   echo "=== table ==="
   grep -E "^layout=|^[a-z0-9-]+ +[0-9]+ +[01]\.[0-9]+|262144 28/4" $OUT/run_layouts.txt | cut -c1-200
 elif [ "$part" = heldall ]; then
   stage_trees
-  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 && cp /tmp/op/op_*_new_1.json $OUT/
-  for which in early ${2:-late}; do  # `heldall short`: early rows only
-    [ "$which" = short ] && continue
-    timeout 110 python3 benchmarks/fidelity_families.py --layout videos --tokens 131072 --seeds 1 --rows 128 \
-      $([ $which = early ] && echo --early-rows) --out $OUT/families_videos_131072_$which.json 2>&1 | quiet | tail -13
-  done
-  [ -z "${2:-}" ] && [ $SECONDS -lt 470 ] && timeout $((585 - SECONDS)) python3 benchmarks/fidelity_families.py \
-    --layout video --tokens 131072 --seeds 1 --rows 128 --out $OUT/families_video_131072.json 2>&1 | quiet | tail -13
+  mkdir -p /tmp/op && OPDIR=/tmp/op op_ab 1 "$([ -n "${2:-}" ] && echo video)" && cp /tmp/op/op_*_new_1.json $OUT/
+  families_at videos 131072 videos_131072_early --early-rows
+  if [ -z "${2:-}" ]; then  # `heldall short`: early rows only
+    families_at videos 131072 videos_131072
+    [ $SECONDS -lt 470 ] && families_at video 131072 video_131072
+  fi
   echo "=== table ==="
   grep -E "^(old|new) " $OUT/run_heldall.txt | cut -c1-260
 elif [ "$part" = plan12 ]; then
