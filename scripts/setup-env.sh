@@ -20,4 +20,7 @@ else
     pip_q --no-deps -e .
     $PYTHON -c "import torch, triton; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 fi
+# Bytecode is written (an environment may forbid it): each test process (two workers, the fresh-process
+# tests) then reuses what the first compiled of torch and transformers instead of compiling it again.
+unset PYTHONDONTWRITEBYTECODE
 export HF_HUB_OFFLINE=1
