@@ -27,7 +27,6 @@ from .index_builder import device_list
 from .layout import PAD
 
 LAST_Q = 64
-HELD_OUT = 128  # held-out rows per row set (``held_out_queries``): as many in each half as the later half had
 # Estimation rows are every ROW_STEP-th of the last LAST_Q * ROW_STEP rows: over 128 consecutive
 # positions they sit at every in-block position of a 128-row query block (one parity), where the
 # last 64 rows are its second half alone. Block-granular bands (A-shape's local blocks, VS's slash
@@ -36,6 +35,7 @@ HELD_OUT = 128  # held-out rows per row set (``held_out_queries``): as many in e
 # much (per 64-key bin a Grid launch kept [64, 64, 32.5] of the estimation rows' nearest keys against
 # [64, 49.6, 16.5] of held-out rows, 128K, CPU, 2026-12-07). The same rows, the same cost.
 ROW_STEP = 2
+HELD_OUT = 128  # held-out rows per row set (``held_out_queries``): as many in each half as the later half had
 
 
 @dataclasses.dataclass(frozen=True)

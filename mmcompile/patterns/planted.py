@@ -89,7 +89,7 @@ def planted_qkv(layout: ModalityLayout, heads_q: int, heads_kv: int, head_dim: i
     Drawn on the CPU whatever ``device``, then moved: a CPU probe then analyses the very input a
     GPU benchmark of the same seed runs (CUDA's generator draws other numbers)."""
     n = layout.length
-    target, device = device, torch.device("cpu")
+    target, device = device, torch.device("cpu")  # every tensor below is drawn here, then moved to target
     g = torch.Generator().manual_seed(seed)
     kinds = kinds or head_kinds(heads_q)
     group = heads_q // heads_kv
