@@ -81,6 +81,18 @@ def test_estimation_rows_sit_at_every_place_of_a_query_block_and_held_out_rows_b
     assert last_queries(None, n, 1)[0][0, :3].tolist() == [999, 997, 995]
 
 
+def test_held_out_rows_of_short_sets_are_each_row_once_and_none_without_rows_to_spare():
+    """A set with fewer rows before its estimation rows than held-out slots lists each once; a
+    set the estimation rows take whole, or an absent one, has no valid held-out row."""
+    n = 400
+    modality = torch.zeros(3, n, dtype=torch.int32)
+    modality[0, 300:] = 2  # 100 rows: the last 64 estimate, 36 remain
+    modality[1, 350:] = 2  # 50 rows: all estimation rows
+    held, valid = held_out_queries(modality, n, 3, want=2)
+    assert held[0][valid[0]].tolist() == list(range(300, 336))
+    assert not valid[1].any() and not valid[2].any()
+
+
 @pytest.mark.parametrize("use_kernel", KERNEL)
 def test_line_scores_with_missing_rows_and_key_padding(use_kernel):
     n = 96
