@@ -23,6 +23,7 @@ calls, own time and cumulative; cProfile slows Python, so read the shares, not t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import statistics
@@ -92,6 +93,7 @@ def main():
     parser.add_argument("--host", type=int, default=0)
     parser.add_argument("--lines", type=int, default=0, help="GPU time of the choose and index phases by source line")
     parser.add_argument("--stacks", type=int, default=0, help="with --kernels: group them by this many Python frames")
+    parser.add_argument("--labels", action="store_true", help="with --lines: place kernels by labelled function")
     args = parser.parse_args()
     layout = standard_layout(args.layout, args.tokens)
     q, k, v, _ = planted_qkv(layout, 28, 4, 128, "cuda", torch.bfloat16, seed=0)
@@ -124,7 +126,8 @@ def main():
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.kernels,
                                             max_name_column_width=60))
     if args.lines:
-        gpu_time_by_line(q, k, ctx, scale, args.lines)
+        with labelled_functions() if args.labels else contextlib.nullcontext():
+            gpu_time_by_line(q, k, ctx, scale, args.lines)
     if args.host:
         index_host_profile(q, k, ctx, scale, args.reps, args.host)
 
@@ -154,7 +157,8 @@ def gpu_time_by_line(q, k, ctx, scale, top: int) -> None:
             torch.cuda.synchronize()
         totals, kernels = collections.Counter(), collections.Counter()
         events = list(prof.events())
-        frames = sorted((e for e in events if "mmcompile/" in e.name and e.device_type == DeviceType.CPU),
+        frames = sorted((e for e in events if ("mmcompile/" in e.name or e.name.startswith(LABEL))
+                         and e.device_type == DeviceType.CPU),
                         key=lambda e: e.time_range.start)
         by_name, launches = collections.Counter(), collections.Counter()
         for event in events:  # every kernel by name; those a launch inside an mmcompile frame at that frame
@@ -184,6 +188,46 @@ def _innermost(frames, event) -> str:
     holding = [f for f in frames if f.time_range.start <= at <= f.time_range.end]
     holding.sort(key=lambda f: f.time_range.start, reverse=True)  # the latest-started is the innermost
     return " < ".join(f.name.split("mmcompile/")[-1] for f in holding[:2])
+
+
+LABEL = "mm:"
+
+
+@contextlib.contextmanager
+def labelled_functions():
+    """Every function defined in ``mmcompile.patterns`` wrapped in ``record_function("mm:module.name")``
+    wherever a module of the package holds it (its own module and those that imported it by name),
+    put back on exit. Only for profiling: a label costs a few microseconds of host time per call."""
+    import sys
+    import types
+
+    from torch.profiler import record_function
+
+    def wrap(fn, name):
+        @functools.wraps(fn)
+        def labelled(*args, **kwargs):
+            with record_function(name):
+                return fn(*args, **kwargs)
+        return labelled
+
+    modules = [m for name, m in list(sys.modules.items()) if name.startswith("mmcompile") and m is not None]
+    wrappers = {}
+    for module in modules:
+        for value in vars(module).values():
+            if (isinstance(value, types.FunctionType) and value.__module__.startswith("mmcompile.patterns")
+                    and value not in wrappers):
+                wrappers[value] = wrap(value, f"{LABEL}{value.__module__.rsplit('.', 1)[-1]}.{value.__name__}")
+    replaced = []
+    for module in modules:
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, types.FunctionType) and value in wrappers:
+                replaced.append((module, attr, value))
+                setattr(module, attr, wrappers[value])
+    try:
+        yield
+    finally:
+        for module, attr, value in replaced:
+            setattr(module, attr, value)
 
 
 def index_host_profile(q, k, ctx, scale, reps: int, top: int) -> None:
