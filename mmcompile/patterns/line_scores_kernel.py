@@ -65,8 +65,9 @@ def _row_stats_kernel(Q, K, V, Pos, Valid, KeyPad, MaxOut, SumOut, AccOut,
                       DOT_FP32: tl.constexpr, WITH_V: tl.constexpr):
     """Pass 1: per (key split, batch * head) the running max and sum of exp of every row; with
     ``WITH_V`` also the unnormalised output sum_k exp(s - max) v_k (V strided like K)."""
-    split = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)  # offsets past 2**31 at 1M tokens
+    pid = tl.program_id(0).to(tl.int64)  # offsets past 2**31 at 1M tokens
+    split = pid // (tl.num_programs(0) // splits)  # heads vary fastest: a K tile's heads run together
+    bh = pid % (tl.num_programs(0) // splits)
     b = bh // heads
     h = head0 + bh % heads
     offs_l = tl.arange(0, ROWS)
@@ -117,8 +118,10 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
     rows l, the slash mass of row 0's offset pos[0] - c (``estimate._slash_skewed`` without the
     probabilities in memory); a key gets it from at most two tiles (STEP (ROWS - 1) < BLOCK_K),
     each added once onto zero, so the sums do not depend on the order the atomics land in."""
-    tile = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    head_rows = tl.num_programs(0) // tl.cdiv(width, BLOCK_K)  # batch * heads
+    tile = pid // head_rows  # heads vary fastest: a K tile's heads run together (one read of it from memory)
+    bh = pid % head_rows
     b = bh // heads
     local = bh % heads
     h = head0 + local
@@ -182,7 +185,7 @@ def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice, v=None):
     maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxes)
     accs = maxes if v is None else torch.empty(*maxes.shape, common["BLOCK_D"], dtype=torch.float32, device=q.device)
-    _row_stats_kernel[(splits, batch * count)](
+    _row_stats_kernel[(splits * batch * count,)](
         q, k, k if v is None else v, pos32, valid8, pad, maxes, sums, accs, n, scale, heads.start, count,
         q.shape[1] // k.shape[1], pos.shape[1], splits, *strides, SPLIT=SPLIT, WITH_V=v is not None, **common)
     top = maxes.amax(1, keepdim=True)
@@ -266,7 +269,7 @@ def _pass2(q, k, pos, valid, scale, key_pad, heads, vertical, blocks, block_n, *
     lse = row_lse(q, k, pos, valid, scale, key_pad, heads)
     block_args = (blocks, blocks.shape[-1], blocks.stride(0), blocks.stride(1), blocks.stride(2)) if fused \
         else (vertical, 0, 0, 0, 0)
-    _probs_kernel[(triton.cdiv(width, BLOCK_K), batch * count)](
+    _probs_kernel[(triton.cdiv(width, BLOCK_K) * batch * count,)](
         q, k, pos32, valid8, pad, lse, vertical if probs is None else probs, vertical, block_args[0],
         vertical if by_key is None else by_key, n, width, scale, heads.start, count, group, rows, block_args[1],
         0 if by_key is None else by_key.shape[-1], *strides, vertical.stride(0), vertical.stride(1),
