@@ -156,3 +156,16 @@ def test_plan_driven_layer_makes_no_host_sync():
             torch.cuda.set_sync_debug_mode("default")
         pytest.fail(f"synchronizing calls at {syncs}\n{stack}")
     assert torch.isfinite(out).all()
+
+
+def test_window_max_kernel_equals_doubling_at_128k():
+    """The choice's window maxima (``intra.window_max``: the Triton pass on a GPU) equal the PyTorch
+    doubling on the shapes the choice runs: 28 heads at 128K, the estimation rows' span, a query
+    block, and rows one step apart."""
+    from mmcompile.patterns import intra
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.rand(1, 28, 131072, device="cuda", generator=g)
+    x[..., ::7] = 0.0
+    for width in (64, 127, 128):
+        assert torch.equal(intra.window_max(x, width), intra.window_max_doubling(x, width)), width

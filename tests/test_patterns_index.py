@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 
 from mmcompile.kernels import check_index, index_to_mask
@@ -256,15 +257,23 @@ def test_grid_band_stops_at_each_query_blocks_latest_row():
 
 
 def test_window_max_equals_max_pool():
-    """The slash window max by doubling (``intra.window_max``) equals max_pool1d's, widths that are
-    and are not powers of two, inputs shorter than the window."""
+    """The slash window max by doubling (``intra.window_max``) and by the Triton pass the GPU takes
+    (``window_max_kernel``, here in the interpreter) equal max_pool1d's, widths that are and are
+    not powers of two, inputs shorter than the window, exact zeros beside the maxima."""
+    from mmcompile.patterns import window_max_kernel
+
     g = torch.Generator().manual_seed(0)
     for n in (1, 5, 100, 1000):
-        for width in (1, 2, 3, 7, 24, 64, 65):
+        for width in (1, 2, 3, 7, 24, 64, 65, 127):
             x = torch.rand(2, 3, n, generator=g)
+            x[..., ::5] = 0.0
             pooled = torch.nn.functional.max_pool1d(torch.nn.functional.pad(x, (0, width)), kernel_size=width,
                                                     stride=1)[..., :n]
             assert torch.equal(intra.window_max(x, width), pooled), (n, width)
+            if (n, width) in ((5, 1), (5, 7), (100, 3), (1000, 64), (1000, 127)):  # the interpreter is slow
+                assert torch.equal(window_max_kernel.window_max(x, width), pooled), (n, width)
+    with pytest.raises(ValueError, match="window widths"):
+        window_max_kernel.window_max(x, window_max_kernel.MAX_WIDTH + 1)
 
 
 def test_the_lighter_keys_of_a_run_of_sinks_stay_columns():
