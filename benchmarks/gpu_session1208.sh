@@ -5,7 +5,8 @@
 #            the op at 128K (video, mixed); the families at 128K after the held-out rows moved over
 #            every row (04385bf): video (seed 2), several videos (seed 1, default rows).
 #   ab       OLD=tree (~4 min): the op at 128K on OLD and this tree, alternating, twice (video, mixed);
-#            the GPU tests of the patterns and the choice graph; op_phases.py --lines --labels.
+#            the GPU tests of the patterns and the choice graph; op_phases.py --lines --labels; the
+#            attend phase launch by launch (attend_launches.py, video).
 # Output: $OUT/run_<part>.txt (table last) + JSON.
 set -u
 part=${1:-map}
@@ -25,6 +26,7 @@ elif [ "$part" = ab ]; then
   op_ab 2
   timeout 100 python3 -m pytest -q -m gpu tests/test_patterns_gpu.py tests/test_choice_graph.py 2>&1 | tail -1
   timeout 150 python3 benchmarks/op_phases.py --layout video --reps 3 --lines 45 --labels 2>&1 | quiet | cut -c1-170
+  timeout 90 python3 benchmarks/attend_launches.py --layout video 2>&1 | quiet | tail -8
   echo "=== table ==="
   grep -E "^(old|new) |passed|failed" $OUT/run_ab.txt | cut -c1-200
 fi
