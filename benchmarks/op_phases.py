@@ -162,7 +162,7 @@ def gpu_time_by_line(q, k, ctx, scale, top: int) -> None:
                         key=lambda e: e.time_range.start)
         by_name, launches = collections.Counter(), collections.Counter()
         for event in events:  # every kernel by name; those a launch inside an mmcompile frame at that frame
-            if event.device_type == DeviceType.CUDA:
+            if event.device_type == DeviceType.CUDA and not event.name.startswith(LABEL):  # not a label's GPU span
                 by_name[event.name[:60]] += event.time_range.end - event.time_range.start
                 launches[event.name[:60]] += 1
             for kernel in event.kernels:
