@@ -44,9 +44,10 @@ def _tile_scores(q, K, kv_base, keys, stride_kn, offs_d, n, scale, pos, row_ok, 
 
 @triton.jit
 def _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
-                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
-    """Sample b's estimation rows for head h: (exists, valid, positions, q rows [ROWS, BLOCK_D])."""
-    offs_l = tl.arange(0, ROWS)
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, first=0):
+    """Sample b's estimation rows ``first`` .. ``first + ROWS - 1`` for head h: (exists, valid,
+    positions, q rows [ROWS, BLOCK_D])."""
+    offs_l = first + tl.arange(0, ROWS)
     offs_d = tl.arange(0, BLOCK_D)
     exists = offs_l < rows
     pos = tl.load(Pos + b * stride_pb + offs_l, mask=exists, other=0)
@@ -58,22 +59,26 @@ def _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn,
 
 @triton.jit
 def _row_stats_kernel(Q, K, V, Pos, Valid, KeyPad, MaxOut, SumOut, AccOut,
-                      n, scale, head0, heads, group, rows, splits,
+                      n, scale, head0, heads, group, rows, splits, chunks,
                       stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_pb,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
                       BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_PAD: tl.constexpr,
                       DOT_FP32: tl.constexpr, WITH_V: tl.constexpr):
-    """Pass 1: per (key split, batch * head) the running max and sum of exp of every row; with
-    ``WITH_V`` also the unnormalised output sum_k exp(s - max) v_k (V strided like K)."""
+    """Pass 1: per (key split, chunk of ``ROWS`` rows, batch * head) the running max and sum of exp
+    of every row; with ``WITH_V`` also the unnormalised output sum_k exp(s - max) v_k (V strided
+    like K). Heads, then row chunks, vary fastest: the programs reading a K (and V) tile run
+    together, so it is read from memory once, not once per query head and chunk."""
     pid = tl.program_id(0).to(tl.int64)  # offsets past 2**31 at 1M tokens
-    split = pid // (tl.num_programs(0) // splits)  # heads vary fastest: a K tile's heads run together
-    bh = pid % (tl.num_programs(0) // splits)
+    head_rows = tl.num_programs(0) // (splits * chunks)  # batch * heads
+    bh = pid % head_rows
+    chunk = (pid // head_rows) % chunks
+    split = pid // (head_rows * chunks)
     b = bh // heads
     h = head0 + bh % heads
     offs_l = tl.arange(0, ROWS)
     offs_d = tl.arange(0, BLOCK_D)
     _, row_ok, pos, q = _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
-                                         HEAD_DIM, BLOCK_D, ROWS)
+                                         HEAD_DIM, BLOCK_D, ROWS, chunk * ROWS)
     kv_base = b * stride_kb + (h // group) * stride_kh
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
@@ -96,7 +101,7 @@ def _row_stats_kernel(Q, K, V, Pos, Valid, KeyPad, MaxOut, SumOut, AccOut,
                 pv = tl.dot(p.to(v.dtype), v)
             acc = acc * alpha[:, None] + pv
         m_i = m_new
-    out = (bh * splits + split) * ROWS + offs_l
+    out = ((bh * splits + split) * chunks + chunk) * ROWS + offs_l  # [B Hs, splits, chunks, ROWS]
     tl.store(MaxOut + out, m_i)
     tl.store(SumOut + out, l_i)
     if WITH_V:
@@ -158,9 +163,9 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
                  mask=exists[:, None] & (kb[None, :] < key_blocks))
 
 
-def _launch_args(q, k, pos, valid, key_pad):
+def _launch_args(q, k, pos, valid, key_pad, rows_per_program: int | None = None):
     d, rows = q.shape[-1], pos.shape[1]
-    rows_pad = max(16, triton.next_power_of_2(rows))
+    rows_pad = max(16, triton.next_power_of_2(min(rows, rows_per_program or rows)))
     pos32 = pos.to(torch.int32).contiguous()
     valid8 = valid.to(torch.int8).contiguous()
     pad = key_pad.to(torch.int8).contiguous() if key_pad is not None else pos32
@@ -170,24 +175,28 @@ def _launch_args(q, k, pos, valid, key_pad):
     return pos32, valid8, pad, common, strides, rows_pad
 
 
-def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice, v=None):
-    """fp32 [B * Hs, ROWS padded]: each row's log-sum-exp over its causal keys (pass 1 alone),
+def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice, v=None, rows_per_program: int | None = None):
+    """fp32 [B * Hs, rows padded]: each row's log-sum-exp over its causal keys (pass 1 alone),
     -inf where a row sees no key. ``row_lse_of`` trims it to [B, Hs, L]. With ``v`` (strided as
-    ``k``): (lse, out fp32 [B * Hs, ROWS padded, BLOCK_D]), the rows' dense attention output
-    (0 where a row sees no key), from the same pass."""
+    ``k``): (lse, out fp32 [B * Hs, rows padded, BLOCK_D]), the rows' dense attention output
+    (0 where a row sees no key), from the same pass. ``rows_per_program``: the rows one program
+    holds (its fp32 accumulator [rows, D] must stay in registers); more rows run in chunks of
+    that many within the one launch."""
     batch, _, n, d = q.shape
     count = heads.stop - heads.start
-    pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad)
+    pos32, valid8, pad, common, strides, rows_pad = _launch_args(q, k, pos, valid, key_pad, rows_per_program)
+    chunks = triton.cdiv(pos.shape[1], rows_pad)
     if v is not None and v.stride() != k.stride():
         v = v.contiguous() if k.is_contiguous() else torch.empty_strided(k.shape, k.stride(), dtype=v.dtype,
                                                                         device=v.device).copy_(v)
     splits = triton.cdiv(n, SPLIT)
-    maxes = torch.empty(batch * count, splits, rows_pad, dtype=torch.float32, device=q.device)
+    maxes = torch.empty(batch * count, splits, chunks * rows_pad, dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxes)
     accs = maxes if v is None else torch.empty(*maxes.shape, common["BLOCK_D"], dtype=torch.float32, device=q.device)
-    _row_stats_kernel[(splits * batch * count,)](
+    _row_stats_kernel[(splits * chunks * batch * count,)](
         q, k, k if v is None else v, pos32, valid8, pad, maxes, sums, accs, n, scale, heads.start, count,
-        q.shape[1] // k.shape[1], pos.shape[1], splits, *strides, SPLIT=SPLIT, WITH_V=v is not None, **common)
+        q.shape[1] // k.shape[1], pos.shape[1], splits, chunks, *strides, SPLIT=SPLIT, WITH_V=v is not None,
+        **common)
     top = maxes.amax(1, keepdim=True)
     safe = torch.where(top == float("-inf"), 0.0, top)
     weight = torch.exp(maxes - safe)  # [B * Hs, splits, ROWS]
@@ -201,25 +210,20 @@ def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice, v=None):
 
 def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
     """fp32 [B, Hq, L]: ``row_lse`` for every query head."""
-    lse = row_lse(q, k, pos, valid, scale, key_pad, slice(0, q.shape[1]))
+    lse = row_lse(q, k, pos, valid, scale, key_pad, slice(0, q.shape[1]), rows_per_program=OUT_ROWS)
     return lse.view(q.shape[0], q.shape[1], -1)[..., :pos.shape[1]]
 
 
-OUT_ROWS = 64  # rows per launch of the pass with V: its fp32 accumulator [rows, D] stays in registers
+OUT_ROWS = 64  # rows per program of the pass with V: its fp32 accumulator [rows, D] stays in registers
 
 
 def row_lse_and_out_of(q, k, v, pos, valid, scale: float, key_pad):
     """(lse fp32 [B, Hq, L], out fp32 [B, Hq, L, D]): ``row_lse`` with ``v`` for every query head,
-    ``OUT_ROWS`` rows per launch."""
+    ``OUT_ROWS`` rows per program, all in one launch."""
     batch, heads, _, d = q.shape
-    lses, outs = [], []
-    for lo in range(0, pos.shape[1], OUT_ROWS):
-        part_pos, part_valid = pos[:, lo:lo + OUT_ROWS], valid[:, lo:lo + OUT_ROWS]
-        lse, out = row_lse(q, k, part_pos, part_valid, scale, key_pad, slice(0, heads), v=v)
-        rows = part_pos.shape[1]
-        lses.append(lse.view(batch, heads, -1)[..., :rows])
-        outs.append(out.view(batch, heads, -1, out.shape[-1])[:, :, :rows, :d])
-    return torch.cat(lses, -1), torch.cat(outs, -2)
+    rows = pos.shape[1]
+    lse, out = row_lse(q, k, pos, valid, scale, key_pad, slice(0, heads), v=v, rows_per_program=OUT_ROWS)
+    return lse.view(batch, heads, -1)[..., :rows], out.view(batch, heads, -1, out.shape[-1])[:, :, :rows, :d]
 
 
 def fuses_block_sums(block_n: int | None) -> bool:
