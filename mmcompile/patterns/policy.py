@@ -182,12 +182,18 @@ def _grid(vertical, slash, ctx: ForwardContext, rows: int, cap_keys, target, fir
     covered = (local + ctx.block_m // 2).clamp(max=frames)  # frames back a row reaches, on average
     curve = (lines + sink_mass)[..., None] + reach.gather(-1, covered.expand(*reach.shape[:2], -1))  # [B, H, S]
     bands = [b for b in GRID_BANDS if b + ctx.block_m < cap_keys] or [0]
-    reach_keys = device_list([b + ctx.block_m // 2 if b else 0 for b in bands], device)  # [W]
-    in_frame = torch.where(pos % stride[:, None] == 0, 0.0, 1.0)[:, None, :] * slash  # [B, H, N]
+    reach = [b + ctx.block_m // 2 if b else 0 for b in bands]
+    reach_keys = device_list(reach, device)  # [W]
+    # Sums over the offsets up to the farthest reach, and over the keys from the first row's
+    # farthest reach on: scans of those ends alone, not of all N.
+    near = pos[:min(max(reach), ctx.n - 1) + 1]
+    in_frame = torch.where(near % stride[:, None] == 0, 0.0, 1.0)[:, None, :] * slash[..., :near.numel()]
     in_frame = torch.cumsum(in_frame, -1).gather(-1, reach_keys.clamp(max=ctx.n - 1).expand(*slash.shape[:2], -1))
-    phase_mass = torch.where(pos % stride[:, None, None] == phase[..., None], on_video, 0.0)  # [B, H, N]
-    from_on = phase_mass.flip(-1).cumsum(-1).flip(-1)  # line mass of the phase keys at or after each position
-    near_lines = from_on.gather(-1, (first_row - reach_keys).clamp(0, ctx.n - 1).expand(*slash.shape[:2], -1))
+    lo = min(max(first_row - max(reach), 0), ctx.n - 1)  # the tail's first key
+    phase_mass = torch.where(pos[lo:] % stride[:, None, None] == phase[..., None], on_video[..., lo:], 0.0)
+    from_on = phase_mass.flip(-1).cumsum(-1).flip(-1)  # line mass of the phase keys at or after each key of the tail
+    near_lines = from_on.gather(-1, ((first_row - reach_keys).clamp(0, ctx.n - 1) - lo).clamp(min=0)
+                                .expand(*slash.shape[:2], -1))
     in_frame = torch.where(reach_keys > 0, (in_frame - near_lines).clamp(min=0), 0.0)  # [B, H, W]
     at, recall = _first_reaching((curve[:, :, None, :] + in_frame[..., None]).clamp(max=1.0).mean(0), target)
     lines_keys = rows / max(ctx.max_frame, 1) + block_n
