@@ -270,7 +270,7 @@ def test_window_max_equals_max_pool():
             pooled = torch.nn.functional.max_pool1d(torch.nn.functional.pad(x, (0, width)), kernel_size=width,
                                                     stride=1)[..., :n]
             assert torch.equal(intra.window_max(x, width), pooled), (n, width)
-            if (n, width) in ((5, 1), (5, 7), (100, 3), (1000, 64), (1000, 127)):  # the interpreter is slow
+            if (n, width) in ((5, 1), (5, 7), (100, 24), (1000, 127)):  # the interpreter is slow
                 assert torch.equal(window_max_kernel.window_max(x, width), pooled), (n, width)
     with pytest.raises(ValueError, match="window widths"):
         window_max_kernel.window_max(x, window_max_kernel.MAX_WIDTH + 1)
