@@ -154,16 +154,17 @@ def test_dense_rows_kernel_equals_the_pytorch_path(dtype, monkeypatch):
     from mmcompile.patterns import line_scores_kernel
     from mmcompile.patterns.verify import dense_rows
 
-    monkeypatch.setattr(line_scores_kernel, "OUT_ROWS", 16)  # three chunks of rows (16 is tl.dot's least)
+    monkeypatch.setattr(line_scores_kernel, "OUT_ROWS", 16)  # two chunks of rows (16 is tl.dot's least)
     monkeypatch.setattr(line_scores_kernel, "SPLIT", 512)  # three key splits at 1.3K keys (the interpreter is slow)
 
     torch.manual_seed(1)
     n = 2 * line_scores_kernel.SPLIT + 300
-    q, k, v = (torch.randn(1, h, n, 32).to(dtype) for h in (4, 2, 2))
-    pad = torch.zeros(1, n, dtype=torch.bool)
+    q, k, v = (torch.randn(2, h, n, 32).to(dtype) for h in (4, 2, 2))
+    pad = torch.zeros(2, n, dtype=torch.bool)
     pad[0, :3] = True
-    pos = torch.cat([torch.tensor([1, 300, 516, n - 1, n - 2]), torch.randint(3, n, (35,))])[None]  # 40 rows
-    valid = torch.ones(1, 40, dtype=torch.bool)
+    first = torch.tensor([1, 300, 516, n - 1, n - 2])
+    pos = torch.stack([torch.cat([first, torch.randint(3, n, (19,))]), torch.randint(0, n, (24,))])  # 24 rows each
+    valid = torch.ones(2, 24, dtype=torch.bool)
     valid[0, 4] = False
     want = dense_rows(q, k, v, pos, valid, 0.2, pad, use_kernel=False)
     got = dense_rows(q, k, v, pos, valid, 0.2, pad, use_kernel=True)
