@@ -44,7 +44,7 @@ def _tile_scores(q, K, kv_base, keys, stride_kn, offs_d, n, scale, pos, row_ok, 
 
 @triton.jit
 def _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
-                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, first=0):
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, first):
     """Sample b's estimation rows ``first`` .. ``first + ROWS - 1`` for head h: (exists, valid,
     positions, q rows [ROWS, BLOCK_D])."""
     offs_l = first + tl.arange(0, ROWS)
@@ -133,7 +133,7 @@ def _probs_kernel(Q, K, Pos, Valid, KeyPad, Lse, Probs, Vertical, Blocks, ByKey,
     offs_l = tl.arange(0, ROWS)
     offs_d = tl.arange(0, BLOCK_D)
     exists, row_ok, pos, q = _estimation_rows(Q, Pos, Valid, b, h, rows, stride_qb, stride_qh, stride_qn, stride_pb,
-                                              HEAD_DIM, BLOCK_D, ROWS)
+                                              HEAD_DIM, BLOCK_D, ROWS, 0)
     lse = tl.load(Lse + bh * ROWS + offs_l)
     keys = tile * BLOCK_K + tl.arange(0, BLOCK_K)
     s = _tile_scores(q, K, b * stride_kb + (h // group) * stride_kh, keys, stride_kn, offs_d, n, scale, pos,
