@@ -199,7 +199,7 @@ def row_lse(q, k, pos, valid, scale: float, key_pad, heads: slice, v=None, rows_
         **common)
     top = maxes.amax(1, keepdim=True)
     safe = torch.where(top == float("-inf"), 0.0, top)
-    weight = torch.exp(maxes - safe)  # [B * Hs, splits, ROWS]
+    weight = torch.exp(maxes - safe)  # [B * Hs, splits, chunks * ROWS]
     total = (sums * weight).sum(1)
     lse = (safe[:, 0] + total.log()).contiguous()  # -inf: no key seen
     if v is None:
@@ -214,7 +214,7 @@ def row_lse_of(q, k, pos, valid, scale: float, key_pad) -> torch.Tensor:
     return lse.view(q.shape[0], q.shape[1], -1)[..., :pos.shape[1]]
 
 
-OUT_ROWS = 64  # rows per program of the pass with V: its fp32 accumulator [rows, D] stays in registers
+OUT_ROWS = 64  # rows per program of the check's dense rows: with V, its fp32 accumulator [rows, D] stays in registers
 
 
 def row_lse_and_out_of(q, k, v, pos, valid, scale: float, key_pad):
